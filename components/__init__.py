@@ -1,0 +1,34 @@
+"""KFP components, one module per step, thin over the korlm library.
+
+Each module holds a plain function whose body imports the heavy libraries; `build`
+turns them into lightweight components on the configured image, so the image URI
+comes from the run config and compiling needs only `kfp`.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from kfp import dsl
+
+from components import clean, evaluate, export, pretrain, pretrain_data, push, report, vocab
+
+STEPS = {
+    "clean": clean.clean,
+    "vocab": vocab.vocab,
+    "pretrain_data": pretrain_data.pretrain_data,
+    "pretrain": pretrain.pretrain,
+    "evaluate": evaluate.evaluate,
+    "report": report.report,
+    "export": export.export,
+    "push": push.push,
+}
+
+
+def build(image: str) -> SimpleNamespace:
+    """Lightweight components for every step, running on `image` (korlm preinstalled,
+    so no pip install at task start)."""
+    return SimpleNamespace(**{
+        name: dsl.component(func, base_image=image, install_kfp_package=False)
+        for name, func in STEPS.items()
+    })

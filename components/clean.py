@@ -1,0 +1,19 @@
+"""KFP component: clean raw corpora with Apache Beam (korlm clean)."""
+
+from kfp.dsl import Dataset, Metrics, Output
+
+
+def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Metrics]):
+    """Read, normalize, split and deduplicate raw text; write the corpus artifact."""
+    import json
+    import os
+
+    from corpus_beam.clean import run_clean
+
+    result = run_clean(inputs, corpus.path, **params)
+    corpus.metadata.update({k: result[k] for k in
+                            ("input_records", "kept_records", "rejected_records", "sentences")})
+    for key in ("input_records", "kept_records", "rejected_records", "sentences",
+                "input_bytes", "output_bytes"):
+        stats.log_metric(key, result[key])
+    print(json.dumps({"clean": corpus.path, "files": sorted(os.listdir(corpus.path))}))

@@ -1,0 +1,25 @@
+"""KFP component: fine-tune one checkpoint on each task and score it (korlm evaluate)."""
+
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+
+def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: list,
+             data_dir: str, random_init: bool, params: dict,
+             results: Output[Artifact], metrics: Output[Metrics]):
+    """Evaluate checkpoint `step` of `run` (or, with random_init, the same architecture
+    untrained) on every task; one metrics.json per task under `results`."""
+    import os
+
+    from korlm import storage
+    from korlm.evaluate import evaluate_checkpoint
+
+    checkpoint = storage.join(run.path, "checkpoints", f"step-{step:06d}")
+    name = "random-init" if random_init else f"step-{step:06d}"
+    os.makedirs(results.path, exist_ok=True)
+    for task in tasks:
+        rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, storage.join(data_dir, task),
+                                  os.path.join(results.path, task), random_init=random_init,
+                                  **params)
+        for metric, value in rec["metrics"].items():
+            metrics.log_metric(f"{task}/{metric}", value)
+    results.metadata.update({"checkpoint": name, "step": None if random_init else step})

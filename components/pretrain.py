@@ -1,0 +1,14 @@
+"""KFP component: pretrain from scratch with checkpoints every N steps (korlm pretrain)."""
+
+from kfp.dsl import Artifact, Dataset, Input, Output, Model
+
+
+def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
+             run: Output[Model]) -> list:
+    """Train; return the checkpoint steps (the evaluation fan-out iterates over them)."""
+    from korlm.pretrain import run_pretrain
+
+    checkpoints = run_pretrain(examples.path, tokenizer.path, run.path, **params)
+    run.metadata.update({"checkpoints": [c["step"] for c in checkpoints],
+                         "model": params.get("model"), "size": params.get("size")})
+    return [c["step"] for c in checkpoints]

@@ -1,0 +1,12 @@
+"""KFP component: tokenize and pack the corpus into TFRecords (korlm pretrain-data)."""
+
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+
+def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: dict,
+                  examples: Output[Dataset]):
+    """Tokenize with the vocab artifact and pack into sharded TFRecords."""
+    from corpus_beam.pack import run_pretrain_data
+
+    meta = run_pretrain_data(corpus.path, tokenizer.path, examples.path, **params)
+    examples.metadata.update({k: meta[k] for k in ("num_examples", "max_seq_length", "objective")})

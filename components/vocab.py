@@ -1,0 +1,16 @@
+"""KFP component: train the subword vocabulary (korlm vocab)."""
+
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+
+def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
+          stats: Output[Metrics]):
+    """Train WordPiece/SentencePiece on the cleaned corpus; write the tokenizer artifact."""
+    from korlm.vocab import build_vocab
+
+    result = build_vocab(corpus.path, tokenizer.path, **params)
+    tokenizer.metadata.update({"vocab_size": result["vocab_size"],
+                               "algorithm": result["algorithm"],
+                               "pre_tokenizer": result["pre_tokenizer"]})
+    for key in ("vocab_size", "unk_rate", "tokens_per_eojeol"):
+        stats.log_metric(key, result[key])

@@ -1,0 +1,262 @@
+"""The ``korlm`` command line: one subcommand per pipeline step, plus ``pipeline``.
+
+Every subcommand takes ``--config FILE`` (the same schema the pipeline reads); flags
+override the file. Heavy libraries are imported only by the subcommand that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from korlm import config as cfg
+from korlm.errors import KorlmError, NotBuiltError
+
+
+def _print_result(title: str, result: Any) -> None:
+    print(f"{title}:")
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> cfg.Config:
+    conf = cfg.load(args.config)
+    return cfg.apply_overrides(conf, overrides)
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    conf = _load(args, {})
+    inputs: list[Any] = list(args.input) if args.input else [
+        i.model_dump(exclude_none=True) for i in conf.clean.inputs]
+    if not inputs:
+        raise KorlmError("clean needs inputs: pass --input PATH... or list clean.inputs in --config")
+    from corpus_beam.clean import run_clean
+
+    c = conf.clean
+    stats = run_clean(
+        inputs, args.output,
+        min_sentence_chars=c.min_sentence_chars, max_sentence_chars=c.max_sentence_chars,
+        min_document_chars=c.min_document_chars, normalization=c.normalization,
+        sentence_splitter=c.sentence_splitter,
+        beam_options=(args.beam_option or c.beam_options) or None,
+    )
+    _print_result(f"clean -> {args.output}", stats)
+
+
+def cmd_vocab(args: argparse.Namespace) -> None:
+    conf = _load(args, {"vocab.algorithm": args.algorithm,
+                        "vocab.pre_tokenizer": args.pre_tokenizer,
+                        "vocab.vocab_size": args.vocab_size})
+    from korlm.vocab import build_vocab
+
+    v = conf.vocab
+    stats = build_vocab(args.corpus, args.output, algorithm=v.algorithm,
+                        pre_tokenizer=v.pre_tokenizer, vocab_size=v.vocab_size,
+                        min_frequency=v.min_frequency, max_sentences=v.max_sentences)
+    _print_result(f"vocab -> {args.output}", stats)
+
+
+def cmd_pretrain_data(args: argparse.Namespace) -> None:
+    conf = _load(args, {"pretrain_data.objective": args.objective,
+                        "pretrain_data.max_seq_length": args.max_seq_length})
+    from corpus_beam.pack import run_pretrain_data
+
+    p = conf.pretrain_data
+    meta = run_pretrain_data(args.corpus, args.tokenizer, args.output, objective=p.objective,
+                             max_seq_length=p.max_seq_length, num_shards=p.num_shards,
+                             seed=p.seed, beam_options=p.beam_options or None)
+    _print_result(f"pretrain-data -> {args.output}", meta)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    conf = _load(args, {"pretrain.model": args.model, "pretrain.size": args.size,
+                        "pretrain.steps": args.steps,
+                        "pretrain.checkpoint_every": args.checkpoint_every,
+                        "pretrain.batch_size": args.batch_size})
+    from korlm.pretrain import run_pretrain
+
+    p = conf.pretrain
+    checkpoints = run_pretrain(
+        args.data, args.tokenizer, args.output, model=p.model, size=p.size, steps=p.steps,
+        checkpoint_every=p.checkpoint_every, batch_size=p.batch_size,
+        learning_rate=p.learning_rate, warmup_steps=p.warmup_steps,
+        weight_decay=p.weight_decay, mask_rate=p.mask_rate, seed=p.seed)
+    _print_result(f"pretrain -> {args.output}", checkpoints)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    conf = _load(args, {"evaluate.max_train_examples": args.max_train_examples,
+                        "evaluate.data_dir": args.data_dir})
+    from korlm import storage
+    from korlm.evaluate import evaluate_checkpoint
+
+    e = conf.evaluate
+    if args.task.endswith((".yaml", ".yml")):
+        raise NotBuiltError("user-declared YAML tasks", 7)
+    if not args.tokenizer:
+        raise KorlmError("evaluate needs --tokenizer DIR (the vocab step's output)")
+    result = evaluate_checkpoint(
+        args.checkpoint, args.tokenizer, args.task, storage.join(e.data_dir, args.task),
+        args.output, random_init=args.random_init, max_train_examples=e.max_train_examples,
+        max_eval_examples=e.max_eval_examples, epochs=e.epochs, batch_size=e.batch_size,
+        learning_rate=e.learning_rate, max_seq_length=e.max_seq_length, seed=e.seed)
+    _print_result(f"evaluate -> {args.output}", result)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from korlm.report import build_report
+
+    summary = build_report(args.results, args.output)
+    print(summary["markdown"])
+    print(f"report -> {args.output}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    conf = _load(args, {})
+    from korlm import storage
+    from korlm.export import export_checkpoint, select_checkpoint
+
+    checkpoint = args.checkpoint
+    if storage.exists(storage.join(checkpoint, "checkpoints.json")):
+        checkpoint = select_checkpoint(checkpoint, conf.export.checkpoint)
+    if not args.tokenizer:
+        raise KorlmError("export needs --tokenizer DIR (the vocab step's output)")
+    results_md = storage.read_text(args.results) if args.results else None
+    summary = export_checkpoint(checkpoint, args.tokenizer, args.output,
+                                results_markdown=results_md, model_name=conf.export.model_name)
+    _print_result(f"export -> {args.output}", summary)
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    conf = _load(args, {"push.repo_id": args.repo_id})
+    from korlm.push import push_model
+
+    p = conf.push
+    dry_run = p.dry_run if args.dry_run is None else args.dry_run
+    plan = push_model(args.model, p.repo_id, args.output or args.model + "-push",
+                      dry_run=dry_run, private=p.private, token_env=p.token_env)
+    _print_result("push" + (" (dry run)" if dry_run else ""), plan)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    conf = cfg.apply_overrides(cfg.load(args.config), cfg.parse_set(args.set or []))
+    if args.action == "compile":
+        from pipelines.compile import compile_pipeline
+
+        path = compile_pipeline(conf, args.output)
+        print(f"compiled pipeline -> {path}")
+    elif args.action == "run":
+        from pipelines.local_run import run_local
+
+        run_local(conf, config_path=args.config)
+    elif args.action == "submit":
+        raise NotBuiltError(f"submission to {args.target or 'a cluster'} (Vertex AI / KFP)", 9)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="korlm",
+        description="Raw Korean text -> cleaned corpus -> vocab -> pretraining data -> "
+                    "pretrained checkpoints -> evaluation report -> Hugging Face export.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="FILE",
+                       help="YAML run config (see configs/); flags override it")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("clean", cmd_clean, "Clean raw corpora with Apache Beam into one sentence per line.")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="raw files, globs or gs:// URIs (.txt/.jsonl/.csv/.tsv, .gz/.bz2); "
+                        "default: clean.inputs of --config")
+    p.add_argument("--output", required=True, metavar="DIR", help="corpus directory to write")
+    p.add_argument("--beam-option", action="append", metavar="ARG",
+                   help="Beam pipeline argument, repeatable (e.g. --beam-option=--runner=DataflowRunner)")
+
+    p = add("vocab", cmd_vocab, "Train a subword vocabulary on a cleaned corpus.")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="output of `korlm clean`")
+    p.add_argument("--output", required=True, metavar="DIR", help="tokenizer directory to write")
+    p.add_argument("--algorithm", choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"])
+    p.add_argument("--pre-tokenizer", choices=["none", "morpheme"],
+                   help="`morpheme` splits eojeol into Kiwi morphemes before subword training")
+    p.add_argument("--vocab-size", type=int, metavar="N")
+
+    p = add("pretrain-data", cmd_pretrain_data, "Tokenize and pack the corpus into TFRecord shards.")
+    p.add_argument("--corpus", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--objective", choices=["mlm", "bart"])
+    p.add_argument("--max-seq-length", type=int, metavar="N")
+
+    p = add("pretrain", cmd_pretrain, "Pretrain a model from scratch, checkpointing every K steps.")
+    p.add_argument("--data", required=True, metavar="DIR", help="output of `korlm pretrain-data`")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="run directory (checkpoints/, checkpoints.json, train_log.jsonl); "
+                        "re-running resumes from its latest checkpoint")
+    p.add_argument("--model", choices=["bert", "roberta", "bart"])
+    p.add_argument("--size", choices=["tiny", "mini", "small", "base", "large"])
+    p.add_argument("--steps", type=int, metavar="N")
+    p.add_argument("--checkpoint-every", type=int, metavar="K")
+    p.add_argument("--batch-size", type=int, metavar="N")
+
+    p = add("evaluate", cmd_evaluate, "Fine-tune one checkpoint on a task and score it.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint directory (run/checkpoints/step-NNNNNN)")
+    p.add_argument("--task", required=True, metavar="NAME|FILE.yaml", help="e.g. nsmc")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", metavar="DIR", help="the vocab step's output")
+    p.add_argument("--data-dir", metavar="DIR", help="holds <task>/ data folders")
+    p.add_argument("--max-train-examples", type=int, metavar="N")
+    p.add_argument("--random-init", action="store_true",
+                   help="baseline: same architecture, weights not loaded")
+
+    p = add("report", cmd_report, "Collect evaluation results into tables and plots.")
+    p.add_argument("--results", nargs="+", required=True, metavar="DIR",
+                   help="evaluate output directories (each with metrics.json, or parents of them)")
+    p.add_argument("--output", required=True, metavar="DIR")
+
+    p = add("export", cmd_export, "Export a checkpoint to a Hugging Face model directory.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint directory, or a run directory (its last checkpoint)")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", metavar="DIR")
+    p.add_argument("--results", metavar="FILE", help="results.md from `korlm report`, for the card")
+
+    p = add("push", cmd_push, "Upload an exported model to the Hugging Face Hub (dry run by default).")
+    p.add_argument("--model", required=True, metavar="DIR", help="output of `korlm export`")
+    p.add_argument("--repo-id", metavar="ID", help="namespace/name")
+    p.add_argument("--output", metavar="DIR", help="where push_plan.json goes (default MODEL-push)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                   help="write the upload plan only (default unless push.dry_run: false)")
+    g.add_argument("--no-dry-run", dest="dry_run", action="store_false",
+                   help="really upload; the token comes from $HF_TOKEN")
+
+    p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
+    p.add_argument("action", choices=["compile", "run", "submit"])
+    p.add_argument("--output", metavar="FILE", default="build/korlm-pipeline.yaml",
+                   help="compile: where the pipeline YAML goes")
+    p.add_argument("--target", choices=["vertex", "kfp"], help="submit: where to")
+    p.add_argument("--dry-run", action="store_true", help="submit: print the job only")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value, repeatable")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KorlmError as exc:
+        print(f"korlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The run configuration: one YAML file, validated, read by the CLI and the pipeline.
+
+Unknown or mistyped keys, wrong types and impossible values are errors that name the
+key (``pretrain.steps: must be greater than 0``), raised as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from korlm.errors import KorlmError
+
+
+class ConfigError(KorlmError):
+    """A config file that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    id: str | None = Field(None, description="run id; default: a UTC timestamp")
+    output_root: str = Field("runs", description="where runs/<run-id>/ folders are written")
+
+    @model_validator(mode="after")
+    def _id_is_a_folder_name(self):
+        if self.id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.id):
+            raise ValueError(f"run.id {self.id!r} must be letters, digits, '.', '_' or '-'")
+        return self
+
+
+class CleanInput(_Section):
+    path: str = Field(description="file, glob or gs:// URI")
+    format: Literal["txt", "jsonl", "csv", "tsv"] | None = Field(
+        None, description="inferred from the file name when absent")
+    field: str | None = Field(None, description="JSON field or CSV/TSV column holding the text")
+
+
+class CleanSection(_Section):
+    inputs: list[CleanInput] = Field(default_factory=list)
+    min_sentence_chars: int = Field(2, ge=1)
+    max_sentence_chars: int = Field(1000, ge=1)
+    min_document_chars: int = Field(10, ge=0)
+    normalization: Literal["NFC", "NFKC"] = "NFC"
+    sentence_splitter: Literal["kiwi", "regex"] = "kiwi"
+    beam_options: list[str] = Field(default_factory=list,
+                                    description="Beam pipeline args, e.g. --runner=DataflowRunner")
+
+    @model_validator(mode="after")
+    def _limits_ordered(self):
+        if self.min_sentence_chars > self.max_sentence_chars:
+            raise ValueError("min_sentence_chars must not exceed max_sentence_chars")
+        return self
+
+
+class VocabSection(_Section):
+    algorithm: Literal["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"] = "wordpiece"
+    pre_tokenizer: Literal["none", "morpheme"] = "none"
+    vocab_size: int = Field(8000, ge=16, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    max_sentences: int | None = Field(None, ge=1)
+
+
+class PretrainDataSection(_Section):
+    objective: Literal["mlm", "bart"] = "mlm"
+    max_seq_length: int = Field(128, ge=8, le=4096)
+    num_shards: int = Field(2, ge=1)
+    seed: int = 0
+    beam_options: list[str] = Field(default_factory=list)
+
+
+class PretrainSection(_Section):
+    model: Literal["bert", "roberta", "bart"] = "bert"
+    size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
+    steps: int = Field(300, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    mask_rate: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _checkpoint_fits(self):
+        if self.checkpoint_every > self.steps:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})")
+        return self
+
+
+class EvaluateSection(_Section):
+    tasks: list[str] = Field(default_factory=lambda: ["nsmc"], min_length=1)
+    data_dir: str = Field("data/sample/eval", description="task data under <data_dir>/<task>/")
+    parallelism: int = Field(2, ge=1, description="checkpoints evaluated at once")
+    max_train_examples: int | None = Field(2000, ge=1)
+    max_eval_examples: int | None = Field(1000, ge=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    max_seq_length: int = Field(64, ge=8)
+    seed: int = 0
+
+
+class ExportSection(_Section):
+    model_name: str = "korlm-bert"
+    checkpoint: Literal["last"] = "last"
+
+
+class PushSection(_Section):
+    repo_id: str = Field("korlm/korlm-bert-demo", pattern=r"^[\w.-]+/[\w.-]+$")
+    dry_run: bool = True
+    private: bool = True
+    token_env: str = "HF_TOKEN"
+
+
+class PipelineSection(_Section):
+    name: str = Field("korlm", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    image: str = Field("korlm:0.1.0", description="component image URI; never ':latest'")
+    enable_caching: bool = False
+
+    @model_validator(mode="after")
+    def _no_latest(self):
+        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1]:
+            raise ValueError(f"pipeline.image {self.image!r} needs a pinned tag, not ':latest'")
+        return self
+
+
+class Config(_Section):
+    run: RunSection = Field(default_factory=RunSection)
+    clean: CleanSection = Field(default_factory=CleanSection)
+    vocab: VocabSection = Field(default_factory=VocabSection)
+    pretrain_data: PretrainDataSection = Field(default_factory=PretrainDataSection)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    push: PushSection = Field(default_factory=PushSection)
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key (check the spelling)"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    return f"{where}: {msg[0].lower() + msg[1:]}"
+
+
+def validate(data: dict[str, Any] | None, source: str = "config") -> Config:
+    """Build a :class:`Config` from plain data, with errors that name the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load(path: str | None) -> Config:
+    """Read and validate a YAML config file (``None`` gives the defaults)."""
+    if path is None:
+        return Config()
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return validate(data, source=path)
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy with ``{"section.key": value}`` overrides applied and re-validated.
+
+    ``None`` values are skipped, so unset CLI flags leave the file's value alone.
+    """
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if section not in data or not key:
+            raise ConfigError(f"{dotted}: unknown key")
+        data[section][key] = value
+    return validate(data, source="config with command-line overrides")
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """Parse ``--set section.key=value`` strings; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out

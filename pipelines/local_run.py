@@ -1,0 +1,156 @@
+"""Run the whole DAG on this machine through kfp.local (SubprocessRunner, no venv per task).
+
+Outputs land under ``runs/<run-id>/``: the kfp.local pipeline root in ``kfp/``, and one
+folder (a link into it) per step: ``clean/``, ``vocab/``, ``pretrain-data/``,
+``pretrain/``, ``evaluate/<checkpoint>/``, ``report/``, ``export/``, ``push/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import yaml
+
+from korlm.config import Config
+from korlm.errors import KorlmError
+
+# kfp.local task directory name -> (step folder, artifact output name)
+STEP_OUTPUTS = [
+    ("clean", "clean", "corpus"),
+    ("vocab", "vocab", "tokenizer"),
+    ("pretrain-data", "pretrain-data", "examples"),
+    ("pretrain", "pretrain", "run"),
+    ("report", "report", "report"),
+    ("export", "export", "hf_model"),
+    ("push", "push", "plan"),
+]
+
+
+def _absolute_inputs(conf: Config) -> list[dict[str, Any]]:
+    out = []
+    for item in conf.clean.inputs:
+        spec = item.model_dump(exclude_none=True)
+        if "://" not in spec["path"]:
+            spec["path"] = os.path.abspath(spec["path"])
+        out.append(spec)
+    return out
+
+
+def _check_inputs(conf: Config) -> None:
+    """Fail in one line before any task starts when a local input is missing."""
+    import glob
+
+    if not conf.clean.inputs:
+        raise KorlmError("clean.inputs is empty: list the raw corpora to clean in the config")
+    for item in conf.clean.inputs:
+        if "://" not in item.path and not glob.glob(item.path):
+            raise KorlmError(f"clean.inputs: {item.path} matches no file")
+    for task in conf.evaluate.tasks:
+        d = os.path.join(conf.evaluate.data_dir, task)
+        if "://" not in d and not os.path.isdir(d):
+            raise KorlmError(f"evaluate.data_dir: no data folder {d} for task {task!r}")
+
+
+def _find_task_dirs(root: str) -> dict[str, str]:
+    """Map kfp.local task directory names to their paths (one pipeline run under root)."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            found.setdefault(d, os.path.join(dirpath, d))
+    return found
+
+
+def _evaluation_dirs(root: str) -> dict[str, str]:
+    """Each evaluate task's `results` artifact, keyed by the checkpoint it scored."""
+    found = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        if os.path.basename(dirpath).startswith("evaluate") and "results" in dirnames:
+            res = os.path.join(dirpath, "results")
+            for task in sorted(os.listdir(res)):
+                metrics = os.path.join(res, task, "metrics.json")
+                if os.path.exists(metrics):
+                    with open(metrics, encoding="utf-8") as f:
+                        found[json.load(f)["checkpoint"]] = res
+                    break
+    return found
+
+
+def _link_step_outputs(run_dir: str, kfp_root: str) -> dict[str, str]:
+    outputs: dict[str, str] = {}
+    task_dirs = _find_task_dirs(kfp_root)
+    for task_name, folder, artifact in STEP_OUTPUTS:
+        src = task_dirs.get(task_name)
+        if src and os.path.exists(os.path.join(src, artifact)):
+            outputs[folder] = os.path.join(src, artifact)
+    for checkpoint, res in sorted(_evaluation_dirs(kfp_root).items()):
+        outputs[f"evaluate/{checkpoint}"] = res
+    for key, target in outputs.items():
+        link = os.path.join(run_dir, key)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if os.path.islink(link):
+            os.remove(link)
+        os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+    return outputs
+
+
+def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
+    _check_inputs(conf)
+    from kfp import local
+
+    from pipelines.korlm_pipeline import build_pipeline
+
+    run_id = conf.run.id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.abspath(os.path.join(conf.run.output_root, run_id))
+    if os.path.exists(run_dir) and os.listdir(run_dir):
+        raise KorlmError(f"run directory {run_dir} already exists: set another run.id "
+                         "(or --set run.id=NEW) or remove it")
+    kfp_root = os.path.join(run_dir, "kfp")
+    os.makedirs(kfp_root, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(conf.model_dump(), f, allow_unicode=True, sort_keys=False)
+
+    # Tasks inherit this environment; keep TF quiet and the library importable.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+
+    print(f"korlm: run {run_id} -> {run_dir} (kfp.local, SubprocessRunner, "
+          f"config {config_path or 'defaults'})", flush=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root,
+               raise_on_error=True, enable_caching=False)
+    pipeline = build_pipeline(conf, clean_inputs=_absolute_inputs(conf),
+                              eval_data_dir=os.path.abspath(conf.evaluate.data_dir)
+                              if "://" not in conf.evaluate.data_dir else conf.evaluate.data_dir)
+    start = time.time()
+    try:
+        pipeline()
+    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+        raise KorlmError(f"pipeline run {run_id} failed: {exc}") from exc
+    seconds = time.time() - start
+
+    outputs = _link_step_outputs(run_dir, kfp_root)
+    summary = {"run_id": run_id, "run_dir": run_dir, "seconds": round(seconds, 1),
+               "outputs": {k: os.path.join(run_dir, k) for k in outputs}}
+    with open(os.path.join(run_dir, "outputs.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+
+    results_md = os.path.join(run_dir, "report", "results.md")
+    print("\n" + "=" * 72)
+    print(f"korlm run {run_id} finished in {seconds / 60:.1f} min")
+    if os.path.exists(results_md):
+        with open(results_md, encoding="utf-8") as f:
+            print(f.read())
+    print("Outputs:")
+    for key in outputs:
+        print(f"  {key:<28} {os.path.join(run_dir, key)}")
+    sys.stdout.flush()
+    return summary

@@ -1,0 +1,58 @@
+"""The config schema: good files load, bad ones fail in one line naming the key."""
+
+import pytest
+
+from korlm import config
+
+
+def test_bundled_configs_validate():
+    for path in ("configs/local.yaml", "configs/tiny.yaml"):
+        conf = config.load(path)
+        assert conf.clean.inputs, path
+        assert conf.pretrain.checkpoint_every <= conf.pretrain.steps
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"pretrain": {"stepz": 3}}, "pretrain.stepz: unknown key"),
+    ({"pretrian": {}}, "pretrian: unknown key"),
+    ({"pretrain": {"steps": 0}}, "pretrain.steps: input should be greater than 0"),
+    ({"pretrain": {"steps": "many"}}, "pretrain.steps: input should be a valid integer"),
+    ({"pretrain": {"steps": 10, "checkpoint_every": 50}}, "checkpoint_every (50) is larger than steps (10)"),
+    ({"vocab": {"algorithm": "bpe"}}, "vocab.algorithm: input should be 'wordpiece'"),
+    ({"pretrain": {"size": "huge"}}, "pretrain.size: input should be 'tiny'"),
+    ({"clean": {"inputs": [{"field": "text"}]}}, "clean.inputs.0.path: required key is missing"),
+    ({"clean": {"min_sentence_chars": 50, "max_sentence_chars": 10}}, "min_sentence_chars must not exceed"),
+    ({"pipeline": {"image": "gcr.io/p/korlm:latest"}}, "needs a pinned tag"),
+    ({"push": {"repo_id": "no-namespace"}}, "push.repo_id"),
+    ({"run": {"id": "../escape"}}, "run.id"),
+])
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(data)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  steps: [1,\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML at line"):
+        config.load(str(bad))
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(config.ConfigError, match="top level must be a mapping"):
+        config.load(str(top))
+
+
+def test_overrides_are_validated():
+    conf = config.load("configs/tiny.yaml")
+    new = config.apply_overrides(conf, config.parse_set(["pretrain.steps=40", "vocab.vocab_size=3000"]))
+    assert new.pretrain.steps == 40 and new.vocab.vocab_size == 3000
+    assert conf.pretrain.steps == 20  # the original is untouched
+    with pytest.raises(config.ConfigError, match="pretrain.steps"):
+        config.apply_overrides(conf, {"pretrain.steps": -5})
+    with pytest.raises(config.ConfigError, match="expected section.key=value"):
+        config.parse_set(["steps"])
