@@ -127,23 +127,30 @@ def copy_tree(src: str, dst: str) -> None:
 def atomic_output_dir(path: str, overwrite: bool = True) -> Iterator[str]:
     """Yield a staging directory that becomes ``path`` only if the block succeeds.
 
-    Local: a hidden sibling directory renamed into place. Remote: a local staging
-    directory uploaded at the end, then a ``_SUCCESS`` marker written last, so a reader
-    can tell a complete artifact from a killed upload.
+    Local: a hidden sibling directory renamed into place. Remote: a hidden sibling
+    prefix moved into place, then a ``_SUCCESS`` marker written last, so a reader can
+    tell a complete artifact from a killed step. The staging path uses the same
+    filesystem as the destination: write into it with this module's functions.
     """
     if is_remote(path):
-        import tempfile
-
-        staging = tempfile.mkdtemp(prefix="korlm-stage-")
+        # Staged beside the destination (not on local disk), so distributed writers such
+        # as Dataflow workers can write into it; `_SUCCESS` is written last.
+        fs = _fs(path)
+        parent, _, name = path.rstrip("/").rpartition("/")
+        staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.makedirs(staging, exist_ok=True)
         try:
             yield staging
-            if overwrite:
-                remove_tree(path)
-            with open(os.path.join(staging, "_SUCCESS"), "w"):
+            if fs.exists(path):
+                if not overwrite:
+                    raise StorageError(f"{path} already exists")
+                fs.rm(path, recursive=True)
+            fs.mv(staging, path, recursive=True)
+            with fs.open(f"{path}/_SUCCESS", "wb"):
                 pass
-            copy_tree(staging, path)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if fs.exists(staging):
+                fs.rm(staging, recursive=True)
         return
 
     final = os.path.abspath(_local(path))
