@@ -5,6 +5,9 @@ from kfp.dsl import Dataset, Metrics, Output
 
 def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Metrics]):
     """Read, normalize, split and deduplicate raw text; write the corpus artifact."""
+    from korlm.config import section_params
+
+    params = section_params("clean", params)
     import json
     import os
 

@@ -8,6 +8,9 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
              results: Output[Artifact], metrics: Output[Metrics]):
     """Evaluate checkpoint `step` of `run` (or, with random_init, the same architecture
     untrained) on every task; one metrics.json per task under `results`."""
+    from korlm.config import section_params
+
+    params = section_params("evaluate", params)
     import os
 
     from korlm import storage

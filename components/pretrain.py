@@ -1,11 +1,14 @@
 """KFP component: pretrain from scratch with checkpoints every N steps (korlm pretrain)."""
 
-from kfp.dsl import Artifact, Dataset, Input, Output, Model
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
 def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
              run: Output[Model]) -> list:
     """Train; return the checkpoint steps (the evaluation fan-out iterates over them)."""
+    from korlm.config import section_params
+
+    params = section_params("pretrain", params)
     from korlm.pretrain import run_pretrain
 
     checkpoints = run_pretrain(examples.path, tokenizer.path, run.path, **params)

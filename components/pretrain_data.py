@@ -6,6 +6,9 @@ from kfp.dsl import Artifact, Dataset, Input, Output
 def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: dict,
                   examples: Output[Dataset]):
     """Tokenize with the vocab artifact and pack into sharded TFRecords."""
+    from korlm.config import section_params
+
+    params = section_params("pretrain_data", params)
     from corpus_beam.pack import run_pretrain_data
 
     meta = run_pretrain_data(corpus.path, tokenizer.path, examples.path, **params)

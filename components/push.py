@@ -9,6 +9,9 @@ from kfp.dsl import Artifact, Input, Model, Output
 
 def push(hf_model: Input[Model], params: dict, plan: Output[Artifact]):
     """Dry run by default: record the files and commit message that would be uploaded."""
+    from korlm.config import section_params
+
+    params = section_params("push", params)
     from korlm.push import push_model
 
     result = push_model(hf_model.path, params["repo_id"], plan.path,

@@ -1,11 +1,11 @@
 """KFP component: the checkpoint x task results table and plots (korlm report)."""
 
-from typing import List
+from typing import List  # noqa: UP035 (KFP parses typing.List for Collected artifacts)
 
 from kfp.dsl import Artifact, Input, Markdown, Output
 
 
-def report(results: Input[List[Artifact]], baseline: Input[Artifact],
+def report(results: Input[List[Artifact]], baseline: Input[Artifact],  # noqa: UP006
            report: Output[Artifact], table: Output[Markdown]):
     """Collect every evaluation into results.md/.html and plots; the table also goes to
     a Markdown artifact so it shows in the pipeline UI."""

@@ -6,6 +6,9 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
           stats: Output[Metrics]):
     """Train WordPiece/SentencePiece on the cleaned corpus; write the tokenizer artifact."""
+    from korlm.config import section_params
+
+    params = section_params("vocab", params)
     from korlm.vocab import build_vocab
 
     result = build_vocab(corpus.path, tokenizer.path, **params)

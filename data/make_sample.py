@@ -16,7 +16,7 @@ def head_lines(src: str, dst: str, n: int, compress: bool = False) -> None:
     opener = gzip.open if src.endswith(".gz") else open
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with opener(src, "rt", encoding="utf-8") as fin:
-        lines = [line for _, line in zip(range(n), fin)]
+        lines = [line for _, line in zip(range(n), fin, strict=False)]
     if compress:
         with gzip.GzipFile(dst, "wb", mtime=0) as raw:
             raw.write("".join(lines).encode("utf-8"))

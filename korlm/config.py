@@ -210,3 +210,20 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         out[key.strip()] = yaml.safe_load(raw)
     return out
+
+
+def section_params(section: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Re-validate a step's parameters inside a pipeline task.
+
+    KFP carries dict parameters as protobuf Structs, where every number is a double
+    (an int 2000 arrives as 2000.0); validating through the same schema restores the
+    types and rejects anything edited into a compiled pipeline by hand. Only the keys
+    given are returned, so a step receives exactly what the pipeline passed.
+    """
+    model = Config.model_fields[section].annotation
+    try:
+        validated = model.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(_describe({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
+        raise ConfigError(f"step parameters: {problems}") from None
+    return {k: v for k, v in validated.model_dump().items() if k in params}

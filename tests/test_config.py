@@ -56,3 +56,14 @@ def test_overrides_are_validated():
         config.apply_overrides(conf, {"pretrain.steps": -5})
     with pytest.raises(config.ConfigError, match="expected section.key=value"):
         config.parse_set(["steps"])
+
+
+def test_section_params_restore_types_inside_tasks():
+    # KFP turns every number in a dict parameter into a double
+    assert config.section_params("vocab", {"vocab_size": 2000.0, "min_frequency": 2.0}) == {
+        "vocab_size": 2000, "min_frequency": 2}
+    out = config.section_params("evaluate", {"max_train_examples": 200.0, "learning_rate": 2e-4})
+    assert out == {"max_train_examples": 200, "learning_rate": 2e-4}
+    assert isinstance(out["max_train_examples"], int)
+    with pytest.raises(config.ConfigError, match="vocab.vocab_size"):
+        config.section_params("vocab", {"vocab_size": 2000.5})

@@ -1,0 +1,563 @@
+"""Masked-LM pretraining: TFRecord shards of token ids -> checkpoints every K steps.
+
+The input pipeline is pure ``tf.data``: read shards, batch, parse, mask dynamically with
+``keras_hub.layers.MaskedLMMaskGenerator`` (a fresh 80/10/10 mask every time an example
+is seen), pad to the sequence length. The model is ``models.build_masked_lm``; training is
+one ``model.fit`` call whose epochs are checkpoint-sized chunks, with a callback that logs
+every ``log_every`` steps and writes a checkpoint every ``checkpoint_every`` steps and at
+the last step.
+
+Resume: with every checkpoint the callback also writes ``state/`` (model weights,
+optimizer variables including the step counter, the step itself). Re-running the same
+command continues from that step; a finished run re-run returns its checkpoint list
+without training. Log lines written after the saved step (the work a kill threw away)
+are dropped, so ``train_log.jsonl`` reads as one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any
+
+from korlm import models, storage
+from korlm.errors import KorlmError
+from korlm.presets import size_config
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_JSON = "checkpoints.json"
+TRAIN_LOG = "train_log.jsonl"
+STATE_DIR = "state"
+STATE_JSON = "state.json"
+STATE_WEIGHTS = "model.weights.h5"
+TENSORBOARD_DIR = "tensorboard"
+
+DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+# Settings a resumed run must share with the run it continues (weights would not fit or
+# would mean something else otherwise).
+RESUME_KEYS = ("model", "size", "vocab_size", "vocab_hash", "max_seq_length")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    if not storage.exists(path):
+        raise KorlmError(f"{what} not found: {path}")
+    try:
+        return json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise KorlmError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _normalize_hash(value: str) -> str:
+    value = str(value).strip().lower()
+    return value.split(":", 1)[1] if ":" in value else value
+
+
+def tokenizer_vocab_hash(tokenizer_dir: str) -> str | None:
+    """The vocabulary fingerprint a tokenizer dir stands for.
+
+    ``vocab_stats.json``'s ``vocab_hash`` when the vocab step wrote one; otherwise the
+    SHA-256 of ``vocab.txt``; otherwise the SHA-256 of the tokens in id order, one a line.
+    """
+    stats_path = storage.join(tokenizer_dir, "vocab_stats.json")
+    if storage.exists(stats_path):
+        stats = _read_json(stats_path, "tokenizer stats")
+        if stats.get("vocab_hash"):
+            return _normalize_hash(stats["vocab_hash"])
+    vocab_txt = storage.join(tokenizer_dir, "vocab.txt")
+    if storage.exists(vocab_txt):
+        with storage.open_file(vocab_txt, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    tokenizer_json = storage.join(tokenizer_dir, "tokenizer.json")
+    if storage.exists(tokenizer_json):
+        vocab = json.loads(storage.read_text(tokenizer_json)).get("model", {}).get("vocab")
+        if isinstance(vocab, dict):
+            tokens = sorted(vocab, key=vocab.get)
+            return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+    return None
+
+
+def _hashes_match(a: str, b: str) -> bool:
+    # One side may store a shortened hash; 8 hex digits still tell vocabularies apart.
+    a, b = _normalize_hash(a), _normalize_hash(b)
+    short = min(len(a), len(b))
+    return short >= 8 and a[:short] == b[:short]
+
+
+def tokenizer_vocab_size(tokenizer_dir: str) -> int:
+    path = storage.join(tokenizer_dir, "tokenizer.json")
+    if not storage.exists(path):
+        raise KorlmError(f"tokenizer not found: {path} (run `korlm vocab` first)")
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(storage.read_text(path)).get_vocab_size()
+
+
+def _data_files(data_dir: str) -> list[str]:
+    files = storage.glob(storage.join(data_dir, "train-*.tfrecord"))
+    return files or storage.glob(storage.join(data_dir, "*.tfrecord"))
+
+
+def inspect_data(data_dir: str, tokenizer_dir: str) -> tuple[dict[str, Any], list[str]]:
+    """Metadata and shard list of a pretraining-data dir, checked against the tokenizer."""
+    if not storage.isdir(data_dir):
+        raise KorlmError(f"pretraining data dir not found: {data_dir} (run `korlm pretrain-data`)")
+    meta = _read_json(storage.join(data_dir, "metadata.json"), "pretraining data metadata")
+    files = _data_files(data_dir)
+    if not files:
+        raise KorlmError(f"no *.tfrecord shards in {data_dir}")
+    if not meta.get("num_examples"):
+        raise KorlmError(f"{data_dir} holds no examples (metadata.json num_examples is 0)")
+    for key in ("max_seq_length", "vocab_size"):
+        if key not in meta:
+            raise KorlmError(f"{data_dir}/metadata.json lacks {key!r}")
+    vocab_size = tokenizer_vocab_size(tokenizer_dir)
+    if int(meta["vocab_size"]) != vocab_size:
+        raise KorlmError(
+            f"vocab size mismatch: data {data_dir} was made with {meta['vocab_size']} tokens, "
+            f"tokenizer {tokenizer_dir} has {vocab_size}; use the tokenizer the data was made with")
+    data_hash, tok_hash = meta.get("vocab_hash"), tokenizer_vocab_hash(tokenizer_dir)
+    if data_hash and tok_hash and not _hashes_match(data_hash, tok_hash):
+        raise KorlmError(
+            f"vocab hash mismatch: data {data_dir} ({_normalize_hash(data_hash)[:12]}) was not "
+            f"made with tokenizer {tokenizer_dir} ({tok_hash[:12]})")
+    return meta, files
+
+
+# ------------------------------------------------------------------------ tf.data
+
+def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, vocab_size: int,
+                 special_ids: dict[str, int], mask_rate: float, seed: int,
+                 data_max_seq_length: int | None = None, shuffle_buffer: int = 10_000):
+    """Infinite dataset of (inputs, mask_ids, mask_weights) batches for ``BertMaskedLM``."""
+    import keras_hub
+    import tensorflow as tf
+
+    pad, cls, sep, mask = (special_ids[k] for k in ("pad", "cls", "sep", "mask"))
+    mask_selection_length = max(1, math.ceil(max_seq_length * mask_rate))
+    masker = keras_hub.layers.MaskedLMMaskGenerator(
+        vocabulary_size=vocab_size,
+        mask_selection_rate=mask_rate,
+        mask_token_id=mask,
+        mask_selection_length=mask_selection_length,
+        unselectable_token_ids=[pad, cls, sep],
+        mask_token_rate=0.8,
+        random_token_rate=0.1,
+    )
+    truncate = data_max_seq_length is None or data_max_seq_length > max_seq_length
+
+    def parse_and_mask(serialized):
+        ids = tf.io.parse_example(
+            serialized, {"input_ids": tf.io.RaggedFeature(tf.int64)})["input_ids"]
+        ids = tf.cast(ids, tf.int32)
+        if truncate:  # cut to max_seq_length, keeping a closing [SEP]
+            too_long = ids.row_lengths() > max_seq_length
+            ids = ids[:, :max_seq_length]
+            last = tf.boolean_mask(ids.row_splits[1:] - 1, too_long)
+            ids = ids.with_flat_values(tf.tensor_scatter_nd_update(
+                ids.flat_values, last[:, None], tf.fill(tf.shape(last), sep)))
+        lengths = ids.row_lengths()
+        masked = masker(ids)
+        token_ids = masked["token_ids"].to_tensor(default_value=pad,
+                                                 shape=[batch_size, max_seq_length])
+        inputs = {
+            "token_ids": token_ids,
+            "segment_ids": tf.zeros_like(token_ids),
+            # From the lengths, not from token_ids: a random replacement may be id 0.
+            "padding_mask": tf.sequence_mask(lengths, max_seq_length),
+            "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+        }
+        return inputs, tf.cast(masked["mask_ids"], tf.int32), masked["mask_weights"]
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(parse_and_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------- model
+
+@functools.cache
+def _warmup_linear_decay_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="korlm")
+    class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warmup to ``peak`` over ``warmup_steps``, then linear decay to 0 at
+        ``total_steps``."""
+
+        def __init__(self, peak, warmup_steps, total_steps):
+            self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+
+        def __call__(self, step):
+            step = keras.ops.cast(step, "float32")
+            up = self.peak * step / max(self.warmup_steps, 1)
+            down = self.peak * keras.ops.maximum(
+                0.0, (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1))
+            return keras.ops.where(step < self.warmup_steps, up, down)
+
+        def get_config(self):
+            return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                    "total_steps": self.total_steps}
+
+    return WarmupLinearDecay
+
+
+def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int):
+    """Learning-rate schedule: linear warmup, then linear decay to 0 (BERT's)."""
+    return _warmup_linear_decay_class()(peak, warmup_steps, total_steps)
+
+
+def no_weight_decay_variables(task) -> list:
+    """LayerNorm scales/offsets and biases: excluded from weight decay as in BERT."""
+    import keras
+
+    excluded = {id(v) for layer in task._flatten_layers()
+                if isinstance(layer, keras.layers.LayerNormalization) for v in layer.weights}
+    return [v for v in task.trainable_variables
+            if id(v) in excluded or "bias" in v.name]
+
+
+def compile_masked_lm(task, *, learning_rate: float, warmup_steps: int, total_steps: int,
+                      weight_decay: float):
+    """Compile for MLM training; returns the learning-rate schedule."""
+    import keras
+
+    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-6, clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(task))
+    task.compile(
+        optimizer=optimizer,
+        # Mean over masked tokens only (the weights mark real mask slots), not over all
+        # mask_selection_length slots.
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")],
+        # XLA on CPU compiles for long and ran no faster here.
+        jit_compile=False,
+    )
+    optimizer.build(task.trainable_variables)
+    return schedule
+
+
+# ------------------------------------------------------------------- run state
+
+def _write_text_atomic(path: str, text: str) -> None:
+    if storage.is_remote(path):  # an object store write is atomic already
+        storage.write_text(path, text)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    storage.write_text(tmp, text)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _read_checkpoints(output_dir: str) -> list[dict]:
+    path = storage.join(output_dir, CHECKPOINTS_JSON)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else []
+
+
+def _local_copy(remote_dir: str, names: list[str]) -> str:
+    local = tempfile.mkdtemp(prefix="korlm-state-")
+    for name in names:
+        with storage.open_file(storage.join(remote_dir, name), "rb") as src, \
+                open(os.path.join(local, name), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return local
+
+
+def save_state(task, output_dir: str, state: dict[str, Any]) -> None:
+    """``state/``: the compiled task's weights file, which holds the optimizer variables
+    (step counter and moments) too, plus ``state.json``."""
+    with storage.atomic_output_dir(storage.join(output_dir, STATE_DIR)) as staging:
+        task.save_weights(os.path.join(staging, STATE_WEIGHTS))
+        with open(os.path.join(staging, STATE_JSON), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+
+
+def load_state(output_dir: str) -> dict[str, Any] | None:
+    path = storage.join(output_dir, STATE_DIR, STATE_JSON)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+
+def restore_state(task, output_dir: str, step: int) -> None:
+    """Load ``state/`` into a compiled task whose optimizer is built."""
+    state_dir = storage.join(output_dir, STATE_DIR)
+    local = _local_copy(state_dir, [STATE_WEIGHTS]) if storage.is_remote(state_dir) else state_dir
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            task.load_weights(os.path.join(local, STATE_WEIGHTS))
+        # Keras only warns when it skips a mismatched optimizer; resuming without it
+        # would silently restart the schedule and moments.
+        skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+        if skipped:
+            raise KorlmError(f"cannot resume from {state_dir}: {skipped[0].strip()}")
+    except ValueError as exc:
+        raise KorlmError(f"cannot resume from {state_dir}: {exc}; use a new --output") from None
+    finally:
+        if local != state_dir:
+            shutil.rmtree(local, ignore_errors=True)
+    restored = int(task.optimizer.iterations.numpy())
+    if restored != step:
+        raise KorlmError(f"{state_dir} is inconsistent: state.json says step {step}, the "
+                         f"optimizer is at step {restored}; use a new --output")
+
+
+@contextlib.contextmanager
+def _optimizer_detached(task):
+    # A compiled task's weights file carries the optimizer (2x the model); checkpoints
+    # are for evaluation and export, the optimizer lives in state/.
+    optimizer = task.optimizer
+    task.optimizer = None
+    try:
+        yield task
+    finally:
+        task.optimizer = optimizer
+
+
+class _TrainLog:
+    """``train_log.jsonl``: appended locally, rewritten whole for object stores."""
+
+    def __init__(self, output_dir: str, keep_until_step: int):
+        self.path = storage.join(output_dir, TRAIN_LOG)
+        self.records: list[dict] = []
+        if storage.exists(self.path):
+            for line in storage.read_text(self.path).splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    if record.get("step", 0) <= keep_until_step:
+                        self.records.append(record)
+        self.flush()
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        if not storage.is_remote(self.path):
+            with storage.open_file(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        _write_text_atomic(self.path, text)
+
+
+# -------------------------------------------------------------------- training
+
+def _monitor_class():
+    import keras
+
+    class TrainMonitor(keras.callbacks.Callback):
+        """Logs every ``log_every`` steps, checkpoints every ``checkpoint_every`` steps."""
+
+        def __init__(self, *, run: dict, start_step: int, steps_per_epoch: int, log: _TrainLog,
+                     checkpoints: list[dict], writer, tokens_per_step: int, schedule):
+            super().__init__()
+            self.run, self.start_step, self.steps_per_epoch = run, start_step, steps_per_epoch
+            self.log, self.checkpoints, self.writer = log, checkpoints, writer
+            self.tokens_per_step, self.schedule = tokens_per_step, schedule
+            self.window_start = time.perf_counter()
+            self.window_steps = 0
+            self.last_loss: float | None = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_base = self.start_step + epoch * self.steps_per_epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            run = self.run
+            step = self.epoch_base + batch + 1
+            self.window_steps += 1
+            is_log = step % run["log_every"] == 0 or step == run["steps"]
+            is_ckpt = step % run["checkpoint_every"] == 0 or step == run["steps"]
+            if is_log or is_ckpt:
+                loss = float(logs["loss"])
+                accuracy = float(logs["mlm_accuracy"])
+                self.last_loss = loss
+            if is_log:
+                seconds = max(time.perf_counter() - self.window_start, 1e-9)
+                # The rate step `step` was taken with (the schedule counts from 0).
+                lr = float(self.schedule(step - 1))
+                record = {
+                    "step": step, "loss": round(loss, 5), "mlm_accuracy": round(accuracy, 5),
+                    "learning_rate": lr,
+                    "steps_per_second": round(self.window_steps / seconds, 3),
+                    # Sequence positions (batch x max_seq_length, padding included).
+                    "tokens_per_second": round(self.window_steps * self.tokens_per_step / seconds, 1),
+                    "time": round(time.time(), 3),
+                }
+                self.log.append(record)
+                if self.writer is not None:
+                    import tensorflow as tf
+
+                    with self.writer.as_default(step=step):
+                        for key in ("loss", "mlm_accuracy", "learning_rate", "tokens_per_second"):
+                            tf.summary.scalar(key, record[key])
+                print(f"step {step}/{run['steps']} loss {loss:.4f} mlm_acc {accuracy:.4f} "
+                      f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
+                      f"{record['tokens_per_second']:.0f} tokens/s", flush=True)
+                self.model.reset_metrics()
+                self.window_start = time.perf_counter()
+                self.window_steps = 0
+            if is_ckpt:
+                saving = time.perf_counter()
+                self._checkpoint(step)
+                self.window_start += time.perf_counter() - saving  # speed = training only
+            if step >= run["steps"]:
+                self.model.stop_training = True
+
+        def _checkpoint(self, step: int) -> None:
+            run = self.run
+            uri = storage.join(run["output_dir"], CHECKPOINTS_DIR, checkpoint_name(step))
+            info = {k: run[k] for k in RESUME_KEYS}
+            info.update(step=step, train_loss=self.last_loss)
+            with _optimizer_detached(self.model) as task:
+                models.save_checkpoint(task, uri, info)
+            # The state follows the checkpoint: a kill between the two re-trains from the
+            # previous state and overwrites this checkpoint with the same step.
+            save_state(self.model, run["output_dir"], {**info, "log_every": run["log_every"]})
+            self.checkpoints[:] = [c for c in self.checkpoints if c["step"] < step]
+            self.checkpoints.append({"step": step, "uri": uri})
+            _write_json_atomic(storage.join(run["output_dir"], CHECKPOINTS_JSON), self.checkpoints)
+            if storage.is_remote(run["output_dir"]):
+                self.log.flush()
+            print(f"checkpoint {checkpoint_name(step)} -> {uri}", flush=True)
+
+    return TrainMonitor
+
+
+def _summary_writer(output_dir: str):
+    """TensorBoard event files when the ``tensorboard`` package is there (tf.summary
+    needs it for scalars); train_log.jsonl holds the same numbers regardless."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(storage.join(output_dir, TENSORBOARD_DIR))
+
+
+def _strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: str = "bert",
+                 size: str = "tiny", steps: int = 300, checkpoint_every: int = 100,
+                 batch_size: int = 32, learning_rate: float = 5e-4, warmup_steps: int = 30,
+                 weight_decay: float = 0.01, mask_rate: float = 0.15,
+                 max_seq_length: int | None = None, seed: int = 0,
+                 log_every: int = 10) -> list[dict]:
+    """Pretrain a masked LM; returns the checkpoint list (also in ``checkpoints.json``).
+
+    ``steps`` is the total step count of the run, so re-running with a larger value
+    extends a finished run (the learning-rate schedule is then recomputed for the new
+    total) and re-running with the same value after a kill continues where it stopped.
+    """
+    if not storage.is_remote(output_dir):
+        output_dir = os.path.abspath(output_dir)
+    models.check_family(model)
+    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every),
+                        ("batch_size", batch_size), ("log_every", log_every)):
+        if int(value) <= 0:
+            raise KorlmError(f"{name} must be greater than 0, got {value}")
+    if not 0 < mask_rate < 1:
+        raise KorlmError(f"mask_rate must be between 0 and 1, got {mask_rate}")
+    if warmup_steps < 0 or learning_rate <= 0 or weight_decay < 0:
+        raise KorlmError("learning_rate must be > 0, warmup_steps and weight_decay >= 0")
+    try:
+        size_config(size)
+    except ValueError as exc:
+        raise KorlmError(str(exc)) from None
+
+    meta, files = inspect_data(data_dir, tokenizer_dir)
+    data_len = int(meta["max_seq_length"])
+    seq_len = int(max_seq_length or data_len)
+    if seq_len < 8:
+        raise KorlmError(f"max_seq_length must be at least 8, got {seq_len}")
+    special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    run = {
+        "output_dir": output_dir, "model": model, "size": size,
+        "vocab_size": int(meta["vocab_size"]),
+        "vocab_hash": meta.get("vocab_hash") or tokenizer_vocab_hash(tokenizer_dir),
+        "max_seq_length": seq_len, "steps": int(steps),
+        "checkpoint_every": int(checkpoint_every), "log_every": int(log_every),
+    }
+
+    state = load_state(output_dir)
+    start_step = 0
+    if state is not None:
+        for key in RESUME_KEYS:
+            if state.get(key) != run[key]:
+                raise KorlmError(
+                    f"{output_dir} holds a run with {key}={state.get(key)!r}, not {run[key]!r}; "
+                    "use a new --output or the original settings to resume")
+        start_step = int(state["step"])
+    checkpoints = [c for c in _read_checkpoints(output_dir) if c["step"] <= start_step]
+    if start_step >= steps:
+        print(f"{output_dir} already trained to step {start_step}; nothing to do", flush=True)
+        return checkpoints
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    with _strategy().scope():
+        task = models.build_masked_lm(model, size, run["vocab_size"], seq_len)
+        schedule = compile_masked_lm(task, learning_rate=learning_rate,
+                                     warmup_steps=warmup_steps, total_steps=steps,
+                                     weight_decay=weight_decay)
+    if start_step:
+        restore_state(task, output_dir, start_step)
+        print(f"resuming {output_dir} from step {start_step}", flush=True)
+    # A resumed run sees a new data order and new masks, not a replay of the first steps.
+    keras.utils.set_random_seed(seed + start_step)
+    dataset = make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,
+                           vocab_size=run["vocab_size"], special_ids=special_ids,
+                           mask_rate=mask_rate, seed=seed + start_step,
+                           data_max_seq_length=data_len)
+
+    storage.makedirs(output_dir)
+    log = _TrainLog(output_dir, keep_until_step=start_step)
+    _write_json_atomic(storage.join(output_dir, CHECKPOINTS_JSON), checkpoints)
+    writer = _summary_writer(output_dir)
+    remaining = steps - start_step
+    steps_per_epoch = min(checkpoint_every, remaining)
+    monitor = _monitor_class()(
+        run=run, start_step=start_step, steps_per_epoch=steps_per_epoch, log=log,
+        checkpoints=checkpoints, writer=writer, tokens_per_step=batch_size * seq_len,
+        schedule=schedule)
+    print(f"pretraining {model}-{size} ({task.count_params():,} params) on {len(files)} shards, "
+          f"{meta['num_examples']:,} examples: steps {start_step + 1}..{steps}, batch "
+          f"{batch_size}, seq {seq_len}", flush=True)
+    with warnings.catch_warnings():
+        # The pooler is part of the backbone but not of the MLM loss.
+        warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+        task.fit(dataset, steps_per_epoch=steps_per_epoch, shuffle=False,
+                 epochs=math.ceil(remaining / steps_per_epoch), callbacks=[monitor], verbose=0)
+    if writer is not None:
+        writer.close()
+    return list(checkpoints)

@@ -1,0 +1,68 @@
+"""CLI contract: --help for every step, one-line errors for bad config and missing inputs."""
+
+import subprocess
+import sys
+
+import pytest
+
+STEPS = ["clean", "vocab", "pretrain-data", "pretrain", "evaluate", "report", "export",
+         "push", "pipeline"]
+
+
+def korlm(*args):
+    return subprocess.run([sys.executable, "-m", "korlm.cli", *args], capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_help(step):
+    proc = korlm(step, "--help")
+    assert proc.returncode == 0
+    assert "--config" in proc.stdout
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_config_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  stepz: 10\n")
+    _one_line_error(korlm("pipeline", "run", "--config", str(bad)), "pretrain.stepz", "unknown key")
+
+
+def test_missing_config_file(tmp_path):
+    _one_line_error(korlm("pipeline", "compile", "--config", str(tmp_path / "x.yaml")),
+                    "does not exist")
+
+
+def test_missing_clean_input(tmp_path):
+    _one_line_error(korlm("clean", "--input", str(tmp_path / "none.txt"), "--output",
+                          str(tmp_path / "out")), "none.txt")
+
+
+def test_pipeline_run_missing_input(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("clean:\n  inputs:\n    - {path: data/sample/raw/missing.tsv}\n")
+    _one_line_error(korlm("pipeline", "run", "--config", str(conf)), "missing.tsv", "matches no file")
+
+
+def test_missing_step_inputs(tmp_path):
+    _one_line_error(korlm("vocab", "--corpus", str(tmp_path / "nope"), "--output", str(tmp_path / "v")),
+                    "nope")
+    _one_line_error(korlm("pretrain", "--data", str(tmp_path / "nope"), "--tokenizer",
+                          str(tmp_path / "t"), "--output", str(tmp_path / "r")), "nope")
+
+
+def test_not_built_modes_say_so(tmp_path):
+    _one_line_error(korlm("pipeline", "submit", "--target", "vertex", "--config", "configs/local.yaml"),
+                    "not built yet", "issue #9")
+
+
+def test_override_flag_is_validated(tmp_path):
+    _one_line_error(korlm("pretrain", "--data", "d", "--tokenizer", "t", "--output", "o",
+                          "--steps", "0"), "pretrain.steps")
