@@ -115,12 +115,9 @@ def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(conf.model_dump(), f, allow_unicode=True, sort_keys=False)
 
-    # Tasks inherit this environment; keep TF quiet and the library importable.
+    # Tasks inherit this environment (korlm is installed in it); keep TF quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
 
     print(f"korlm: run {run_id} -> {run_dir} (kfp.local, SubprocessRunner, "
