@@ -7,6 +7,7 @@ folder (a link into it) per step: ``clean/``, ``vocab/``, ``pretrain-data/``,
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import os
@@ -128,10 +129,15 @@ def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
                               eval_data_dir=os.path.abspath(conf.evaluate.data_dir)
                               if "://" not in conf.evaluate.data_dir else conf.evaluate.data_dir)
     start = time.time()
+    # kfp.local indents task logs by swapping builtins.print; parallel loop iterations
+    # can restore each other's swapped function and leave it indented for good.
+    original_print = builtins.print
     try:
         pipeline()
     except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
         raise KorlmError(f"pipeline run {run_id} failed: {exc}") from exc
+    finally:
+        builtins.print = original_print
     seconds = time.time() - start
 
     outputs = _link_step_outputs(run_dir, kfp_root)
