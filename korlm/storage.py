@@ -124,33 +124,44 @@ def copy_tree(src: str, dst: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str, overwrite: bool = True) -> Iterator[str]:
+def atomic_output_dir(path: str, overwrite: bool = True, stage_remote: bool = False) -> Iterator[str]:
     """Yield a staging directory that becomes ``path`` only if the block succeeds.
 
-    Local: a hidden sibling directory renamed into place. Remote: a hidden sibling
-    prefix moved into place, then a ``_SUCCESS`` marker written last, so a reader can
-    tell a complete artifact from a killed step. The staging path uses the same
-    filesystem as the destination: write into it with this module's functions.
+    Local: a hidden sibling directory renamed into place. Remote (``gs://``): by default
+    a local staging directory uploaded at the end, so any single-process writer (Keras,
+    tokenizers, matplotlib) can use plain files; with ``stage_remote=True`` a hidden
+    sibling prefix on the remote filesystem, for distributed writers such as Beam on
+    Dataflow whose workers cannot see this machine's disk. Either way a ``_SUCCESS``
+    marker is written last, so a reader can tell a complete artifact from a killed step.
     """
     if is_remote(path):
-        # Staged beside the destination (not on local disk), so distributed writers such
-        # as Dataflow workers can write into it; `_SUCCESS` is written last.
         fs = _fs(path)
-        parent, _, name = path.rstrip("/").rpartition("/")
-        staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.makedirs(staging, exist_ok=True)
+        if stage_remote:
+            parent, _, name = path.rstrip("/").rpartition("/")
+            staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+            fs.makedirs(staging, exist_ok=True)
+        else:
+            import tempfile
+
+            staging = tempfile.mkdtemp(prefix="korlm-stage-")
         try:
             yield staging
             if fs.exists(path):
                 if not overwrite:
                     raise StorageError(f"{path} already exists")
                 fs.rm(path, recursive=True)
-            fs.mv(staging, path, recursive=True)
-            with fs.open(f"{path}/_SUCCESS", "wb"):
+            if stage_remote:
+                fs.mv(staging, path, recursive=True)
+            else:
+                copy_tree(staging, path)
+            with fs.open(f"{path.rstrip('/')}/_SUCCESS", "wb"):
                 pass
         finally:
-            if fs.exists(staging):
-                fs.rm(staging, recursive=True)
+            if stage_remote:
+                if fs.exists(staging):
+                    fs.rm(staging, recursive=True)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
         return
 
     final = os.path.abspath(_local(path))
