@@ -19,4 +19,8 @@ def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Met
     for key in ("input_records", "kept_records", "rejected_records", "sentences",
                 "input_bytes", "output_bytes"):
         stats.log_metric(key, result[key])
+    for reason, n in result.get("rejected_by_reason", {}).items():
+        stats.log_metric(f"rejected_{reason}", n)
+    for kind, n in result.get("pii_replaced", {}).items():
+        stats.log_metric(f"pii_{kind}", n)
     print(json.dumps({"clean": corpus.path, "files": sorted(os.listdir(corpus.path))}))

@@ -15,5 +15,6 @@ def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
     tokenizer.metadata.update({"vocab_size": result["vocab_size"],
                                "algorithm": result["algorithm"],
                                "pre_tokenizer": result["pre_tokenizer"]})
-    for key in ("vocab_size", "unk_rate", "tokens_per_eojeol"):
-        stats.log_metric(key, result[key])
+    for key in ("vocab_size", "unk_rate", "tokens_per_eojeol", "coverage"):
+        if result.get(key) is not None:
+            stats.log_metric(key, result[key])

@@ -29,9 +29,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from corpus_beam.clean import beam_counters, pipeline_options
-from korlm import storage
+from korlm import storage, tokenization
 from korlm.errors import KorlmError, NotBuiltError
-from korlm.vocab import SPECIAL_TOKENS, corpus_files, load_tokenizer, vocab_hash
+from korlm.vocab import SPECIAL_TOKENS, corpus_files, vocab_hash
 
 _LOG = logging.getLogger(__name__)
 
@@ -123,10 +123,10 @@ class TokenizeAndPack(beam.DoFn):
 
     def setup(self):
         import tensorflow as tf
-        from tokenizers import Tokenizer
 
         self.tf = tf
-        self.tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        # KorlmTokenizer.to_json: tokenizer.json plus its pre-tokenizer (morpheme vocabs).
+        self.tokenizer = tokenization.KorlmTokenizer.from_json(self.tokenizer_json)
         self.cls_id = self.tokenizer.token_to_id(SPECIAL_TOKENS["cls"])
         self.sep_id = self.tokenizer.token_to_id(SPECIAL_TOKENS["sep"])
         self.examples_counter = beam.metrics.Metrics.counter("korlm.pretrain_data", "examples")
@@ -247,7 +247,7 @@ def run_pretrain_data(
         raise KorlmError(f"max_seq_length {max_seq_length} leaves no room beside [CLS] and [SEP]; use e.g. 128")
     if num_shards < 1:
         raise KorlmError(f"num_shards must be at least 1, got {num_shards}")
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = tokenization.load(tokenizer_dir)
     special_ids = {name: tokenizer.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
     missing = [SPECIAL_TOKENS[name] for name, i in special_ids.items() if i is None]
     if missing:
@@ -269,9 +269,10 @@ def run_pretrain_data(
         raise KorlmError(f"corpus {corpus_dir!r} has no part-*.txt files; run `korlm clean` into it first")
 
     started = time.monotonic()
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, stage_remote=True) as staging:
+        # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=pipeline_options(beam_options))
-        build_pretrain_data_graph(p, files, staging, tokenizer.to_str(), max_seq_length=max_seq_length,
+        build_pretrain_data_graph(p, files, staging, tokenizer.to_json(), max_seq_length=max_seq_length,
                                   num_shards=num_shards, seed=seed, static=static)
         result = p.run()
         result.wait_until_finish()

@@ -1,8 +1,11 @@
 """Raw-corpus readers: resolve inputs to files, and turn each file into records.
 
-A record is one document: a line of a ``.txt`` file, a JSON object of a ``.jsonl`` file,
-a row of a ``.csv``/``.tsv`` file (header required). ``.gz``/``.bz2`` are read
-transparently. Reading never raises on bad content: every record comes out either as
+A record is one document: a line of a ``.txt`` file (or, with format ``paragraphs``, a
+block of lines between blank lines), a JSON object of a ``.jsonl`` file, a row of a
+``.csv``/``.tsv`` file (header required), an element of an ``.xml`` file (``field`` is
+the element path, e.g. ``text`` or ``doc/body``), or a document of a Modu-corpus
+(국립국어원 모두의 말뭉치) ``.json`` file (its ``paragraph`` or ``utterance`` forms
+joined by line breaks). ``.gz``/``.bz2`` are read transparently. Reading never raises on bad content: every record comes out either as
 text or as a rejection with a reason, and an unreadable file becomes one
 ``unreadable_file`` rejection, so the clean step can account for every record.
 
@@ -29,8 +32,11 @@ from korlm.text import has_invalid_utf8, printable
 
 _LOG = logging.getLogger(__name__)
 
-FORMATS = ("txt", "jsonl", "csv", "tsv")
-DEFAULT_FIELD = {"txt": None, "jsonl": "text", "csv": "text", "tsv": "text"}
+FORMATS = ("txt", "paragraphs", "jsonl", "csv", "tsv", "xml", "modu")
+DEFAULT_FIELD = {"txt": None, "paragraphs": None, "jsonl": "text", "csv": "text", "tsv": "text",
+                 "xml": "text", "modu": None}
+_EXTENSION_FORMAT = {"txt": "txt", "jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "xml": "xml",
+                     "json": "modu"}
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 
 # Rejection reasons decided while reading (the clean step adds its own).
@@ -63,14 +69,15 @@ class FileReadSummary:
 
 
 def infer_format(path: str) -> str | None:
-    """``txt|jsonl|csv|tsv`` from a file name (compression suffix ignored), else None."""
+    """The format a file name implies (compression suffix ignored), else None:
+    ``.txt .jsonl .csv .tsv .xml``, and ``.json`` as a Modu-corpus document file."""
     name = os.path.basename(str(path)).lower()
     for suffix in COMPRESSED_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
     ext = os.path.splitext(name)[1].lstrip(".")
-    return ext if ext in FORMATS else None
+    return _EXTENSION_FORMAT.get(ext)
 
 
 def _match(pattern: str) -> list[str]:
@@ -114,8 +121,8 @@ def resolve_inputs(inputs: Iterable[str | dict[str, Any]]) -> list[InputFile]:
             raise KorlmError(f"input {item!r} is neither a path/glob string nor a {{'path': ...}} dict")
         if fmt is not None and fmt not in FORMATS:
             raise KorlmError(f"input {pattern!r}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        if fmt == "txt" and field is not None:
-            raise KorlmError(f"input {pattern!r}: a txt input has no field; drop 'field' or pick another format")
+        if fmt in ("txt", "paragraphs") and field is not None:
+            raise KorlmError(f"input {pattern!r}: a {fmt} input has no field; drop 'field' or pick another format")
         matches = _match(pattern)
         if not matches:
             raise KorlmError(f"input {pattern!r} matches no file; check the path or glob")
@@ -123,14 +130,15 @@ def resolve_inputs(inputs: Iterable[str | dict[str, Any]]) -> list[InputFile]:
             file_fmt = fmt or infer_format(path)
             if file_fmt is None:
                 raise KorlmError(
-                    f"cannot tell the format of {path!r} from its name; name it .txt/.jsonl/.csv/.tsv"
+                    f"cannot tell the format of {path!r} from its name; name it .txt/.jsonl/.csv/.tsv/.xml/.json"
                     " (optionally .gz/.bz2) or pass {'path': ..., 'format': ...}"
                 )
             if path in seen:
                 _LOG.warning("%s is matched by more than one input; reading it once", path)
                 continue
             seen.add(path)
-            files.append(InputFile(pattern, path, file_fmt, field or DEFAULT_FIELD[file_fmt]))
+            files.append(InputFile(pattern, path, file_fmt,
+                                   field or DEFAULT_FIELD[file_fmt]))
     return files
 
 
@@ -224,6 +232,110 @@ def _csv_records(
         yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
 
 
+def _paragraph_records(lines: Iterable[str], summary: FileReadSummary) -> Iterator[Record]:
+    """Documents separated by blank lines; a document's lines joined by ``\\n``."""
+    block: list[str] = []
+    start = 0
+    for number, line in enumerate(lines, start=1):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            if not block:
+                start = number
+            block.append(text)
+            continue
+        summary.blank_lines += 1
+        if block:
+            joined = "\n".join(block)
+            yield start, joined, INVALID_UTF8 if has_invalid_utf8(joined) else None
+            block = []
+    if block:
+        joined = "\n".join(block)
+        yield start, joined, INVALID_UTF8 if has_invalid_utf8(joined) else None
+
+
+class _CountingReader:
+    """A binary file wrapper that counts the bytes read and turns read errors into _FileError."""
+
+    def __init__(self, handle: IO[bytes], summary: FileReadSummary):
+        self.handle = handle
+        self.summary = summary
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:  # Beam's CompressedFile has no read-all
+            chunks = []
+            while chunk := self.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        try:
+            data = self.handle.read(size)
+        except Exception as exc:
+            raise _FileError(f"{type(exc).__name__}: {exc}") from exc
+        self.summary.bytes_read += len(data)
+        return data
+
+
+def _xml_records(handle: IO[bytes], field: str, summary: FileReadSummary) -> Iterator[Record]:
+    """The text of every element whose path ends with ``field`` (``text``, ``doc/body``);
+    ``line`` is the element's ordinal. A parse error ends the file with one
+    ``malformed_record`` carrying the parser's message (records before it are kept)."""
+    import xml.etree.ElementTree as ET
+
+    want = [part for part in field.strip("/").split("/") if part]
+    stack: list[str] = []
+    open_matches = 0  # matched elements still being parsed: their children must not be cleared
+    number = 0
+    parser = ET.iterparse(_CountingReader(handle, summary), events=("start", "end"))
+    try:
+        for event, elem in parser:
+            if event == "start":
+                stack.append(elem.tag.rsplit("}", 1)[-1])
+                open_matches += stack[-len(want):] == want
+                continue
+            if stack[-len(want):] == want:
+                open_matches -= 1
+                number += 1
+                text = "".join(elem.itertext())
+                yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
+                elem.clear()
+            elif not open_matches:
+                elem.clear()  # keeps memory flat on large files
+            stack.pop()
+    except ET.ParseError as exc:
+        yield number + 1, f"xml error: {exc}", MALFORMED_RECORD
+
+
+def _modu_records(handle: IO[bytes], field: str | None, summary: FileReadSummary) -> Iterator[Record]:
+    """Modu-corpus JSON: ``{"document": [{"id", "paragraph"|"utterance": [{"form"}]}]}``.
+
+    One record per document (``line`` is its 1-based position), its forms joined by line
+    breaks; ``field`` picks the list (default: ``paragraph``, else ``utterance``,
+    ``sentence``). The whole file is parsed at once: Modu files are one JSON value.
+    """
+    raw = _CountingReader(handle, summary).read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        yield 0, f"json error: {exc}", MALFORMED_RECORD
+        return
+    documents = data.get("document") if isinstance(data, dict) else None
+    if not isinstance(documents, list):
+        yield 0, "no 'document' list at the top level", MALFORMED_RECORD
+        return
+    for number, doc in enumerate(documents, start=1):
+        units = None
+        if isinstance(doc, dict):
+            for name in ([field] if field else ["paragraph", "utterance", "sentence"]):
+                if isinstance(doc.get(name), list):
+                    units = doc[name]
+                    break
+        forms = [u.get("form") for u in units if isinstance(u, dict)] if units is not None else None
+        if not forms or not all(isinstance(f, str) for f in forms):
+            yield number, json.dumps(doc, ensure_ascii=False)[:1000], MALFORMED_RECORD
+            continue
+        text = "\n".join(forms)
+        yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
+
+
 def read_records(
     path: str,
     fmt: str,
@@ -247,6 +359,12 @@ def read_records(
         lines = _lines(handle, summary)
         if fmt == "txt":
             records = _txt_records(lines, summary)
+        elif fmt == "paragraphs":
+            records = _paragraph_records(lines, summary)
+        elif fmt == "xml":
+            records = _xml_records(handle, field or "text", summary)
+        elif fmt == "modu":
+            records = _modu_records(handle, field, summary)
         elif fmt == "jsonl":
             records = _jsonl_records(lines, field or "text", summary)
         else:

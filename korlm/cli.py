@@ -32,16 +32,21 @@ def cmd_clean(args: argparse.Namespace) -> None:
         i.model_dump(exclude_none=True) for i in conf.clean.inputs]
     if not inputs:
         raise KorlmError("clean needs inputs: pass --input PATH... or list clean.inputs in --config")
+    options = conf.clean.model_dump(exclude={"inputs", "beam_options"}, exclude_none=True)
+    if args.dry_run:
+        from corpus_beam.clean import clean_in_process
+
+        report = clean_in_process(inputs, max_records_per_file=args.dry_run_records,
+                                  examples_per_reason=3, **options)
+        _print_result(f"clean --dry-run (first {args.dry_run_records} records of each file; "
+                      "nothing written)", report)
+        return
+    if not args.output:
+        raise KorlmError("clean needs --output DIR (or --dry-run)")
     from corpus_beam.clean import run_clean
 
-    c = conf.clean
-    stats = run_clean(
-        inputs, args.output,
-        min_sentence_chars=c.min_sentence_chars, max_sentence_chars=c.max_sentence_chars,
-        min_document_chars=c.min_document_chars, normalization=c.normalization,
-        sentence_splitter=c.sentence_splitter,
-        beam_options=(args.beam_option or c.beam_options) or None,
-    )
+    stats = run_clean(inputs, args.output,
+                      beam_options=(args.beam_option or conf.clean.beam_options) or None, **options)
     _print_result(f"clean -> {args.output}", stats)
 
 
@@ -54,7 +59,8 @@ def cmd_vocab(args: argparse.Namespace) -> None:
     v = conf.vocab
     stats = build_vocab(args.corpus, args.output, algorithm=v.algorithm,
                         pre_tokenizer=v.pre_tokenizer, vocab_size=v.vocab_size,
-                        min_frequency=v.min_frequency, max_sentences=v.max_sentences)
+                        min_frequency=v.min_frequency, max_sentences=v.max_sentences,
+                        max_bytes=v.max_bytes, heldout_every=v.heldout_every, coverage=v.coverage)
     _print_result(f"vocab -> {args.output}", stats)
 
 
@@ -171,11 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("clean", cmd_clean, "Clean raw corpora with Apache Beam into one sentence per line.")
     p.add_argument("--input", nargs="+", metavar="PATH",
-                   help="raw files, globs or gs:// URIs (.txt/.jsonl/.csv/.tsv, .gz/.bz2); "
+                   help="raw files, globs or gs:// URIs (.txt/.jsonl/.csv/.tsv/.xml, .json = Modu corpus; "
+                        ".gz/.bz2); "
                         "default: clean.inputs of --config")
-    p.add_argument("--output", required=True, metavar="DIR", help="corpus directory to write")
+    p.add_argument("--output", metavar="DIR", help="corpus directory to write (required unless --dry-run)")
     p.add_argument("--beam-option", action="append", metavar="ARG",
                    help="Beam pipeline argument, repeatable (e.g. --beam-option=--runner=DataflowRunner)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every filter on the first records of each input in one process and "
+                        "print what each would drop (counts and examples); write nothing")
+    p.add_argument("--dry-run-records", type=int, default=1000, metavar="N",
+                   help="records read per input file by --dry-run (default 1000)")
 
     p = add("vocab", cmd_vocab, "Train a subword vocabulary on a cleaned corpus.")
     p.add_argument("--corpus", required=True, metavar="DIR", help="output of `korlm clean`")

@@ -37,18 +37,56 @@ class RunSection(_Section):
 
 class CleanInput(_Section):
     path: str = Field(description="file, glob or gs:// URI")
-    format: Literal["txt", "jsonl", "csv", "tsv"] | None = Field(
-        None, description="inferred from the file name when absent")
-    field: str | None = Field(None, description="JSON field or CSV/TSV column holding the text")
+    format: Literal["txt", "paragraphs", "jsonl", "csv", "tsv", "xml", "modu"] | None = Field(
+        None, description="inferred from the file name when absent (.txt .jsonl .csv .tsv .xml, "
+                          ".json = modu); paragraphs = documents separated by blank lines")
+    field: str | None = Field(None, description="JSON field, CSV/TSV column, XML element path "
+                                                "or Modu unit list (paragraph/utterance) holding the text")
 
 
 class CleanSection(_Section):
     inputs: list[CleanInput] = Field(default_factory=list)
+    normalization: Literal["NFC", "NFKC"] = Field("NFC", description="Unicode normalization form")
+    sentence_splitter: Literal["kiwi", "regex"] = Field(
+        "kiwi", description="kiwi (kiwipiepy, batched) or regex (terminal punctuation, no model)")
+    max_repeat: int = Field(2, ge=0, description="cap runs of one repeated character (ㅋㅋㅋㅋ -> ㅋㅋ); 0 = off")
+    remove_emoji: bool = Field(True, description="drop emoji (♡ ★ ♪ and other plain symbols stay)")
+    remove_hanja: bool = Field(False, description="drop hanja (CJK ideographs)")
+    remove_foreign_scripts: bool = Field(
+        False, description="drop letters of scripts other than Hangul and Latin (kana, Cyrillic, ...)")
+    pii: Literal["replace", "drop_sentence", "off"] = Field(
+        "replace", description="e-mail, URL, phone, resident/card number, IP: replace with the "
+                               "placeholder, drop the sentence holding it, or leave it (off)")
+    pii_placeholder: str = Field("<{kind}>", description="replacement; {kind} becomes EMAIL, PHONE, ...")
+    min_document_chars: int = Field(10, ge=0, description="shorter documents: too_short_document")
+    max_document_chars: int = Field(1_000_000, ge=1, description="longer documents: too_long_document "
+                                                                 "(checked before the costly steps)")
+    min_hangul_ratio: float = Field(0.5, ge=0, le=1, description="Hangul share of letters; 0 = off")
+    max_symbol_ratio: float = Field(0.5, ge=0, le=1, description="symbol share of non-space chars; 1 = off")
+    max_digit_ratio: float = Field(0.5, ge=0, le=1, description="digit share of non-space chars; 1 = off")
+    repetition_filter: bool = Field(True, description="Gopher duplicate-line and duplicate-n-gram rules")
+    max_duplicate_line_fraction: float = Field(0.3, ge=0, le=1)
+    max_duplicate_line_char_fraction: float = Field(0.2, ge=0, le=1)
+    repetition_min_words: int = Field(50, ge=1, description="n-gram rules only judge documents this long")
+    boilerplate_patterns: list[str] | None = Field(
+        None, description="regexes; a matching sentence is dropped. Default: Korean news/web "
+                          "boilerplate (무단전재 및 재배포 금지, bylines, copyright, ads); [] = off")
     min_sentence_chars: int = Field(2, ge=1)
     max_sentence_chars: int = Field(1000, ge=1)
-    min_document_chars: int = Field(10, ge=0)
-    normalization: Literal["NFC", "NFKC"] = "NFC"
-    sentence_splitter: Literal["kiwi", "regex"] = "kiwi"
+    min_sentence_eojeol: int = Field(1, ge=0)
+    max_sentence_eojeol: int = Field(300, ge=1)
+    dedup_documents: bool = Field(True, description="exact duplicate documents (normalized text)")
+    dedup_sentences: bool = Field(True, description="exact duplicate sentences across the corpus")
+    dedup_sentence_min_chars: int = Field(15, ge=1, description="shorter sentences are never deduplicated")
+    near_dedup: bool = Field(True, description="MinHash LSH near-duplicate documents")
+    near_dedup_threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of shingle sets")
+    near_dedup_num_perm: int = Field(128, ge=8)
+    near_dedup_shingle_size: int = Field(3, ge=1, description="eojeol n-gram shingles")
+    near_dedup_min_words: int = Field(20, ge=1, description="shorter documents skip near-dedup")
+    dedup_shards: int = Field(16, ge=1, description="parallelism of the dedup shuffle (raise on Dataflow)")
+    rejected_sample_rate: float = Field(1.0, ge=0, le=1,
+                                        description="share of rejections written to rejected/*.jsonl "
+                                                    "(stats count all)")
     beam_options: list[str] = Field(default_factory=list,
                                     description="Beam pipeline args, e.g. --runner=DataflowRunner")
 
@@ -56,6 +94,10 @@ class CleanSection(_Section):
     def _limits_ordered(self):
         if self.min_sentence_chars > self.max_sentence_chars:
             raise ValueError("min_sentence_chars must not exceed max_sentence_chars")
+        if self.min_sentence_eojeol > self.max_sentence_eojeol:
+            raise ValueError("min_sentence_eojeol must not exceed max_sentence_eojeol")
+        if "{kind}" not in self.pii_placeholder and "{" in self.pii_placeholder:
+            raise ValueError("pii_placeholder may only use the field {kind}")
         return self
 
 
@@ -64,7 +106,12 @@ class VocabSection(_Section):
     pre_tokenizer: Literal["none", "morpheme"] = "none"
     vocab_size: int = Field(8000, ge=16, le=1_000_000)
     min_frequency: int = Field(2, ge=1)
+    # Deterministic hash sample of the training sentences (count and/or UTF-8 bytes).
     max_sentences: int | None = Field(None, ge=1)
+    max_bytes: int | None = Field(None, ge=1)
+    heldout_every: int = Field(20, ge=0)
+    # full: every Hangul syllable, jamo and printable ASCII encode without [UNK].
+    coverage: Literal["full", "corpus"] = "full"
 
 
 class PretrainDataSection(_Section):

@@ -25,13 +25,16 @@ WEIGHT_DECAY = 0.01
 def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
     """The HF tokenizer of a tokenizer dir, truncating and padding to ``max_seq_length``
     and adding ``[CLS] ... [SEP]`` (also when tokenizer.json has no post-processor)."""
-    from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
+
+    from korlm import tokenization
 
     path = storage.join(tokenizer_dir, "tokenizer.json")
     if not storage.exists(path):
         raise KorlmError(f"tokenizer not found: {path}")
-    tokenizer = Tokenizer.from_str(storage.read_text(path))
+    # KorlmTokenizer: applies the vocab's pre-tokenizer (morpheme segmentation) first.
+    wrapper = tokenization.load(tokenizer_dir)
+    tokenizer = wrapper.hf
     ids = {t: tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")}
     missing = [t for t, i in ids.items() if i is None]
     if missing:
@@ -42,7 +45,7 @@ def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
             special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
     tokenizer.enable_truncation(max_length=max_seq_length)
     tokenizer.enable_padding(length=max_seq_length, pad_id=ids["[PAD]"], pad_token="[PAD]")
-    return tokenizer
+    return wrapper
 
 
 def encode(tokenizer, data: tasks.TaskData) -> dict[str, Any]:

@@ -126,3 +126,80 @@ def printable(text: str, limit: int = 1000) -> str:
 def count_eojeol(text: str) -> int:
     """Korean eojeol (space-separated word units) in a sentence."""
     return len(text.split())
+
+
+# ---------------------------------------------------------------- normalization extras
+# Emoji: the emoji blocks of the SMP, the BMP dingbats that phones draw as emoji, the
+# variation selectors that turn a symbol into an emoji, keycap and tag characters. The
+# plain symbols Korean text uses as punctuation (♡ ♥ ★ ☆ ♪ ※ ☞) are kept.
+_EMOJI = re.compile(
+    "[\U0001f000-\U0001faff\u2600-\u2604\u2614\u2615\u26a1\u26bd\u26be\u26c4\u26c5\u26d4"
+    "\u26ea\u26f5\u26fa\u26fd\u2705\u2708-\u270d\u2728\u274c\u274e\u2753-\u2755\u2757"
+    "\u2764\u2795-\u2797\u27a1\u27b0\u27bf\u2b50\u2b55\ufe0e\ufe0f\u20e3\U000e0020-\U000e007f]+"
+)
+_HANJA = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]+")
+
+
+def _is_korean_or_common(ch: str) -> bool:
+    o = ord(ch)
+    return (
+        o < 0x250  # ASCII and Latin-1/Latin Extended letters
+        or 0xAC00 <= o <= 0xD7A3  # Hangul syllables
+        or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F  # jamo, compatibility jamo
+        or 0xA960 <= o <= 0xA97F or 0xD7B0 <= o <= 0xD7FF
+        or not ch.isalpha()  # punctuation, digits, symbols are script-neutral
+    )
+
+
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+def remove_emoji(text: str) -> str:
+    return _EMOJI.sub("", text)
+
+
+def remove_hanja(text: str) -> str:
+    return _HANJA.sub("", text)
+
+
+def remove_foreign_scripts(text: str, keep_hanja: bool = True) -> str:
+    """Drop letters of scripts other than Hangul and Latin (kana, Cyrillic, Thai, ...);
+    hanja stays unless ``keep_hanja`` is False."""
+
+    def strip(m: re.Match) -> str:
+        return "".join(c for c in m.group(0)
+                       if _is_korean_or_common(c) or (keep_hanja and _HANJA.match(c)))
+
+    return _NON_ASCII_RUN.sub(strip, text)
+
+
+def cap_repeats(text: str, cap: int) -> str:
+    """Cap runs of one repeated character at ``cap`` (``ㅋㅋㅋㅋㅋ`` -> ``ㅋㅋ`` for 2).
+
+    Digits and whitespace are never capped (``1000000`` is a number, not a laugh).
+    ``cap`` 0 leaves the text alone.
+    """
+    if cap <= 0:
+        return text
+    return _repeat_pattern(cap).sub(lambda m: m.group(1) * cap, text)
+
+
+@functools.cache
+def _repeat_pattern(cap: int) -> re.Pattern[str]:
+    return re.compile(r"([^\d\s])\1{" + str(cap) + ",}")
+
+
+def normalize_extras(text: str, *, max_repeat: int = 0, emoji: bool = False, hanja: bool = False,
+                     foreign_scripts: bool = False) -> str:
+    """The optional normalizations, applied after PII scrubbing (capping ``www`` first
+    would hide a URL from the scrubber); whitespace is collapsed again when any
+    character was removed."""
+    before = text
+    if emoji:
+        text = remove_emoji(text)
+    if hanja:
+        text = remove_hanja(text)
+    if foreign_scripts:
+        text = remove_foreign_scripts(text, keep_hanja=not hanja)
+    text = cap_repeats(text, max_repeat)
+    return collapse_whitespace(text) if text is not before else text

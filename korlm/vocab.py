@@ -1,20 +1,48 @@
 """vocab: train a tokenizer on the clean corpus and measure it on held-out sentences.
 
-WordPiece (Hugging Face ``tokenizers``) with BERT's special tokens at fixed ids. No
-lowercasing and no accent stripping: accent stripping runs NFD, which decomposes every
-Hangul syllable into jamo. The output directory loads with
-``transformers.AutoTokenizer.from_pretrained`` as well as ``tokenizers.Tokenizer``.
+Algorithms: ``wordpiece`` (Hugging Face ``tokenizers`` trainer) and
+``sentencepiece-unigram`` / ``sentencepiece-bpe`` (the ``sentencepiece`` trainer, mirrored
+into an equivalent ``tokenizer.json``). Pre-tokenizers: ``none`` or ``morpheme`` (Kiwi,
+see ``korlm.morpheme``). BERT's special tokens sit at fixed ids [PAD]=0 [UNK]=1 [CLS]=2
+[SEP]=3 [MASK]=4 in every variant. No lowercasing and no accent stripping: accent
+stripping runs NFD, which decomposes every Hangul syllable into jamo.
+
+Character coverage (``coverage="full"``, the default): every Hangul syllable (all
+11,172), the modern conjoining jamo, the compatibility jamo and printable ASCII encode
+without [UNK] whatever the corpus held.
+
+* WordPiece: jamo and ASCII are in the vocabulary in both forms (word-initial and
+  ``##``), replacing the latest-learned (rarest) merges so the size stays as asked.
+  A syllable the vocabulary holds in one form gets the other form the same way; a
+  syllable it holds in neither form is decomposed into its conjoining jamo by a
+  character map (``normalizers.Precompiled``, the SentencePiece charsmap format) at the
+  end of the normalizer, so it encodes as 2-3 jamo tokens instead of [UNK] and NFC
+  recomposes it after decoding. The graph tokenizer (``korlm.tokenization``) derives the
+  same map from vocab.txt.
+* SentencePiece: ``byte_fallback``: any character outside the pieces encodes as its
+  UTF-8 bytes ``<0xNN>``.
+
+``coverage="corpus"`` keeps only what the trainer saw (the behaviour before issue 4).
+
+The output directory loads with ``transformers.AutoTokenizer.from_pretrained`` as well as
+``tokenizers.Tokenizer``; ``korlm.tokenization.KorlmTokenizer`` applies the morpheme
+pre-tokenizer where the vocab needs it.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import heapq
 import io
 import json
 import logging
+import os
+import tempfile
 import time
+import unicodedata
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 
 from korlm import storage
@@ -25,12 +53,27 @@ _LOG = logging.getLogger(__name__)
 
 ALGORITHMS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
 PRE_TOKENIZERS = ("none", "morpheme")
+COVERAGES = ("full", "corpus")
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 SPECIAL_TOKEN_IDS = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
+SPM_FILE = "spm.model"
 STATS_FILE = "vocab_stats.json"
+CONFIG_FILE = "tokenizer_config.json"
 MODEL_MAX_LENGTH = 512
+MAX_HELDOUT_SENTENCES = 20_000
+CONTINUATION = "##"
+
+HANGUL_SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4)]
+# Modern conjoining jamo (choseong, jungseong, jongseong): what a syllable decomposes to.
+CONJOINING_JAMO = [chr(c) for c in (*range(0x1100, 0x1113), *range(0x1161, 0x1176), *range(0x11A8, 0x11C3))]
+COMPATIBILITY_JAMO = [chr(c) for c in range(0x3131, 0x318F)]
+PRINTABLE_ASCII = [chr(c) for c in range(0x21, 0x7F)]
+COVERAGE_ALPHABET = CONJOINING_JAMO + COMPATIBILITY_JAMO + PRINTABLE_ASCII
+
+
+# --------------------------------------------------------------------------- corpus
 
 
 def corpus_files(corpus_dir: str) -> list[str]:
@@ -41,7 +84,7 @@ def corpus_files(corpus_dir: str) -> list[str]:
 
 
 def iter_sentences(corpus_dir: str) -> Iterator[str]:
-    """Every sentence of the corpus in file order (blank document separators skipped)."""
+    """Every sentence of the corpus in file order (blank document separators skipped), streamed."""
     for path in corpus_files(corpus_dir):
         with storage.open_file(path, "rb") as raw:
             stream = gzip.open(raw) if path.endswith(".gz") else raw
@@ -51,45 +94,306 @@ def iter_sentences(corpus_dir: str) -> Iterator[str]:
                     yield line
 
 
+def _sample_key(sentence: str) -> bytes:
+    return hashlib.blake2b(sentence.encode("utf-8"), digest_size=8, person=b"korlm-vocab").digest()
+
+
+class _BottomK:
+    """The sentences with the smallest hash keys, bounded by count and/or UTF-8 bytes.
+
+    Deterministic and independent of corpus order and sharding; memory is the sample.
+    """
+
+    def __init__(self, max_count: int | None, max_bytes: int | None):
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.heap: list[tuple[bytes, str, int]] = []  # max-heap through negated keys
+        self.bytes = 0
+
+    def add(self, sentence: str) -> None:
+        key = bytes(255 - b for b in _sample_key(sentence))
+        size = len(sentence.encode("utf-8")) + 1
+        if self.heap and ((self.max_count is not None and len(self.heap) >= self.max_count)
+                          or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
+            if key <= self.heap[0][0]:  # larger than the largest kept key: not in the sample
+                return
+        heapq.heappush(self.heap, (key, sentence, size))
+        self.bytes += size
+        while len(self.heap) > 1 and ((self.max_count is not None and len(self.heap) > self.max_count)
+                                      or (self.max_bytes is not None and self.bytes > self.max_bytes)):
+            self.bytes -= heapq.heappop(self.heap)[2]
+
+    def sentences(self) -> list[str]:
+        return [s for _, s, _ in sorted(self.heap, reverse=True)]
+
+
+def sample_sentences(corpus_dir: str, *, max_sentences: int | None = None, max_bytes: int | None = None,
+                     heldout_every: int = 20) -> tuple[list[str], list[str], dict]:
+    """(training sample, held-out sample, counts) in one streaming pass.
+
+    One sentence in ``heldout_every`` (by a CRC of its text, so a repeated sentence is
+    never on both sides) is held out; at most MAX_HELDOUT_SENTENCES of them are kept.
+    The training sample is all other sentences, or the ``max_sentences`` / ``max_bytes``
+    of them with the smallest keyed hash: a uniform, deterministic sample.
+    """
+    train = _BottomK(max_sentences, max_bytes)
+    heldout = _BottomK(MAX_HELDOUT_SENTENCES, None)
+    counts = {"corpus_sentences": 0, "corpus_bytes": 0}
+    for sentence in iter_sentences(corpus_dir):
+        counts["corpus_sentences"] += 1
+        counts["corpus_bytes"] += len(sentence.encode("utf-8")) + 1
+        if heldout_every and zlib.crc32(sentence.encode("utf-8")) % heldout_every == 0:
+            heldout.add(sentence)
+        else:
+            train.add(sentence)
+    return train.sentences(), heldout.sentences(), counts
+
+
+# --------------------------------------------------------------------------- checks
+
+
 def _check_args(algorithm: str, pre_tokenizer: str, vocab_size: int, min_frequency: int,
-                max_sentences: int | None, heldout_every: int) -> None:
+                max_sentences: int | None, max_bytes: int | None, heldout_every: int, coverage: str) -> None:
     if algorithm not in ALGORITHMS:
         raise KorlmError(f"algorithm {algorithm!r} is unknown; choose one of {', '.join(ALGORITHMS)}")
     if pre_tokenizer not in PRE_TOKENIZERS:
         raise KorlmError(f"pre_tokenizer {pre_tokenizer!r} is unknown; choose one of {', '.join(PRE_TOKENIZERS)}")
-    if algorithm != "wordpiece":
-        raise NotBuiltError(f"{algorithm} vocab", 4)
-    if pre_tokenizer == "morpheme":
-        raise NotBuiltError("morpheme pre-tokenization", 4)
+    if coverage not in COVERAGES:
+        raise KorlmError(f"coverage {coverage!r} is unknown; choose one of {', '.join(COVERAGES)}")
+    if algorithm != "wordpiece" and pre_tokenizer == "morpheme":
+        raise NotBuiltError(f"{algorithm} over morphemes", 4)
     if vocab_size <= len(SPECIAL_TOKENS):
         raise KorlmError(
             f"vocab_size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} special tokens; use e.g. 8000")
+    floor = min_vocab_size(algorithm, coverage)
+    if vocab_size < floor:
+        raise KorlmError(f"vocab_size {vocab_size} is too small for {algorithm} with coverage={coverage!r}: "
+                         f"needs at least {floor}; use e.g. 8000")
     if min_frequency < 1:
         raise KorlmError(f"min_frequency must be at least 1, got {min_frequency}")
     if max_sentences is not None and max_sentences < 1:
         raise KorlmError(f"max_sentences must be at least 1 (or None for all), got {max_sentences}")
+    if max_bytes is not None and max_bytes < 1:
+        raise KorlmError(f"max_bytes must be at least 1 (or None for all), got {max_bytes}")
     if heldout_every != 0 and heldout_every < 2:
         raise KorlmError(f"heldout_every must be 0 (no held-out set) or at least 2, got {heldout_every}")
 
 
-def _wordpiece_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def min_vocab_size(algorithm: str, coverage: str) -> int:
+    """Smallest vocab_size that holds the special tokens and the guaranteed alphabet."""
+    if algorithm == "wordpiece":
+        return len(SPECIAL_TOKENS) + (2 * len(COVERAGE_ALPHABET) if coverage == "full" else 1) + 100
+    return len(SPECIAL_TOKENS) + 256 + 100  # sentencepiece: byte pieces always
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##",
-                                           max_input_chars_per_word=100))
+
+# --------------------------------------------------------------------------- wordpiece
+
+
+def _bert_normalizers():
+    from tokenizers import normalizers
+
     # NFC composes Hangul typed as jamo; BertNormalizer without lowercase/strip_accents
     # only cleans control characters and spaces out CJK ideographs (hanja).
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFC(),
-        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
-                                   lowercase=False),
-    ])
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
-    return tokenizer
+    return [normalizers.NFC(),
+            normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                       lowercase=False)]
 
 
-def _set_post_processor(tokenizer) -> None:
+def wordpiece_pre_tokenizer(pre_tokenizer: str):
+    from tokenizers import pre_tokenizers
+
+    # Morpheme mode: korlm.morpheme already split words and punctuation and marked
+    # continuations with "##", which a punctuation split would break apart.
+    return pre_tokenizers.WhitespaceSplit() if pre_tokenizer == "morpheme" else pre_tokenizers.BertPreTokenizer()
+
+
+def jamo_fallback_map(vocab) -> dict[str, str]:
+    """Syllable -> conjoining jamo for each syllable the vocab lacks in either form."""
+    return {s: unicodedata.normalize("NFD", s) for s in HANGUL_SYLLABLES
+            if s not in vocab or CONTINUATION + s not in vocab}
+
+
+def _protobuf_fields(buf: bytes):
+    """(field number, bytes or None) of a serialized protobuf message; enough to read a
+    field of sentencepiece's ModelProto without its generated module (whose protobuf
+    runtime pin conflicts with TensorFlow's)."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        value = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+
+    while i < len(buf):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            varint()
+            yield number, None
+        elif wire == 2:
+            n = varint()
+            yield number, buf[i:i + n]
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            yield number, None
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def compile_charsmap(mapping: dict[str, str]) -> bytes:
+    """``mapping`` compiled to a SentencePiece precompiled charsmap (the input of
+    ``tokenizers.normalizers.Precompiled``), by sentencepiece's own rule compiler."""
+    import sentencepiece as spm
+
+    rules = "".join(" ".join(f"{ord(c):X}" for c in k) + "\t" + " ".join(f"{ord(c):X}" for c in v) + "\n"
+                    for k, v in sorted(mapping.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rules.tsv")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(rules)
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(["가 a"] * 4), model_writer=model, vocab_size=8, model_type="char",
+            normalization_rule_tsv=path, add_dummy_prefix=False, remove_extra_whitespaces=False,
+            hard_vocab_limit=False, minloglevel=2)
+    normalizer = next(v for n, v in _protobuf_fields(model.getvalue()) if n == 3)
+    return next(v for n, v in _protobuf_fields(normalizer) if n == 2)
+
+
+def _fit_vocab(tokens: list[str], required: list[str], size: int) -> list[str]:
+    """``tokens`` (id order) plus the missing ``required`` ones, dropping the latest
+    multi-character tokens (the rarest merges) so the result has at most ``size``."""
+    present = set(tokens)
+    missing = [t for t in dict.fromkeys(required) if t not in present]
+    room = size - len(missing)
+    if len(tokens) > room:
+        drop = len(tokens) - room
+        keep = []
+        for token in reversed(tokens):
+            if drop and len(token.removeprefix(CONTINUATION)) > 1 and token not in SPECIAL_TOKEN_IDS:
+                drop -= 1
+                continue
+            keep.append(token)
+        if drop:
+            alphabet = sum(1 for t in tokens if len(t.removeprefix(CONTINUATION)) == 1) + len(missing)
+            raise KorlmError(f"vocab_size {size} cannot hold the character alphabet ({alphabet} single-character "
+                             f"tokens: the corpus's plus the guaranteed ones); raise vocab_size or use coverage=corpus")
+        tokens = keep[::-1]
+    return tokens + missing
+
+
+def _bound_alphabet(tokens: list[str], train: list[str], budget: int) -> tuple[list[str], set[str]]:
+    """Drop the corpus's rarest single characters (not the guaranteed alphabet) until the
+    single-character tokens, both forms of every kept syllable and the guaranteed
+    alphabet fit in ``budget``; tokens containing a dropped character go too. Dropped
+    syllables are then decomposed to jamo by the fallback map; other dropped
+    characters become [UNK]."""
+    def alphabet_size(chars):
+        return 2 * len(chars | set(COVERAGE_ALPHABET))
+
+    chars = {t.removeprefix(CONTINUATION) for t in tokens if len(t.removeprefix(CONTINUATION)) == 1
+             and t not in SPECIAL_TOKEN_IDS}
+    if alphabet_size(chars) <= budget:
+        return tokens, set()
+    freq = Counter(c for sentence in train for c in sentence)
+    evicted: set[str] = set()
+    for c in sorted(chars - set(COVERAGE_ALPHABET), key=lambda c: (freq[c], c)):
+        if alphabet_size(chars) <= budget:
+            break
+        chars.discard(c)
+        evicted.add(c)
+    return [t for t in tokens if t in SPECIAL_TOKEN_IDS or not evicted.intersection(t)], evicted
+
+
+def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, min_frequency: int,
+                     coverage: str) -> tuple[object, dict]:
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    from korlm import morpheme
+
+    texts = train
+    if pre_tokenizer == "morpheme":
+        # The trainer sees continuation pieces as TRAINING_MARK + piece, so it learns
+        # "<mark>는" (renamed "##는" below) from real continuation counts.
+        mark = morpheme.TRAINING_MARK
+        texts = morpheme.segment_batch([t.replace(mark, "") for t in train], mark=mark)
+
+    def learn(size: int, texts: list[str], nfc: bool = True) -> list[str]:
+        tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"],
+                                               continuing_subword_prefix=CONTINUATION, max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.Sequence(_bert_normalizers()[0 if nfc else 1:])
+        tokenizer.pre_tokenizer = wordpiece_pre_tokenizer(pre_tokenizer)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS.values()),
+            continuing_subword_prefix=CONTINUATION, show_progress=False,
+            initial_alphabet=COVERAGE_ALPHABET if coverage == "full" else [])
+        tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+        tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+        if pre_tokenizer == "morpheme":
+            mark = morpheme.TRAINING_MARK
+            renamed = [CONTINUATION + t[1:] if t.startswith(mark) else t for t in tokens if t != mark]
+            tokens = [t for t in dict.fromkeys(renamed) if mark not in t]
+        return tokens
+
+    def fit(tokens: list[str]) -> tuple[list[str], list[str], set[str]]:
+        required: list[str] = []
+        evicted: set[str] = set()
+        if coverage == "full":
+            tokens, evicted = _bound_alphabet(tokens, train, vocab_size * 3 // 4)
+            kept = set(tokens)
+            syllables = [s for s in HANGUL_SYLLABLES if s in kept or CONTINUATION + s in kept]
+            required = [f for c in COVERAGE_ALPHABET + syllables for f in (c, CONTINUATION + c)]
+        return _fit_vocab(tokens, required, vocab_size), required, evicted
+
+    size = vocab_size + (int(vocab_size * 0.05) if pre_tokenizer == "morpheme" else 0)
+    learned = learn(size, texts)
+    tokens, required, evicted = fit(learned)
+    if len(tokens) < vocab_size and len(learned) >= vocab_size:
+        # Rare characters were evicted to fit the alphabet (and the tokens holding them
+        # with them). Learn again on text where evicted syllables are already
+        # decomposed to jamo, as the fallback map will do, and other evicted characters
+        # are dropped, so the freed room goes to merges that can occur.
+        table = {ord(c): unicodedata.normalize("NFD", c) if "\uac00" <= c <= "\ud7a3" else None for c in evicted}
+        # (NFC first, in Python: the trainer's own NFC would recompose the jamo.)
+        learned = learn(size, [unicodedata.normalize("NFC", t).translate(table) for t in texts], nfc=False)
+        tokens, required, more = fit(learned)
+        evicted |= more
+    if tokens[:len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS.values()):
+        raise RuntimeError(f"special tokens are not at ids 0-4: {tokens[:5]}")
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    final = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix=CONTINUATION,
+                                       max_input_chars_per_word=100))
+    steps = _bert_normalizers()
+    fallback = jamo_fallback_map(vocab) if coverage == "full" else {}
+    if fallback:
+        steps.append(normalizers.Precompiled(compile_charsmap(fallback)))
+    final.normalizer = normalizers.Sequence(steps)
+    final.pre_tokenizer = wordpiece_pre_tokenizer(pre_tokenizer)
+    final.decoder = decoders.WordPiece(prefix=CONTINUATION)
+    final.add_special_tokens(list(SPECIAL_TOKENS.values()))
+    _set_bert_post_processor(final)
+    how = {
+        "method": "corpus alphabet only" if coverage == "corpus" else
+        "initial alphabet (jamo, compatibility jamo, printable ASCII in both word-initial and ## forms); "
+        "syllables missing from the vocab are decomposed to conjoining jamo by a normalizer charsmap",
+        "guaranteed": [] if coverage == "corpus" else
+        ["hangul_syllables (11172)", "conjoining_jamo (67 modern)", "compatibility_jamo (94)", "printable_ascii (94)"],
+        "syllables_in_vocab": sum(1 for s in HANGUL_SYLLABLES if s in vocab and CONTINUATION + s in vocab),
+        "syllables_decomposed_to_jamo": len(fallback),
+        "tokens_added_for_coverage": len(set(required) - set(learned)),
+        "rare_characters_evicted": len(evicted),
+    }
+    return final, how
+
+
+def _set_bert_post_processor(tokenizer) -> None:
     from tokenizers import processors
 
     cls, sep = SPECIAL_TOKENS["cls"], SPECIAL_TOKENS["sep"]
@@ -100,19 +404,103 @@ def _set_post_processor(tokenizer) -> None:
     )
 
 
-def _heldout_metrics(tokenizer, sentences: list[str]) -> tuple[float | None, float | None]:
+# --------------------------------------------------------------------------- sentencepiece
+
+
+def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, coverage: str) -> tuple[bytes, object,
+                                                                                                       dict]:
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    texts = [unicodedata.normalize("NFC", t) for t in train]
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+            model_type="unigram" if algorithm == "sentencepiece-unigram" else "bpe",
+            # identity: no NFKC (it would fold full-width forms and compatibility jamo);
+            # NFC is applied before training and by the tokenizer's normalizer.
+            normalization_rule_name="identity", character_coverage=0.9995,
+            byte_fallback=coverage == "full", pad_id=0, pad_piece=SPECIAL_TOKENS["pad"], unk_id=1,
+            unk_piece=SPECIAL_TOKENS["unk"], bos_id=-1, eos_id=-1,
+            user_defined_symbols=[SPECIAL_TOKENS["cls"], SPECIAL_TOKENS["sep"], SPECIAL_TOKENS["mask"]],
+            input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
+            max_sentence_length=1 << 16, train_extremely_large_corpus=False, minloglevel=2)
+    except RuntimeError as exc:
+        message = str(exc).splitlines()[0]
+        if "Vocabulary size" in message or "vocab_size" in message:
+            raise KorlmError(f"corpus is too small for {algorithm} vocab_size {vocab_size} ({message}); "
+                             "lower vocab_size or add text") from None
+        raise
+    blob = model.getvalue()
+    return blob, sentencepiece_hf_tokenizer(blob, algorithm), {
+        "method": "sentencepiece byte_fallback: characters outside the pieces encode as UTF-8 byte pieces"
+        if coverage == "full" else "corpus alphabet only (character_coverage 0.9995)",
+        "guaranteed": ["any unicode text (bytes)"] if coverage == "full" else [],
+    }
+
+
+def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str):
+    """The ``tokenizers`` equivalent of a SentencePiece model trained by :func:`build_vocab`."""
+    import sentencepiece as spm
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    sp = spm.SentencePieceProcessor(model_proto=blob)
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    byte_fallback = any(sp.is_byte(i) for i in range(sp.get_piece_size()))
+    if algorithm == "sentencepiece-unigram":
+        model = models.Unigram(pieces, unk_id=SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]], byte_fallback=byte_fallback)
+    else:
+        vocab = {p: i for i, (p, _) in enumerate(pieces)}
+        normal = {p: s for i, (p, s) in enumerate(pieces) if sp.is_unknown(i) is False and not sp.is_byte(i)
+                  and not sp.is_control(i) and p not in SPECIAL_TOKEN_IDS}
+        merges = []
+        for piece, score in normal.items():
+            for k in range(1, len(piece)):
+                left, right = piece[:k], piece[k:]
+                if left in normal and right in normal:
+                    merges.append((score, vocab[left], vocab[right], left, right))
+        merges.sort(key=lambda m: (-m[0], m[1], m[2]))
+        model = models.BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=SPECIAL_TOKENS["unk"], fuse_unk=True,
+                           byte_fallback=byte_fallback)
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFC(), normalizers.Replace(Regex(" {2,}"), " "), normalizers.Replace(Regex("^ | $"), "")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(),
+                                           decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS.values()))
+    _set_bert_post_processor(tokenizer)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def heldout_metrics(tokenizer, sentences: list[str]) -> dict:
+    """unk_rate, tokens_per_eojeol and character coverage of ``tokenizer`` (a
+    ``korlm.tokenization.KorlmTokenizer``) on ``sentences``."""
     if not sentences:
-        return None, None
+        return {"unk_rate": None, "tokens_per_eojeol": None, "coverage": None}
     unk_id = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]]
     tokens = unks = 0
-    for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False):
-        tokens += len(encoding.ids)
-        unks += sum(1 for i in encoding.ids if i == unk_id)
+    for ids in tokenizer.encode_ids(sentences):
+        tokens += len(ids)
+        unks += sum(1 for i in ids if i == unk_id)
     eojeol = sum(count_eojeol(s) for s in sentences)
-    return (unks / tokens if tokens else 0.0), (tokens / eojeol if eojeol else 0.0)
+    chars = Counter(c for s in sentences for c in s if not c.isspace())
+    distinct = sorted(chars)
+    ok = {c: unk_id not in ids for c, ids in zip(distinct, tokenizer.hf.encode_batch(
+        distinct, add_special_tokens=False), strict=True) for ids in [ids.ids]}
+    covered = sum(n for c, n in chars.items() if ok[c])
+    return {"unk_rate": (unks / tokens if tokens else 0.0),
+            "tokens_per_eojeol": (tokens / eojeol if eojeol else 0.0),
+            "coverage": (covered / sum(chars.values()) if chars else 1.0)}
 
 
-def _transformers_files(staging: str) -> None:
+# --------------------------------------------------------------------------- files
+
+
+def _transformers_files(staging: str, algorithm: str, pre_tokenizer: str) -> None:
     special = {f"{name}_token": token for name, token in SPECIAL_TOKENS.items()}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -122,7 +510,10 @@ def _transformers_files(staging: str) -> None:
         "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
         **special,
     }
-    storage.write_text(storage.join(staging, "tokenizer_config.json"), json.dumps(config, indent=2) + "\n")
+    if pre_tokenizer != "none":
+        # Read by korlm.tokenization: the text must be segmented before tokenizer.json sees it.
+        config["korlm_pre_tokenizer"] = pre_tokenizer
+    storage.write_text(storage.join(staging, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
     storage.write_text(storage.join(staging, "special_tokens_map.json"), json.dumps(special, indent=2) + "\n")
 
 
@@ -135,60 +526,62 @@ def build_vocab(
     vocab_size: int = 8000,
     min_frequency: int = 2,
     max_sentences: int | None = None,
+    max_bytes: int | None = None,
     heldout_every: int = 20,
+    coverage: str = "full",
 ) -> dict:
     """Train a tokenizer on ``corpus_dir`` (clean's output) into ``output_dir``; return vocab_stats.
 
-    One sentence in ``heldout_every`` (chosen by a hash of its text, so the split does
-    not depend on corpus order and a repeated sentence is never on both sides) is held
-    out of training and used to measure
-    ``unk_rate`` and ``tokens_per_eojeol`` (0 disables the held-out set). ``max_sentences``
-    caps the training sentences. Writes tokenizer.json, vocab.txt, tokenizer_config.json,
-    special_tokens_map.json and vocab_stats.json atomically.
+    Held-out sentences (one in ``heldout_every`` by a hash of the text; 0 disables) are
+    never trained on and give ``unk_rate``, ``tokens_per_eojeol`` and ``coverage``.
+    ``max_sentences`` / ``max_bytes`` bound the training sample (deterministic hash
+    sample, see :func:`sample_sentences`). Writes tokenizer.json, vocab.txt (WordPiece)
+    or spm.model (SentencePiece), tokenizer_config.json, special_tokens_map.json and
+    vocab_stats.json atomically.
     """
-    _check_args(algorithm, pre_tokenizer, vocab_size, min_frequency, max_sentences, heldout_every)
+    _check_args(algorithm, pre_tokenizer, vocab_size, min_frequency, max_sentences, max_bytes, heldout_every,
+                coverage)
     if not storage.isdir(corpus_dir):
         raise KorlmError(f"corpus {corpus_dir!r} is not a directory; pass the output directory of `korlm clean`")
     if not corpus_files(corpus_dir):
         raise KorlmError(f"corpus {corpus_dir!r} has no part-*.txt files; run `korlm clean` into it first")
     started = time.monotonic()
+    train, heldout, counts = sample_sentences(corpus_dir, max_sentences=max_sentences, max_bytes=max_bytes,
+                                              heldout_every=heldout_every)
+    if not train:
+        raise KorlmError(f"corpus {corpus_dir!r} has no sentences to train on; check clean's stats.json")
+    distinct_words = len({w for s in train for w in s.split()})
+    if algorithm == "wordpiece" and distinct_words < vocab_size // 4:
+        raise KorlmError(f"corpus {corpus_dir!r} is too small for vocab_size {vocab_size}: "
+                         f"{distinct_words} distinct words in {len(train)} training sentences; "
+                         f"lower vocab_size or add text")
+    sampled_at = time.monotonic()
 
-    train: list[str] = []
-    heldout: list[str] = []
-    for sentence in iter_sentences(corpus_dir):
-        if heldout_every and zlib.crc32(sentence.encode("utf-8")) % heldout_every == 0:
-            heldout.append(sentence)
-        elif max_sentences is None or len(train) < max_sentences:
-            train.append(sentence)
     # Note: the HF WordPiece trainer breaks count ties in hash-map order
     # (huggingface/tokenizers#1794), so two trainings on the same sentences can differ
     # in a few tokens at the cutoff and in token ids; the vocab artifact, not a
     # re-training, is what downstream steps must share.
-    if not train:
-        raise KorlmError(f"corpus {corpus_dir!r} has no sentences to train on; check clean's stats.json")
+    spm_blob = None
+    if algorithm == "wordpiece":
+        hf, how = _train_wordpiece(train, pre_tokenizer=pre_tokenizer, vocab_size=vocab_size,
+                                   min_frequency=min_frequency, coverage=coverage)
+    else:
+        spm_blob, hf, how = _train_sentencepiece(train, algorithm=algorithm, vocab_size=vocab_size,
+                                                 coverage=coverage)
+    trained_at = time.monotonic()
 
-    from tokenizers import trainers
+    from korlm.tokenization import KorlmTokenizer
 
-    tokenizer = _wordpiece_tokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(train, trainer=trainer, length=len(train))
-    for token, expected in SPECIAL_TOKEN_IDS.items():
-        if tokenizer.token_to_id(token) != expected:
-            raise RuntimeError(f"special token {token} got id {tokenizer.token_to_id(token)}, expected {expected}")
-    _set_post_processor(tokenizer)
-
-    vocab = tokenizer.get_vocab()
-    by_id = sorted(vocab.items(), key=lambda item: item[1])
+    tokenizer = KorlmTokenizer(hf, pre_tokenizer)
+    by_id = sorted(hf.get_vocab().items(), key=lambda item: item[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise RuntimeError("trained vocabulary ids are not contiguous")
-    unk_rate, tokens_per_eojeol = _heldout_metrics(tokenizer, heldout)
+    for token, expected in SPECIAL_TOKEN_IDS.items():
+        if hf.token_to_id(token) != expected:
+            raise RuntimeError(f"special token {token} got id {hf.token_to_id(token)}, expected {expected}")
+    metrics = heldout_metrics(tokenizer, heldout)
 
+    vocab_txt = "".join(f"{token}\n" for token, _ in by_id)
     stats = {
         "algorithm": algorithm,
         "pre_tokenizer": pre_tokenizer,
@@ -196,26 +589,44 @@ def build_vocab(
         "requested_vocab_size": vocab_size,
         "min_frequency": min_frequency,
         "num_training_sentences": len(train),
+        "num_training_bytes": sum(len(s.encode("utf-8")) + 1 for s in train),
         "num_heldout_sentences": len(heldout),
-        "unk_rate": unk_rate,
-        "tokens_per_eojeol": tokens_per_eojeol,
+        **counts,
+        "sampling": {"max_sentences": max_sentences, "max_bytes": max_bytes,
+                     "method": "smallest blake2b(text) keys among non-held-out sentences"
+                     if max_sentences or max_bytes else "all non-held-out sentences"},
+        **metrics,
+        "character_coverage": {"mode": coverage, **how},
         "build_seconds": round(time.monotonic() - started, 3),
+        "seconds": {"read_and_sample": round(sampled_at - started, 3), "train": round(trained_at - sampled_at, 3),
+                    "measure": round(time.monotonic() - trained_at, 3)},
         "special_tokens": {name: SPECIAL_TOKEN_IDS[token] for name, token in SPECIAL_TOKENS.items()},
+        "vocab_hash": hashlib.sha256(vocab_txt.encode("utf-8")).hexdigest(),
     }
-    vocab_txt = "".join(f"{token}\n" for token, _ in by_id)
-    stats["vocab_hash"] = hashlib.sha256(vocab_txt.encode("utf-8")).hexdigest()
+    if pre_tokenizer == "morpheme":
+        from korlm import morpheme
+
+        stats["kiwipiepy_version"] = morpheme.kiwi_version()
     with storage.atomic_output_dir(output_dir) as staging:
-        storage.write_text(storage.join(staging, TOKENIZER_FILE), tokenizer.to_str(pretty=True))
-        storage.write_text(storage.join(staging, VOCAB_FILE), vocab_txt)
-        _transformers_files(staging)
+        storage.write_text(storage.join(staging, TOKENIZER_FILE), hf.to_str(pretty=True))
+        if spm_blob is None:
+            storage.write_text(storage.join(staging, VOCAB_FILE), vocab_txt)
+        else:
+            with storage.open_file(storage.join(staging, SPM_FILE), "wb") as f:
+                f.write(spm_blob)
+        _transformers_files(staging, algorithm, pre_tokenizer)
         storage.write_text(storage.join(staging, STATS_FILE), json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     _LOG.info("vocab: %d tokens from %d sentences, held-out unk_rate %s, %.1f s", len(by_id), len(train),
-              unk_rate, stats["build_seconds"])
+              metrics["unk_rate"], stats["build_seconds"])
     return stats
 
 
 def load_tokenizer(tokenizer_dir: str):
-    """The ``tokenizers.Tokenizer`` saved by :func:`build_vocab` in ``tokenizer_dir``."""
+    """The ``tokenizers.Tokenizer`` saved by :func:`build_vocab` in ``tokenizer_dir``.
+
+    It expects morpheme-segmented input for a morpheme vocab; use
+    ``korlm.tokenization.load`` to tokenize raw text.
+    """
     from tokenizers import Tokenizer
 
     path = storage.join(tokenizer_dir, TOKENIZER_FILE)
@@ -228,9 +639,27 @@ def load_tokenizer(tokenizer_dir: str):
 
 
 def vocab_hash(tokenizer_dir: str) -> str:
-    """sha256 of vocab.txt: ties examples and checkpoints to the vocabulary they were made with."""
+    """sha256 of the vocabulary (vocab.txt, or the tokens of tokenizer.json in id order):
+    ties examples and checkpoints to the vocabulary they were made with."""
     path = storage.join(tokenizer_dir, VOCAB_FILE)
-    if not storage.exists(path):
-        raise KorlmError(f"no {VOCAB_FILE} in {tokenizer_dir!r}; pass the output directory of `korlm vocab`")
-    with storage.open_file(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    if storage.exists(path):
+        with storage.open_file(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    if storage.exists(storage.join(tokenizer_dir, SPM_FILE)):
+        vocab = load_tokenizer(tokenizer_dir).get_vocab()
+        text = "".join(f"{t}\n" for t in sorted(vocab, key=vocab.get))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    raise KorlmError(f"no {VOCAB_FILE} in {tokenizer_dir!r}; pass the output directory of `korlm vocab`")
+
+
+def comparison_table(stats: list[dict]) -> str:
+    """Markdown table of vocab variants (``vocab_stats.json`` dicts) for the ablation report."""
+    rows = ["| algorithm | pre-tokenizer | vocab size | held-out UNK rate | tokens / eojeol | char coverage "
+            "| build s |", "|---|---|---|---|---|---|---|"]
+    for s in stats:
+        unk = "n/a" if s.get("unk_rate") is None else f"{100 * s['unk_rate']:.3f}%"
+        fert = "n/a" if s.get("tokens_per_eojeol") is None else f"{s['tokens_per_eojeol']:.3f}"
+        cov = "n/a" if s.get("coverage") is None else f"{100 * s['coverage']:.3f}%"
+        rows.append(f"| {s['algorithm']} | {s['pre_tokenizer']} | {s['vocab_size']} | {unk} | {fert} | {cov} "
+                    f"| {s['build_seconds']:.1f} |")
+    return "\n".join(rows) + "\n"

@@ -99,3 +99,21 @@ def test_existing_run_id_is_refused(run_dir):
                  "--set", f"run.output_root={path.parent}", "--set", "run.id=e2e", check=False)
     assert proc.returncode == 2
     assert "already exists" in proc.stderr
+
+
+def test_evaluate_export_push_from_cli(run_dir, tmp_path):
+    path, _ = run_dir
+    korlm("evaluate", "--config", "configs/tiny.yaml", "--checkpoint",
+          str(path / "pretrain" / "checkpoints" / "step-000020"), "--tokenizer", str(path / "vocab"),
+          "--task", "nsmc", "--output", str(tmp_path / "ev"), "--max-train-examples", "50")
+    rec = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert rec["checkpoint"] == "step-000020" and rec["num_train"] == 50
+    assert 0.0 <= rec["metrics"]["accuracy"] <= 1.0
+    korlm("export", "--checkpoint", str(path / "pretrain"), "--tokenizer", str(path / "vocab"),
+          "--output", str(tmp_path / "hf"), "--results", str(path / "report" / "results.md"))
+    assert "random-init" in (tmp_path / "hf" / "README.md").read_text()
+    korlm("push", "--model", str(tmp_path / "hf"), "--repo-id", "me/model",
+          "--output", str(tmp_path / "plan"))
+    plan = json.loads((tmp_path / "plan" / "push_plan.json").read_text())
+    assert plan["dry_run"] is True and {f["path"] for f in plan["files"]} >= {
+        "config.json", "model.safetensors", "tokenizer.json", "README.md"}

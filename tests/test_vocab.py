@@ -77,8 +77,10 @@ def test_no_lowercasing_and_hangul_kept_whole(built):
     pieces = "".join(t.removeprefix("##") for t in encoding.tokens)
     assert "KOREA" in pieces and "Korea" in pieces
     vocab = tokenizer.get_vocab()
-    # accent stripping would have decomposed syllables into conjoining jamo (U+1100..U+11FF)
-    assert not any("\u1100" <= ch <= "\u11ff" for token in vocab for ch in token)
+    # accent stripping would have decomposed syllables into conjoining jamo (U+1100..U+11FF);
+    # jamo appear only as the single-character coverage alphabet
+    assert all(len(token.removeprefix("##")) == 1 for token in vocab
+               if any("\u1100" <= ch <= "\u11ff" for ch in token))
     assert "영화" in vocab
 
 
@@ -121,7 +123,7 @@ def test_gzipped_part_files_read_the_same(corpus, tmp_path):
 
 
 def test_max_sentences_caps_training(corpus, tmp_path):
-    stats = build_vocab(str(corpus), str(tmp_path / "tok"), vocab_size=500, max_sentences=200, heldout_every=0)
+    stats = build_vocab(str(corpus), str(tmp_path / "tok"), vocab_size=3000, max_sentences=200, heldout_every=0)
     assert stats["num_training_sentences"] == 200
     assert stats["num_heldout_sentences"] == 0 and stats["unk_rate"] is None
 
@@ -143,12 +145,14 @@ def test_errors(corpus, tmp_path):
         build_vocab(str(corpus), str(tmp_path / "t5"), algorithm="bpe")
     with pytest.raises(KorlmError, match="heldout_every"):
         build_vocab(str(corpus), str(tmp_path / "t6"), heldout_every=1)
+    with pytest.raises(KorlmError, match="too small for wordpiece"):
+        build_vocab(str(corpus), str(tmp_path / "t7"), vocab_size=300)
+    with pytest.raises(KorlmError, match="too small for vocab_size 200000"):
+        build_vocab(str(corpus), str(tmp_path / "t8"), vocab_size=200_000)
     with pytest.raises(NotBuiltError, match="#4"):
-        build_vocab(str(corpus), str(tmp_path / "t7"), algorithm="sentencepiece-unigram")
-    with pytest.raises(NotBuiltError, match="#4"):
-        build_vocab(str(corpus), str(tmp_path / "t8"), algorithm="sentencepiece-bpe")
-    with pytest.raises(NotBuiltError, match="#4"):
-        build_vocab(str(corpus), str(tmp_path / "t9"), pre_tokenizer="morpheme")
+        build_vocab(str(corpus), str(tmp_path / "t9"), algorithm="sentencepiece-bpe", pre_tokenizer="morpheme")
+    with pytest.raises(KorlmError, match="coverage"):
+        build_vocab(str(corpus), str(tmp_path / "t9"), coverage="some")
     with pytest.raises(KorlmError, match="no tokenizer.json"):
         load_tokenizer(str(tmp_path))
     with pytest.raises(KorlmError, match="no vocab.txt"):
