@@ -26,7 +26,8 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 TOKENIZER_FILE = "tokenizer.json"
 # tokenizer.json is required; the others are copied when the tokenizer step wrote them.
-TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "spm.model")
 SELECTION_STRATEGIES = ("last", "first", "step:N")
 
 # Keras activation function name -> transformers ACT2FN name computing the same function.
@@ -274,7 +275,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def model_card(*, model_name: str, license: str, config: dict[str, Any], info: dict[str, Any],
                num_parameters: int, mask_token: str | None, results_markdown: str | None,
-               corpus_stats: dict | None) -> str:
+               corpus_stats: dict | None, pre_tokenizer: str | None = None) -> str:
     meta = {
         "language": ["ko"],
         "license": license,
@@ -297,6 +298,14 @@ def model_card(*, model_name: str, license: str, config: dict[str, Any], info: d
         "fill = pipeline(\"fill-mask\", model=\"PATH_OR_REPO_ID\")\n"
         f"fill(\"오늘 날씨가 정말 {mask_token or '[MASK]'}.\")\n```\n"
     )
+    if pre_tokenizer == "morpheme":
+        parts.append(
+            "## Morpheme pre-tokenization\n\n"
+            "This model's vocabulary was trained over Kiwi (kiwipiepy) morphemes: split text "
+            "the same way before tokenizing, or the ids will not match what the model was "
+            "trained on (`나는 학교에 갔다.` -> `나 ##는 학교 ##에 갔 ##다 ##.`):\n\n"
+            "```python\nfrom korlm.morpheme import segment\n\ntokenizer(segment(text))\n```\n"
+        )
     training_rows = [(k, info[k]) for k in sorted(info)]
     parts.append("## Training\n\n" + _table(training_rows) + "\n")
     arch_rows = [(k, config[k]) for k in (
@@ -395,6 +404,7 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
         model_name=model_name, license=license, config=config, info=info,
         num_parameters=num_parameters, mask_token=tok_config.get("mask_token", special.get("mask_token")),
         results_markdown=results_markdown, corpus_stats=corpus_stats,
+        pre_tokenizer=tok_config.get("korlm_pre_tokenizer"),
     )
 
     from safetensors.numpy import save_file

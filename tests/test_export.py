@@ -234,6 +234,22 @@ def test_export_without_tokenizer_configs(exported, tmp_path):
     assert hf.mask_token == "[MASK]"
 
 
+def test_morpheme_vocab_card_and_spm_model_travel(exported, tmp_path):
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(exported["tok"], tok_dir)
+    cfg_path = tok_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["korlm_pre_tokenizer"] = "morpheme"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    (tok_dir / "spm.model").write_bytes(b"sentencepiece model bytes")
+    summary = export.export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
+    assert "spm.model" in summary["files"]
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "## Morpheme pre-tokenization" in card and "from korlm.morpheme import segment" in card
+    plain = open(os.path.join(exported["out"], "README.md"), encoding="utf-8").read()
+    assert "Morpheme pre-tokenization" not in plain
+
+
 def test_non_bert_checkpoint_is_not_built(exported, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exported["ckpt"], ckpt)
