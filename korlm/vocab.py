@@ -94,36 +94,69 @@ def iter_sentences(corpus_dir: str) -> Iterator[str]:
                     yield line
 
 
-def _sample_key(sentence: str) -> bytes:
-    return hashlib.blake2b(sentence.encode("utf-8"), digest_size=8, person=b"korlm-vocab").digest()
+_SAMPLE_HASH = hashlib.blake2b(digest_size=8, person=b"korlm-vocab")
+
+
+def _sample_key(data: bytes) -> int:
+    """The sampling key of a sentence's UTF-8 bytes: its keyed 64-bit blake2b, as an int."""
+    h = _SAMPLE_HASH.copy()  # cheaper than a keyword-argument constructor per sentence
+    h.update(data)
+    return int.from_bytes(h.digest(), "big")
 
 
 class _BottomK:
     """The sentences with the smallest hash keys, bounded by count and/or UTF-8 bytes.
 
     Deterministic and independent of corpus order and sharding; memory is the sample.
+    Without bounds every sentence is kept (a plain list, sorted once at the end).
     """
 
     def __init__(self, max_count: int | None, max_bytes: int | None):
         self.max_count, self.max_bytes = max_count, max_bytes
-        self.heap: list[tuple[bytes, str, int]] = []  # max-heap through negated keys
+        self.bounded = max_count is not None or max_bytes is not None
+        self.heap: list[tuple[int, str, int]] = []  # max-heap through negated keys
         self.bytes = 0
 
-    def add(self, sentence: str) -> None:
-        key = bytes(255 - b for b in _sample_key(sentence))
-        size = len(sentence.encode("utf-8")) + 1
+    def add(self, sentence: str, key: int, size: int) -> None:
+        """Offer ``sentence`` with its :func:`_sample_key` and its UTF-8 size (+1 for the newline)."""
+        entry = (-key, sentence, size)
+        if not self.bounded:
+            self.heap.append(entry)
+            self.bytes += size
+            return
         if self.heap and ((self.max_count is not None and len(self.heap) >= self.max_count)
                           or (self.max_bytes is not None and self.bytes + size > self.max_bytes)):
-            if key <= self.heap[0][0]:  # larger than the largest kept key: not in the sample
+            if entry[0] <= self.heap[0][0]:  # larger than the largest kept key: not in the sample
                 return
-        heapq.heappush(self.heap, (key, sentence, size))
+        heapq.heappush(self.heap, entry)
         self.bytes += size
         while len(self.heap) > 1 and ((self.max_count is not None and len(self.heap) > self.max_count)
                                       or (self.max_bytes is not None and self.bytes > self.max_bytes)):
             self.bytes -= heapq.heappop(self.heap)[2]
 
     def sentences(self) -> list[str]:
+        """The kept sentences, smallest key first."""
         return [s for _, s, _ in sorted(self.heap, reverse=True)]
+
+
+def _sample(corpus_dir: str, max_sentences: int | None, max_bytes: int | None,
+            heldout_every: int) -> tuple[_BottomK, _BottomK, dict]:
+    train = _BottomK(max_sentences, max_bytes)
+    heldout = _BottomK(MAX_HELDOUT_SENTENCES, None)
+    n_sentences = n_bytes = 0
+    crc32 = zlib.crc32
+    train_add, heldout_add = train.add, heldout.add
+    for sentence in iter_sentences(corpus_dir):
+        data = sentence.encode("utf-8")
+        size = len(data) + 1
+        n_sentences += 1
+        n_bytes += size
+        key = _sample_key(data)
+        if heldout_every and crc32(data) % heldout_every == 0:
+            heldout_add(sentence, key, size)
+        else:
+            train_add(sentence, key, size)
+    return train, heldout, {"corpus_sentences": n_sentences, "corpus_bytes": n_bytes}
 
 
 def sample_sentences(corpus_dir: str, *, max_sentences: int | None = None, max_bytes: int | None = None,
@@ -133,18 +166,10 @@ def sample_sentences(corpus_dir: str, *, max_sentences: int | None = None, max_b
     One sentence in ``heldout_every`` (by a CRC of its text, so a repeated sentence is
     never on both sides) is held out; at most MAX_HELDOUT_SENTENCES of them are kept.
     The training sample is all other sentences, or the ``max_sentences`` / ``max_bytes``
-    of them with the smallest keyed hash: a uniform, deterministic sample.
+    of them with the smallest keyed hash: a uniform, deterministic sample. Both come
+    ordered by that hash.
     """
-    train = _BottomK(max_sentences, max_bytes)
-    heldout = _BottomK(MAX_HELDOUT_SENTENCES, None)
-    counts = {"corpus_sentences": 0, "corpus_bytes": 0}
-    for sentence in iter_sentences(corpus_dir):
-        counts["corpus_sentences"] += 1
-        counts["corpus_bytes"] += len(sentence.encode("utf-8")) + 1
-        if heldout_every and zlib.crc32(sentence.encode("utf-8")) % heldout_every == 0:
-            heldout.add(sentence)
-        else:
-            train.add(sentence)
+    train, heldout, counts = _sample(corpus_dir, max_sentences, max_bytes, heldout_every)
     return train.sentences(), heldout.sentences(), counts
 
 
@@ -546,15 +571,23 @@ def build_vocab(
     if not corpus_files(corpus_dir):
         raise KorlmError(f"corpus {corpus_dir!r} has no part-*.txt files; run `korlm clean` into it first")
     started = time.monotonic()
-    train, heldout, counts = sample_sentences(corpus_dir, max_sentences=max_sentences, max_bytes=max_bytes,
-                                              heldout_every=heldout_every)
+    train_sample, heldout_sample, counts = _sample(corpus_dir, max_sentences, max_bytes, heldout_every)
+    train, heldout, train_bytes = train_sample.sentences(), heldout_sample.sentences(), train_sample.bytes
+    del train_sample, heldout_sample  # the sort keys: free them before training
     if not train:
         raise KorlmError(f"corpus {corpus_dir!r} has no sentences to train on; check clean's stats.json")
-    distinct_words = len({w for s in train for w in s.split()})
-    if algorithm == "wordpiece" and distinct_words < vocab_size // 4:
-        raise KorlmError(f"corpus {corpus_dir!r} is too small for vocab_size {vocab_size}: "
-                         f"{distinct_words} distinct words in {len(train)} training sentences; "
-                         f"lower vocab_size or add text")
+    if algorithm == "wordpiece":
+        # Enough distinct words for the vocab? Stops as soon as there are (a few hundred
+        # sentences on a real corpus) instead of building the corpus's word set.
+        words: set[str] = set()
+        for sentence in train:
+            words.update(sentence.split())
+            if len(words) >= vocab_size // 4:
+                break
+        else:
+            raise KorlmError(f"corpus {corpus_dir!r} is too small for vocab_size {vocab_size}: "
+                             f"{len(words)} distinct words in {len(train)} training sentences; "
+                             f"lower vocab_size or add text")
     sampled_at = time.monotonic()
 
     # Note: the HF WordPiece trainer breaks count ties in hash-map order
@@ -589,7 +622,7 @@ def build_vocab(
         "requested_vocab_size": vocab_size,
         "min_frequency": min_frequency,
         "num_training_sentences": len(train),
-        "num_training_bytes": sum(len(s.encode("utf-8")) + 1 for s in train),
+        "num_training_bytes": train_bytes,
         "num_heldout_sentences": len(heldout),
         **counts,
         "sampling": {"max_sentences": max_sentences, "max_bytes": max_bytes,

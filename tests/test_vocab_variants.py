@@ -101,6 +101,31 @@ def test_sampling_is_deterministic_and_bounded(corpus, tmp_path):
     assert set(by_bytes) <= set(sample_sentences(str(corpus), heldout_every=10)[0])
 
 
+def _reference_sample(lines, max_sentences, heldout_every):
+    """The documented definition: non-held-out sentences (CRC) with the smallest keyed
+    blake2b, by key (the straightforward version of korlm.vocab's streaming sample)."""
+    import hashlib
+    import zlib
+
+    def key(s):
+        return hashlib.blake2b(s.encode("utf-8"), digest_size=8, person=b"korlm-vocab").digest()
+
+    train = [s for s in lines if zlib.crc32(s.encode("utf-8")) % heldout_every]
+    return sorted(train, key=lambda s: (key(s), s))[:max_sentences]
+
+
+def test_sampling_matches_its_definition(corpus, tmp_path_factory):
+    lines = list(iter_sentences(str(corpus)))
+    for max_sentences in (None, 500):
+        train, _, _ = sample_sentences(str(corpus), max_sentences=max_sentences, heldout_every=10)
+        assert train == _reference_sample(lines, max_sentences, 10)
+    # the stats' training-byte count is the sample's
+    out, stats = _build(corpus, tmp_path_factory, max_sentences=500)
+    expected = _reference_sample(lines, 500, 10)
+    assert stats["num_training_bytes"] == sum(len(s.encode("utf-8")) + 1 for s in expected)
+    assert stats["num_training_sentences"] == 500
+
+
 def test_morpheme_segmentation_restores_spacing():
     text = "나는 학교에 갔다.  빨라졌어요ㅋㅋ KOREA와"
     segmented = morpheme.segment(text)
