@@ -15,7 +15,9 @@ from korlm import tokenization
 from korlm.vocab import build_vocab
 
 SAMPLE_REVIEWS = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw", "movie_reviews.tsv")
-HATE_SPEECH = "/work/shared/data/korean-hate-speech/train.tsv"
+# The Korean data kit sits beside the checkout (../shared/data), for developers and CI.
+HATE_SPEECH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                           "korean-hate-speech", "train.tsv")
 NUM_HELDOUT = 1200
 EDGE_CASES = [
     "ＫＯＲＥＡ　전각　문자와\u00a0NBSP, 탭\t줄바꿈\n끝",
