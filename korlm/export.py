@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any
 
 from korlm import models, storage
@@ -240,21 +239,6 @@ def bert_config(task, pad_token_id: int = 0) -> dict[str, Any]:
     }
 
 
-def _exactness_notes(task, config: dict[str, Any]) -> list[str]:
-    """Where the exported model cannot compute exactly what the Keras task computes."""
-    notes = []
-    head_eps = float(task.masked_lm_head._intermediate_layer_norm.epsilon)
-    if head_eps != config["layer_norm_eps"]:
-        # Hugging Face BERT uses one layer_norm_eps for every LayerNorm; KerasHub's
-        # MaskedLMHead defaults to 1e-5 while the encoder uses 1e-12.
-        notes.append(
-            f"MLM head LayerNorm epsilon is {head_eps:g} in the checkpoint but Hugging Face BERT "
-            f"uses layer_norm_eps={config['layer_norm_eps']:g} everywhere; exported logits differ "
-            "slightly (about 1e-4) from the Keras model"
-        )
-    return notes
-
-
 # --------------------------------------------------------------------------- model card
 
 
@@ -391,9 +375,6 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
     pad_id = tokenizer.token_to_id("[PAD]")
     config = bert_config(task, pad_token_id=0 if pad_id is None else pad_id)
     state = bert_state_dict(task)
-    notes = _exactness_notes(task, config)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
     num_parameters = int(sum(a.size for a in state.values()))
 
     special = {name: tok for name, tok in (
@@ -436,5 +417,4 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
         "config": config,
         "step": info.get("step"),
         "num_parameters": num_parameters,
-        "notes": notes,
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any
 from korlm import models, storage
 from korlm.errors import KorlmError
 from korlm.presets import size_config
+from korlm.vocab import vocab_hash
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINTS_JSON = "checkpoints.json"
@@ -67,27 +67,12 @@ def _normalize_hash(value: str) -> str:
 
 
 def tokenizer_vocab_hash(tokenizer_dir: str) -> str | None:
-    """The vocabulary fingerprint a tokenizer dir stands for.
-
-    ``vocab_stats.json``'s ``vocab_hash`` when the vocab step wrote one; otherwise the
-    SHA-256 of ``vocab.txt``; otherwise the SHA-256 of the tokens in id order, one a line.
-    """
-    stats_path = storage.join(tokenizer_dir, "vocab_stats.json")
-    if storage.exists(stats_path):
-        stats = _read_json(stats_path, "tokenizer stats")
-        if stats.get("vocab_hash"):
-            return _normalize_hash(stats["vocab_hash"])
-    vocab_txt = storage.join(tokenizer_dir, "vocab.txt")
-    if storage.exists(vocab_txt):
-        with storage.open_file(vocab_txt, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    tokenizer_json = storage.join(tokenizer_dir, "tokenizer.json")
-    if storage.exists(tokenizer_json):
-        vocab = json.loads(storage.read_text(tokenizer_json)).get("model", {}).get("vocab")
-        if isinstance(vocab, dict):
-            tokens = sorted(vocab, key=vocab.get)
-            return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
-    return None
+    """The vocabulary fingerprint of a tokenizer dir, computed by the same function that
+    stamped the pretraining data (``korlm.vocab.vocab_hash``); None without a vocabulary."""
+    try:
+        return vocab_hash(tokenizer_dir)
+    except KorlmError:
+        return None
 
 
 def _hashes_match(a: str, b: str) -> bool:

@@ -678,7 +678,7 @@ def vocab_hash(tokenizer_dir: str) -> str:
     if storage.exists(path):
         with storage.open_file(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
-    if storage.exists(storage.join(tokenizer_dir, SPM_FILE)):
+    if storage.exists(storage.join(tokenizer_dir, TOKENIZER_FILE)):
         vocab = load_tokenizer(tokenizer_dir).get_vocab()
         text = "".join(f"{t}\n" for t in sorted(vocab, key=vocab.get))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -13,8 +13,8 @@ import pytest
 
 from korlm import tokenization
 from korlm.vocab import build_vocab
+from tests.conftest import write_review_corpus
 
-SAMPLE_REVIEWS = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw", "movie_reviews.tsv")
 # The Korean data kit sits beside the checkout (../shared/data), for developers and CI.
 HATE_SPEECH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                            "korean-hate-speech", "train.tsv")
@@ -44,12 +44,7 @@ def _heldout():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    with open(SAMPLE_REVIEWS, encoding="utf-8", newline="") as f:
-        reviews = [row["review"].strip() for row in csv.DictReader(f, delimiter="\t")][:4000]
-    path = tmp_path_factory.mktemp("parity") / "corpus"
-    path.mkdir()
-    (path / "part-00000-of-00001.txt").write_text("".join(f"{r}\n\n" for r in reviews if r), encoding="utf-8")
-    return path
+    return write_review_corpus(tmp_path_factory.mktemp("parity") / "corpus", 4000)
 
 
 def _graph_ids(tokenizer_dir, texts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -18,19 +17,14 @@ from korlm.vocab import (
     iter_sentences,
     sample_sentences,
 )
+from tests.conftest import write_review_corpus
 
-SAMPLE_REVIEWS = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw", "movie_reviews.tsv")
 UNK = 1
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    with open(SAMPLE_REVIEWS, encoding="utf-8", newline="") as f:
-        reviews = [row["review"].strip() for row in csv.DictReader(f, delimiter="\t")][:3000]
-    path = tmp_path_factory.mktemp("variants") / "corpus"
-    path.mkdir()
-    (path / "part-00000-of-00001.txt").write_text("".join(f"{r}\n\n" for r in reviews if r), encoding="utf-8")
-    return path
+    return write_review_corpus(tmp_path_factory.mktemp("variants") / "corpus", 3000)
 
 
 def _build(corpus, tmp_path_factory, **kwargs):
