@@ -89,6 +89,20 @@ class KorlmTokenizer:
     def get_vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
+    def special_token_ids(self) -> dict[str, int]:
+        """Role -> id of the special tokens: ``pad``, ``unk``, ``cls``, ``sep``, ``mask``.
+
+        Roles, not token strings, are what packing, masking and export use, so a vocab whose
+        special tokens are spelled differently (a BART/RoBERTa family vocab: ``<s>`` plays
+        ``cls``, ``</s>`` plays ``sep``) works unchanged. Raises KorlmError naming any
+        role the vocab lacks.
+        """
+        ids = {role: self.hf.token_to_id(token) for role, token in SPECIAL_TOKENS.items()}
+        missing = [SPECIAL_TOKENS[role] for role, i in ids.items() if i is None]
+        if missing:
+            raise KorlmError(f"tokenizer lacks the special tokens {', '.join(missing)}; build it with `korlm vocab`")
+        return ids
+
 
 def pre_tokenizer_of(tokenizer_dir: str) -> str:
     """The pre-tokenizer a tokenizer dir was built with (tokenizer_config.json, then vocab_stats.json)."""
