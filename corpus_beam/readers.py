@@ -274,6 +274,38 @@ class _CountingReader:
         return data
 
 
+# Elements that sit inside a line of text; any other child element is a block (a
+# paragraph, a sentence, a title) whose text is kept apart by a line break.
+_XML_INLINE_TAGS = frozenset({
+    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "del", "dfn", "em", "font", "i", "ins",
+    "kbd", "mark", "q", "rb", "rp", "rt", "ruby", "s", "samp", "small", "span", "strike", "strong",
+    "sub", "sup", "tt", "u", "var", "wbr",
+})
+
+
+def _xml_text(elem) -> str:
+    """The text of ``elem`` and its descendants, block children separated by line breaks:
+    ``<text><p>첫 문단.</p><p>둘째 문단.</p></text>`` -> ``첫 문단.\n둘째 문단.``, while
+    ``<p>아주 <b>중요한</b> 말</p>`` stays ``아주 중요한 말``."""
+    parts: list[str] = []
+
+    def walk(node) -> None:
+        if node.text:
+            parts.append(node.text)
+        for child in node:
+            block = child.tag.rsplit("}", 1)[-1].lower() not in _XML_INLINE_TAGS
+            if block:
+                parts.append("\n")
+            walk(child)
+            if block:
+                parts.append("\n")
+            if child.tail:
+                parts.append(child.tail)
+
+    walk(elem)
+    return "\n".join(line for line in "".join(parts).split("\n") if line.strip())
+
+
 def _xml_records(handle: IO[bytes], field: str, summary: FileReadSummary) -> Iterator[Record]:
     """The text of every element whose path ends with ``field`` (``text``, ``doc/body``);
     ``line`` is the element's ordinal. A parse error ends the file with one
@@ -294,7 +326,7 @@ def _xml_records(handle: IO[bytes], field: str, summary: FileReadSummary) -> Ite
             if stack[-len(want):] == want:
                 open_matches -= 1
                 number += 1
-                text = "".join(elem.itertext())
+                text = _xml_text(elem)
                 yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
                 elem.clear()
             elif not open_matches:
@@ -304,36 +336,54 @@ def _xml_records(handle: IO[bytes], field: str, summary: FileReadSummary) -> Ite
         yield number + 1, f"xml error: {exc}", MALFORMED_RECORD
 
 
+def _modu_document_text(doc: Any, field: str | None) -> str | None:
+    """A Modu document's forms joined by line breaks, or None when it has none."""
+    units = None
+    if isinstance(doc, dict):
+        for name in ([field] if field else ["paragraph", "utterance", "sentence"]):
+            if isinstance(doc.get(name), list):
+                units = doc[name]
+                break
+    forms = [u.get("form") for u in units if isinstance(u, dict)] if units is not None else None
+    if not forms or not all(isinstance(f, str) for f in forms):
+        return None
+    return "\n".join(forms)
+
+
 def _modu_records(handle: IO[bytes], field: str | None, summary: FileReadSummary) -> Iterator[Record]:
     """Modu-corpus JSON: ``{"document": [{"id", "paragraph"|"utterance": [{"form"}]}]}``.
 
     One record per document (``line`` is its 1-based position), its forms joined by line
     breaks; ``field`` picks the list (default: ``paragraph``, else ``utterance``,
-    ``sentence``). The whole file is parsed at once: Modu files are one JSON value.
+    ``sentence``). The file is streamed document by document (ijson), so a file of
+    hundreds of megabytes costs the memory of one document. A parse error ends the file
+    with one ``malformed_record`` carrying the parser's message; documents before it are kept.
     """
-    raw = _CountingReader(handle, summary).read()
+    import ijson
+
+    has_document_list = False
+
+    def events():
+        nonlocal has_document_list
+        for prefix, event, value in ijson.parse(_CountingReader(handle, summary)):
+            if prefix == "document" and event == "start_array":
+                has_document_list = True
+            yield prefix, event, value
+
+    number = 0
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        yield 0, f"json error: {exc}", MALFORMED_RECORD
+        for number, doc in enumerate(ijson.items(events(), "document.item", use_float=True), start=1):
+            text = _modu_document_text(doc, field)
+            if text is None:
+                yield number, json.dumps(doc, ensure_ascii=False)[:1000], MALFORMED_RECORD
+                continue
+            yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        yield number + 1, f"json error: {message}", MALFORMED_RECORD
         return
-    documents = data.get("document") if isinstance(data, dict) else None
-    if not isinstance(documents, list):
+    if not has_document_list:
         yield 0, "no 'document' list at the top level", MALFORMED_RECORD
-        return
-    for number, doc in enumerate(documents, start=1):
-        units = None
-        if isinstance(doc, dict):
-            for name in ([field] if field else ["paragraph", "utterance", "sentence"]):
-                if isinstance(doc.get(name), list):
-                    units = doc[name]
-                    break
-        forms = [u.get("form") for u in units if isinstance(u, dict)] if units is not None else None
-        if not forms or not all(isinstance(f, str) for f in forms):
-            yield number, json.dumps(doc, ensure_ascii=False)[:1000], MALFORMED_RECORD
-            continue
-        text = "\n".join(forms)
-        yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
 
 
 def read_records(
