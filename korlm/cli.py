@@ -142,7 +142,9 @@ def cmd_push(args: argparse.Namespace) -> None:
     p = conf.push
     dry_run = p.dry_run if args.dry_run is None else args.dry_run
     plan = push_model(args.model, p.repo_id, args.output or args.model + "-push",
-                      dry_run=dry_run, private=p.private, token_env=p.token_env)
+                      dry_run=dry_run, private=p.private, revision=p.revision, tag=p.tag_runs,
+                      token_env=p.token_env, token_file=p.token_file, token_secret=p.token_secret,
+                      retries=p.retries, run_id=args.run_id, config_hash=cfg.config_hash(conf))
     _print_result("push" + (" (dry run)" if dry_run else ""), plan)
 
 
@@ -243,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="output of `korlm export`")
     p.add_argument("--repo-id", metavar="ID", help="namespace/name")
     p.add_argument("--output", metavar="DIR", help="where push_plan.json goes (default MODEL-push)")
+    p.add_argument("--run-id", metavar="ID", help="named in the commit message and tagged run-ID")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
                    help="write the upload plan only (default unless push.dry_run: false)")
     g.add_argument("--no-dry-run", dest="dry_run", action="store_false",
-                   help="really upload; the token comes from $HF_TOKEN")
+                   help="really upload; the token comes from $HF_TOKEN (push.token_env), "
+                        "push.token_file or push.token_secret")
 
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
     p.add_argument("action", choices=["compile", "run", "submit"])

@@ -164,7 +164,14 @@ class PushSection(_Section):
     repo_id: str = Field("korlm/korlm-bert-demo", pattern=r"^[\w.-]+/[\w.-]+$")
     dry_run: bool = True
     private: bool = True
+    revision: str | None = Field(None, description="branch to commit to; None commits to main")
+    tag_runs: bool = Field(True, description="tag each run's commit run-<run id>")
     token_env: str = "HF_TOKEN"
+    token_file: str | None = Field(
+        None, description="a file holding the token, e.g. a mounted Kubernetes secret")
+    token_secret: str | None = Field(
+        None, description="Secret Manager version: projects/P/secrets/S/versions/latest")
+    retries: int = Field(4, ge=0, le=10, description="extra tries of a Hub call after a transient failure")
 
 
 class PipelineSection(_Section):
@@ -257,6 +264,15 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         out[key.strip()] = yaml.safe_load(raw)
     return out
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 of the validated config (canonical JSON): names a run's settings in commits and cards."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def section_params(section: str, params: dict[str, Any]) -> dict[str, Any]:

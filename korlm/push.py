@@ -2,8 +2,14 @@
 
 A dry run (the default) only writes ``push_plan.json``: the files that would be uploaded
 with their sizes and SHA-256, so a pipeline can be reviewed before anything leaves the
-machine. A real push reads the Hub token from an environment variable; the token is
-never logged, written to an output or included in an error message.
+machine. A real push creates the repo (private by default), commits exactly the planned
+files in one commit whose message names the run and the config hash, and tags the
+commit ``run-<run id>``; each Hub call is retried with exponential backoff on transient
+failures (HTTP 429/5xx, connection errors).
+
+The token comes from, in order: an environment variable (``HF_TOKEN``), a token file (a
+mounted Kubernetes secret), or Google Secret Manager (on Vertex AI). It is never logged,
+written to an output, put in an error message or compiled into a pipeline.
 """
 
 from __future__ import annotations
@@ -11,15 +17,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
+
+_LOG = logging.getLogger(__name__)
 
 PLAN_FILE = "push_plan.json"
 REQUIRED_FILES = ("config.json", "model.safetensors")
@@ -104,11 +114,6 @@ def _check_model_dir(folder: str, model_dir: str) -> None:
         )
 
 
-def _fnmatch_literal(path: str) -> str:
-    # upload_folder's allow_patterns are fnmatch patterns; bracket the metacharacters.
-    return re.sub(r"([\[\]*?])", r"[\1]", path)
-
-
 def _write_plan(output_dir: str, plan: dict[str, Any]) -> None:
     with storage.atomic_output_dir(output_dir) as staging:
         with open(os.path.join(staging, PLAN_FILE), "w", encoding="utf-8") as f:
@@ -116,13 +121,76 @@ def _write_plan(output_dir: str, plan: dict[str, Any]) -> None:
             f.write("\n")
 
 
+def resolve_token(token_env: str = "HF_TOKEN", token_file: str | None = None,
+                  token_secret: str | None = None) -> tuple[str, str]:
+    """The Hub token and where it came from (a description without the token).
+
+    Order: the environment variable ``token_env``; ``token_file`` (a mounted Kubernetes
+    secret, e.g. ``/var/secrets/huggingface/token``); ``token_secret``, a Secret Manager
+    version name (``projects/P/secrets/S/versions/latest``) read with the task's
+    service account. Raises KorlmError naming what was tried when none gives a token.
+    """
+    token = os.environ.get(token_env, "").strip()
+    if token:
+        return token, f"environment variable {token_env}"
+    tried = [f"the environment variable {token_env}"]
+    if token_file:
+        if os.path.isfile(token_file):
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+            if token:
+                return token, f"token file {token_file}"
+            tried.append(f"the token file {token_file} (empty)")
+        else:
+            tried.append(f"the token file {token_file} (missing)")
+    if token_secret:
+        try:
+            from google.cloud import secretmanager
+
+            response = secretmanager.SecretManagerServiceClient().access_secret_version(name=token_secret)
+            token = response.payload.data.decode("utf-8").strip()
+        except Exception as exc:  # auth, permission, not found: one line, no payload
+            raise KorlmError(f"cannot read the Hub token from Secret Manager {token_secret}: "
+                             f"{type(exc).__name__}") from None
+        if token:
+            return token, f"Secret Manager {token_secret}"
+        tried.append(f"Secret Manager {token_secret} (empty)")
+    raise KorlmError(f"no Hugging Face token: tried {', '.join(tried)}; set {token_env} to a write token, "
+                     "mount it as a file (push.token_file) or name a Secret Manager secret "
+                     "(push.token_secret), or push with dry_run=True to only write the plan")
+
+
+def _commit_message(files: list[dict[str, Any]], run_id: str | None, config_hash: str | None) -> str:
+    total = sum(f["bytes"] for f in files)
+    parts = ["Upload model with korlm"]
+    if run_id:
+        parts.append(f"run {run_id}")
+    if config_hash:
+        parts.append(f"config {config_hash[:12]}")
+    return f"{', '.join(parts)} ({len(files)} files, {total} bytes)"
+
+
+def run_tag(run_id: str | None) -> str | None:
+    """The tag a run's commit gets (``run-<id>``, Hub-safe), or None without a run id."""
+    if not run_id:
+        return None
+    tag = "run-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")
+    return tag[:128]
+
+
 def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool = True,
                private: bool = True, revision: str | None = None,
-               commit_message: str | None = None, token_env: str = "HF_TOKEN") -> dict:
+               commit_message: str | None = None, token_env: str = "HF_TOKEN",
+               token_file: str | None = None, token_secret: str | None = None,
+               run_id: str | None = None, config_hash: str | None = None, tag: bool = True,
+               retries: int = 4, retry_delay: float = 2.0) -> dict:
     """Push ``model_dir`` to the Hub repo ``repo_id`` (or only plan it, when ``dry_run``).
 
     Writes ``output_dir/push_plan.json`` and returns the same dict. ``revision`` names a
     branch to commit to (created from ``main`` when missing); ``None`` commits to ``main``.
+    ``run_id`` and ``config_hash`` go into the commit message, and with ``tag`` the
+    commit is tagged ``run-<run_id>``. Each Hub call is tried ``retries + 1`` times,
+    waiting ``retry_delay * 2**attempt`` seconds between tries of a transient failure.
     """
     validate_repo_id(repo_id)
     _validate_revision(revision)
@@ -136,7 +204,7 @@ def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool =
         _check_model_dir(folder, model_dir)
         files = list_upload_files(folder)
         total = sum(f["bytes"] for f in files)
-        message = commit_message or f"Upload model with korlm ({len(files)} files, {total} bytes)"
+        message = commit_message or _commit_message(files, run_id, config_hash)
         plan: dict[str, Any] = {
             "repo_id": repo_id,
             "repo_type": "model",
@@ -144,48 +212,87 @@ def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool =
             "private": bool(private),
             "revision": revision,
             "commit_message": message,
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "tag": run_tag(run_id) if tag else None,
             "model_dir": model_dir,
             "total_bytes": total,
             "files": files,
         }
         if not dry_run:
-            plan.update(_upload(folder, files, repo_id, message, private, revision, token_env))
+            token, source = resolve_token(token_env, token_file, token_secret)
+            plan["token_source"] = source
+            plan.update(_upload(folder, files, repo_id, message, private, revision, plan["tag"],
+                                token, source, retries, retry_delay))
 
     _write_plan(output_dir, plan)
     return plan
 
 
-def _upload(folder: str, files: list[dict[str, Any]], repo_id: str, message: str,
-            private: bool, revision: str | None, token_env: str) -> dict[str, Any]:
-    token = os.environ.get(token_env, "").strip()
-    if not token:
-        raise KorlmError(
-            f"no Hugging Face token: set the {token_env} environment variable to a write token "
-            "(or push with dry_run=True to only write the plan)"
-        )
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
-    from huggingface_hub import HfApi
+
+def _status_of(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import httpx
+
+    status = _status_of(exc)
+    if status is not None:
+        return status in _TRANSIENT_STATUS
+    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+def _upload(folder: str, files: list[dict[str, Any]], repo_id: str, message: str,
+            private: bool, revision: str | None, tag: str | None, token: str, source: str,
+            retries: int, retry_delay: float) -> dict[str, Any]:
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     def redact(text: str) -> str:
         return text.replace(token, "***")
 
-    api = HfApi(token=token)
-    try:
-        repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        if revision and revision != "main":
-            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="model",
-            revision=revision,
-            commit_message=message,
-            allow_patterns=[_fnmatch_literal(f["path"]) for f in files],
-        )
-    except Exception as exc:  # any Hub/HTTP failure becomes one line, token removed
-        raise KorlmError(f"push to {repo_id} failed: {redact(f'{type(exc).__name__}: {exc}')}") from None
-    return {
-        "repo_url": str(repo_url),
-        "commit_url": commit.commit_url,
-        "commit_oid": commit.oid,
-    }
+    def call(what: str, fn: Callable[[], Any]) -> Any:
+        for attempt in range(retries + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                status = _status_of(exc)
+                detail = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
+                if status == 401:
+                    raise KorlmError(f"push to {repo_id}: the Hub rejected the token from {source} "
+                                     "(401 unauthorized); check it is a valid write token") from None
+                if status == 403:
+                    raise KorlmError(f"push to {repo_id}: {what} was refused (403 forbidden): the token from "
+                                     f"{source} cannot write to this repo; the name may belong to another user "
+                                     "or organization, or the token is read-only") from None
+                if status == 409 and what != "create the repo":
+                    raise KorlmError(f"push to {repo_id}: {what} clashes with what is already there "
+                                     f"(409 conflict): {detail}") from None
+                if not _is_transient(exc) or attempt == retries:
+                    tries = f" after {attempt + 1} tries" if attempt else ""
+                    raise KorlmError(f"push to {repo_id}: {what} failed{tries}: {detail}") from None
+                delay = retry_delay * 2 ** attempt
+                _LOG.warning("push: %s failed (%s); retrying in %.1f s (%d/%d)",
+                             what, status or type(exc).__name__, delay, attempt + 1, retries)
+                time.sleep(delay)
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(token=token, endpoint=endpoint)
+    repo_url = call("create the repo", lambda: api.create_repo(
+        repo_id, repo_type="model", private=private, exist_ok=True))
+    if revision and revision != "main":
+        call(f"create branch {revision}", lambda: api.create_branch(
+            repo_id, branch=revision, repo_type="model", exist_ok=True))
+    operations = [CommitOperationAdd(path_in_repo=f["path"], path_or_fileobj=os.path.join(folder, f["path"]))
+                  for f in files]
+    commit = call("the commit", lambda: api.create_commit(
+        repo_id, operations, commit_message=message, repo_type="model", revision=revision))
+    result = {"repo_url": str(repo_url), "commit_url": commit.commit_url, "commit_oid": commit.oid}
+    if tag:
+        call(f"tag {tag}", lambda: api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="model",
+                                                  tag_message=message, exist_ok=True))
+        result["tag"] = tag
+    return result

@@ -12,7 +12,7 @@ from typing import Any
 from kfp import dsl
 
 import components
-from korlm.config import Config
+from korlm.config import Config, config_hash
 
 
 def step_params(conf: Config) -> dict[str, dict[str, Any]]:
@@ -76,7 +76,8 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
                          baseline=baseline.outputs["results"])
         exp = ops.export(run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
                          report=rep.outputs["report"], params=params["export"])
-        pushed = ops.push(hf_model=exp.outputs["hf_model"], params=params["push"])
+        pushed = ops.push(hf_model=exp.outputs["hf_model"], params=params["push"],
+                          run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
         pushed.set_caching_options(False)  # a push is a side effect, never cached
         for task in (clean, vocab, data, train, rep, exp):
             task.set_caching_options(conf.pipeline.enable_caching)

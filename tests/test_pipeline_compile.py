@@ -47,3 +47,16 @@ def test_cli_compile(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
+
+
+def test_push_gets_run_id_and_config_hash_but_never_the_token(tmp_path, monkeypatch):
+    secret = "hf_compile_time_secret_123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    conf = config.load("configs/local.yaml")
+    out = tmp_path / "p.yaml"
+    compile_pipeline(conf, str(out))
+    text = out.read_text()
+    assert secret not in text
+    push_inputs = yaml.safe_load(text)["root"]["dag"]["tasks"]["push"]["inputs"]["parameters"]
+    assert push_inputs["config_hash"]["runtimeValue"]["constant"] == config.config_hash(conf)
+    assert push_inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
