@@ -31,8 +31,17 @@ def _local(path: str) -> str:
 
 
 def _fs(path: str):
-    """fsspec filesystem for a remote URI (imported lazily: local runs do not need it)."""
+    """fsspec filesystem for a remote URI (imported lazily: local runs do not need it).
+
+    With ``STORAGE_EMULATOR_HOST`` set (a GCS emulator, as in the tests), ``gs://`` uses
+    gcsfs's core filesystem: its default one first asks the Storage Control gRPC API
+    for the bucket's layout, which emulators do not serve (a 60 s timeout per bucket).
+    """
     try:
+        if str(path).startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+            from gcsfs.core import GCSFileSystem
+
+            return GCSFileSystem(token="anon")
         import fsspec
 
         return fsspec.core.url_to_fs(path)[0]
@@ -151,7 +160,9 @@ def atomic_output_dir(path: str, overwrite: bool = True, stage_remote: bool = Fa
                     raise StorageError(f"{path} already exists")
                 fs.rm(path, recursive=True)
             if stage_remote:
-                fs.mv(staging, path, recursive=True)
+                # Object stores have no directory rename: copy server-side, then drop
+                # the staging prefix (in `finally`). _SUCCESS, written last, marks it whole.
+                fs.copy(staging.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
             else:
                 copy_tree(staging, path)
             with fs.open(f"{path.rstrip('/')}/_SUCCESS", "wb"):

@@ -1,5 +1,5 @@
 """Local side of the storage layer: atomic artifact directories.
-(gs:// through a GCS emulator is tracked in issue #9.)"""
+(gs:// runs against a GCS emulator in tests/test_storage_gcs.py.)"""
 
 import os
 

@@ -1,0 +1,104 @@
+"""gs:// through the storage layer, Beam and whole steps, against a real GCS emulator
+(gcp-storage-emulator, started here: see tests/gcs_emulator.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from korlm import storage
+from korlm.cli import main as korlm_main
+from tests import gcs_emulator
+from tests.conftest import write_review_corpus
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    with gcs_emulator.running() as url:
+        yield url
+
+
+@pytest.fixture
+def prefix(bucket):
+    return f"{bucket}/{uuid.uuid4().hex[:8]}"
+
+
+def _upload_dir(local_dir, remote: str) -> None:
+    for path in sorted(local_dir.rglob("*")):
+        if path.is_file():
+            with storage.open_file(storage.join(remote, str(path.relative_to(local_dir))), "wb") as f:
+                f.write(path.read_bytes())
+
+
+def test_files_round_trip(prefix):
+    storage.write_text(storage.join(prefix, "a", "문서.txt"), "안녕하세요\n")
+    storage.write_text(storage.join(prefix, "a", "b.txt"), "x")
+    assert storage.read_text(f"{prefix}/a/문서.txt") == "안녕하세요\n"
+    assert storage.exists(f"{prefix}/a/b.txt") and not storage.exists(f"{prefix}/a/c.txt")
+    assert storage.isdir(f"{prefix}/a") and not storage.isdir(f"{prefix}/a/b.txt")
+    assert storage.glob(f"{prefix}/a/*.txt") == [f"{prefix}/a/b.txt", f"{prefix}/a/문서.txt"]
+    assert storage.listdir(f"{prefix}/a") == ["b.txt", "문서.txt"]
+    storage.remove_tree(f"{prefix}/a")
+    assert not storage.exists(f"{prefix}/a/b.txt")
+
+
+@pytest.mark.parametrize("stage_remote", [False, True])
+def test_atomic_output_dir_on_gcs(prefix, stage_remote):
+    target = f"{prefix}/artifact"
+    with storage.atomic_output_dir(target, stage_remote=stage_remote) as staging:
+        storage.write_text(storage.join(staging, "sub", "a.json"), "{}")
+        storage.write_text(storage.join(staging, "b.txt"), "가")
+        assert not storage.exists(f"{target}/b.txt")
+    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "sub"]
+    assert storage.read_text(f"{target}/sub/a.json") == "{}"
+
+    with pytest.raises(RuntimeError, match="killed"), \
+            storage.atomic_output_dir(target, stage_remote=stage_remote) as staging:
+        storage.write_text(storage.join(staging, "half.txt"), "half")
+        raise RuntimeError("killed")
+    # the complete artifact is untouched and no staging prefix is left behind
+    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "sub"]
+    assert storage.listdir(prefix) == ["artifact"]
+
+
+def test_vocab_step_reads_and_writes_gs(prefix, tmp_path):
+    write_review_corpus(tmp_path / "corpus", 800)
+    _upload_dir(tmp_path / "corpus", f"{prefix}/corpus")
+    code = korlm_main(["vocab", "--corpus", f"{prefix}/corpus", "--output", f"{prefix}/tokenizer",
+                       "--vocab-size", "1000"])
+    assert code in (0, None)
+    names = storage.listdir(f"{prefix}/tokenizer")
+    assert {"tokenizer.json", "vocab.txt", "vocab_stats.json", "_SUCCESS"} <= set(names)
+    stats = json.loads(storage.read_text(f"{prefix}/tokenizer/vocab_stats.json"))
+    assert stats["vocab_size"] == 1000
+
+    from korlm import tokenization
+
+    tok = tokenization.load(f"{prefix}/tokenizer")
+    assert tok.get_vocab_size() == 1000
+    assert tok.decode(tok.encode_ids(["정말 재미있는 영화였다"])[0]) == "정말 재미있는 영화였다"
+
+
+def test_clean_step_in_beam_reads_and_writes_gs(prefix, tmp_path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([
+        "이 영화는 정말 재미있었고 배우들의 연기도 훌륭했다.",
+        "문의는 hong@example.com 으로 보내 주세요 감사합니다 여러분.",
+        "이 영화는 정말 재미있었고 배우들의 연기도 훌륭했다.",
+        "짧음",
+    ]) + "\n", encoding="utf-8")
+    with storage.open_file(f"{prefix}/raw/reviews.txt", "wb") as f:
+        f.write(raw.read_bytes())
+    code = korlm_main(["clean", "--input", f"{prefix}/raw/reviews.txt", "--output", f"{prefix}/corpus"])
+    assert code in (0, None)
+    stats = json.loads(storage.read_text(f"{prefix}/corpus/stats.json"))
+    assert stats["input_records"] == 4
+    assert stats["input_records"] == stats["kept_records"] + stats["rejected_records"]
+    text = "".join(storage.read_text(p) for p in storage.glob(f"{prefix}/corpus/part-*"))
+    assert "hong@example.com" not in text and "<EMAIL>" in text
+    assert text.count("배우들의 연기도 훌륭했다.") == 1
+    assert storage.exists(f"{prefix}/corpus/_SUCCESS")
+    # the staging prefix that Beam wrote into is gone
+    assert [n for n in storage.listdir(prefix) if n.startswith(".")] == []
