@@ -25,10 +25,12 @@ STEPS = {
 }
 
 
-def build(image: str) -> SimpleNamespace:
+def build(image: str, step_images: dict[str, str] | None = None) -> SimpleNamespace:
     """Lightweight components for every step, running on `image` (korlm preinstalled,
-    so no pip install at task start)."""
+    so no pip install at task start); `step_images` gives some steps another image
+    (a TPU or GPU build for pretrain)."""
+    step_images = step_images or {}
     return SimpleNamespace(**{
-        name: dsl.component(func, base_image=image, install_kfp_package=False)
+        name: dsl.component(func, base_image=step_images.get(name, image), install_kfp_package=False)
         for name, func in STEPS.items()
     })

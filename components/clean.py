@@ -12,8 +12,10 @@ def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Met
     import os
 
     from corpus_beam.clean import run_clean
+    from korlm.storage import beam_artifact_path
 
-    result = run_clean(inputs, corpus.path, **params)
+    # Dataflow workers write to the gs:// URI, not to this task's /gcs mount
+    result = run_clean(inputs, beam_artifact_path(corpus.path, corpus.uri, params.get("beam_options")), **params)
     corpus.metadata.update({k: result[k] for k in
                             ("input_records", "kept_records", "rejected_records", "sentences")})
     for key in ("input_records", "kept_records", "rejected_records", "sentences",

@@ -10,6 +10,9 @@ def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: di
 
     params = section_params("pretrain_data", params)
     from corpus_beam.pack import run_pretrain_data
+    from korlm.storage import beam_artifact_path
 
-    meta = run_pretrain_data(corpus.path, tokenizer.path, examples.path, **params)
+    options = params.get("beam_options")  # Dataflow workers use gs:// URIs, not this task's /gcs mount
+    meta = run_pretrain_data(beam_artifact_path(corpus.path, corpus.uri, options), tokenizer.path,
+                             beam_artifact_path(examples.path, examples.uri, options), **params)
     examples.metadata.update({k: meta[k] for k in ("num_examples", "max_seq_length", "objective")})

@@ -153,14 +153,19 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     if args.action == "compile":
         from pipelines.compile import compile_pipeline
 
-        path = compile_pipeline(conf, args.output)
+        path = compile_pipeline(conf, args.output, target=args.target or "kfp")
         print(f"compiled pipeline -> {path}")
     elif args.action == "run":
         from pipelines.local_run import run_local
 
         run_local(conf, config_path=args.config)
     elif args.action == "submit":
-        raise NotBuiltError(f"submission to {args.target or 'a cluster'} (Vertex AI / KFP)", 9)
+        if args.target != "vertex":
+            raise NotBuiltError(f"submission to {args.target or 'a cluster'} (KFP on kind/minikube)", 9)
+        from pipelines.vertex import submit
+
+        summary = submit(conf, dry_run=args.dry_run)
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["compile", "run", "submit"])
     p.add_argument("--output", metavar="FILE", default="build/korlm-pipeline.yaml",
                    help="compile: where the pipeline YAML goes")
-    p.add_argument("--target", choices=["vertex", "kfp"], help="submit: where to")
-    p.add_argument("--dry-run", action="store_true", help="submit: print the job only")
+    p.add_argument("--target", choices=["vertex", "kfp"],
+                   help="compile: how tasks are placed (default kfp); submit: where to")
+    p.add_argument("--dry-run", action="store_true",
+                   help="submit: build and print the job request and per-task resources; send nothing")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config value, repeatable")
     return parser

@@ -174,15 +174,93 @@ class PushSection(_Section):
     retries: int = Field(4, ge=0, le=10, description="extra tries of a Hub call after a transient failure")
 
 
+PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push")
+_ACCELERATORS = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
+                 "NVIDIA_H100_80GB", "NVIDIA_H200_141GB", "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
+
+
+def _pinned_image(image: str, key: str) -> str:
+    if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+        raise ValueError(f"{key} {image!r} needs a pinned tag, not ':latest'")
+    return image
+
+
+class StepResources(_Section):
+    """What one step's task asks for. cpu/memory/accelerators apply on Vertex AI and on
+    KFP clusters; machine_type (and every TPU) makes the step a Vertex AI CustomJob."""
+
+    cpu: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$", description="CPU limit, e.g. '8' or '500m'")
+    memory: str | None = Field(None, pattern=r"^\d+(\.\d+)?[KMG]i?$", description="memory limit, e.g. '32G'")
+    accelerator_type: Literal[_ACCELERATORS] | None = None  # type: ignore[valid-type]
+    accelerator_count: int | None = Field(None, ge=1, le=16)
+    machine_type: str | None = Field(None, description="Vertex machine, e.g. cloud-tpu, a2-highgpu-1g")
+    image: str | None = Field(None, description="this step's image (e.g. a TPU or GPU build)")
+    boot_disk_size_gb: int | None = Field(None, ge=100)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.accelerator_type is None) != (self.accelerator_count is None):
+            raise ValueError("accelerator_type and accelerator_count go together")
+        if self.accelerator_type and self.accelerator_type.startswith("TPU") and not self.machine_type:
+            raise ValueError("a TPU needs machine_type (cloud-tpu for TPU VMs of v2/v3)")
+        if self.image:
+            _pinned_image(self.image, "image")
+        return self
+
+
 class PipelineSection(_Section):
     name: str = Field("korlm", pattern=r"^[a-z0-9][a-z0-9-]*$")
     image: str = Field("korlm:0.1.0", description="component image URI; never ':latest'")
     enable_caching: bool = False
+    resources: dict[str, StepResources] = Field(
+        default_factory=dict, description="per step: {pretrain: {machine_type: cloud-tpu, ...}}")
 
     @model_validator(mode="after")
     def _no_latest(self):
-        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1]:
-            raise ValueError(f"pipeline.image {self.image!r} needs a pinned tag, not ':latest'")
+        _pinned_image(self.image, "pipeline.image")
+        unknown = sorted(set(self.resources) - set(PIPELINE_STEPS))
+        if unknown:
+            raise ValueError(f"resources: unknown step {unknown[0]!r}; steps are {', '.join(PIPELINE_STEPS)}")
+        return self
+
+
+class DataflowSection(_Section):
+    """Runs the Beam steps (clean, pretrain_data) on Dataflow when the pipeline runs on Vertex."""
+
+    enabled: bool = False
+    temp_location: str | None = Field(None, pattern=r"^gs://", description="gs:// for Dataflow's temp files")
+    machine_type: str = "n2-standard-4"
+    max_num_workers: int = Field(20, ge=1)
+    sdk_container_image: str | None = Field(
+        None, description="worker image with korlm (docker/Dockerfile.dataflow); default: pipeline.image")
+    service_account: str | None = None
+    subnetwork: str | None = Field(None, description="regions/REGION/subnetworks/NAME")
+
+    @model_validator(mode="after")
+    def _temp(self):
+        if self.enabled and not self.temp_location:
+            raise ValueError("dataflow.temp_location (gs://...) is needed when dataflow.enabled")
+        if self.sdk_container_image:
+            _pinned_image(self.sdk_container_image, "dataflow.sdk_container_image")
+        return self
+
+
+class VertexSection(_Section):
+    """Where `korlm pipeline submit --target vertex` sends the run."""
+
+    project: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    region: str = Field("us-central1", pattern=r"^[a-z]+-[a-z]+\d$")
+    pipeline_root: str | None = Field(None, pattern=r"^gs://[a-z0-9._-]+(/.*)?$")
+    service_account: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    network: str | None = Field(None, description="projects/NUMBER/global/networks/NAME (VPC peering)")
+    labels: dict[str, str] = Field(default_factory=dict)
+    dataflow: DataflowSection = Field(default_factory=DataflowSection)
+
+    @model_validator(mode="after")
+    def _labels(self):
+        for key, value in self.labels.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
+                raise ValueError(f"labels: {key}={value} is not a valid label (lowercase letters, digits, _ -)")
         return self
 
 
@@ -196,6 +274,7 @@ class Config(_Section):
     export: ExportSection = Field(default_factory=ExportSection)
     push: PushSection = Field(default_factory=PushSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    vertex: VertexSection = Field(default_factory=VertexSection)
 
 
 def _describe(err: dict[str, Any]) -> str:

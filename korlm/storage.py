@@ -49,6 +49,19 @@ def _fs(path: str):
         raise StorageError(f"cannot open {path}: {exc}") from exc
 
 
+def beam_artifact_path(path: str, uri: str | None, beam_options: list[str] | None) -> str:
+    """Where a Beam step should read or write a KFP artifact.
+
+    In a Vertex AI task an artifact's ``path`` is a GCS FUSE mount (``/gcs/bucket/...``)
+    that only the task's own machine sees; Dataflow (or Flink/Spark) workers need its
+    ``gs://`` URI instead. With the in-process DirectRunner, or off GCS, the path is right.
+    """
+    runner = next((o.split("=", 1)[1] for o in (beam_options or []) if o.startswith("--runner=")), "")
+    if uri and uri.startswith("gs://") and runner and runner not in ("DirectRunner", "direct"):
+        return uri
+    return path
+
+
 def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts]])

@@ -7,10 +7,11 @@ import os
 from kfp import compiler
 
 from korlm.config import Config
-from pipelines.korlm_pipeline import build_pipeline
+from pipelines.korlm_pipeline import Target, build_pipeline
 
 
-def compile_pipeline(conf: Config, output: str) -> str:
+def compile_pipeline(conf: Config, output: str, target: Target = "kfp") -> str:
+    """Write the compiled pipeline for ``target`` (kfp or vertex: how tasks are placed)."""
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(conf), package_path=output)
+    compiler.Compiler().compile(build_pipeline(conf, target=target), package_path=output)
     return output

@@ -2,17 +2,21 @@
 checkpoints, plus the random-init baseline) -> report -> export -> push.
 
 Step parameters are compiled in from the run config, so one config file describes one
-run on every target (kfp.local, KFP on kind/minikube, Vertex AI).
+run on every target (kfp.local, KFP on kind/minikube, Vertex AI). The target decides
+only how tasks are placed: ``pipeline.resources`` become CPU/memory/accelerator requests
+(Vertex AI and KFP), a step with a ``machine_type`` or a TPU becomes a Vertex AI
+CustomJob, and with ``vertex.dataflow.enabled`` the Beam steps run on Dataflow.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from kfp import dsl
 
 import components
 from korlm.config import Config, config_hash
+from korlm.errors import KorlmError
 
 
 def step_params(conf: Config) -> dict[str, dict[str, Any]]:
@@ -38,12 +42,82 @@ def step_params(conf: Config) -> dict[str, dict[str, Any]]:
     }
 
 
+Target = Literal["local", "kfp", "vertex"]
+BEAM_STEPS = ("clean", "pretrain_data")
+
+
+def dataflow_options(conf: Config) -> list[str]:
+    """Beam arguments that send a Beam step to Dataflow (vertex.dataflow), or []."""
+    df, vx = conf.vertex.dataflow, conf.vertex
+    if not df.enabled:
+        return []
+    options = ["--runner=DataflowRunner", f"--project={vx.project}", f"--region={vx.region}",
+               f"--temp_location={df.temp_location}",
+               f"--sdk_container_image={df.sdk_container_image or conf.pipeline.image}",
+               f"--machine_type={df.machine_type}", f"--max_num_workers={df.max_num_workers}",
+               "--experiments=use_runner_v2", "--sdk_location=container"]
+    if df.service_account:
+        options.append(f"--service_account_email={df.service_account}")
+    if df.subnetwork:
+        options.append(f"--subnetwork={df.subnetwork}")
+    return options
+
+
+def _custom_job_ops(conf: Config, ops) -> dict[str, Any]:
+    """Vertex CustomJob versions of the steps whose resources name a machine type."""
+    wrapped = {}
+    for step, res in conf.pipeline.resources.items():
+        if not res.machine_type:
+            continue
+        from google_cloud_pipeline_components.v1.custom_job import (
+            create_custom_training_job_from_component,
+        )
+
+        kwargs: dict[str, Any] = {"display_name": f"{conf.pipeline.name}-{step.replace('_', '-')}",
+                                  "machine_type": res.machine_type}
+        if res.accelerator_type:
+            kwargs.update(accelerator_type=res.accelerator_type, accelerator_count=res.accelerator_count)
+        if res.boot_disk_size_gb:
+            kwargs["boot_disk_size_gb"] = res.boot_disk_size_gb
+        if conf.vertex.service_account:
+            kwargs["service_account"] = conf.vertex.service_account
+        if conf.vertex.network:
+            kwargs["network"] = conf.vertex.network
+        wrapped[step] = create_custom_training_job_from_component(getattr(ops, step), **kwargs)
+    return wrapped
+
+
+def _place(task, res) -> None:
+    """CPU, memory and accelerator requests of a task (Vertex AI and KFP)."""
+    if res is None or res.machine_type:  # a CustomJob carries its own machine spec
+        return
+    if res.cpu:
+        task.set_cpu_limit(res.cpu)
+    if res.memory:
+        task.set_memory_limit(res.memory)
+    if res.accelerator_type:
+        task.set_accelerator_type(res.accelerator_type).set_accelerator_limit(res.accelerator_count)
+
+
 def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = None,
-                   eval_data_dir: str | None = None):
+                   eval_data_dir: str | None = None, target: Target = "local"):
     """A @dsl.pipeline function for this config. `clean_inputs` / `eval_data_dir`
     override the config's paths (the local runner passes absolute paths)."""
-    ops = components.build(conf.pipeline.image)
+    resources = conf.pipeline.resources if target != "local" else {}
+    ops = components.build(conf.pipeline.image,
+                           {step: r.image for step, r in resources.items() if r.image})
+    custom = _custom_job_ops(conf, ops) if target == "vertex" else {}
+    if target == "kfp" and any(r.machine_type for r in resources.values()):
+        bad = next(s for s, r in resources.items() if r.machine_type)
+        raise KorlmError(f"pipeline.resources.{bad}.machine_type is a Vertex AI setting; "
+                         "on a KFP cluster use cpu/memory/accelerator_type")
+    op = {step: custom.get(step, getattr(ops, step)) for step in components.STEPS}
     params = step_params(conf)
+    if target == "vertex":
+        for step in BEAM_STEPS:
+            extra = dataflow_options(conf)
+            if extra:
+                params[step]["beam_options"] = extra + params[step].get("beam_options", [])
     inputs = clean_inputs if clean_inputs is not None else [
         i.model_dump(exclude_none=True) for i in conf.clean.inputs]
     data_dir = eval_data_dir or conf.evaluate.data_dir
@@ -53,33 +127,37 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
     @dsl.pipeline(name=conf.pipeline.name,
                   description="Raw Korean text to a pretrained, evaluated and exported LM")
     def korlm_pipeline():
-        clean = ops.clean(inputs=inputs, params=params["clean"]).set_display_name("clean")
-        vocab = ops.vocab(corpus=clean.outputs["corpus"], params=params["vocab"])
-        data = ops.pretrain_data(corpus=clean.outputs["corpus"],
-                                 tokenizer=vocab.outputs["tokenizer"],
-                                 params=params["pretrain_data"]).set_display_name("pretrain-data")
-        train = ops.pretrain(examples=data.outputs["examples"],
-                             tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"])
+        clean = op["clean"](inputs=inputs, params=params["clean"]).set_display_name("clean")
+        vocab = op["vocab"](corpus=clean.outputs["corpus"], params=params["vocab"])
+        data = op["pretrain_data"](corpus=clean.outputs["corpus"],
+                                   tokenizer=vocab.outputs["tokenizer"],
+                                   params=params["pretrain_data"]).set_display_name("pretrain-data")
+        train = op["pretrain"](examples=data.outputs["examples"],
+                               tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"])
         train.set_retry(num_retries=2)  # resumes from its last checkpoint after preemption
 
         with dsl.ParallelFor(train.outputs["Output"], name="checkpoints",
                             parallelism=conf.evaluate.parallelism) as step:
-            ev = ops.evaluate(run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
-                              step=step, tasks=tasks, data_dir=data_dir, random_init=False,
-                              params=params["evaluate"]).set_display_name("evaluate-checkpoint")
+            ev = op["evaluate"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
+                                step=step, tasks=tasks, data_dir=data_dir, random_init=False,
+                                params=params["evaluate"]).set_display_name("evaluate-checkpoint")
 
-        baseline = ops.evaluate(run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
-                                step=final_step, tasks=tasks, data_dir=data_dir, random_init=True,
-                                params=params["evaluate"]).set_display_name("evaluate-random-init")
+        baseline = op["evaluate"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
+                                  step=final_step, tasks=tasks, data_dir=data_dir, random_init=True,
+                                  params=params["evaluate"]).set_display_name("evaluate-random-init")
 
-        rep = ops.report(results=dsl.Collected(ev.outputs["results"]),
-                         baseline=baseline.outputs["results"])
-        exp = ops.export(run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
-                         report=rep.outputs["report"], params=params["export"])
-        pushed = ops.push(hf_model=exp.outputs["hf_model"], params=params["push"],
-                          run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
+        rep = op["report"](results=dsl.Collected(ev.outputs["results"]),
+                           baseline=baseline.outputs["results"])
+        exp = op["export"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
+                           report=rep.outputs["report"], params=params["export"])
+        pushed = op["push"](hf_model=exp.outputs["hf_model"], params=params["push"],
+                            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
         pushed.set_caching_options(False)  # a push is a side effect, never cached
         for task in (clean, vocab, data, train, rep, exp):
             task.set_caching_options(conf.pipeline.enable_caching)
+        for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),
+                           ("evaluate", ev), ("evaluate", baseline), ("report", rep), ("export", exp),
+                           ("push", pushed)):
+            _place(task, resources.get(step))
 
     return korlm_pipeline

@@ -59,8 +59,13 @@ def test_missing_step_inputs(tmp_path):
 
 
 def test_not_built_modes_say_so(tmp_path):
-    _one_line_error(korlm("pipeline", "submit", "--target", "vertex", "--config", "configs/local.yaml"),
+    _one_line_error(korlm("pipeline", "submit", "--target", "kfp", "--config", "configs/local.yaml"),
                     "not built yet", "issue #9")
+
+
+def test_vertex_submit_of_a_local_config_names_what_is_missing(tmp_path):
+    _one_line_error(korlm("pipeline", "submit", "--target", "vertex", "--config", "configs/local.yaml",
+                          "--dry-run"), "vertex.project is not set")
 
 
 def test_override_flag_is_validated(tmp_path):

@@ -1,0 +1,162 @@
+"""Vertex AI submission: the compiled placement (CustomJob/TPU, Dataflow, resources) and
+the CreatePipelineJob request the client would send.
+
+Mocked, because it cannot run here: the Vertex AI API itself. `test_submit_sends_...`
+replaces only the PipelineService client's create call, capturing the request proto
+that aiplatform built, the Resource Manager project-number lookup, and credentials
+(none exist on this machine). The pipeline
+root's bucket check that `PipelineJob.submit` makes goes to a real GCS emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from korlm import config
+from korlm.errors import KorlmError
+from korlm.storage import beam_artifact_path
+from pipelines import vertex
+from pipelines.compile import compile_pipeline
+from tests import gcs_emulator
+
+SECRET = "hf_vertex_compile_secret_0123456789"
+
+
+@pytest.fixture(scope="module")
+def bert_base():
+    return config.load("configs/vertex-bert-base.yaml")
+
+
+@pytest.fixture(scope="module")
+def compiled(bert_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vx") / "p.yaml"
+    compile_pipeline(bert_base, str(out), target="vertex")
+    return yaml.safe_load(out.read_text())
+
+
+def test_pretrain_is_a_tpu_custom_job_and_beam_steps_go_to_dataflow(compiled):
+    tasks = vertex.task_resources(compiled)
+    assert tasks["pretrain"] == {
+        "vertex_custom_job": True, "image": "us-docker.pkg.dev/your-project/korlm/korlm-tpu:COMMIT",
+        "machine_spec": {"accelerator_count": 8, "accelerator_type": "TPU_V3", "machine_type": "cloud-tpu"}}
+    pools = compiled["components"]["comp-pretrain"]["inputDefinitions"]["parameters"]
+    assert pools["service_account"]["defaultValue"] == "korlm-runner@your-project.iam.gserviceaccount.com"
+    assert tasks["evaluate"]["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert tasks["vocab"]["resources"]["resourceMemoryLimit"] == "64G"
+    assert tasks["clean"]["beam_runner"] == tasks["pretrain-data"]["beam_runner"] == "DataflowRunner"
+    options = compiled["root"]["dag"]["tasks"]["clean"]["inputs"]["parameters"]["params"][
+        "runtimeValue"]["constant"]["beam_options"]
+    assert {"--project=your-project", "--region=us-central1",
+            "--temp_location=gs://your-bucket/korlm/dataflow-tmp",
+            "--sdk_container_image=us-docker.pkg.dev/your-project/korlm/korlm-dataflow:COMMIT",
+            "--max_num_workers=50"} <= set(options)
+    # steps without resources keep the component image and ask for nothing special
+    assert tasks["report"] == {"image": "us-docker.pkg.dev/your-project/korlm/korlm:COMMIT"}
+
+
+def test_same_config_for_kfp_and_local_has_no_vertex_specifics(bert_base, tmp_path):
+    with pytest.raises(KorlmError, match="machine_type is a Vertex AI setting"):
+        compile_pipeline(bert_base, str(tmp_path / "k.yaml"), target="kfp")
+    gpu = config.load("configs/vertex-small-gpu.yaml")
+    compile_pipeline(gpu, str(tmp_path / "k.yaml"), target="kfp")
+    tasks = vertex.task_resources(yaml.safe_load((tmp_path / "k.yaml").read_text()))
+    assert tasks["pretrain"]["resources"]["accelerator"]["resourceType"] == "NVIDIA_L4"
+    assert "beam_runner" not in tasks.get("clean", {}) or tasks["clean"]["beam_runner"] == "DirectRunner"
+
+
+def test_dry_run_prints_the_job_and_sends_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    proc = subprocess.run(
+        [sys.executable, "-m", "korlm.cli", "pipeline", "submit", "--target", "vertex",
+         "--config", "configs/vertex-bert-base.yaml", "--dry-run"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["dry_run"] is True
+    assert summary["parent"] == "projects/your-project/locations/us-central1"
+    assert summary["pipeline_root"] == "gs://your-bucket/korlm/pipeline-root"
+    assert summary["labels"]["team"] == "korean-nlp" and summary["labels"]["korlm-model"] == "bert-base"
+    assert summary["tasks"]["pretrain"]["machine_spec"]["accelerator_type"] == "TPU_V3"
+    assert SECRET not in proc.stdout + proc.stderr
+    with open(summary["template"], encoding="utf-8") as f:
+        assert SECRET not in f.read()
+
+
+def test_submit_sends_the_pipeline_job_request(bert_base, tmp_path, monkeypatch):
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.aiplatform_v1.services.pipeline_service import PipelineServiceClient
+    from google.cloud.aiplatform_v1.types import pipeline_job as gca_pipeline_job
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "your-project"))
+    sent = {}
+
+    def create_pipeline_job(self, *, parent, pipeline_job, pipeline_job_id=None, **kwargs):
+        sent.update(parent=parent, job=pipeline_job, job_id=pipeline_job_id)
+        created = gca_pipeline_job.PipelineJob(pipeline_job)
+        created.name = f"{parent}/pipelineJobs/{pipeline_job_id}"
+        return created
+
+    monkeypatch.setattr(PipelineServiceClient, "create_pipeline_job", create_pipeline_job)
+    # The bucket-ownership check asks Resource Manager for the project number (no network
+    # here); answer with the number the emulator gives its buckets.
+    from google.cloud.aiplatform.utils import resource_manager_utils
+
+    monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda project, **kw: 1234)
+    # submit() first checks the pipeline root's bucket: a real GCS emulator answers
+    with gcs_emulator.running("your-bucket"):
+        summary = vertex.submit(bert_base, template_dir=str(tmp_path))
+    job = sent["job"]
+    assert sent["parent"] == "projects/your-project/locations/us-central1"
+    assert job.display_name == "korlm-bert-base"
+    assert job.service_account == "korlm-runner@your-project.iam.gserviceaccount.com"
+    assert job.runtime_config.gcs_output_directory == "gs://your-bucket/korlm/pipeline-root"
+    assert job.labels["korlm-config"] == config.config_hash(bert_base)[:12]
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert {"clean", "vocab", "pretrain-data", "pretrain", "report", "export", "push"} <= set(tasks)
+    cached = ("clean", "vocab", "pretrain-data", "pretrain", "evaluate-2", "report", "export")
+    assert all(tasks[name]["cachingOptions"]["enableCache"] for name in cached)
+    assert not tasks["push"].get("cachingOptions", {}).get("enableCache")
+    assert summary["job_name"] == f"{sent['parent']}/pipelineJobs/{sent['job_id']}"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"vertex.project": None}, "vertex.project is not set"),
+    ({"vertex.pipeline_root": None}, "vertex.pipeline_root is not set"),
+    ({"pipeline.image": "korlm:0.1.0"}, "is a local image"),
+    ({"evaluate.data_dir": "data/sample/eval"}, "evaluate.data_dir 'data/sample/eval' is local"),
+])
+def test_vertex_config_gaps_are_one_line_errors(bert_base, override, message):
+    data = bert_base.model_dump()
+    for dotted, value in override.items():
+        section, key = dotted.split(".")
+        data[section][key] = value
+    conf = config.validate(data)
+    with pytest.raises(KorlmError, match=message):
+        vertex.check_vertex_config(conf)
+    local_input = config.apply_overrides(bert_base, {"clean.inputs": [{"path": "data/sample/raw/x.txt"}]})
+    with pytest.raises(KorlmError, match="is a local path"):
+        vertex.check_vertex_config(local_input)
+
+
+def test_bad_resources_are_config_errors():
+    with pytest.raises(config.ConfigError, match="a TPU needs machine_type"):
+        config.validate({"pipeline": {"resources": {"pretrain": {"accelerator_type": "TPU_V3",
+                                                                 "accelerator_count": 8}}}})
+    with pytest.raises(config.ConfigError, match="unknown step 'pretrian'"):
+        config.validate({"pipeline": {"resources": {"pretrian": {"cpu": "4"}}}})
+    with pytest.raises(config.ConfigError, match="dataflow.temp_location"):
+        config.validate({"vertex": {"dataflow": {"enabled": True}}})
+
+
+def test_beam_steps_use_gs_uris_only_for_remote_workers():
+    mount, uri = "/gcs/bucket/root/clean/corpus", "gs://bucket/root/clean/corpus"
+    assert beam_artifact_path(mount, uri, ["--runner=DataflowRunner"]) == uri
+    assert beam_artifact_path(mount, uri, []) == mount
+    assert beam_artifact_path(mount, uri, ["--runner=DirectRunner"]) == mount
+    assert beam_artifact_path("/tmp/x", "minio://b/x", ["--runner=FlinkRunner"]) == "/tmp/x"
