@@ -149,6 +149,16 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
+    if args.action == "run-step":
+        if not args.step or not args.from_run:
+            raise KorlmError("run-step needs a STEP and --from-run RUN_DIR (an earlier run's folder or URI)")
+        from pipelines.run_step import run_step
+
+        run_step(args.step, args.from_run, overrides=cfg.parse_set(args.set or []),
+                           config_file=args.config, run_id=args.run_id, compile_only=args.compile_only)
+        if args.compile_only:
+            print(f"compiled one-step pipeline ({args.step}) -> {args.compile_only}")
+        return
     conf = cfg.apply_overrides(cfg.load(args.config), cfg.parse_set(args.set or []))
     if args.action == "compile":
         from pipelines.compile import compile_pipeline
@@ -259,7 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "push.token_file or push.token_secret")
 
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
-    p.add_argument("action", choices=["compile", "run", "submit"])
+    p.add_argument("action", choices=["compile", "run", "submit", "run-step"])
+    p.add_argument("step", nargs="?", choices=["clean", "vocab", "pretrain-data", "pretrain", "evaluate",
+                                               "export", "push"],
+                   help="run-step: the step to re-run from an earlier run's artifacts")
+    p.add_argument("--from-run", metavar="RUN_DIR", help="run-step: the earlier run (runs/<id> or its URI)")
+    p.add_argument("--run-id", metavar="ID", help="run-step: id of the new run (default: a timestamp)")
+    p.add_argument("--compile-only", metavar="FILE",
+                   help="run-step: write the one-step pipeline for a cluster instead of running it here")
     p.add_argument("--output", metavar="FILE", default="build/korlm-pipeline.yaml",
                    help="compile: where the pipeline YAML goes")
     p.add_argument("--target", choices=["vertex", "kfp"],

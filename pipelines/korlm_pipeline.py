@@ -99,10 +99,24 @@ def _place(task, res) -> None:
         task.set_accelerator_type(res.accelerator_type).set_accelerator_limit(res.accelerator_count)
 
 
-def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = None,
-                   eval_data_dir: str | None = None, target: Target = "local"):
-    """A @dsl.pipeline function for this config. `clean_inputs` / `eval_data_dir`
-    override the config's paths (the local runner passes absolute paths)."""
+def evaluate_and_report(op: dict[str, Any], conf: Config, params: dict[str, dict[str, Any]], run, tokenizer,
+                        steps, tasks: list[str], data_dir: str):
+    """Inside a pipeline: fine-tune every checkpoint in ``steps`` (a task output or a list)
+    on every task, plus the random-init baseline, and collect them into a report.
+    Returns the report task and the evaluation tasks."""
+    with dsl.ParallelFor(steps, name="checkpoints", parallelism=conf.evaluate.parallelism) as step:
+        ev = op["evaluate"](run=run, tokenizer=tokenizer, step=step, tasks=tasks, data_dir=data_dir,
+                            random_init=False, params=params["evaluate"]).set_display_name("evaluate-checkpoint")
+    baseline = op["evaluate"](run=run, tokenizer=tokenizer, step=conf.pretrain.steps, tasks=tasks,
+                              data_dir=data_dir, random_init=True,
+                              params=params["evaluate"]).set_display_name("evaluate-random-init")
+    rep = op["report"](results=dsl.Collected(ev.outputs["results"]), baseline=baseline.outputs["results"])
+    rep.set_caching_options(conf.pipeline.enable_caching)
+    return rep, (ev, baseline)
+
+
+def step_ops(conf: Config, target: Target) -> dict[str, Any]:
+    """The components of every step for this target (custom images, Vertex CustomJobs)."""
     resources = conf.pipeline.resources if target != "local" else {}
     ops = components.build(conf.pipeline.image,
                            {step: r.image for step, r in resources.items() if r.image})
@@ -111,18 +125,31 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         bad = next(s for s, r in resources.items() if r.machine_type)
         raise KorlmError(f"pipeline.resources.{bad}.machine_type is a Vertex AI setting; "
                          "on a KFP cluster use cpu/memory/accelerator_type")
-    op = {step: custom.get(step, getattr(ops, step)) for step in components.STEPS}
+    return {step: custom.get(step, getattr(ops, step)) for step in components.STEPS}
+
+
+def target_params(conf: Config, target: Target) -> dict[str, dict[str, Any]]:
+    """step_params, with the Beam steps sent to Dataflow on Vertex when configured."""
     params = step_params(conf)
     if target == "vertex":
         for step in BEAM_STEPS:
             extra = dataflow_options(conf)
             if extra:
                 params[step]["beam_options"] = extra + params[step].get("beam_options", [])
+    return params
+
+
+def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = None,
+                   eval_data_dir: str | None = None, target: Target = "local"):
+    """A @dsl.pipeline function for this config. `clean_inputs` / `eval_data_dir`
+    override the config's paths (the local runner passes absolute paths)."""
+    resources = conf.pipeline.resources if target != "local" else {}
+    op = step_ops(conf, target)
+    params = target_params(conf, target)
     inputs = clean_inputs if clean_inputs is not None else [
         i.model_dump(exclude_none=True) for i in conf.clean.inputs]
     data_dir = eval_data_dir or conf.evaluate.data_dir
     tasks = list(conf.evaluate.tasks)
-    final_step = conf.pretrain.steps
 
     @dsl.pipeline(name=conf.pipeline.name,
                   description="Raw Korean text to a pretrained, evaluated and exported LM")
@@ -136,27 +163,17 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
                                tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"])
         train.set_retry(num_retries=2)  # resumes from its last checkpoint after preemption
 
-        with dsl.ParallelFor(train.outputs["Output"], name="checkpoints",
-                            parallelism=conf.evaluate.parallelism) as step:
-            ev = op["evaluate"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
-                                step=step, tasks=tasks, data_dir=data_dir, random_init=False,
-                                params=params["evaluate"]).set_display_name("evaluate-checkpoint")
-
-        baseline = op["evaluate"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
-                                  step=final_step, tasks=tasks, data_dir=data_dir, random_init=True,
-                                  params=params["evaluate"]).set_display_name("evaluate-random-init")
-
-        rep = op["report"](results=dsl.Collected(ev.outputs["results"]),
-                           baseline=baseline.outputs["results"])
+        rep, evaluations = evaluate_and_report(op, conf, params, train.outputs["run"], vocab.outputs["tokenizer"],
+                                               train.outputs["Output"], tasks, data_dir)
         exp = op["export"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
                            report=rep.outputs["report"], params=params["export"])
         pushed = op["push"](hf_model=exp.outputs["hf_model"], params=params["push"],
                             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
         pushed.set_caching_options(False)  # a push is a side effect, never cached
-        for task in (clean, vocab, data, train, rep, exp):
+        for task in (clean, vocab, data, train, exp):
             task.set_caching_options(conf.pipeline.enable_caching)
         for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),
-                           ("evaluate", ev), ("evaluate", baseline), ("report", rep), ("export", exp),
+                           *(("evaluate", ev) for ev in evaluations), ("report", rep), ("export", exp),
                            ("push", pushed)):
             _place(task, resources.get(step))
 

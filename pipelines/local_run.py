@@ -43,13 +43,13 @@ def _absolute_inputs(conf: Config) -> list[dict[str, Any]]:
     return out
 
 
-def _check_inputs(conf: Config) -> None:
+def _check_inputs(conf: Config, clean: bool = True) -> None:
     """Fail in one line before any task starts when a local input is missing."""
     import glob
 
-    if not conf.clean.inputs:
+    if clean and not conf.clean.inputs:
         raise KorlmError("clean.inputs is empty: list the raw corpora to clean in the config")
-    for item in conf.clean.inputs:
+    for item in conf.clean.inputs if clean else []:
         if "://" not in item.path and not glob.glob(item.path):
             raise KorlmError(f"clean.inputs: {item.path} matches no file")
     for task in conf.evaluate.tasks:
@@ -82,10 +82,10 @@ def _evaluation_dirs(root: str) -> dict[str, str]:
     return found
 
 
-def _link_step_outputs(run_dir: str, kfp_root: str) -> dict[str, str]:
+def _link_step_outputs(run_dir: str, kfp_root: str, step_outputs=None) -> dict[str, str]:
     outputs: dict[str, str] = {}
     task_dirs = _find_task_dirs(kfp_root)
-    for task_name, folder, artifact in STEP_OUTPUTS:
+    for folder, task_name, artifact in step_outputs or [(f, t, a) for t, f, a in STEP_OUTPUTS]:
         src = task_dirs.get(task_name)
         if src and os.path.exists(os.path.join(src, artifact)):
             outputs[folder] = os.path.join(src, artifact)
@@ -100,11 +100,19 @@ def _link_step_outputs(run_dir: str, kfp_root: str) -> dict[str, str]:
     return outputs
 
 
-def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
-    _check_inputs(conf)
+def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=None, outputs=None,
+              check_clean_inputs: bool = True, reused: dict[str, str] | None = None,
+              provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole DAG (or, with ``pipeline_factory(conf, clean_inputs, eval_data_dir)``,
+    another pipeline such as a one-step re-run) with kfp.local into ``runs/<run-id>/``.
+    ``outputs`` lists the (folder, task dir, artifact) to link; ``reused`` adds earlier
+    runs' artifacts to outputs.json so later re-runs can start from this run."""
+    _check_inputs(conf, clean=check_clean_inputs)
     from kfp import local
 
     from pipelines.korlm_pipeline import build_pipeline
+
+    pipeline_factory = pipeline_factory or (lambda c, ci, ed: build_pipeline(c, clean_inputs=ci, eval_data_dir=ed))
 
     run_id = conf.run.id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.abspath(os.path.join(conf.run.output_root, run_id))
@@ -125,9 +133,9 @@ def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
           f"config {config_path or 'defaults'})", flush=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root,
                raise_on_error=True, enable_caching=False)
-    pipeline = build_pipeline(conf, clean_inputs=_absolute_inputs(conf),
-                              eval_data_dir=os.path.abspath(conf.evaluate.data_dir)
-                              if "://" not in conf.evaluate.data_dir else conf.evaluate.data_dir)
+    pipeline = pipeline_factory(conf, _absolute_inputs(conf),
+                                os.path.abspath(conf.evaluate.data_dir)
+                                if "://" not in conf.evaluate.data_dir else conf.evaluate.data_dir)
     start = time.time()
     # kfp.local indents task logs by swapping builtins.print; parallel loop iterations
     # can restore each other's swapped function and leave it indented for good.
@@ -140,9 +148,10 @@ def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
         builtins.print = original_print
     seconds = time.time() - start
 
-    outputs = _link_step_outputs(run_dir, kfp_root)
+    linked = _link_step_outputs(run_dir, kfp_root, outputs)
     summary = {"run_id": run_id, "run_dir": run_dir, "seconds": round(seconds, 1),
-               "outputs": {k: os.path.join(run_dir, k) for k in outputs}}
+               **(provenance or {}),
+               "outputs": {**(reused or {}), **{k: os.path.join(run_dir, k) for k in linked}}}
     with open(os.path.join(run_dir, "outputs.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
 
@@ -153,7 +162,7 @@ def run_local(conf: Config, config_path: str | None = None) -> dict[str, Any]:
         with open(results_md, encoding="utf-8") as f:
             print(f.read())
     print("Outputs:")
-    for key in outputs:
+    for key in linked:
         print(f"  {key:<28} {os.path.join(run_dir, key)}")
     sys.stdout.flush()
     return summary

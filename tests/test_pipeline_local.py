@@ -117,3 +117,28 @@ def test_evaluate_export_push_from_cli(run_dir, tmp_path):
     plan = json.loads((tmp_path / "plan" / "push_plan.json").read_text())
     assert plan["dry_run"] is True and {f["path"] for f in plan["files"]} >= {
         "config.json", "model.safetensors", "tokenizer.json", "README.md"}
+
+
+def test_run_step_reruns_one_component_from_an_earlier_run_and_chains(run_dir):
+    path, _ = run_dir
+    root = path.parent
+    # ablation: a smaller vocab from the same corpus, as its own run
+    korlm("pipeline", "run-step", "vocab", "--from-run", str(path), "--run-id", "vocab-1500",
+          "--set", "vocab.vocab_size=1500", "--set", f"run.output_root={root}")
+    rerun = root / "vocab-1500"
+    stats = json.loads((rerun / "vocab" / "vocab_stats.json").read_text())
+    assert stats["vocab_size"] == 1500
+    summary = json.loads((rerun / "outputs.json").read_text())
+    assert summary["from_run"] == str(path) and summary["step"] == "vocab"
+    assert summary["outputs"]["clean"] == str(path / "clean")  # reused, not re-run
+    assert summary["outputs"]["vocab"] == str(rerun / "vocab")
+    # chained: pretraining data from the re-run's vocab and the first run's corpus
+    korlm("pipeline", "run-step", "pretrain-data", "--from-run", str(rerun), "--run-id", "data-1500",
+          "--set", f"run.output_root={root}")
+    meta = json.loads((root / "data-1500" / "pretrain-data" / "metadata.json").read_text())
+    assert meta["vocab_size"] == 1500 and meta["num_examples"] > 0
+    # the same one-step pipeline compiles for a cluster
+    korlm("pipeline", "run-step", "pretrain", "--from-run", str(root / "data-1500"),
+          "--compile-only", str(root / "pretrain-step.yaml"))
+    spec = (root / "pretrain-step.yaml").read_text()
+    assert "importer" in spec and str(root / "data-1500" / "pretrain-data") in spec

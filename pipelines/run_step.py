@@ -1,0 +1,174 @@
+"""Re-run one step of an earlier run with changed settings (ablations).
+
+``korlm pipeline run-step vocab --from-run runs/20261122-211645 --set vocab.pre_tokenizer=morpheme``
+builds a one-step pipeline whose inputs are the earlier run's artifacts, brought in with
+``dsl.importer``, and runs it with kfp.local into a new ``runs/<run-id>/`` (or compiles
+it for a cluster with ``--compile-only FILE``). The new run's ``outputs.json`` lists the
+re-run step's outputs and the reused upstream artifacts, so run-steps chain:
+vocab -> pretrain-data -> pretrain, each from the run before.
+
+``evaluate`` re-runs the whole evaluation fan-out (every checkpoint of the earlier
+pretraining, plus the random-init baseline) and its report; ``clean`` needs no earlier
+run. The same re-run without KFP is the step's own CLI command on the same folders
+(``korlm vocab --corpus runs/<id>/clean ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import yaml
+from kfp import dsl
+
+from korlm import storage
+from korlm.config import Config, config_hash
+from korlm.config import validate as validate_config
+from korlm.errors import KorlmError
+from pipelines.korlm_pipeline import Target, _place, evaluate_and_report, step_ops, target_params
+
+# step -> {component input: (earlier run's output folder, artifact class)}
+STEP_INPUTS: dict[str, dict[str, tuple[str, type]]] = {
+    "clean": {},
+    "vocab": {"corpus": ("clean", dsl.Dataset)},
+    "pretrain-data": {"corpus": ("clean", dsl.Dataset), "tokenizer": ("vocab", dsl.Artifact)},
+    "pretrain": {"examples": ("pretrain-data", dsl.Dataset), "tokenizer": ("vocab", dsl.Artifact)},
+    "evaluate": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
+    "export": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact),
+               "report": ("report", dsl.Artifact)},
+    "push": {"hf_model": ("export", dsl.Model)},
+}
+STEPS = tuple(STEP_INPUTS)
+# what each re-run step produces, as (output folder, kfp.local task dir, artifact name)
+STEP_OUTPUTS = {
+    "clean": [("clean", "clean", "corpus")],
+    "vocab": [("vocab", "vocab", "tokenizer")],
+    "pretrain-data": [("pretrain-data", "pretrain-data", "examples")],
+    "pretrain": [("pretrain", "pretrain", "run")],
+    "evaluate": [("report", "report", "report")],
+    "export": [("export", "export", "hf_model")],
+    "push": [("push", "push", "plan")],
+}
+
+
+def earlier_run(run: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """(step folder -> artifact URI, config dict) of an earlier run directory or URI."""
+    manifest = storage.join(run, "outputs.json")
+    if not storage.exists(manifest):
+        raise KorlmError(f"{run} is not a korlm run: it has no outputs.json (run `korlm pipeline run` first)")
+    outputs = json.loads(storage.read_text(manifest))["outputs"]
+    config_path = storage.join(run, "config.yaml")
+    if not storage.exists(config_path):
+        raise KorlmError(f"{run} has no config.yaml")
+    return outputs, yaml.safe_load(storage.read_text(config_path)) or {}
+
+
+def checkpoint_steps(pretrain_dir: str) -> list[int]:
+    path = storage.join(pretrain_dir, "checkpoints.json")
+    if not storage.exists(path):
+        raise KorlmError(f"{pretrain_dir} has no checkpoints.json: its pretraining did not finish")
+    steps = [int(c["step"]) for c in json.loads(storage.read_text(path))]
+    if not steps:
+        raise KorlmError(f"{path} lists no checkpoints")
+    return steps
+
+
+def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, target: Target = "local",
+                        clean_inputs: list[dict[str, Any]] | None = None, eval_data_dir: str | None = None):
+    """A one-step @dsl.pipeline: ``step`` with its inputs imported from ``upstream``."""
+    if step not in STEP_INPUTS:
+        raise KorlmError(f"unknown step {step!r}; choose one of {', '.join(STEPS)}")
+    missing = [folder for folder, _ in STEP_INPUTS[step].values() if folder not in upstream]
+    if missing:
+        raise KorlmError(f"the earlier run has no {missing[0]} output, which {step} needs")
+    op = step_ops(conf, target)
+    params = target_params(conf, target)
+    resources = conf.pipeline.resources if target != "local" else {}
+    steps = checkpoint_steps(upstream["pretrain"]) if step == "evaluate" else []
+    data_dir = eval_data_dir or conf.evaluate.data_dir
+    inputs = clean_inputs if clean_inputs is not None else [
+        i.model_dump(exclude_none=True) for i in conf.clean.inputs]
+
+    @dsl.pipeline(name=f"{conf.pipeline.name}-{step}", description=f"korlm: re-run {step} from an earlier run")
+    def one_step():
+        art = {name: dsl.importer(artifact_uri=upstream[folder], artifact_class=cls, reimport=False).output
+               for name, (folder, cls) in STEP_INPUTS[step].items()}
+        placed: list[tuple[str, Any]] = []
+        if step == "clean":
+            placed.append(("clean", op["clean"](inputs=inputs, params=params["clean"])))
+        elif step == "vocab":
+            placed.append(("vocab", op["vocab"](corpus=art["corpus"], params=params["vocab"])))
+        elif step == "pretrain-data":
+            placed.append(("pretrain_data", op["pretrain_data"](
+                corpus=art["corpus"], tokenizer=art["tokenizer"],
+                params=params["pretrain_data"]).set_display_name("pretrain-data")))
+        elif step == "pretrain":
+            placed.append(("pretrain", op["pretrain"](examples=art["examples"], tokenizer=art["tokenizer"],
+                                                      params=params["pretrain"]).set_retry(num_retries=2)))
+        elif step == "evaluate":
+            rep, evaluations = evaluate_and_report(op, conf, params, art["run"], art["tokenizer"], steps,
+                                                   list(conf.evaluate.tasks), data_dir)
+            placed += [("evaluate", ev) for ev in evaluations] + [("report", rep)]
+        elif step == "export":
+            placed.append(("export", op["export"](run=art["run"], tokenizer=art["tokenizer"], report=art["report"],
+                                                  params=params["export"])))
+        else:  # push
+            task = op["push"](hf_model=art["hf_model"], params=params["push"],
+                              run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
+            task.set_caching_options(False)
+            placed.append(("push", task))
+        for name, task in placed:
+            _place(task, resources.get(name))
+
+    return one_step
+
+
+def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = None,
+             config_file: str | None = None, run_id: str | None = None,
+             compile_only: str | None = None) -> dict[str, Any]:
+    """Re-run ``step`` of ``from_run`` with the earlier config plus ``config_file`` and
+    ``overrides``; run it locally (kfp.local) or, with ``compile_only``, write the
+    one-step pipeline for a cluster. Returns the new run's summary."""
+    from korlm import config as cfg
+
+    upstream, earlier_config = earlier_run(from_run)
+    data = earlier_config
+    if config_file:
+        data = _merge(data, cfg.load(config_file).model_dump(exclude_unset=True))
+    data.setdefault("run", {})["id"] = run_id
+    conf = cfg.apply_overrides(validate_config(data, source=f"{from_run}/config.yaml"), overrides or {})
+    if compile_only:
+        from kfp import compiler
+
+        os.makedirs(os.path.dirname(os.path.abspath(compile_only)), exist_ok=True)
+        compiler.Compiler().compile(build_step_pipeline(conf, step, upstream, target="kfp"),
+                                    package_path=compile_only)
+        return {"compiled": compile_only, "step": step, "from_run": from_run}
+
+    from pipelines import local_run
+
+    def pipeline_for(conf_, clean_inputs, eval_data_dir):
+        return build_step_pipeline(conf_, step, upstream, clean_inputs=clean_inputs, eval_data_dir=eval_data_dir)
+
+    summary = local_run.run_local(conf, pipeline_factory=pipeline_for, outputs=STEP_OUTPUTS[step],
+                                  check_clean_inputs=step == "clean",
+                                  reused={k: v for k, v in upstream.items() if _upstream_of(step, k)},
+                                  provenance={"from_run": from_run if storage.is_remote(from_run)
+                                              else os.path.abspath(from_run), "step": step})
+    return summary
+
+
+def _upstream_of(step: str, folder: str) -> bool:
+    """Whether an earlier run's output ``folder`` comes before ``step`` in the DAG, so the
+    re-run leaves it valid (everything downstream was made from the replaced output)."""
+    step_of = {"report": "evaluate"}.get(folder.split("/", 1)[0], folder.split("/", 1)[0])
+    return step_of in STEPS and STEPS.index(step_of) < STEPS.index(step)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
