@@ -81,7 +81,6 @@ def text_mb(path: str) -> float:
 
 
 def run_beam(corpus: str, out: str, splitter: str) -> dict:
-    sys.path.insert(0, ROOT)
     from corpus_beam.clean import run_clean
 
     stats = run_clean([corpus], out, sentence_splitter=splitter)
@@ -89,14 +88,19 @@ def run_beam(corpus: str, out: str, splitter: str) -> dict:
 
 
 def run_loop(corpus: str, out: str, splitter: str) -> dict:
-    sys.path.insert(0, ROOT)
+    import inspect
+
     from corpus_beam.clean import clean_in_process
 
-    stats = clean_in_process([corpus], keep_documents=True, sentence_splitter=splitter)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "part-00000-of-00001.txt"), "w", encoding="utf-8") as f:
-        for doc in stats["documents"]:
-            f.write("\n".join(doc) + "\n\n")
+    part = os.path.join(out, "part-00000-of-00001.txt")
+    if "corpus_path" in inspect.signature(clean_in_process).parameters:
+        stats = clean_in_process([corpus], corpus_path=part, sentence_splitter=splitter)
+    else:  # a checkout from before corpus_path (--baseline-root)
+        stats = clean_in_process([corpus], keep_documents=True, sentence_splitter=splitter)
+        with open(part, "w", encoding="utf-8") as f:
+            for doc in stats["documents"]:
+                f.write("\n".join(doc) + "\n\n")
     return {"kept": stats["kept_records"], "input": stats["input_records"]}
 
 
@@ -133,27 +137,53 @@ def run_datatrove(corpus: str, out: str, splitter: str) -> dict:
 
 
 SYSTEMS = {"beam": run_beam, "loop": run_loop, "datatrove": run_datatrove}
+BASELINE_SUFFIX = "@baseline"
 
 
-def measure(system: str, corpus: str, splitter: str, python: str) -> dict:
-    """Run one system in a child process; wall time and the child's peak RSS."""
+def output_digests(out: str) -> dict:
+    """Order-free digests of what a run wrote: the multiset of kept documents and of
+    rejection log lines (shard files and their order differ between systems)."""
+    import glob
+    import hashlib
+
+    def digest(items: list[str]) -> str:
+        return hashlib.sha256("\0".join(sorted(items)).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+    docs: list[str] = []
+    for path in glob.glob(os.path.join(out, "part-*.txt")):
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            docs += [d for d in f.read().split("\n\n") if d.strip()]
+    rejected: list[str] = []
+    for path in glob.glob(os.path.join(out, "rejected", "*.jsonl")):
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            rejected += f.read().splitlines()
+    return {"docs_digest": digest(docs), "rejected_digest": digest(rejected) if rejected else None}
+
+
+def measure(system: str, corpus: str, splitter: str, python: str, root: str = ROOT) -> dict:
+    """Run one system in a child process; wall time, the child's peak RSS and digests of
+    its output."""
     out = tempfile.mkdtemp(prefix=f"clean-bench-{system}-")
     shutil.rmtree(out)
-    cmd = [python, os.path.abspath(__file__), "--one", system, "--corpus", corpus, "--out", out,
-           "--splitter", splitter]
+    cmd = [python, os.path.abspath(__file__), "--one", system.removesuffix(BASELINE_SUFFIX),
+           "--corpus", corpus, "--out", out, "--splitter", splitter, "--root", root]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout_chunks = []
     # wait4 gives this child's own rusage (ru_maxrss in KiB on Linux)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
-    stdout_chunks.append(proc.stdout.read())
+    stdout = proc.stdout.read()
     stderr = proc.stderr.read()
-    shutil.rmtree(out, ignore_errors=True)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{system} failed:\n{stderr[-3000:]}")
-    result = json.loads(stdout_chunks[0].strip().splitlines()[-1])
-    return {"system": system, "seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, **result}
+    try:
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{system} failed:\n{stderr[-3000:]}")
+        result = json.loads(stdout.strip().splitlines()[-1])
+        if system.removesuffix(BASELINE_SUFFIX) != "datatrove":
+            result.update(output_digests(out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"system": system, "seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "loadavg": [round(x, 2) for x in os.getloadavg()], **result}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,13 +195,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="interpreter with datatrove installed (benchmarks/requirements.txt)")
     parser.add_argument("--memory-systems", nargs="+", default=["beam", "loop"],
                         help="systems also run at sizes after the first (peak memory vs size)")
+    parser.add_argument("--baseline-root", help="another checkout of korlm (e.g. `git archive` of an "
+                        "older commit): its beam and loop run too, as beam@baseline and loop@baseline, "
+                        "each right before this checkout's, and their outputs are compared")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every system at every size")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "korlm-clean-bench"))
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", choices=list(SYSTEMS), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
+        sys.path.insert(0, os.path.abspath(args.root))
         result = SYSTEMS[args.one](args.corpus, args.out, args.splitter)
         print(json.dumps(result))
         return
@@ -181,22 +217,54 @@ def main(argv: list[str] | None = None) -> None:
         corpus = build_corpus(size, os.path.join(args.workdir, f"{size:g}MB"))
         mb = text_mb(corpus)
         systems = args.systems if i == 0 else [s for s in args.systems if s in args.memory_systems]
-        for system in systems:
-            python = args.datatrove_python if system == "datatrove" else sys.executable
-            r = measure(system, corpus, args.splitter, python)
-            r.update(size_mb=round(mb, 2), mb_per_s=mb / r["seconds"])
-            results.append(r)
-            print(f"{size:>5g} MB  {system:<10} {r['seconds']:7.1f} s  {r['mb_per_s']:6.3f} MB/s  "
-                  f"peak {r['peak_rss_mb']:7.0f} MB  kept {r['kept']}", flush=True)
-    first = {r["system"]: r for r in results if r["size_mb"] == results[0]["size_mb"]}
-    if "beam" in first and "loop" in first:
-        print(f"(a) beam / (b) loop     = {first['beam']['mb_per_s'] / first['loop']['mb_per_s']:.2f}  (target >= 0.5)")
-    if "beam" in first and "datatrove" in first:
-        print(f"(a) beam / (c) datatrove = {first['beam']['mb_per_s'] / first['datatrove']['mb_per_s']:.2f}  (target >= 1)")
-    for system in args.memory_systems:
-        runs = [r for r in results if r["system"] == system]
-        if len(runs) > 1:
-            print(f"{system}: peak RSS " + " -> ".join(f"{r['peak_rss_mb']:.0f} MB @ {r['size_mb']:g} MB" for r in runs))
+        for _ in range(args.repeat):
+            for system in systems:
+                runs = [(system, ROOT)]
+                if args.baseline_root and system != "datatrove":
+                    runs.insert(0, (system + BASELINE_SUFFIX, os.path.abspath(args.baseline_root)))
+                for name, root in runs:
+                    python = args.datatrove_python if system == "datatrove" else sys.executable
+                    r = measure(name, corpus, args.splitter, python, root)
+                    r.update(size_mb=round(mb, 2), mb_per_s=mb / r["seconds"])
+                    results.append(r)
+                    print(f"{size:>5g} MB  {name:<15} {r['seconds']:7.1f} s  {r['mb_per_s']:6.3f} MB/s  "
+                          f"peak {r['peak_rss_mb']:7.0f} MB  kept {r['kept']}  "
+                          f"docs {r.get('docs_digest', '-')}  rejected {r.get('rejected_digest', '-')}  "
+                          f"load {r['loadavg']}", flush=True)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+
+    def speed(system: str, size: float) -> float | None:
+        runs = [r["mb_per_s"] for r in results if r["system"] == system and r["size_mb"] == size]
+        return median(runs) if runs else None
+
+    for size in sorted({r["size_mb"] for r in results}):
+        for a, b, target in (("beam", "loop", ">= 0.5"), ("beam", "datatrove", ">= 1"),
+                             ("beam", "beam" + BASELINE_SUFFIX, "(speed vs the baseline checkout)"),
+                             ("loop", "loop" + BASELINE_SUFFIX, "(speed vs the baseline checkout)")):
+            if speed(a, size) and speed(b, size):
+                print(f"{size:g} MB: {a} / {b} = {speed(a, size) / speed(b, size):.2f}  {target}")
+        digests = {r["system"]: r.get("docs_digest") for r in results if r["size_mb"] == size}
+        same = {s: d for s, d in digests.items() if d}
+        if len(same) > 1:
+            print(f"{size:g} MB: kept documents identical across {sorted(same)}: {len(set(same.values())) == 1}")
+        rejected = {r["system"]: r.get("rejected_digest") for r in results
+                    if r["size_mb"] == size and r.get("rejected_digest")}
+        if len(rejected) > 1:
+            print(f"{size:g} MB: rejection logs identical across {sorted(rejected)}: "
+                  f"{len(set(rejected.values())) == 1}")
+    for system in sorted({r["system"] for r in results}):
+        peaks = {}
+        for r in results:
+            if r["system"] == system:
+                peaks.setdefault(r["size_mb"], []).append(r["peak_rss_mb"])
+        if len(peaks) > 1:
+            sizes = sorted(peaks)
+            growth = median(peaks[sizes[-1]]) / median(peaks[sizes[0]]) - 1
+            print(f"{system}: peak RSS " + " -> ".join(f"{median(peaks[s]):.0f} MB @ {s:g} MB" for s in sizes)
+                  + f"  ({growth:+.0%})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"splitter": args.splitter, "results": results}, f, indent=2)

@@ -1,13 +1,20 @@
 """clean: raw Korean text -> one sentence per line, a blank line between documents.
 
-Pipeline (elements are files, record batches or documents, never single lines)::
+Pipeline, in two passes so that only small keys are shuffled and the corpus is never
+held in memory (elements are files, record batches, arrays of dedup entries or
+document-file ids; never single lines)::
 
-    input files ─ ReadRecordBatches ─ Reshuffle ─ CleanDocuments ─┬─ documents ─────────────┐
-                   │                               │              └─ bucket batches          │
-                   │                               │                 ─ GroupByKey(shard)     │
-                   │                               │                 ─ FindDuplicates ─ CoGroupByKey(doc) ─ ApplyDedup ─ part-*.txt
-                   └──────────── rejections ───────┴────────────────────────────────────────────────┴─ rejected/rejected-*.jsonl
-    file stats + kept + rejections ─ CombineGlobally(CleanStatsFn) ─ stats.json
+    pass 1  input files ─ ReadRecordBatches ─ [Reshuffle] ─ CleanDocuments ─┬─ survivors ─► temporary document file per bundle
+                           │                                 │              ├─ (file id, path) ───────────────────────┐
+                           │                                 │              └─ dedup entries ─ GroupByKey(dedup shard) │
+                           │                                 │                 ─ FindDuplicates ─ losses per file id ─ CoGroupByKey(file id)
+    pass 2                 │                                 │                                    ─ ApplyDedup (streams the file) ─ part-*.txt
+                           └ rejected-read-*.jsonl           └ rejected-clean-*.jsonl                               └ rejected-dedup-*.jsonl
+    counts per stream (combined in the stage that makes them) ─ Flatten ─ CombineGlobally(CleanStatsFn) ─ stats.json
+
+The in_memory DirectRunner keeps whatever crosses a stage boundary in RAM, so there the
+Reshuffle is left out and the dedup entries are spilled to files too
+(``in_memory_runner``); other runners shuffle on disk themselves.
 
 ``DocumentCleaner`` holds every per-document step (normalize, scrub PII, the optional
 normalizations, document filters, sentence split, sentence filters) as plain Python, so
@@ -25,29 +32,37 @@ run, so a lost record fails the step instead of passing unnoticed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import os
+import pickle
+import struct
 import time
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from pydantic import ValidationError
 
 from corpus_beam.dedup import (
     DUPLICATE_DOCUMENT,
     DUPLICATE_SENTENCE,
     DUPLICATE_SENTENCES,
+    ENTRY,
+    LOSS,
+    MAX_FILES,
     NEAR_DUPLICATE_DOCUMENT,
     DedupIndex,
     DedupKeys,
-    batch_of,
-    bucket_batches,
-    doc_key,
-    find_duplicates,
-    merge_losers,
+    Losses,
+    find_losers,
+    record_order,
+    shard_entries,
 )
 from corpus_beam.readers import (
     FILE_STATS_TAG,
@@ -63,6 +78,8 @@ from corpus_beam.readers import (
     source_of,
 )
 from korlm import storage
+from korlm.config import CleanSection
+from korlm.config import _describe as describe_error
 from korlm.errors import KorlmError
 from korlm.filters import (
     DEFAULT_BOILERPLATE_PATTERNS,
@@ -74,9 +91,8 @@ from korlm.filters import (
     repetition_reason,
     symbol_ratio,
 )
-from korlm.pii import DEFAULT_PLACEHOLDER, PII_MODES, placeholders, scrub_pii
+from korlm.pii import placeholders, scrub_pii
 from korlm.text import (
-    NORMALIZATION_FORMS,
     normalize_extras,
     normalize_text,
     printable,
@@ -119,106 +135,42 @@ SENTENCE_TOO_SHORT = "sentence_too_short"
 SENTENCE_TOO_LONG = "sentence_too_long"
 SENTENCE_DROP_REASONS = (BOILERPLATE_SENTENCE, PII_SENTENCE, SENTENCE_TOO_SHORT, SENTENCE_TOO_LONG,
                          DUPLICATE_SENTENCE)
-SENTENCE_SPLITTERS = ("kiwi", "regex", "line")
 COUNTER_NAMESPACE = "korlm.clean"
 
 
-@dataclasses.dataclass(frozen=True)
-class CleanSettings:
-    """Every option of the clean step; ``korlm.config.CleanSection`` documents each one."""
+# One schema for the clean step's options: the run config's ``clean:`` section (its
+# defaults, bounds and descriptions live in ``korlm.config.CleanSection`` only).
+CleanSettings = CleanSection
+_NOT_SETTINGS = frozenset({"inputs", "beam_options"})
 
-    normalization: str = "NFC"
-    sentence_splitter: str = "kiwi"
-    max_repeat: int = 2
-    remove_emoji: bool = True
-    remove_hanja: bool = False
-    remove_foreign_scripts: bool = False
-    pii: str = "replace"
-    pii_placeholder: str = DEFAULT_PLACEHOLDER
-    min_document_chars: int = 10
-    max_document_chars: int = 1_000_000
-    min_hangul_ratio: float = 0.5
-    max_symbol_ratio: float = 0.5
-    max_digit_ratio: float = 0.5
-    repetition_filter: bool = True
-    max_duplicate_line_fraction: float = 0.3
-    max_duplicate_line_char_fraction: float = 0.2
-    repetition_min_words: int = 50
-    boilerplate_patterns: tuple[str, ...] = DEFAULT_BOILERPLATE_PATTERNS
-    min_sentence_chars: int = 2
-    max_sentence_chars: int = 1000
-    min_sentence_eojeol: int = 1
-    max_sentence_eojeol: int = 300
-    dedup_documents: bool = True
-    dedup_sentences: bool = True
-    dedup_sentence_min_chars: int = 15
-    near_dedup: bool = True
-    near_dedup_threshold: float = 0.8
-    near_dedup_num_perm: int = 128
-    near_dedup_shingle_size: int = 3
-    near_dedup_min_words: int = 20
-    dedup_shards: int = 16
-    rejected_sample_rate: float = 1.0
 
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> CleanSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise KorlmError(f"unknown clean option(s): {', '.join(unknown)}")
-        if "boilerplate_patterns" in kwargs and kwargs["boilerplate_patterns"] is not None:
-            kwargs["boilerplate_patterns"] = tuple(kwargs["boilerplate_patterns"])
-        settings = cls(**{k: v for k, v in kwargs.items() if v is not None})
-        settings.check()
-        return settings
+def clean_settings(**options: Any) -> CleanSettings:
+    """Validated settings from keyword options (``None`` = the default), with a one-line
+    KorlmError naming the option for an unknown name or a bad value."""
+    unknown = sorted(set(options) - (set(CleanSection.model_fields) - _NOT_SETTINGS))
+    if unknown:
+        raise KorlmError(f"unknown clean option(s): {', '.join(unknown)}")
+    try:
+        return CleanSection.model_validate({k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        raise KorlmError("clean options: " + "; ".join(
+            describe_error({**e, "loc": ("clean", *e["loc"])}) for e in exc.errors())) from None
 
-    def check(self) -> None:
-        def bad(msg: str):
-            raise KorlmError(msg)
 
-        if self.normalization not in NORMALIZATION_FORMS:
-            bad(f"normalization {self.normalization!r} is unknown; choose one of {', '.join(NORMALIZATION_FORMS)}")
-        if self.sentence_splitter not in SENTENCE_SPLITTERS:
-            bad(f"sentence_splitter {self.sentence_splitter!r} is unknown; choose one of {', '.join(SENTENCE_SPLITTERS)}")
-        if self.min_sentence_chars < 1 or self.max_sentence_chars < self.min_sentence_chars:
-            bad(f"sentence limits {self.min_sentence_chars}..{self.max_sentence_chars} are invalid; "
-                "need 1 <= min_sentence_chars <= max_sentence_chars")
-        if self.min_sentence_eojeol < 0 or self.max_sentence_eojeol < max(1, self.min_sentence_eojeol):
-            bad(f"eojeol limits {self.min_sentence_eojeol}..{self.max_sentence_eojeol} are invalid; "
-                "need 0 <= min_sentence_eojeol <= max_sentence_eojeol")
-        if self.min_document_chars < 0:
-            bad(f"min_document_chars must be 0 or more, got {self.min_document_chars}")
-        if self.max_document_chars < max(1, self.min_document_chars):
-            bad(f"max_document_chars ({self.max_document_chars}) must be at least min_document_chars")
-        if self.max_repeat < 0:
-            bad(f"max_repeat must be 0 (off) or more, got {self.max_repeat}")
-        if self.pii not in PII_MODES:
-            bad(f"pii {self.pii!r} is unknown; choose one of {', '.join(PII_MODES)}")
-        try:
-            self.pii_placeholder.format(kind="EMAIL")
-        except (KeyError, IndexError, ValueError):
-            bad(f"pii_placeholder {self.pii_placeholder!r} may only use the field {{kind}}")
-        for name in ("min_hangul_ratio", "max_symbol_ratio", "max_digit_ratio",
-                     "max_duplicate_line_fraction", "max_duplicate_line_char_fraction",
-                     "rejected_sample_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                bad(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if not 0.0 < self.near_dedup_threshold < 1.0:
-            bad(f"near_dedup_threshold must be between 0 and 1 (exclusive), got {self.near_dedup_threshold}")
-        if self.near_dedup_num_perm < 8 or self.near_dedup_shingle_size < 1 or self.dedup_shards < 1:
-            bad("near_dedup_num_perm must be >= 8, near_dedup_shingle_size >= 1, dedup_shards >= 1")
-        try:
-            compile_patterns(self.boilerplate_patterns)
-        except Exception as exc:
-            bad(f"boilerplate_patterns: not a valid regular expression list ({exc})")
+def boilerplate_patterns(settings: CleanSettings) -> tuple[str, ...]:
+    """The configured boilerplate regexes; ``None`` means the Korean defaults, ``[]`` none."""
+    if settings.boilerplate_patterns is None:
+        return DEFAULT_BOILERPLATE_PATTERNS
+    return tuple(settings.boilerplate_patterns)
 
-    def dedup_keys(self) -> DedupKeys:
-        return DedupKeys(documents=self.dedup_documents, sentences=self.dedup_sentences,
-                         sentence_min_chars=self.dedup_sentence_min_chars, near=self.near_dedup,
-                         near_threshold=self.near_dedup_threshold,
-                         near_num_perm=self.near_dedup_num_perm,
-                         near_shingle_size=self.near_dedup_shingle_size,
-                         near_min_words=self.near_dedup_min_words)
+
+def dedup_keys(settings: CleanSettings) -> DedupKeys:
+    return DedupKeys(documents=settings.dedup_documents, sentences=settings.dedup_sentences,
+                     sentence_min_chars=settings.dedup_sentence_min_chars, near=settings.near_dedup,
+                     near_threshold=settings.near_dedup_threshold,
+                     near_num_perm=settings.near_dedup_num_perm,
+                     near_shingle_size=settings.near_dedup_shingle_size,
+                     near_min_words=settings.near_dedup_min_words)
 
 
 # Measured on the bundled sample (~2.7 MB, 14,780 records; 2 cores shared with other
@@ -307,7 +259,7 @@ class DocumentCleaner:
     def __init__(self, settings: CleanSettings):
         self.s = settings
         self.splitter = SentenceSplitter(settings.sentence_splitter)
-        self.boilerplate = compile_patterns(settings.boilerplate_patterns)
+        self.boilerplate = compile_patterns(boilerplate_patterns(settings))
         self.placeholders = placeholders(settings.pii_placeholder)
 
     def _strip_placeholders(self, text: str) -> str:
@@ -393,11 +345,6 @@ class DocumentCleaner:
         return results
 
 
-def _document(batch: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    return {"input": batch["input"], "path": batch["path"], "line": result["line"],
-            "sentences": result["sentences"], "dropped": result["dropped"], "pii": result["pii"]}
-
-
 def _rejection(reason: str, batch_or_doc: dict[str, Any], line: int, text: str,
                dropped: dict[str, int] | None = None, pii: dict[str, int] | None = None) -> dict:
     r = rejection(reason, source_of(batch_or_doc["path"], line), text, batch_or_doc["input"],
@@ -407,20 +354,101 @@ def _rejection(reason: str, batch_or_doc: dict[str, Any], line: int, text: str,
     return r
 
 
+# ---------------------------------------------------------------- documents waiting for dedup
+#
+# Cleaned documents do not travel through a shuffle: pass 1 appends them to a temporary
+# shard file (one per bundle), pass 2 streams that file back once the shard's losses are
+# known. A shard file is a sequence of frames (8-byte little-endian length + a pickled
+# record batch ``{"input", "path", "rank", "docs": [(line, sentences, dropped, pii)]}``);
+# it is private to one run, written and read by this module only.
+
+_FRAME = struct.Struct("<Q")
+
+
+def write_document_batch(f: IO[bytes], batch: dict[str, Any]) -> None:
+    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(_FRAME.pack(len(data)))
+    f.write(data)
+
+
+def read_document_batches(f: IO[bytes]) -> Iterator[dict[str, Any]]:
+    while head := f.read(_FRAME.size):
+        if len(head) != _FRAME.size:
+            raise RuntimeError("truncated temporary document shard; this is a bug, please report it")
+        n = _FRAME.unpack(head)[0]
+        data = f.read(n)
+        if len(data) != n:
+            raise RuntimeError("truncated temporary document shard; this is a bug, please report it")
+        yield pickle.loads(data)
+
+
+def document_batch(spec_input: str, path: str, rank: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"input": spec_input, "path": path, "rank": rank,
+            "docs": [(r["line"], r["sentences"], r["dropped"], r["pii"]) for r in results]}
+
+
+def dedup_batch(batch: dict[str, Any], losses: Losses) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Per document of a stored batch: ``(document after dedup, None)`` or ``(document,
+    rejection reason)``."""
+    docs = batch["docs"]
+    orders = [record_order(batch["rank"], d[0]) for d in docs]
+    for (line, sentences, dropped, pii), loss in zip(docs, losses.lookup(orders), strict=True):
+        doc = {"input": batch["input"], "path": batch["path"], "line": line,
+               "sentences": sentences, "dropped": dropped, "pii": pii}
+        if loss is None:
+            yield doc, None
+            continue
+        kept, reason = apply_loss(doc, loss)
+        yield (doc, reason) if kept is None else (kept, None)
+
+
+def _open_raw(path: str, mode: str) -> IO[bytes]:
+    if mode == "w":
+        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 class CleanDocuments(beam.DoFn):
-    """Record batch -> ``(batch_id, [document, ...])`` for the survivors, rejections (side
-    output ``rejected``) and the batch's dedup bucket keys (side output ``buckets``, one
-    element per (batch, shard))."""
+    """Pass 1. Record batch -> rejections (side output ``rejected``), the survivors
+    appended to this bundle's temporary shard file, whose ``(shard id, path)`` is
+    output once (side output ``shards``), and the batch's dedup entries (side output
+    ``buckets``: ``(dedup shard, (shard id, ENTRY bytes))``, one element per batch and
+    dedup shard). Nothing proportional to the corpus leaves this DoFn but 20 bytes per
+    bucket entry.
+
+    With ``spill_entries`` the entries go to one file per bundle and dedup shard instead,
+    and ``buckets`` carries ``(dedup shard, (shard id, path))`` once per file: for the
+    in_memory DirectRunner, whose shuffle is RAM (elsewhere the runner's shuffle spills
+    to disk itself, and a file per bundle and shard would be far too many files)."""
 
     BUCKETS_TAG = "buckets"
+    SHARDS_TAG = "shards"
 
-    def __init__(self, settings: CleanSettings):
+    def __init__(self, settings: CleanSettings, ranks: dict[str, int], tmp_dir: str,
+                 spill_entries: bool = False):
         self.settings = settings
+        self.ranks = ranks
+        self.tmp_dir = tmp_dir
+        self.spill_entries = spill_entries
 
     def setup(self):
         self.cleaner = DocumentCleaner(self.settings)
-        self.keys = self.settings.dedup_keys()
+        self.keys = dedup_keys(self.settings)
         self.counters: dict[str, Any] = {}
+        self._shard: tuple[int, IO[bytes]] | None = None
+        self._entry_files: dict[int, IO[bytes]] = {}
+
+    def start_bundle(self):
+        self._shard = None
+        self._entry_files = {}
+
+    def finish_bundle(self):
+        if self._shard is not None:
+            self._shard[1].close()
+            self._shard = None
+        for f in self._entry_files.values():
+            f.close()
+        self._entry_files = {}
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
@@ -429,9 +457,7 @@ class CleanDocuments(beam.DoFn):
             self.counters[name].inc(n)
 
     def process(self, batch: dict[str, Any]):
-        buckets = []
-        documents = []
-        first_line = batch["records"][0][0]
+        survivors = []
         for result in self.cleaner.clean_batch(batch["records"]):
             for kind, n in result["pii"].items():
                 self._count(f"pii_{kind}", n)
@@ -443,29 +469,66 @@ class CleanDocuments(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, _rejection(
                     result["reason"], batch, result["line"], result["text"], result["dropped"], result["pii"]))
                 continue
-            key = doc_key(batch["path"], result["line"], first_line)
-            if self.keys.enabled:
-                buckets.append((key, self.keys.keys(result["normalized"], result["sentences"])))
-            documents.append({**_document(batch, result), "key": key})
-        if documents:
-            yield batch_of(documents[0]["key"]), documents
-        for shard_entries in bucket_batches(buckets, self.settings.dedup_shards):
-            yield beam.pvalue.TaggedOutput(self.BUCKETS_TAG, shard_entries)
+            survivors.append(result)
+        if not survivors:
+            return
+        if self._shard is None:
+            # a bundle that is retried writes a new file; the failed attempt's id is never output
+            shard_id = int.from_bytes(os.urandom(8), "little") >> 1
+            path = storage.join(self.tmp_dir, f"docs-{shard_id:016x}.bin")
+            self._shard = (shard_id, _open_raw(path, "w"))
+            yield beam.pvalue.TaggedOutput(self.SHARDS_TAG, (shard_id, path))
+        shard_id, f = self._shard
+        rank = self.ranks[batch["path"]]
+        write_document_batch(f, document_batch(batch["input"], batch["path"], rank, survivors))
+        if self.keys.enabled:
+            entries = self.keys.entries((record_order(rank, r["line"]), r["normalized"], r["sentences"])
+                                        for r in survivors)
+            for dedup_shard, part in shard_entries(entries, self.settings.dedup_shards):
+                if not self.spill_entries:
+                    yield beam.pvalue.TaggedOutput(self.BUCKETS_TAG, (dedup_shard, (shard_id, part.tobytes())))
+                    continue
+                if dedup_shard not in self._entry_files:
+                    path = storage.join(self.tmp_dir, f"entries-{shard_id:016x}-{dedup_shard:05d}.bin")
+                    self._entry_files[dedup_shard] = _open_raw(path, "w")
+                    yield beam.pvalue.TaggedOutput(self.BUCKETS_TAG, (dedup_shard, (shard_id, path)))
+                self._entry_files[dedup_shard].write(part.tobytes())
 
 
 class FindDuplicates(beam.DoFn):
-    """One shard of bucket entries -> ``(batch_id, (doc_key, {"reason", "sentences"}))`` per loser."""
+    """One dedup shard's entries (inline bytes or spilled files) -> ``(document shard id,
+    LOSS bytes)`` per document shard that loses something in it."""
 
     def process(self, shard):
-        _, batches = shard
-        for key, loser in find_duplicates(e for entries in batches for e in entries).items():
-            yield batch_of(key), (key, {"reason": loser["reason"], "sentences": sorted(loser["sentences"])})
+        _, parts = shard
+        owners, blobs = [], []
+        for shard_id, payload in parts:
+            if isinstance(payload, str):
+                with _open_raw(payload, "r") as f:
+                    payload = f.read()
+            owners.append(shard_id)
+            blobs.append(payload)
+        entries = np.frombuffer(b"".join(blobs), ENTRY)
+        owner = np.repeat(np.array(owners, dtype=np.int64), [len(b) // ENTRY.itemsize for b in blobs])
+        del blobs
+        lost = find_losers(entries)
+        if not len(lost):
+            return
+        lost_owner = owner[lost]
+        by_owner = np.argsort(lost_owner, kind="stable")
+        lost, lost_owner = lost[by_owner], lost_owner[by_owner]
+        starts = np.flatnonzero(np.r_[True, lost_owner[1:] != lost_owner[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(lost)], strict=True):
+            chosen = entries[lost[start:end]]
+            losses = np.empty(len(chosen), LOSS)
+            losses["order"], losses["index"] = chosen["order"], chosen["index"]
+            yield int(lost_owner[start]), losses.tobytes()
 
 
 class ApplyDedup(beam.DoFn):
-    """A batch of documents and their losses -> the kept documents as one text block (main
-    output), a rejection per dropped document, and the batch's kept-side counts (side
-    output ``stats``, so stats.json costs one element per batch, not per document)."""
+    """Pass 2. A document shard and its losses -> the kept documents as text blocks (main
+    output, one element per record batch), a rejection per dropped document, and the
+    shard's kept-side counts (side output ``stats``: one ``{input: counts}`` element)."""
 
     STATS_TAG = "stats"
 
@@ -476,33 +539,34 @@ class ApplyDedup(beam.DoFn):
 
     def process(self, joined):
         _, grouped = joined
-        losses: dict[str, list[dict]] = {}
-        for key, loss in grouped["dup"]:
-            losses.setdefault(key, []).append(loss)
-        blocks: list[str] = []
+        paths = list(grouped["shard"])
+        if not paths:
+            raise RuntimeError("dedup losses for a document shard that was never written; "
+                               "this is a bug, please report it")
+        losses = Losses(np.frombuffer(b"".join(grouped["loss"]), LOSS))
         partial: dict[str, dict[str, Any]] = {}
-        for documents in grouped["docs"]:
-            for doc in documents:
-                loss = merge_losers(losses.get(doc["key"], []))
-                kept, reason = apply_loss(doc, loss)
-                if kept is None:
-                    self.counters[reason].inc()
-                    yield beam.pvalue.TaggedOutput(REJECTED_TAG, _rejection(
-                        reason, doc, doc["line"], "\n".join(doc["sentences"]), doc["dropped"], doc["pii"]))
-                    continue
-                n = kept["dropped"].get(DUPLICATE_SENTENCE, 0)
-                self.counters[DUPLICATE_SENTENCE].inc(n)
-                self.counters["dropped_sentences"].inc(n)
-                self.counters["kept_records"].inc()
-                text = format_document(kept)
-                blocks.append(text)
-                add_kept(partial.setdefault(kept["input"], _new_source()), kept, text)
-        if blocks:
-            # WriteToText adds one newline per element: joining by "\n" keeps the blank line
-            # between every two documents exactly as one element per document would.
-            yield "\n".join(blocks)
-        for input_name, counts in partial.items():
-            yield beam.pvalue.TaggedOutput(self.STATS_TAG, {"input": input_name, "counts": counts})
+        with _open_raw(paths[0], "r") as f:
+            for batch in read_document_batches(f):
+                blocks: list[str] = []
+                for doc, reason in dedup_batch(batch, losses):
+                    if reason is not None:
+                        self.counters[reason].inc()
+                        yield beam.pvalue.TaggedOutput(REJECTED_TAG, _rejection(
+                            reason, doc, doc["line"], "\n".join(doc["sentences"]), doc["dropped"], doc["pii"]))
+                        continue
+                    n = doc["dropped"].get(DUPLICATE_SENTENCE, 0)
+                    self.counters[DUPLICATE_SENTENCE].inc(n)
+                    self.counters["dropped_sentences"].inc(n)
+                    self.counters["kept_records"].inc()
+                    text = format_document(doc)
+                    blocks.append(text)
+                    add_kept(partial.setdefault(doc["input"], _new_source()), doc, text)
+                if blocks:
+                    # WriteToText adds one newline per element: joining by "\n" keeps the blank
+                    # line between every two documents exactly as one element per document would.
+                    yield "\n".join(blocks)
+        if partial:
+            yield beam.pvalue.TaggedOutput(self.STATS_TAG, partial)
 
 
 def apply_loss(doc: dict[str, Any], loss: dict) -> tuple[dict[str, Any] | None, str | None]:
@@ -547,21 +611,19 @@ def _merge_source(target: dict[str, Any], counts: dict[str, Any]) -> None:
             target[key] += value
 
 
-def add_kept(source: dict[str, Any], doc: dict[str, Any], text: str, count_dropped: bool = True) -> None:
+def add_kept(source: dict[str, Any], doc: dict[str, Any], text: str) -> None:
     """Count one kept document (``text`` is its formatted block) into ``source``."""
     source["kept_records"] += 1
     source["sentences"] += len(doc["sentences"])
     source["output_bytes"] += len(text.encode("utf-8")) + 1
-    if count_dropped:
-        source["dropped_sentences"] += sum(doc["dropped"].values())
-        _merge_counts(source["dropped_sentences_by_reason"], doc["dropped"])
-        _merge_counts(source["pii_replaced"], doc["pii"])
+    source["dropped_sentences"] += sum(doc["dropped"].values())
+    _merge_counts(source["dropped_sentences_by_reason"], doc["dropped"])
+    _merge_counts(source["pii_replaced"], doc["pii"])
 
 
-class CleanStatsFn(beam.CombineFn):
-    """Combines events into stats.json's counts, per input and in total: ``("file", ...)``
-    from the readers, ``("rejected", ...)`` per rejection, ``("partial", ...)`` kept-side
-    counts per batch from ApplyDedup (``("kept", document)`` is accepted too)."""
+class SourceCountsFn(beam.CombineFn):
+    """Events -> ``{input: counts}``: ``("file", ...)`` from the readers, ``("rejected",
+    ...)`` per rejection. Its output is also what ApplyDedup emits for the kept side."""
 
     def create_accumulator(self):
         return {}
@@ -577,18 +639,12 @@ class CleanStatsFn(beam.CombineFn):
             source["empty_files"] += int(data["bytes"] == 0 and not data["unreadable"])
             source["unreadable_files"] += int(data["unreadable"])
             return acc
-        if kind == "partial":
-            _merge_source(source, data["counts"])
-            return acc
         dropped = data.get("dropped", {})
         source["dropped_sentences"] += sum(dropped.values())
         _merge_counts(source["dropped_sentences_by_reason"], dropped)
         _merge_counts(source["pii_replaced"], data.get("pii", {}))
-        if kind == "kept":
-            add_kept(source, data, format_document(data), count_dropped=False)
-        else:
-            source["rejected_records"] += 1
-            _merge_counts(source["rejected_by_reason"], {data["reason"]: 1})
+        source["rejected_records"] += 1
+        _merge_counts(source["rejected_by_reason"], {data["reason"]: 1})
         return acc
 
     def merge_accumulators(self, accumulators):
@@ -597,6 +653,19 @@ class CleanStatsFn(beam.CombineFn):
             for name, counts in acc.items():
                 _merge_source(merged.setdefault(name, _new_source()), counts)
         return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+class CleanStatsFn(SourceCountsFn):
+    """``{input: counts}`` elements (SourceCountsFn outputs, ApplyDedup's stats) ->
+    stats.json's dict: the totals plus ``per_source``."""
+
+    def add_input(self, acc, counts):
+        for name, part in counts.items():
+            _merge_source(acc.setdefault(name, _new_source()), part)
+        return acc
 
     def extract_output(self, acc):
         total = _new_source()
@@ -629,53 +698,98 @@ def rejection_json(record: dict, settings: CleanSettings) -> str:
                       ensure_ascii=False)
 
 
-def build_clean_graph(p: beam.Pipeline, files: list, staging: str, settings: CleanSettings) -> None:
-    """Add the clean transforms to ``p``, writing every output under ``staging``."""
+class CountSources(beam.PTransform):
+    """Events of one kind -> one ``{input: counts}`` element. Counting (a lifted combine)
+    happens in the stage that produces the events, so only per-bundle counts cross the
+    stage boundary, never the events (a rejection carries its text)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def expand(self, pcoll):
+        kind = self.kind
+        return (pcoll
+                | "Events" >> beam.Map(lambda d: (kind, d))
+                | "Count" >> beam.CombineGlobally(SourceCountsFn()).without_defaults())
+
+
+class WriteRejections(beam.PTransform):
+    """Rejections -> ``rejected/rejected-<part>-*.jsonl`` (sampled by ``rejected_sample_rate``)."""
+
+    def __init__(self, staging: str, part: str, settings: CleanSettings):
+        super().__init__()
+        self.prefix = storage.join(staging, "rejected", f"rejected-{part}")
+        self.settings = settings
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "Sample" >> beam.Filter(keep_rejection_sample, self.settings.rejected_sample_rate)
+                | "Json" >> beam.Map(rejection_json, self.settings)
+                | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
+
+
+def in_memory_runner(options: PipelineOptions) -> bool:
+    """The in_memory DirectRunner: one worker, and every shuffle held in RAM. There the
+    record batches are not reshuffled (one worker gains nothing, and the shuffle would
+    hold the raw corpus) and dedup entries are spilled to files; every other runner
+    reshuffles batches, so a few big files still spread over all workers, and shuffles
+    the entries itself."""
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "direct"):
+        return options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    return False
+
+
+def file_ranks(files: list) -> dict[str, int]:
+    """Each input path's position among the sorted paths: documents compare by (rank, line)."""
+    paths = sorted({f.path for f in files})
+    if len(paths) > MAX_FILES:
+        raise KorlmError(f"clean takes at most {MAX_FILES} files per run, got {len(paths)}")
+    return {path: rank for rank, path in enumerate(paths)}
+
+
+def dedup_tmp_dir(staging: str) -> str:
+    return storage.join(staging, "_dedup_tmp")
+
+
+def build_clean_graph(p: beam.Pipeline, files: list, staging: str, settings: CleanSettings,
+                      in_memory: bool = False) -> None:
+    """Add the clean transforms to ``p``, writing every output under ``staging`` (and the
+    documents waiting for dedup under ``dedup_tmp_dir(staging)``, for the caller to remove)."""
     read = (
         p
         | "InputFiles" >> beam.Create(files)
         | "ReadRecordBatches" >> beam.ParDo(ReadRecordBatches()).with_outputs(
             REJECTED_TAG, FILE_STATS_TAG, main="batches")
     )
-    cleaned = (
-        read.batches
-        | "SpreadBatches" >> beam.Reshuffle()
-        | "CleanDocuments" >> beam.ParDo(CleanDocuments(settings)).with_outputs(
-            REJECTED_TAG, CleanDocuments.BUCKETS_TAG, main="documents")
-    )
-    losers = (
+    batches = read.batches if in_memory else read.batches | "SpreadBatches" >> beam.Reshuffle()
+    cleaned = batches | "CleanDocuments" >> beam.ParDo(
+        CleanDocuments(settings, file_ranks(files), dedup_tmp_dir(staging), spill_entries=in_memory)).with_outputs(
+            REJECTED_TAG, CleanDocuments.BUCKETS_TAG, CleanDocuments.SHARDS_TAG, main="none")
+    losses = (
         cleaned[CleanDocuments.BUCKETS_TAG]
-        | "GroupByShard" >> beam.GroupByKey()
+        | "GroupByDedupShard" >> beam.GroupByKey()
         | "FindDuplicates" >> beam.ParDo(FindDuplicates())
     )
     deduped = (
-        {"docs": cleaned.documents, "dup": losers}
-        | "JoinDuplicates" >> beam.CoGroupByKey()
+        {"shard": cleaned[CleanDocuments.SHARDS_TAG], "loss": losses}
+        | "JoinLosses" >> beam.CoGroupByKey()
         | "ApplyDedup" >> beam.ParDo(ApplyDedup()).with_outputs(REJECTED_TAG, ApplyDedup.STATS_TAG, main="kept")
-    )
-    rejected = (
-        (read[REJECTED_TAG], cleaned[REJECTED_TAG], deduped[REJECTED_TAG])
-        | "AllRejections" >> beam.Flatten()
     )
     _ = (
         deduped.kept
         | "WriteCorpus" >> beam.io.WriteToText(storage.join(staging, "part"), file_name_suffix=".txt")
     )
-    rate = settings.rejected_sample_rate
+    # One rejection log per stage, so no rejection waits in memory for a later stage.
+    rejections = {"read": read[REJECTED_TAG], "clean": cleaned[REJECTED_TAG], "dedup": deduped[REJECTED_TAG]}
+    counts = [read[FILE_STATS_TAG] | "CountFiles" >> CountSources("file"), deduped[ApplyDedup.STATS_TAG]]
+    for part, pcoll in rejections.items():
+        _ = pcoll | f"WriteRejected[{part}]" >> WriteRejections(staging, part, settings)
+        counts.append(pcoll | f"CountRejected[{part}]" >> CountSources("rejected"))
     _ = (
-        rejected
-        | "SampleRejections" >> beam.Filter(keep_rejection_sample, rate)
-        | "RejectionJson" >> beam.Map(rejection_json, settings)
-        | "WriteRejected" >> beam.io.WriteToText(
-            storage.join(staging, "rejected", "rejected"), file_name_suffix=".jsonl")
-    )
-    _ = (
-        (
-            read[FILE_STATS_TAG] | "FileEvents" >> beam.Map(lambda d: ("file", d)),
-            deduped[ApplyDedup.STATS_TAG] | "KeptEvents" >> beam.Map(lambda d: ("partial", d)),
-            rejected | "RejectedEvents" >> beam.Map(lambda d: ("rejected", d)),
-        )
-        | "AllEvents" >> beam.Flatten()
+        tuple(counts)
+        | "AllCounts" >> beam.Flatten()
         | "CountStats" >> beam.CombineGlobally(CleanStatsFn())
         | "StatsJson" >> beam.Map(lambda s: json.dumps(s, indent=2, ensure_ascii=False))
         | "WriteStats" >> beam.io.WriteToText(
@@ -687,22 +801,23 @@ def run_clean(inputs: list[str | dict], output_dir: str, *, beam_options: list[s
               **options: Any) -> dict:
     """Clean raw corpora into ``output_dir`` (published atomically) and return stats.json's dict.
 
-    ``options`` are :class:`CleanSettings` fields (``min_sentence_chars=2``, ``pii="replace"``...).
-    Writes ``part-*.txt`` (one sentence a line, a blank line after every document),
-    ``rejected/rejected-*.jsonl`` (reason, source, text) and ``stats.json``.
-    Raises KorlmError for bad settings and for inputs that match no file, before any
-    pipeline starts.
+    ``options`` are :class:`CleanSettings` (``korlm.config.CleanSection``) fields
+    (``min_sentence_chars=2``, ``pii="replace"``...). Writes ``part-*.txt`` (one sentence a
+    line, a blank line after every document), ``rejected/rejected-*.jsonl`` (reason,
+    source, text) and ``stats.json``. Raises KorlmError for bad settings and for inputs
+    that match no file, before any pipeline starts.
     """
-    settings = CleanSettings.from_kwargs(**options)
+    settings = clean_settings(**options)
     files = resolve_inputs(inputs)
     options_ = pipeline_options(beam_options)
     started = time.monotonic()
     with storage.atomic_output_dir(output_dir, stage_remote=True) as staging:
         # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=options_)
-        build_clean_graph(p, files, staging, settings)
+        build_clean_graph(p, files, staging, settings, in_memory=in_memory_runner(options_))
         result = p.run()
         result.wait_until_finish()
+        storage.remove_tree(dedup_tmp_dir(staging))
         counters = beam_counters(result, COUNTER_NAMESPACE)
         _LOG.info("clean counters: %s", json.dumps(counters, sort_keys=True))
         stats = json.loads(storage.read_text(storage.join(staging, "stats.json")))
@@ -727,25 +842,30 @@ def check_accounting(stats: dict) -> None:
 
 def clean_in_process(inputs: list[str | dict], *, max_records_per_file: int | None = None,
                      examples_per_reason: int = 0, batch_size: int = 256,
-                     keep_documents: bool = False, **options: Any) -> dict:
+                     keep_documents: bool = False, corpus_path: str | None = None,
+                     **options: Any) -> dict:
     """The clean step's functions in a plain single-process loop (no Beam).
 
     Used by ``korlm clean --dry-run`` (on the first ``max_records_per_file`` records of
-    every file, writing nothing) and by the throughput benchmark's baseline. Returns
-    counts shaped like stats.json (without per-source detail), plus ``examples`` (up to
-    ``examples_per_reason`` ``{"source", "text"}`` per reason) and, with
-    ``keep_documents``, the surviving documents' sentences.
+    every file, writing nothing) and by the throughput benchmark's baseline. Two passes
+    like the pipeline: survivors wait in a local temporary file while only their dedup
+    entries stay in memory. Returns counts shaped like stats.json (without per-source
+    detail), plus ``examples`` (up to ``examples_per_reason`` ``{"source", "text"}`` per
+    reason) and, with ``keep_documents``, the surviving documents' sentences;
+    ``corpus_path`` writes the kept documents there as a ``part-*.txt`` would hold them.
     """
-    settings = CleanSettings.from_kwargs(**options)
+    import tempfile
+
+    settings = clean_settings(**options)
     files = resolve_inputs(inputs)
+    ranks = file_ranks(files)
     cleaner = DocumentCleaner(settings)
-    keys = settings.dedup_keys()
+    keys = dedup_keys(settings)
     index = DedupIndex()
     stats = _new_source()
     stats["rejected_by_reason"] = {reason: 0 for reason in REJECTION_REASONS}
     stats["dropped_sentences_by_reason"] = {reason: 0 for reason in SENTENCE_DROP_REASONS}
     examples: dict[str, list[dict[str, str]]] = {}
-    survivors: dict[str, dict[str, Any]] = {}
 
     def reject(reason: str, source: str, text: str, dropped: dict | None = None, pii: dict | None = None):
         stats["rejected_records"] += 1
@@ -757,53 +877,62 @@ def clean_in_process(inputs: list[str | dict], *, max_records_per_file: int | No
             text = scrub_pii(text, settings.pii_placeholder) if settings.pii != "off" else text
             shown.append({"source": source, "text": printable(text, 300)})
 
-    for spec in files:
-        summary = FileReadSummary()
-        batch: list[tuple[int, str]] = []
-
-        def flush(spec=spec, batch=batch):
-            for result in cleaner.clean_batch(batch):
-                if result["reason"] is not None:
-                    reject(result["reason"], source_of(spec.path, result["line"]), result["text"],
-                           result["dropped"], result["pii"])
-                else:
-                    key = doc_key(spec.path, result["line"])
-                    survivors[key] = _document({"input": spec.input, "path": spec.path}, result)
-                    if keys.enabled:
-                        index.add(key, keys.keys(result["normalized"], result["sentences"]))
-            batch.clear()
-
-        records = read_records(spec.path, spec.format, spec.field, summary)
-        seen = 0
-        for line, text, reason in _limited(records, max_records_per_file):
-            seen += 1
-            if reason is not None:
-                reject(reason, source_of(spec.path, line), text)
-                continue
-            batch.append((line, text))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        stats["input_records"] += seen
-        stats["input_bytes"] += summary.bytes_read
-        stats["input_files"] += 1
-    losers = index.resolve() if keys.enabled else {}
     kept_docs = []
-    for key in sorted(survivors):
-        doc = survivors[key]
-        kept, reason = apply_loss(doc, merge_losers([losers[key]]) if key in losers else
-                                  {"reason": None, "sentences": set()})
-        if kept is None:
-            reject(reason, source_of(doc["path"], doc["line"]), "\n".join(doc["sentences"]),
-                   doc["dropped"], doc["pii"])
-            continue
-        stats["kept_records"] += 1
-        stats["sentences"] += len(kept["sentences"])
-        stats["output_bytes"] += len(format_document(kept).encode("utf-8")) + 1
-        _merge_counts(stats["dropped_sentences_by_reason"], kept["dropped"])
-        _merge_counts(stats["pii_replaced"], kept["pii"])
-        if keep_documents:
-            kept_docs.append(kept["sentences"])
+    with tempfile.TemporaryFile(prefix="korlm-clean-") as waiting:
+        for spec in files:
+            summary = FileReadSummary()
+            batch: list[tuple[int, str]] = []
+
+            def flush(spec=spec, batch=batch):
+                survivors = []
+                for result in cleaner.clean_batch(batch):
+                    if result["reason"] is not None:
+                        reject(result["reason"], source_of(spec.path, result["line"]), result["text"],
+                               result["dropped"], result["pii"])
+                    else:
+                        survivors.append(result)
+                batch.clear()
+                if not survivors:
+                    return
+                rank = ranks[spec.path]
+                write_document_batch(waiting, document_batch(spec.input, spec.path, rank, survivors))
+                if keys.enabled:
+                    index.add(keys.entries((record_order(rank, r["line"]), r["normalized"], r["sentences"])
+                                           for r in survivors))
+
+            records = read_records(spec.path, spec.format, spec.field, summary)
+            seen = 0
+            for line, text, reason in _limited(records, max_records_per_file):
+                seen += 1
+                if reason is not None:
+                    reject(reason, source_of(spec.path, line), text)
+                    continue
+                batch.append((line, text))
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+            stats["input_records"] += seen
+            stats["input_bytes"] += summary.bytes_read
+            stats["input_files"] += 1
+        losses = index.resolve()
+        waiting.seek(0)
+        out = storage.open_file(corpus_path, "w") if corpus_path else None
+        try:
+            for stored in read_document_batches(waiting):
+                for doc, reason in dedup_batch(stored, losses):
+                    if reason is not None:
+                        reject(reason, source_of(doc["path"], doc["line"]), "\n".join(doc["sentences"]),
+                               doc["dropped"], doc["pii"])
+                        continue
+                    text = format_document(doc)
+                    add_kept(stats, doc, text)
+                    if out is not None:
+                        out.write(text + "\n")
+                    if keep_documents:
+                        kept_docs.append(doc["sentences"])
+        finally:
+            if out is not None:
+                out.close()
     stats["dropped_sentences"] = sum(stats["dropped_sentences_by_reason"].values())
     check_accounting(stats)
     stats["examples"] = examples
@@ -812,7 +941,7 @@ def clean_in_process(inputs: list[str | dict], *, max_records_per_file: int | No
     return stats
 
 
-def _limited(records: Iterator, limit: int | None) -> Iterator:
+def _limited(records: Iterable, limit: int | None) -> Iterator:
     for i, record in enumerate(records):
         if limit is not None and i >= limit:
             return

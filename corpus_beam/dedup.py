@@ -1,26 +1,28 @@
 """Corpus-wide deduplication: exact documents, exact sentences, near-duplicate documents.
 
-Every document is given *bucket keys*:
+Every surviving document gives *bucket entries* ``(hash, order, index)``:
 
-* ``d:<hash>``: its normalized text (exact document duplicates share it);
-* ``m:<band>:<hash>``: one per MinHash LSH band (near duplicates share at least one);
-* ``s:<hash>``: one per sentence (exact sentence duplicates share it).
+* ``hash``: 64 bits of blake2b over the normalized text (``index == DOCUMENT``), over
+  one MinHash LSH band (``index == NEAR``; one entry per band) or over one sentence
+  (``index`` = the sentence's position). Each kind hashes under its own blake2b
+  personalization, so a sentence never shares a bucket with a document.
+* ``order``: the document's place in the corpus, ``record_order(file_rank, line)`` where
+  ``file_rank`` is the position of its path among the sorted input paths; so comparing
+  orders compares ``(path, line)``.
 
-Holders of one bucket are ``(doc_key, sentence index)``; ``doc_key`` is
-``path \\0 zero-padded line \\0 batch``, so sorting keys sorts documents by source. In every
-bucket the smallest holder survives and every other holder is a duplicate: the
-result depends only on the set of documents, never on the runner, the sharding or the
-order in which workers see them. For near duplicates this drops every document that
-shares a band with a smaller document (not only the members of a connected
-component other than its smallest); candidates are not re-verified by Jaccard, so the
-band/row split (chosen to minimise false positives + negatives around the threshold,
-as datasketch does) is what controls precision.
+In every bucket (entries of one hash) the smallest ``(order, index)`` survives and every
+other holder is a duplicate: the result depends only on the set of documents, never on
+the runner, the sharding or the order in which workers see them. For near duplicates
+this drops every document that shares a band with a smaller document (not only the
+members of a connected component other than its smallest); candidates are not
+re-verified by Jaccard, so the band/row split (chosen to minimise false positives +
+negatives around the threshold, as datasketch does) is what controls precision.
 
-In Beam the keys travel in batches: ``bucket_batches`` spreads a batch of documents'
-keys over ``num_shards`` shards, one element per (batch, shard) — never one per
-sentence — and ``find_duplicates`` resolves one shard; losers go back to their record
-batch (``batch_of``), where the documents wait as one element per batch. ``DedupIndex`` is the same logic
-in memory for the plain loop and the dry run.
+Entries are fixed-size numpy records (20 bytes), so the only thing the clean step
+shuffles for dedup is ``ENTRY`` arrays, a shard (``hash % shards``) at a time; the
+documents themselves wait in temporary files (see ``corpus_beam.clean``). A loss is
+``(order, index)``: ``index >= 0`` drops that sentence, ``DOCUMENT``/``NEAR`` drops the
+document. ``DedupIndex`` is the same logic in one process (plain loop, dry run).
 """
 
 from __future__ import annotations
@@ -37,22 +39,25 @@ NEAR_DUPLICATE_DOCUMENT = "near_duplicate_document"
 DUPLICATE_SENTENCES = "duplicate_sentences"  # every sentence of the document already seen
 DUPLICATE_SENTENCE = "duplicate_sentence"  # sentences dropped (not a document rejection)
 
+DOCUMENT = -1  # entry index of the exact-document key
+NEAR = -2  # entry index of a MinHash LSH band key
+ENTRY = np.dtype([("hash", "<u8"), ("order", "<u8"), ("index", "<i4")])
+LOSS = np.dtype([("order", "<u8"), ("index", "<i4")])
+LINE_BITS = 40  # a file may hold 2**40 records; 2**24 files are allowed
+MAX_FILES = 1 << (64 - LINE_BITS)
+
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-def doc_key(path: str, line: int, batch: int = 0) -> str:
-    """Sorts by (path, line); ``batch`` (the first line of the record batch the document
-    came in) only lets a loser be routed back to its batch."""
-    return f"{path}\0{line:012d}\0{batch:012d}"
+def record_order(file_rank: int, line: int) -> int:
+    """A document's place in the corpus: sorts like ``(path, line)``."""
+    if line >> LINE_BITS:
+        raise ValueError(f"record number {line} is beyond the {LINE_BITS}-bit limit of dedup ordering")
+    return (file_rank << LINE_BITS) | line
 
 
-def batch_of(key: str) -> str:
-    path, _, batch = key.rsplit("\0", 2)
-    return f"{path}\0{batch}"
-
-
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+def _hash64(data: bytes, person: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little")
 
 
 @functools.cache
@@ -99,10 +104,11 @@ class MinHasher:
         permuted = (hashes[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
         return permuted.min(axis=0) & _MASK32
 
-    def band_keys(self, words: Sequence[str]) -> list[str]:
+    def band_hashes(self, words: Sequence[str]) -> list[int]:
+        """One 64-bit hash per LSH band (the band's number is part of what is hashed)."""
         sig = self.signature(words).astype(np.uint32)
         r = self.rows
-        return [f"m:{i}:{hashlib.blake2b(sig[i * r:(i + 1) * r].tobytes(), digest_size=8).hexdigest()}"
+        return [_hash64(i.to_bytes(4, "little") + sig[i * r:(i + 1) * r].tobytes(), b"korlm-band")
                 for i in range(self.bands)]
 
 
@@ -112,7 +118,7 @@ def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
 
 
 class DedupKeys:
-    """Computes a document's bucket keys from its settings (picklable, for DoFns)."""
+    """Computes a document's bucket entries from its settings (picklable, for DoFns)."""
 
     def __init__(self, *, documents: bool = True, sentences: bool = True,
                  sentence_min_chars: int = 10, near: bool = True, near_threshold: float = 0.8,
@@ -128,82 +134,110 @@ class DedupKeys:
     def enabled(self) -> bool:
         return self.documents or self.sentences or self.near
 
-    def keys(self, normalized: str, sentences: Sequence[str]) -> list[tuple[str, int]]:
-        """``(bucket key, sentence index or -1)`` for one document."""
-        out: list[tuple[str, int]] = []
+    def keys(self, normalized: str, sentences: Sequence[str]) -> list[tuple[int, int]]:
+        """``(bucket hash, entry index)`` for one document: ``DOCUMENT``, ``NEAR`` per band,
+        or the sentence's position."""
+        out: list[tuple[int, int]] = []
         if self.documents:
-            out.append((f"d:{_hash64(normalized):016x}", -1))
+            out.append((_hash64(normalized.encode("utf-8", "surrogatepass"), b"korlm-doc"), DOCUMENT))
         if self.minhasher is not None:
             words = normalized.split()
             if len(words) >= self.near_min_words:
-                out += [(k, -1) for k in self.minhasher.band_keys(words)]
+                out += [(h, NEAR) for h in self.minhasher.band_hashes(words)]
         if self.sentences:
-            out += [(f"s:{_hash64(s):016x}", i) for i, s in enumerate(sentences)
-                    if len(s) >= self.sentence_min_chars]
+            out += [(_hash64(s.encode("utf-8", "surrogatepass"), b"korlm-sent"), i)
+                    for i, s in enumerate(sentences) if len(s) >= self.sentence_min_chars]
+        return out
+
+    def entries(self, documents: Iterable[tuple[int, str, Sequence[str]]]) -> np.ndarray:
+        """``ENTRY`` records for ``(order, normalized text, sentences)`` documents."""
+        rows = [(h, order, index) for order, normalized, sentences in documents
+                for h, index in self.keys(normalized, sentences)]
+        return np.array(rows, dtype=ENTRY) if rows else np.empty(0, ENTRY)
+
+
+def shard_entries(entries: np.ndarray, num_shards: int) -> list[tuple[int, np.ndarray]]:
+    """Split entries by ``hash % num_shards``: ``[(shard, entries of that shard)]``."""
+    if not len(entries):
+        return []
+    shards = (entries["hash"] % np.uint64(num_shards)).astype(np.int64)
+    order = np.argsort(shards, kind="stable")
+    shards, entries = shards[order], entries[order]
+    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+    ends = np.r_[starts[1:], len(shards)]
+    return [(int(shards[s]), entries[s:e]) for s, e in zip(starts, ends, strict=True)]
+
+
+def find_losers(entries: np.ndarray) -> np.ndarray:
+    """Positions (into ``entries``) of the entries that lose their bucket.
+
+    A bucket's smallest ``(order, index)`` wins. A sentence entry loses whenever it is not
+    the smallest (a later copy inside the winner's own document too); a document or band
+    entry loses when its document is not the winner's.
+    """
+    n = len(entries)
+    if n < 2:
+        return np.empty(0, np.int64)
+    perm = np.lexsort((entries["index"], entries["order"], entries["hash"]))
+    h, o, i = entries["hash"][perm], entries["order"][perm], entries["index"][perm]
+    first = np.ones(n, dtype=bool)
+    first[1:] = h[1:] != h[:-1]
+    winner = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    lose = ~first & ((i >= 0) | (o != o[winner]))
+    return perm[lose]
+
+
+def losses_of(entries: np.ndarray) -> np.ndarray:
+    """The ``LOSS`` records ``(order, index)`` of ``entries`` (one per losing entry)."""
+    lost = entries[find_losers(entries)]
+    out = np.empty(len(lost), LOSS)
+    out["order"], out["index"] = lost["order"], lost["index"]
+    return out
+
+
+class Losses:
+    """Looks up what dedup took from each document of a batch."""
+
+    def __init__(self, losses: np.ndarray):
+        losses = np.sort(losses, order=("order", "index"))
+        self.orders = losses["order"]
+        self.indexes = losses["index"]
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+    def lookup(self, orders: Sequence[int]) -> list[dict | None]:
+        """Per document: None (untouched) or ``{"reason": str|None, "sentences": set[int]}``."""
+        out: list[dict | None] = [None] * len(orders)
+        if not len(self.orders) or not len(orders):
+            return out
+        wanted = np.asarray(orders, dtype=np.uint64)
+        left = np.searchsorted(self.orders, wanted, "left")
+        right = np.searchsorted(self.orders, wanted, "right")
+        for k in np.flatnonzero(right > left):
+            codes = self.indexes[left[k]:right[k]].tolist()
+            reason = None
+            if DOCUMENT in codes:
+                reason = DUPLICATE_DOCUMENT
+            elif NEAR in codes:
+                reason = NEAR_DUPLICATE_DOCUMENT
+            out[k] = {"reason": reason, "sentences": {c for c in codes if c >= 0}}
         return out
 
 
-def shard_of(bucket: str, num_shards: int) -> int:
-    return zlib.crc32(bucket.encode("utf-8")) % num_shards
-
-
-def bucket_batches(docs: Iterable[tuple[str, list[tuple[str, int]]]], num_shards: int):
-    """``(shard, [(bucket, doc_key, index), ...])`` for a batch of ``(doc_key, keys)``."""
-    shards: dict[int, list[tuple[str, str, int]]] = {}
-    for key, buckets in docs:
-        for bucket, index in buckets:
-            shards.setdefault(shard_of(bucket, num_shards), []).append((bucket, key, index))
-    return sorted(shards.items())
-
-
-def find_duplicates(entries: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
-    """Resolve buckets: ``doc_key -> {"reason": str|None, "sentences": set[int]}`` for every
-    document that loses in some bucket. The smallest ``(doc_key, index)`` of a bucket wins."""
-    holders: dict[str, list[tuple[str, int]]] = {}
-    for bucket, key, index in entries:
-        holders.setdefault(bucket, []).append((key, index))
-    losers: dict[str, dict] = {}
-    for bucket, held in holders.items():
-        if len(held) < 2:
-            continue
-        held.sort()
-        winner_key = held[0][0]
-        kind = bucket[0]
-        for key, index in held[1:]:
-            if kind == "s":
-                # a later copy inside the winner's own document is dropped as well
-                losers.setdefault(key, {"reason": None, "sentences": set()})["sentences"].add(index)
-            elif key != winner_key:
-                entry = losers.setdefault(key, {"reason": None, "sentences": set()})
-                reason = DUPLICATE_DOCUMENT if kind == "d" else NEAR_DUPLICATE_DOCUMENT
-                entry["reason"] = merge_reason(entry["reason"], reason)
-    return losers
-
-
-def merge_reason(a: str | None, b: str | None) -> str | None:
-    """An exact duplicate outranks a near duplicate (it is the more specific reason)."""
-    if DUPLICATE_DOCUMENT in (a, b):
-        return DUPLICATE_DOCUMENT
-    return a or b
-
-
-def merge_losers(parts: Iterable[dict]) -> dict:
-    merged = {"reason": None, "sentences": set()}
-    for part in parts:
-        merged["reason"] = merge_reason(merged["reason"], part["reason"])
-        merged["sentences"] |= set(part["sentences"])
-    return merged
-
-
 class DedupIndex:
-    """In-memory dedup for the plain loop and the dry run: add every document, then
-    ``resolve()`` once; the answer equals the Beam pipeline's for the same documents."""
+    """In-memory dedup for the plain loop and the dry run: add every document's entries,
+    then ``resolve()`` once; the answer equals the Beam pipeline's for the same documents.
+    Holds 20 bytes per entry, never the documents."""
 
     def __init__(self):
-        self.entries: list[tuple[str, str, int]] = []
+        self._parts: list[np.ndarray] = []
 
-    def add(self, key: str, buckets: list[tuple[str, int]]) -> None:
-        self.entries += [(bucket, key, index) for bucket, index in buckets]
+    def add(self, entries: np.ndarray) -> None:
+        if len(entries):
+            self._parts.append(entries)
 
-    def resolve(self) -> dict[str, dict]:
-        return find_duplicates(self.entries)
+    def resolve(self) -> Losses:
+        entries = np.concatenate(self._parts) if self._parts else np.empty(0, ENTRY)
+        self._parts = []
+        return Losses(losses_of(entries))

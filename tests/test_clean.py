@@ -242,6 +242,7 @@ def test_output_format_and_contents(dirty_run):
     _, out, stats = dirty_run
     assert not (out / "stale.txt").exists(), "the output directory is replaced as a whole"
     assert not [p for p in os.listdir(out.parent) if ".tmp-" in p], "no staging directory left behind"
+    assert "_dedup_tmp" not in os.listdir(out), "the documents waiting for dedup are removed"
     docs = _documents(out)
     assert len(docs) == stats["kept_records"]
     assert sum(len(d) for d in docs) == stats["sentences"]
@@ -302,7 +303,7 @@ def test_missing_input_fails_before_the_pipeline(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"normalization": "NFD"}, "normalization"),
     ({"sentence_splitter": "spacy"}, "sentence_splitter"),
-    ({"min_sentence_chars": 10, "max_sentence_chars": 5}, "sentence limits"),
+    ({"min_sentence_chars": 10, "max_sentence_chars": 5}, "min_sentence_chars"),
     ({"min_document_chars": -1}, "min_document_chars"),
 ])
 def test_bad_settings(tmp_path, kwargs, message):

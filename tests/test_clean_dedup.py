@@ -12,15 +12,29 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from corpus_beam.clean import CleanSettings, clean_in_process, run_clean
+from corpus_beam.clean import (
+    CleanSettings,
+    clean_in_process,
+    clean_settings,
+    read_document_batches,
+    run_clean,
+    write_document_batch,
+)
 from corpus_beam.dedup import (
+    DOCUMENT,
+    ENTRY,
+    DedupIndex,
     DedupKeys,
+    Losses,
     MinHasher,
-    find_duplicates,
     jaccard,
+    losses_of,
     lsh_params,
+    record_order,
+    shard_entries,
 )
 from corpus_beam.readers import FileReadSummary, infer_format, read_records, resolve_inputs
 from korlm import config as cfg
@@ -51,31 +65,57 @@ def test_minhash_estimates_jaccard_and_is_deterministic():
     assert abs(float((sig_base == sig_near).mean()) - true) < 0.12
     assert float((sig_base == sig_far).mean()) < 0.05
     keys = MinHasher(128, 3, 0.8)
-    assert set(keys.band_keys(BASE)) & set(keys.band_keys(near))
-    assert not set(keys.band_keys(BASE)) & set(keys.band_keys(far))
+    assert set(keys.band_hashes(BASE)) & set(keys.band_hashes(near))
+    assert not set(keys.band_hashes(BASE)) & set(keys.band_hashes(far))
 
 
-def test_find_duplicates_smallest_holder_wins_in_any_order():
+def test_duplicates_smallest_holder_wins_in_any_order_and_sharding():
     keys = DedupKeys(sentence_min_chars=5, near_min_words=10)
-    docs = {
-        "b\0001": ("같은 문서", ["같은 문장이 여기에 있다.", "다른 문장."]),
-        "a\0002": ("같은 문서", ["같은 문장이 여기에 있다.", "다른 문장."]),
-        "c\0003": ("다른 문서", ["같은 문장이 여기에 있다.", "새로운 문장입니다."]),
-        "d\0004": ("또 다른 문서", ["새로운 문장입니다.", "새로운 문장입니다."]),
+    docs = {  # (file rank, line): ("normalized text", sentences)
+        (1, 1): ("같은 문서", ["같은 문장이 여기에 있다.", "다른 문장."]),
+        (0, 2): ("같은 문서", ["같은 문장이 여기에 있다.", "다른 문장."]),
+        (2, 3): ("다른 문서", ["같은 문장이 여기에 있다.", "새로운 문장입니다."]),
+        (3, 4): ("또 다른 문서", ["새로운 문장입니다.", "새로운 문장입니다."]),
     }
-    entries = [(bucket, key, index) for key, (text, sents) in docs.items()
-               for bucket, index in keys.keys(text, sents)]
+    orders = {key: record_order(*key) for key in docs}
+    entries = keys.entries((orders[key], text, sents) for key, (text, sents) in docs.items())
+    assert entries.dtype == ENTRY and entries.itemsize == 20
     results = []
     for seed in range(5):
-        random.Random(seed).shuffle(entries)
-        results.append(find_duplicates(entries))
+        shuffled = entries[random.Random(seed).sample(range(len(entries)), len(entries))]
+        index = DedupIndex()
+        for _, part in shard_entries(shuffled, num_shards=seed + 1):  # any sharding, any order
+            index.add(part)
+        results.append(index.resolve().lookup([orders[k] for k in docs]))
     assert all(r == results[0] for r in results)
-    losers = results[0]
-    assert losers["b\0001"]["reason"] == "duplicate_document"  # "a..." sorts first
-    assert "a\0002" not in losers
-    assert losers["c\0003"] == {"reason": None, "sentences": {0}}
-    # d's first sentence loses to c's; its second is a repeat inside d itself
-    assert losers["d\0004"] == {"reason": None, "sentences": {0, 1}}
+    loss = dict(zip(docs, results[0], strict=True))
+    assert loss[(1, 1)]["reason"] == "duplicate_document"  # file rank 0 sorts first
+    assert loss[(0, 2)] is None
+    assert loss[(2, 3)] == {"reason": None, "sentences": {0}}
+    # (3, 4)'s first sentence loses to (2, 3)'s; its second is a repeat inside itself
+    assert loss[(3, 4)] == {"reason": None, "sentences": {0, 1}}
+    # a document order sorts like (path rank, line), beyond 32-bit line numbers
+    assert record_order(0, 2**39) < record_order(1, 0) < record_order(1, 1)
+
+
+def test_loss_lookup_merges_reasons():
+    entries = np.array([(7, 10, DOCUMENT), (7, 5, DOCUMENT), (9, 2, -2), (9, 10, -2), (3, 10, 0)], dtype=ENTRY)
+    losses = Losses(losses_of(entries))
+    assert losses.lookup([5, 10, 2]) == [None, {"reason": "duplicate_document", "sentences": set()}, None]
+    assert len(Losses(losses_of(entries[4:]))) == 0
+
+
+def test_document_shard_frames_round_trip(tmp_path):
+    batches = [{"input": "a", "path": "p", "rank": 0, "docs": [(1, ["문장 \udcff"], {}, {"url": 1})]},
+               {"input": "a", "path": "p", "rank": 0, "docs": []}]
+    with open(tmp_path / "s.bin", "wb") as f:
+        for b in batches:
+            write_document_batch(f, b)
+    with open(tmp_path / "s.bin", "rb") as f:
+        assert list(read_document_batches(f)) == batches
+    (tmp_path / "cut.bin").write_bytes((tmp_path / "s.bin").read_bytes()[:-3])
+    with open(tmp_path / "cut.bin", "rb") as f, pytest.raises(RuntimeError, match="truncated"):
+        list(read_document_batches(f))
 
 
 # ---------------------------------------------------------------- readers
@@ -221,6 +261,19 @@ def test_plain_loop_gives_the_same_answer(pii_run):
         d + "\n\n" for d in corpus.split("\n\n") if d.strip())
 
 
+def test_multi_worker_runner_gives_the_same_answer(tmp_path, pii_run):
+    # two workers: batches are reshuffled, dedup entries go through Beam's shuffle (not
+    # spilled files) and losses are routed back to more than one document file
+    root, inputs, stats = pii_run
+    multi = run_clean(inputs, str(tmp_path / "multi"), beam_options=[
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"], **SETTINGS)
+    assert {k: v for k, v in multi.items()} == stats
+    for pattern in ("part-*.txt", "rejected/*.jsonl"):
+        assert sorted(_texts(tmp_path / "multi", pattern).split("\n")) == sorted(
+            _texts(root / "out", pattern).split("\n"))
+    assert os.listdir(tmp_path / "multi") and "_dedup_tmp" not in os.listdir(tmp_path / "multi")
+
+
 def test_rejected_sampling(tmp_path, pii_run):
     root, inputs, stats = pii_run
     half = run_clean(inputs[:1], str(tmp_path / "half"), rejected_sample_rate=0.5, **SETTINGS)
@@ -246,16 +299,23 @@ def test_pii_drop_sentence_mode(tmp_path):
     ({"near_dedup_threshold": 1.0}, "near_dedup_threshold"),
     ({"max_document_chars": 5}, "max_document_chars"),
     ({"colour": 1}, "unknown clean option"),
+    ({"inputs": ["a.txt"]}, "unknown clean option"),
+    ({"pii_placeholder": "<{kind}{x}>"}, "pii_placeholder"),
 ])
 def test_bad_options(options, message):
     with pytest.raises(KorlmError, match=message):
-        CleanSettings.from_kwargs(**options)
+        clean_settings(**options)
 
 
-def test_config_section_matches_the_library():
-    section = cfg.CleanSection()
-    lib = {f for f in CleanSettings.__dataclass_fields__}
-    assert set(section.model_dump(exclude={"inputs", "beam_options"})) == lib
+def test_one_schema_for_config_and_library():
+    # the library's settings are the config section: one place for every default
+    assert CleanSettings is cfg.CleanSection
+    assert clean_settings() == cfg.CleanSection()
+    assert clean_settings(max_repeat=3, boilerplate_patterns=None).max_repeat == 3
+    with pytest.raises(KorlmError, match="clean.max_repeat"):
+        clean_settings(max_repeat=-1)
+    with pytest.raises(cfg.ConfigError, match="clean: boilerplate_patterns: not a valid regular"):
+        cfg.validate({"clean": {"boilerplate_patterns": ["(unclosed"]}})
     with pytest.raises(cfg.ConfigError, match="clean.max_repeat"):
         cfg.validate({"clean": {"max_repeat": -1}})
     with pytest.raises(cfg.ConfigError, match="clean.pii"):
