@@ -11,7 +11,8 @@
    directly, each in a fresh process, ``--repeat`` times alternating; prints each run's
    wall time, peak RSS and korlm's phase split, and the overhead ratio of the medians.
 3. Morpheme pre-tokenization (``korlm.morpheme.segment_batch``) throughput,
-   single process, in sentences/s and MB/s.
+   single process, in sentences/s and MB/s (a quick figure; the single-process vs
+   Beam 2-worker comparison is ``benchmarks/morpheme_throughput.py``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,18 @@ continuation (its first sub-token is looked up with the prefix), and the WordPie
 decoder glues ``##`` tokens to the previous one, so decoding restores the original
 eojeol spacing. Runs of whitespace collapse to one space (as every tokenizer here does).
 
-The vocab step, the pretraining-data step and fine-tuning all call :func:`segment` (via
-``korlm.tokenization``), so the three see identical text.
+SentencePiece vocabs use another form: the word-initial ``▁`` already marks where an
+eojeol starts, so morphemes inside an eojeol are joined by :data:`BOUNDARY`, a
+private-use character that the tokenizer splits on and drops::
+
+    "나는 학교에 갔다."  ->  "나\ue001는 학교\ue001에 갔\ue001다\ue001."
+
+SentencePiece is trained with ``pretokenization_delimiter=BOUNDARY`` (no piece crosses
+it) and ``tokenizer.json`` splits there after the ``▁`` split, so ``는`` is encoded as a
+word-internal piece and the Metaspace decoder restores ``나는``.
+
+The vocab step, the pretraining-data step and fine-tuning all call :func:`segment_batch`
+(via ``korlm.tokenization.KorlmTokenizer.prepare``), so the three see identical text.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ CONTINUATION = "##"
 # would otherwise split the literal "##" into punctuation symbols. A private-use char
 # that never survives cleaning's normalisation.
 TRAINING_MARK = "\ue000"
+# Morpheme boundary inside an eojeol, for SentencePiece vocabs (removed from the input
+# text first, so only segmentation puts it there).
+BOUNDARY = "\ue001"
 _EOJEOL = re.compile(r"\S+")
 _LOCK = threading.Lock()
 _KIWI = None
@@ -79,19 +92,33 @@ def _join(eojeols: list[list[str]], mark: str) -> str:
     return " ".join(" ".join([pieces[0], *(mark + p for p in pieces[1:])]) for pieces in eojeols)
 
 
-def segment_batch(texts: Iterable[str], mark: str = CONTINUATION) -> list[str]:
-    """Morpheme-segmented form of every text (see the module docstring)."""
+def _join_bounded(eojeols: list[list[str]], boundary: str) -> str:
+    return " ".join(boundary.join(pieces) for pieces in eojeols)
+
+
+def segment_batch(texts: Iterable[str], mark: str = CONTINUATION, boundary: str | None = None) -> list[str]:
+    """Morpheme-segmented form of every text (see the module docstring).
+
+    Default: WordPiece form, continuation morphemes as separate words prefixed ``mark``.
+    With ``boundary`` (SentencePiece form): morphemes of an eojeol joined by ``boundary``,
+    which is first removed from the input.
+    """
     texts = list(texts)
     if not texts:
         return []
+    if boundary is not None:
+        texts = [t.replace(boundary, "") for t in texts]
     analysed = _kiwi().tokenize(texts)
+    if boundary is not None:
+        return [_join_bounded(split_eojeols(text, tokens), boundary)
+                for text, tokens in zip(texts, analysed, strict=True)]
     return [_join(split_eojeols(text, tokens), mark) for text, tokens in zip(texts, analysed, strict=True)]
 
 
-def segment(text: str, mark: str = CONTINUATION) -> str:
-    return segment_batch([text], mark)[0]
+def segment(text: str, mark: str = CONTINUATION, boundary: str | None = None) -> str:
+    return segment_batch([text], mark, boundary)[0]
 
 
 def restore(segmented: str) -> str:
-    """The original text (up to whitespace runs) from :func:`segment`'s output."""
-    return re.sub(r" " + re.escape(CONTINUATION), "", segmented)
+    """The original text (up to whitespace runs) from :func:`segment`'s output (either form)."""
+    return re.sub(r" " + re.escape(CONTINUATION), "", segmented).replace(BOUNDARY, "")

@@ -3,9 +3,15 @@
 Algorithms: ``wordpiece`` (Hugging Face ``tokenizers`` trainer) and
 ``sentencepiece-unigram`` / ``sentencepiece-bpe`` (the ``sentencepiece`` trainer, mirrored
 into an equivalent ``tokenizer.json``). Pre-tokenizers: ``none`` or ``morpheme`` (Kiwi,
-see ``korlm.morpheme``). BERT's special tokens sit at fixed ids [PAD]=0 [UNK]=1 [CLS]=2
-[SEP]=3 [MASK]=4 in every variant. No lowercasing and no accent stripping: accent
-stripping runs NFD, which decomposes every Hangul syllable into jamo.
+see ``korlm.morpheme``), for every algorithm. Special tokens sit at fixed ids in every
+variant: BERT's [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (``special_tokens="bert"``) or
+BART/RoBERTa's <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4 (``"bart"``). No lowercasing and
+no accent stripping: accent stripping runs NFD, which decomposes every Hangul syllable
+into jamo.
+
+SentencePiece unigram scores are rounded to a dyadic grid so that sentencepiece (float32)
+and ``tokenizers`` (float64) add them exactly and pick the same segmentation
+(:func:`quantize_unigram_scores`).
 
 Character coverage (``coverage="full"``, the default): every Hangul syllable (all
 11,172), the modern conjoining jamo, the compatibility jamo and printable ASCII encode
@@ -46,7 +52,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from korlm import storage
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 from korlm.text import count_eojeol
 
 _LOG = logging.getLogger(__name__)
@@ -54,8 +60,16 @@ _LOG = logging.getLogger(__name__)
 ALGORITHMS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
 PRE_TOKENIZERS = ("none", "morpheme")
 COVERAGES = ("full", "corpus")
-SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+# Special tokens by model family, role -> token in id order (ids 0-4): BERT's, and
+# fairseq / Hugging Face RoBERTa and BART's (<s> plays cls, </s> plays sep).
+SPECIAL_TOKEN_FAMILIES = {
+    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "bart": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+}
+# The BERT family (the default); family-aware code uses special_tokens(family).
+SPECIAL_TOKENS = SPECIAL_TOKEN_FAMILIES["bert"]
 SPECIAL_TOKEN_IDS = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
+_ALL_SPECIAL = {t for family in SPECIAL_TOKEN_FAMILIES.values() for t in family.values()}
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 SPM_FILE = "spm.model"
@@ -71,6 +85,18 @@ CONJOINING_JAMO = [chr(c) for c in (*range(0x1100, 0x1113), *range(0x1161, 0x117
 COMPATIBILITY_JAMO = [chr(c) for c in range(0x3131, 0x318F)]
 PRINTABLE_ASCII = [chr(c) for c in range(0x21, 0x7F)]
 COVERAGE_ALPHABET = CONJOINING_JAMO + COMPATIBILITY_JAMO + PRINTABLE_ASCII
+
+
+def special_tokens(family: str) -> dict[str, str]:
+    """Role (pad, unk, cls, sep, mask) -> token of a special-token family, in id order."""
+    if family not in SPECIAL_TOKEN_FAMILIES:
+        raise KorlmError(f"special_tokens {family!r} is unknown; choose one of {', '.join(SPECIAL_TOKEN_FAMILIES)}")
+    return SPECIAL_TOKEN_FAMILIES[family]
+
+
+def special_token_ids(family: str) -> dict[str, int]:
+    """Role -> id of a special-token family (its tokens sit at ids 0-4 in every variant)."""
+    return {role: i for i, role in enumerate(special_tokens(family))}
 
 
 # --------------------------------------------------------------------------- corpus
@@ -177,15 +203,15 @@ def sample_sentences(corpus_dir: str, *, max_sentences: int | None = None, max_b
 
 
 def _check_args(algorithm: str, pre_tokenizer: str, vocab_size: int, min_frequency: int,
-                max_sentences: int | None, max_bytes: int | None, heldout_every: int, coverage: str) -> None:
+                max_sentences: int | None, max_bytes: int | None, heldout_every: int, coverage: str,
+                family: str = "bert") -> None:
+    special_tokens(family)
     if algorithm not in ALGORITHMS:
         raise KorlmError(f"algorithm {algorithm!r} is unknown; choose one of {', '.join(ALGORITHMS)}")
     if pre_tokenizer not in PRE_TOKENIZERS:
         raise KorlmError(f"pre_tokenizer {pre_tokenizer!r} is unknown; choose one of {', '.join(PRE_TOKENIZERS)}")
     if coverage not in COVERAGES:
         raise KorlmError(f"coverage {coverage!r} is unknown; choose one of {', '.join(COVERAGES)}")
-    if algorithm != "wordpiece" and pre_tokenizer == "morpheme":
-        raise NotBuiltError(f"{algorithm} over morphemes", 4)
     if vocab_size <= len(SPECIAL_TOKENS):
         raise KorlmError(
             f"vocab_size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} special tokens; use e.g. 8000")
@@ -237,10 +263,10 @@ def jamo_fallback_map(vocab) -> dict[str, str]:
             if s not in vocab or CONTINUATION + s not in vocab}
 
 
-def _protobuf_fields(buf: bytes):
-    """(field number, bytes or None) of a serialized protobuf message; enough to read a
-    field of sentencepiece's ModelProto without its generated module (whose protobuf
-    runtime pin conflicts with TensorFlow's)."""
+def _protobuf_spans(buf: bytes):
+    """(field number, wire type, start, payload start, end) of each field of a serialized
+    protobuf message: enough to read and rewrite sentencepiece's ModelProto without its
+    generated module (whose protobuf runtime pin conflicts with TensorFlow's)."""
     i = 0
 
     def varint():
@@ -255,20 +281,99 @@ def _protobuf_fields(buf: bytes):
                 return value
 
     while i < len(buf):
+        start = i
         key = varint()
         number, wire = key >> 3, key & 7
         if wire == 0:
+            payload = i
             varint()
-            yield number, None
         elif wire == 2:
             n = varint()
-            yield number, buf[i:i + n]
+            payload = i
             i += n
         elif wire in (1, 5):
+            payload = i
             i += 8 if wire == 1 else 4
-            yield number, None
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, start, payload, i
+
+
+def _protobuf_fields(buf: bytes):
+    """(field number, bytes of a length-delimited field or None) of a serialized message."""
+    for number, wire, _, payload, end in _protobuf_spans(buf):
+        yield number, (buf[payload:end] if wire == 2 else None)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+# Unigram piece scores are rounded to this grid (see quantize_unigram_scores).
+SCORE_GRID = 2.0 ** -8
+
+
+def quantize_unigram_scores(blob: bytes, grid: float = SCORE_GRID) -> bytes:
+    """The SentencePiece model ``blob`` with every piece score rounded to a multiple of ``grid``.
+
+    Why: the Viterbi search of sentencepiece (C++, tf-text) adds float32 scores along the
+    whole string it is given, ``tokenizers`` (Rust) adds float64 scores word by word.
+    Float addition is not associative, so two segmentations with the same pieces in
+    another order (runs like ``ㅋㅋㅋㅋㅋ`` = ``ㅋㅋㅋ``+``ㅋㅋ`` or ``ㅋㅋ``+``ㅋㅋㅋ``)
+    compare as unequal, in a different direction in each library: 1.4% of news comments
+    got different ids before. On a dyadic grid with scores of small magnitude every
+    partial sum is exact in float32 (while |sum| < 2**24 * grid = 65,536, thousands of
+    pieces) and in float64, so both compare the same numbers, and both break exact ties
+    by the same rule (strict ``>`` while the start position grows: of equal-scoring
+    paths to a position, the one whose last piece starts earliest wins; sentencepiece's
+    ``unigram_model.cc`` and ``tokenizers``' ``encode_optimized``). The graph tokenizer
+    feeds sentencepiece one word at a time, so the bound is per word, not per text (a
+    whole 89,532-character text, 58,578 pieces, diverged after a running sum of
+    -279,549 when fed at once). The rounding moves a score by at most 0.002 nats.
+    """
+    import struct
+
+    out = bytearray()
+    for number, _, start, payload, end in _protobuf_spans(blob):
+        if number != 1:  # ModelProto.pieces
+            out += blob[start:end]
+            continue
+        piece = blob[payload:end]
+        fields = bytearray()
+        for pnumber, pwire, pstart, ppayload, pend in _protobuf_spans(piece):
+            if pnumber == 2 and pwire == 5:  # SentencePiece.score (float)
+                (score,) = struct.unpack("<f", piece[ppayload:pend])
+                fields += piece[pstart:ppayload] + struct.pack("<f", round(score / grid) * grid)
+            else:
+                fields += piece[pstart:pend]
+        out += _length_delimited(1, bytes(fields))
+    return bytes(out)
+
+
+def spm_without_dummy_prefix(blob: bytes) -> bytes:
+    """The SentencePiece model ``blob`` with ``normalizer_spec.add_dummy_prefix = false``:
+    encodes a continuation morpheme without the word-initial ``▁``."""
+    out = bytearray()
+    for number, _, start, payload, end in _protobuf_spans(blob):
+        if number != 3:  # ModelProto.normalizer_spec
+            out += blob[start:end]
+            continue
+        spec = blob[payload:end]
+        fields = b"".join(spec[s:e] for n, _, s, _, e in _protobuf_spans(spec) if n != 3)
+        out += _length_delimited(3, fields + _varint(3 << 3 | 0) + _varint(0))  # add_dummy_prefix = false
+    return bytes(out)
 
 
 def compile_charsmap(mapping: dict[str, str]) -> bytes:
@@ -301,7 +406,7 @@ def _fit_vocab(tokens: list[str], required: list[str], size: int) -> list[str]:
         drop = len(tokens) - room
         keep = []
         for token in reversed(tokens):
-            if drop and len(token.removeprefix(CONTINUATION)) > 1 and token not in SPECIAL_TOKEN_IDS:
+            if drop and len(token.removeprefix(CONTINUATION)) > 1 and token not in _ALL_SPECIAL:
                 drop -= 1
                 continue
             keep.append(token)
@@ -323,7 +428,7 @@ def _bound_alphabet(tokens: list[str], train: list[str], budget: int) -> tuple[l
         return 2 * len(chars | set(COVERAGE_ALPHABET))
 
     chars = {t.removeprefix(CONTINUATION) for t in tokens if len(t.removeprefix(CONTINUATION)) == 1
-             and t not in SPECIAL_TOKEN_IDS}
+             and t not in _ALL_SPECIAL}
     if alphabet_size(chars) <= budget:
         return tokens, set()
     freq = Counter(c for sentence in train for c in sentence)
@@ -333,14 +438,16 @@ def _bound_alphabet(tokens: list[str], train: list[str], budget: int) -> tuple[l
             break
         chars.discard(c)
         evicted.add(c)
-    return [t for t in tokens if t in SPECIAL_TOKEN_IDS or not evicted.intersection(t)], evicted
+    return [t for t in tokens if t in _ALL_SPECIAL or not evicted.intersection(t)], evicted
 
 
 def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, min_frequency: int,
-                     coverage: str) -> tuple[object, dict]:
+                     coverage: str, family: str = "bert") -> tuple[object, dict]:
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 
     from korlm import morpheme
+
+    specials = special_tokens(family)
 
     texts = train
     if pre_tokenizer == "morpheme":
@@ -350,12 +457,12 @@ def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, m
         texts = morpheme.segment_batch([t.replace(mark, "") for t in train], mark=mark)
 
     def learn(size: int, texts: list[str], nfc: bool = True) -> list[str]:
-        tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"],
+        tokenizer = Tokenizer(models.WordPiece(unk_token=specials["unk"],
                                                continuing_subword_prefix=CONTINUATION, max_input_chars_per_word=100))
         tokenizer.normalizer = normalizers.Sequence(_bert_normalizers()[0 if nfc else 1:])
         tokenizer.pre_tokenizer = wordpiece_pre_tokenizer(pre_tokenizer)
         trainer = trainers.WordPieceTrainer(
-            vocab_size=size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS.values()),
+            vocab_size=size, min_frequency=min_frequency, special_tokens=list(specials.values()),
             continuing_subword_prefix=CONTINUATION, show_progress=False,
             initial_alphabet=COVERAGE_ALPHABET if coverage == "full" else [])
         tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
@@ -389,11 +496,11 @@ def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, m
         learned = learn(size, [unicodedata.normalize("NFC", t).translate(table) for t in texts], nfc=False)
         tokens, required, more = fit(learned)
         evicted |= more
-    if tokens[:len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS.values()):
+    if tokens[:len(specials)] != list(specials.values()):
         raise RuntimeError(f"special tokens are not at ids 0-4: {tokens[:5]}")
 
     vocab = {t: i for i, t in enumerate(tokens)}
-    final = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix=CONTINUATION,
+    final = Tokenizer(models.WordPiece(vocab, unk_token=specials["unk"], continuing_subword_prefix=CONTINUATION,
                                        max_input_chars_per_word=100))
     steps = _bert_normalizers()
     fallback = jamo_fallback_map(vocab) if coverage == "full" else {}
@@ -402,8 +509,8 @@ def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, m
     final.normalizer = normalizers.Sequence(steps)
     final.pre_tokenizer = wordpiece_pre_tokenizer(pre_tokenizer)
     final.decoder = decoders.WordPiece(prefix=CONTINUATION)
-    final.add_special_tokens(list(SPECIAL_TOKENS.values()))
-    _set_bert_post_processor(final)
+    final.add_special_tokens(list(specials.values()))
+    _set_post_processor(final, family)
     how = {
         "method": "corpus alphabet only" if coverage == "corpus" else
         "initial alphabet (jamo, compatibility jamo, printable ASCII in both word-initial and ## forms); "
@@ -418,26 +525,47 @@ def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, m
     return final, how
 
 
-def _set_bert_post_processor(tokenizer) -> None:
+def _set_post_processor(tokenizer, family: str) -> None:
+    """BERT: ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` (B with type id 1); BART/RoBERTa:
+    ``<s> A </s>`` / ``<s> A </s></s> B </s>`` (type ids all 0, as RobertaProcessing)."""
     from tokenizers import processors
 
-    cls, sep = SPECIAL_TOKENS["cls"], SPECIAL_TOKENS["sep"]
+    roles, ids = special_tokens(family), special_token_ids(family)
+    cls, sep = roles["cls"], roles["sep"]
+    pair = f"{cls} $A {sep} $B:1 {sep}:1" if family == "bert" else f"{cls} $A {sep} {sep} $B {sep}"
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, SPECIAL_TOKEN_IDS[cls]), (sep, SPECIAL_TOKEN_IDS[sep])],
-    )
+        single=f"{cls} $A {sep}", pair=pair, special_tokens=[(cls, ids["cls"]), (sep, ids["sep"])])
 
 
 # --------------------------------------------------------------------------- sentencepiece
 
 
-def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, coverage: str) -> tuple[bytes, object,
-                                                                                                       dict]:
+def _spm_special_args(family: str) -> dict:
+    """sentencepiece trainer arguments putting the family's special tokens at ids 0-4:
+    pad and unk at their ids, the other three as user-defined symbols, which the trainer
+    assigns to the free ids in order (and matches in text, as ``tokenizers`` does)."""
+    roles, ids = special_tokens(family), special_token_ids(family)
+    return {"pad_id": ids["pad"], "pad_piece": roles["pad"], "unk_id": ids["unk"], "unk_piece": roles["unk"],
+            "bos_id": -1, "eos_id": -1,
+            "user_defined_symbols": [t for role, t in roles.items() if role not in ("pad", "unk")]}
+
+
+def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, coverage: str,
+                         pre_tokenizer: str = "none", family: str = "bert") -> tuple[bytes, object, dict]:
     import sentencepiece as spm
 
+    from korlm import morpheme
+
     model = io.BytesIO()
-    texts = [unicodedata.normalize("NFC", t) for t in train]
+    extra = {}
+    if pre_tokenizer == "morpheme":
+        # Morphemes of an eojeol joined by BOUNDARY: a hard boundary for the trainer,
+        # removed from the pieces (see korlm.morpheme).
+        texts = [unicodedata.normalize("NFC", t)
+                 for t in morpheme.segment_batch(train, boundary=morpheme.BOUNDARY)]
+        extra["pretokenization_delimiter"] = morpheme.BOUNDARY
+    else:
+        texts = [unicodedata.normalize("NFC", t) for t in train]
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
@@ -445,9 +573,7 @@ def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, c
             # identity: no NFKC (it would fold full-width forms and compatibility jamo);
             # NFC is applied before training and by the tokenizer's normalizer.
             normalization_rule_name="identity", character_coverage=0.9995,
-            byte_fallback=coverage == "full", pad_id=0, pad_piece=SPECIAL_TOKENS["pad"], unk_id=1,
-            unk_piece=SPECIAL_TOKENS["unk"], bos_id=-1, eos_id=-1,
-            user_defined_symbols=[SPECIAL_TOKENS["cls"], SPECIAL_TOKENS["sep"], SPECIAL_TOKENS["mask"]],
+            byte_fallback=coverage == "full", **_spm_special_args(family), **extra,
             input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
             max_sentence_length=1 << 16, train_extremely_large_corpus=False, minloglevel=2)
     except RuntimeError as exc:
@@ -457,27 +583,37 @@ def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, c
                              "lower vocab_size or add text") from None
         raise
     blob = model.getvalue()
-    return blob, sentencepiece_hf_tokenizer(blob, algorithm), {
+    if algorithm == "sentencepiece-unigram":
+        blob = quantize_unigram_scores(blob)
+    return blob, sentencepiece_hf_tokenizer(blob, algorithm, family=family, pre_tokenizer=pre_tokenizer), {
         "method": "sentencepiece byte_fallback: characters outside the pieces encode as UTF-8 byte pieces"
         if coverage == "full" else "corpus alphabet only (character_coverage 0.9995)",
         "guaranteed": ["any unicode text (bytes)"] if coverage == "full" else [],
     }
 
 
-def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str):
-    """The ``tokenizers`` equivalent of a SentencePiece model trained by :func:`build_vocab`."""
+def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str, *, family: str = "bert", pre_tokenizer: str = "none"):
+    """The ``tokenizers`` equivalent of a SentencePiece model trained by :func:`build_vocab`.
+
+    Morpheme vocabs: after the ``▁`` split, words are split at ``morpheme.BOUNDARY`` (and
+    it is dropped), so no piece crosses a morpheme boundary and a continuation morpheme
+    is encoded without ``▁``.
+    """
     import sentencepiece as spm
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+    from korlm import morpheme
+
+    specials = special_tokens(family)
     sp = spm.SentencePieceProcessor(model_proto=blob)
     pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     byte_fallback = any(sp.is_byte(i) for i in range(sp.get_piece_size()))
     if algorithm == "sentencepiece-unigram":
-        model = models.Unigram(pieces, unk_id=SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]], byte_fallback=byte_fallback)
+        model = models.Unigram(pieces, unk_id=special_token_ids(family)["unk"], byte_fallback=byte_fallback)
     else:
         vocab = {p: i for i, (p, _) in enumerate(pieces)}
         normal = {p: s for i, (p, s) in enumerate(pieces) if sp.is_unknown(i) is False and not sp.is_byte(i)
-                  and not sp.is_control(i) and p not in SPECIAL_TOKEN_IDS}
+                  and not sp.is_control(i) and p not in _ALL_SPECIAL}
         merges = []
         for piece, score in normal.items():
             for k in range(1, len(piece)):
@@ -485,16 +621,19 @@ def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str):
                 if left in normal and right in normal:
                     merges.append((score, vocab[left], vocab[right], left, right))
         merges.sort(key=lambda m: (-m[0], m[1], m[2]))
-        model = models.BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=SPECIAL_TOKENS["unk"], fuse_unk=True,
+        model = models.BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=specials["unk"], fuse_unk=True,
                            byte_fallback=byte_fallback)
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.Sequence([
         normalizers.NFC(), normalizers.Replace(Regex(" {2,}"), " "), normalizers.Replace(Regex("^ | $"), "")])
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    if pre_tokenizer == "morpheme":
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            tokenizer.pre_tokenizer, pre_tokenizers.Split(morpheme.BOUNDARY, behavior="removed")])
     tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(),
                                            decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS.values()))
-    _set_bert_post_processor(tokenizer)
+    tokenizer.add_special_tokens(list(specials.values()))
+    _set_post_processor(tokenizer, family)
     return tokenizer
 
 
@@ -506,7 +645,7 @@ def heldout_metrics(tokenizer, sentences: list[str]) -> dict:
     ``korlm.tokenization.KorlmTokenizer``) on ``sentences``."""
     if not sentences:
         return {"unk_rate": None, "tokens_per_eojeol": None, "coverage": None}
-    unk_id = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]]
+    unk_id = tokenizer.special_token_ids()["unk"]
     tokens = unks = 0
     for ids in tokenizer.encode_ids(sentences):
         tokens += len(ids)
@@ -525,15 +664,22 @@ def heldout_metrics(tokenizer, sentences: list[str]) -> dict:
 # --------------------------------------------------------------------------- files
 
 
-def _transformers_files(staging: str, algorithm: str, pre_tokenizer: str) -> None:
-    special = {f"{name}_token": token for name, token in SPECIAL_TOKENS.items()}
+def _transformers_files(staging: str, algorithm: str, pre_tokenizer: str, family: str = "bert") -> None:
+    roles = special_tokens(family)
+    special = {f"{name}_token": token for name, token in roles.items()}
+    if family == "bart":
+        special.update(bos_token=roles["cls"], eos_token=roles["sep"])
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": MODEL_MAX_LENGTH,
         "do_lower_case": False,
         "clean_up_tokenization_spaces": False,
-        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+        # RoBERTa/BART take no token type ids.
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"] if family == "bert"
+        else ["input_ids", "attention_mask"],
         **special,
+        # Read by korlm.tokenization: which role each special token plays.
+        "korlm_special_tokens": family,
     }
     if pre_tokenizer != "none":
         # Read by korlm.tokenization: the text must be segmented before tokenizer.json sees it.
@@ -554,18 +700,21 @@ def build_vocab(
     max_bytes: int | None = None,
     heldout_every: int = 20,
     coverage: str = "full",
+    special_tokens: str = "bert",
 ) -> dict:
     """Train a tokenizer on ``corpus_dir`` (clean's output) into ``output_dir``; return vocab_stats.
 
     Held-out sentences (one in ``heldout_every`` by a hash of the text; 0 disables) are
     never trained on and give ``unk_rate``, ``tokens_per_eojeol`` and ``coverage``.
     ``max_sentences`` / ``max_bytes`` bound the training sample (deterministic hash
-    sample, see :func:`sample_sentences`). Writes tokenizer.json, vocab.txt (WordPiece)
+    sample, see :func:`sample_sentences`). ``special_tokens``: ``bert`` ([PAD] [UNK] [CLS]
+    [SEP] [MASK] at ids 0-4) or ``bart`` (<s> <pad> </s> <unk> <mask>, fairseq order). Writes tokenizer.json, vocab.txt (WordPiece)
     or spm.model (SentencePiece), tokenizer_config.json, special_tokens_map.json and
     vocab_stats.json atomically.
     """
+    family = special_tokens
     _check_args(algorithm, pre_tokenizer, vocab_size, min_frequency, max_sentences, max_bytes, heldout_every,
-                coverage)
+                coverage, family)
     if not storage.isdir(corpus_dir):
         raise KorlmError(f"corpus {corpus_dir!r} is not a directory; pass the output directory of `korlm clean`")
     if not corpus_files(corpus_dir):
@@ -597,19 +746,20 @@ def build_vocab(
     spm_blob = None
     if algorithm == "wordpiece":
         hf, how = _train_wordpiece(train, pre_tokenizer=pre_tokenizer, vocab_size=vocab_size,
-                                   min_frequency=min_frequency, coverage=coverage)
+                                   min_frequency=min_frequency, coverage=coverage, family=family)
     else:
         spm_blob, hf, how = _train_sentencepiece(train, algorithm=algorithm, vocab_size=vocab_size,
-                                                 coverage=coverage)
+                                                 coverage=coverage, pre_tokenizer=pre_tokenizer, family=family)
     trained_at = time.monotonic()
 
     from korlm.tokenization import KorlmTokenizer
 
-    tokenizer = KorlmTokenizer(hf, pre_tokenizer)
+    tokenizer = KorlmTokenizer(hf, pre_tokenizer, special_tokens=family)
     by_id = sorted(hf.get_vocab().items(), key=lambda item: item[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise RuntimeError("trained vocabulary ids are not contiguous")
-    for token, expected in SPECIAL_TOKEN_IDS.items():
+    roles = SPECIAL_TOKEN_FAMILIES[family]
+    for token, expected in ((roles[role], i) for role, i in special_token_ids(family).items()):
         if hf.token_to_id(token) != expected:
             raise RuntimeError(f"special token {token} got id {hf.token_to_id(token)}, expected {expected}")
     metrics = heldout_metrics(tokenizer, heldout)
@@ -633,7 +783,8 @@ def build_vocab(
         "build_seconds": round(time.monotonic() - started, 3),
         "seconds": {"read_and_sample": round(sampled_at - started, 3), "train": round(trained_at - sampled_at, 3),
                     "measure": round(time.monotonic() - trained_at, 3)},
-        "special_tokens": {name: SPECIAL_TOKEN_IDS[token] for name, token in SPECIAL_TOKENS.items()},
+        "special_tokens_family": family,
+        "special_tokens": special_token_ids(family),
         "vocab_hash": hashlib.sha256(vocab_txt.encode("utf-8")).hexdigest(),
     }
     if pre_tokenizer == "morpheme":
@@ -647,7 +798,7 @@ def build_vocab(
         else:
             with storage.open_file(storage.join(staging, SPM_FILE), "wb") as f:
                 f.write(spm_blob)
-        _transformers_files(staging, algorithm, pre_tokenizer)
+        _transformers_files(staging, algorithm, pre_tokenizer, family)
         storage.write_text(storage.join(staging, STATS_FILE), json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     _LOG.info("vocab: %d tokens from %d sentences, held-out unk_rate %s, %.1f s", len(by_id), len(train),
               metrics["unk_rate"], stats["build_seconds"])

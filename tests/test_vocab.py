@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 from korlm.vocab import build_vocab, iter_sentences, load_tokenizer, vocab_hash
 
 SAMPLE_REVIEWS = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw", "movie_reviews.tsv")
@@ -149,8 +149,8 @@ def test_errors(corpus, tmp_path):
         build_vocab(str(corpus), str(tmp_path / "t7"), vocab_size=300)
     with pytest.raises(KorlmError, match="too small for vocab_size 200000"):
         build_vocab(str(corpus), str(tmp_path / "t8"), vocab_size=200_000)
-    with pytest.raises(NotBuiltError, match="#4"):
-        build_vocab(str(corpus), str(tmp_path / "t9"), algorithm="sentencepiece-bpe", pre_tokenizer="morpheme")
+    with pytest.raises(KorlmError, match="special_tokens 'gpt' is unknown"):
+        build_vocab(str(corpus), str(tmp_path / "t9"), special_tokens="gpt")
     with pytest.raises(KorlmError, match="coverage"):
         build_vocab(str(corpus), str(tmp_path / "t9"), coverage="some")
     with pytest.raises(KorlmError, match="no tokenizer.json"):
