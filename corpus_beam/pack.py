@@ -5,16 +5,20 @@ Pipeline::
     part files ─ ReadDocuments ─ Reshuffle ─ TokenizeAndPack ─ Partition(shard) ─┬─ SortShard i ─ WriteToTFRecord(train-i-of-N)
                                                   └── counts ─ CombineGlobally ─ metadata.json
 
-Packing is FULL-SENTENCES style within a document: a document's sentences are packed
-greedily, in order, into examples ``[CLS] s1 s2 ... [SEP]`` of at most ``max_seq_length``
-tokens; a sentence never spans two examples, and a single sentence longer than
-``max_seq_length - 2`` is truncated (the cut tokens are counted in metadata).
-Examples carry one feature, ``input_ids`` (int64 list, variable length, no padding);
-masking happens at training time.
+``TokenizeAndPack`` takes a batch of documents (up to 256 documents of one part file),
+tokenizes every sentence with the vocab's ``KorlmTokenizer`` (morpheme segmentation first
+for a morpheme vocab), packs by ``packing`` (``full-sentences`` | ``doc-sentences`` |
+``segment-pair`` | ``span``; see ``korlm.packing``, which also documents truncation),
+optionally masks statically (``dupe_factor`` packings of each batch with different
+masks), and writes one unpadded ``tf.train.Example`` per packed example (features in
+``docs/pretrain_data.md``). ``full-sentences`` examples and random NSP segments cross
+documents only within a batch.
 
 Order is deterministic for a given corpus and seed: each example gets a key hashed from
-(seed, part file name, document index, example index); the key picks the shard, and
-each shard is sorted by key before it is written, so the seed also fixes the shuffle.
+(seed, part file name, document or batch index, example index, dupe); the key picks the
+shard, and each shard is sorted by key before it is written, so the seed also fixes the
+shuffle. The same key seeds the example's static mask (and the document's key its
+segment-pair randomness).
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from corpus_beam.clean import beam_counters, pipeline_options
+from korlm import packing as pk
 from korlm import storage, tokenization
-from korlm.errors import KorlmError, NotBuiltError
-from korlm.vocab import SPECIAL_TOKENS, corpus_files, vocab_hash
+from korlm.errors import KorlmError
+from korlm.pretrain_data_check import verify_shards
+from korlm.vocab import corpus_files, vocab_hash
 
 _LOG = logging.getLogger(__name__)
 
-OBJECTIVES = ("mlm", "bart")
+OBJECTIVES = pk.OBJECTIVES
 FEATURE = "input_ids"
 COUNTS_TAG = "counts"
+__all__ = ["run_pretrain_data", "verify_shards", "split_documents", "pack_document", "shard_name"]
 
 
 def shard_name(index: int, num_shards: int) -> str:
@@ -46,7 +53,8 @@ def shard_name(index: int, num_shards: int) -> str:
 
 def pack_document(sentence_ids: list[list[int]], max_seq_length: int, cls_id: int,
                   sep_id: int) -> tuple[list[list[int]], int]:
-    """Greedy FULL-SENTENCES packing of one document; returns (examples, truncated tokens)."""
+    """``doc-sentences`` packing of one document's token ids (plain lists); returns
+    (examples, truncated tokens). The list form of ``korlm.packing`` for one document."""
     budget = max_seq_length - 2
     examples: list[list[int]] = []
     current: list[int] = []
@@ -82,8 +90,11 @@ def split_documents(text: str) -> list[list[str]]:
     return documents
 
 
-def example_key(seed: int, file_name: str, document: int, example: int) -> bytes:
-    return hashlib.blake2b(f"{seed}\t{file_name}\t{document}\t{example}".encode(), digest_size=12).digest()
+def example_key(seed: int, file_name: str, document: int | str, example: int, dupe: int = 0) -> bytes:
+    """The example's sort/shard/mask key; ``document`` is ``"batch<first document>"`` for
+    full-sentences examples, which belong to a batch rather than one document."""
+    text = f"{seed}\t{file_name}\t{document}\t{example}" + (f"\t{dupe}" if dupe else "")
+    return hashlib.blake2b(text.encode(), digest_size=12).digest()
 
 
 class ReadDocuments(beam.DoFn):
@@ -115,51 +126,109 @@ class TokenizeAndPack(beam.DoFn):
     """Document batch -> ``(shard, (key, serialized tf.train.Example))``; side output
     ``counts`` with one dict of totals per batch."""
 
-    def __init__(self, tokenizer_json: str, max_seq_length: int, seed: int, num_shards: int):
+    def __init__(self, tokenizer_json: str, settings: pk.PackSettings, seed: int, num_shards: int):
         self.tokenizer_json = tokenizer_json
-        self.max_seq_length = max_seq_length
+        self.settings = settings
         self.seed = seed
         self.num_shards = num_shards
 
     def setup(self):
-        import tensorflow as tf
-
-        self.tf = tf
-        # KorlmTokenizer.to_json: tokenizer.json plus its pre-tokenizer (morpheme vocabs).
-        self.tokenizer = tokenization.KorlmTokenizer.from_json(self.tokenizer_json)
-        self.cls_id = self.tokenizer.token_to_id(SPECIAL_TOKENS["cls"])
-        self.sep_id = self.tokenizer.token_to_id(SPECIAL_TOKENS["sep"])
+        self.packer = ExamplePacker(tokenization.KorlmTokenizer.from_json(self.tokenizer_json), self.settings,
+                                    self.seed)
         self.examples_counter = beam.metrics.Metrics.counter("korlm.pretrain_data", "examples")
         self.truncated_counter = beam.metrics.Metrics.counter("korlm.pretrain_data", "truncated_tokens")
 
-    def _serialize(self, ids: list[int]) -> bytes:
-        tf = self.tf
-        feature = tf.train.Feature(int64_list=tf.train.Int64List(value=ids))
-        return tf.train.Example(features=tf.train.Features(feature={FEATURE: feature})).SerializeToString()
-
     def process(self, batch):
-        documents = batch["documents"]
-        flat = [s for doc in documents for s in doc]
-        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=False)
-        counts = {"documents": len(documents), "sentences": len(flat), "examples": 0, "tokens": 0,
-                  "truncated_tokens": 0, "example_tokens": 0, "per_shard": [0] * self.num_shards}
-        i = 0
-        for offset, doc in enumerate(documents):
-            ids = [encodings[j].ids for j in range(i, i + len(doc))]
-            i += len(doc)
-            examples, truncated = pack_document(ids, self.max_seq_length, self.cls_id, self.sep_id)
-            counts["truncated_tokens"] += truncated
-            for n, example in enumerate(examples):
-                key = example_key(self.seed, batch["file"], batch["start"] + offset, n)
-                shard = int.from_bytes(key[:4], "big") % self.num_shards
-                counts["examples"] += 1
-                counts["per_shard"][shard] += 1
-                counts["tokens"] += len(example) - 2
-                counts["example_tokens"] += len(example)
-                yield shard, (key, self._serialize(example))
+        counts = new_counts(self.num_shards)
+        for key, serialized in self.packer.pack(batch, counts):
+            shard = int.from_bytes(key[:4], "big") % self.num_shards
+            counts["per_shard"][shard] += 1
+            yield shard, (key, serialized)
         self.examples_counter.inc(counts["examples"])
         self.truncated_counter.inc(counts["truncated_tokens"])
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, counts)
+
+
+def new_counts(num_shards: int) -> dict:
+    return {"documents": 0, "sentences": 0, "input_tokens": 0, "examples": 0, "tokens": 0,
+            "truncated_tokens": 0, "random_next_tokens": 0, "example_tokens": 0, "next_sentence_random": 0,
+            "nsp_without_other_document": 0, "masked_tokens": 0, "maskable_tokens": 0,
+            "per_shard": [0] * num_shards}
+
+
+class ExamplePacker:
+    """Tokenize, pack, mask and serialize a batch of documents (the work of ``TokenizeAndPack``,
+    callable without Beam for the benchmark)."""
+
+    def __init__(self, tokenizer: tokenization.KorlmTokenizer, settings: pk.PackSettings, seed: int):
+        import numpy as np
+
+        self.np = np
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.seed = seed
+        self.special_ids = tokenizer.special_token_ids()
+        specials = np.asarray(sorted(set(self.special_ids.values())), dtype=np.int64)
+        self.is_special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
+        self.is_special[specials] = True  # never masked (unk included)
+        self.random_ids = np.flatnonzero(~self.is_special).astype(np.int64)
+        self.whole_word = {"none": None, "eojeol": "word_starts", "morpheme": "morpheme_starts"}[
+            settings.whole_word]
+
+    def _mask(self, materialized: list[dict], keys: list[bytes], counts: dict) -> None:
+        """Static masking of a batch of examples in place (one numpy pass)."""
+        np, settings = self.np, self.settings
+        ids = np.concatenate([f["input_ids"] for f in materialized])
+        sizes = [f["input_ids"].size for f in materialized]
+        starts = np.concatenate([f[self.whole_word] for f in materialized]) if self.whole_word else None
+        special = self.is_special[ids]
+        masked, positions, labels, per_example = pk.static_mask_many(
+            ids, sizes, special, seeds=[pk.example_seed(k) for k in keys], mask_rate=settings.mask_rate,
+            max_predictions=settings.max_predictions, mask_id=self.special_ids["mask"],
+            random_ids=self.random_ids, starts=starts)
+        split = np.cumsum(sizes)[:-1]
+        cut = np.cumsum(per_example)[:-1]
+        for features, m, p, label in zip(materialized, np.split(masked, split), np.split(positions, cut),
+                                         np.split(labels, cut), strict=True):
+            features["input_ids"] = m
+            features["masked_lm_positions"] = p
+            features["masked_lm_ids"] = label
+        counts["masked_tokens"] += int(positions.size)
+        counts["maskable_tokens"] += int((~special).sum())
+
+    def pack(self, batch: dict, counts: dict):
+        """Yield ``(key, serialized example)`` for a ``ReadDocuments`` batch, adding to ``counts``."""
+        settings = self.settings
+        documents = batch["documents"]
+        tokens = pk.tokenize_documents(self.tokenizer, documents)
+        counts["documents"] += len(documents)
+        counts["sentences"] += sum(len(doc) for doc in documents)
+        counts["input_tokens"] += tokens.num_tokens
+        pair = settings.packing == "segment-pair"
+        static = settings.masking == "static"
+        for dupe in range(settings.dupe_factor):
+            pack_counts = pk.PackCounts()
+            examples = list(pk.pack_batch(tokens, settings, seed=self.seed, file_name=batch["file"],
+                                          first_document=batch["start"], dupe=dupe, counts=pack_counts))
+            materialized = pk.materialize_many(tokens, examples, self.special_ids, pair=pair)
+            keys = []
+            for example in examples:
+                owner = f"batch{batch['start']}" if example.document < 0 else batch["start"] + example.document
+                keys.append(example_key(self.seed, batch["file"], owner, example.index, dupe))
+            if static and examples:
+                self._mask(materialized, keys, counts)
+            records = pk.serialize_examples(materialized)
+            for example, key, features, serialized in zip(examples, keys, materialized, records, strict=True):
+                size = features["input_ids"].size
+                counts["examples"] += 1
+                counts["tokens"] += size - sum(1 for piece in example.pieces if isinstance(piece, str))
+                counts["example_tokens"] += size
+                if example.next_sentence_label:
+                    counts["next_sentence_random"] += 1
+                yield key, serialized
+            counts["truncated_tokens"] += pack_counts.truncated_tokens
+            counts["random_next_tokens"] += pack_counts.random_next_tokens
+            counts["nsp_without_other_document"] += pack_counts.nsp_without_other_document
 
 
 def _sum_counts(counts_list):
@@ -181,20 +250,30 @@ def _sorted_shard(keyed_examples):
 def _metadata(counts: dict, static: dict) -> dict:
     max_len = static["max_seq_length"]
     n = counts.get("examples", 0)
-    return {
+    meta = {
         "num_examples": n,
         "num_tokens": counts.get("tokens", 0),
         "num_truncated_tokens": counts.get("truncated_tokens", 0),
         "num_documents": counts.get("documents", 0),
         "num_sentences": counts.get("sentences", 0),
+        "num_input_tokens": counts.get("input_tokens", 0),
+        "num_random_next_tokens": counts.get("random_next_tokens", 0),
         **static,
         "examples_per_shard": counts.get("per_shard", [0] * len(static["shards"])),
         "padding_fraction": (1 - counts["example_tokens"] / (n * max_len)) if n else None,
     }
+    if static["nsp"]:
+        meta["next_sentence_random_fraction"] = counts.get("next_sentence_random", 0) / n if n else None
+        meta["nsp_without_other_document"] = counts.get("nsp_without_other_document", 0)
+    if static["masking"] == "static":
+        maskable = counts.get("maskable_tokens", 0)
+        meta["num_masked_tokens"] = counts.get("masked_tokens", 0)
+        meta["masked_fraction"] = meta["num_masked_tokens"] / maskable if maskable else None
+    return meta
 
 
 def build_pretrain_data_graph(p: beam.Pipeline, files: list[str], staging: str, tokenizer_json: str, *,
-                              max_seq_length: int, num_shards: int, seed: int, static: dict) -> None:
+                              settings: pk.PackSettings, num_shards: int, seed: int, static: dict) -> None:
     """Add the tokenize-and-pack transforms to ``p``, writing every output under ``staging``."""
     packed = (
         p
@@ -202,7 +281,7 @@ def build_pretrain_data_graph(p: beam.Pipeline, files: list[str], staging: str, 
         | "ReadDocuments" >> beam.ParDo(ReadDocuments())
         | "SpreadBatches" >> beam.Reshuffle()
         | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(
-            tokenizer_json, max_seq_length, seed, num_shards)).with_outputs(COUNTS_TAG, main="examples")
+            tokenizer_json, settings, seed, num_shards)).with_outputs(COUNTS_TAG, main="examples")
     )
     shards = packed.examples | "ByShard" >> beam.Partition(lambda kv, n: kv[0], num_shards)
     for i, shard in enumerate(shards):
@@ -232,26 +311,33 @@ def run_pretrain_data(
     max_seq_length: int = 128,
     num_shards: int = 2,
     seed: int = 0,
+    packing: str | None = None,
+    nsp: bool = False,
+    short_seq_prob: float | None = None,
+    masking: str = "dynamic",
+    dupe_factor: int | None = None,
+    mask_rate: float | None = None,
+    whole_word: str | None = None,
     beam_options: list[str] | None = None,
 ) -> dict:
     """Tokenize and pack ``corpus_dir`` into TFRecord shards in ``output_dir``; return metadata.json's dict.
 
-    Raises KorlmError for a bad tokenizer directory, a corpus without documents or bad
-    settings; NotBuiltError for the ``bart`` objective.
+    ``packing`` None picks the objective's default
+    (``full-sentences`` for mlm, ``span`` for bart). Raises KorlmError for a bad tokenizer
+    directory, a corpus without documents or an invalid combination of settings.
     """
-    if objective not in OBJECTIVES:
-        raise KorlmError(f"objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
-    if objective == "bart":
-        raise NotBuiltError("BART span packing", 5)
-    if max_seq_length < 3:
-        raise KorlmError(f"max_seq_length {max_seq_length} leaves no room beside [CLS] and [SEP]; use e.g. 128")
+    settings = pk.resolve_settings(
+        objective=objective, packing=packing, max_seq_length=max_seq_length, nsp=nsp,
+        short_seq_prob=short_seq_prob, masking=masking, dupe_factor=dupe_factor, mask_rate=mask_rate,
+        whole_word=whole_word)
     if num_shards < 1:
         raise KorlmError(f"num_shards must be at least 1, got {num_shards}")
     tokenizer = tokenization.load(tokenizer_dir)
-    special_ids = {name: tokenizer.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
-    missing = [SPECIAL_TOKENS[name] for name, i in special_ids.items() if i is None]
-    if missing:
-        raise KorlmError(f"tokenizer in {tokenizer_dir!r} lacks {', '.join(missing)}; build it with `korlm vocab`")
+    special_ids = tokenizer.special_token_ids()
+    morpheme_vocab = tokenizer.pre_tokenizer == "morpheme"
+    if settings.whole_word == "morpheme" and not morpheme_vocab:
+        raise KorlmError(f"whole_word morpheme needs a morpheme vocab; {tokenizer_dir!r} was built with "
+                         "pre_tokenizer none (use whole_word eojeol, or `korlm vocab --pre-tokenizer morpheme`)")
     static = {
         "max_seq_length": max_seq_length,
         "objective": objective,
@@ -259,9 +345,20 @@ def run_pretrain_data(
         "vocab_hash": vocab_hash(tokenizer_dir),
         "special_token_ids": special_ids,
         "feature": FEATURE,
+        "features": pk.feature_names(settings, morpheme_vocab),
+        "pre_tokenizer": tokenizer.pre_tokenizer,
+        "packing": settings.packing,
+        "nsp": settings.nsp,
+        "masking": settings.masking,
+        "dupe_factor": settings.dupe_factor,
         "seed": seed,
         "shards": [shard_name(i, num_shards) for i in range(num_shards)],
     }
+    if settings.packing == "segment-pair":
+        static["short_seq_prob"] = settings.short_seq_prob
+    if settings.masking == "static":
+        static.update(mask_rate=settings.mask_rate, whole_word=settings.whole_word,
+                      max_predictions_per_seq=settings.max_predictions)
     if not storage.isdir(corpus_dir):
         raise KorlmError(f"corpus {corpus_dir!r} is not a directory; pass the output directory of `korlm clean`")
     files = corpus_files(corpus_dir)
@@ -272,7 +369,7 @@ def run_pretrain_data(
     with storage.atomic_output_dir(output_dir, stage_remote=True) as staging:
         # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=pipeline_options(beam_options))
-        build_pretrain_data_graph(p, files, staging, tokenizer.to_json(), max_seq_length=max_seq_length,
+        build_pretrain_data_graph(p, files, staging, tokenizer.to_json(), settings=settings,
                                   num_shards=num_shards, seed=seed, static=static)
         result = p.run()
         result.wait_until_finish()
@@ -280,7 +377,8 @@ def run_pretrain_data(
         metadata = json.loads(storage.read_text(storage.join(staging, "metadata.json")))
         if metadata["num_examples"] == 0:
             raise KorlmError(f"corpus {corpus_dir!r} has no documents; check clean's stats.json")
-    _LOG.info("pretrain-data: %d examples, %d tokens (%d truncated) in %d shards, %.1f s",
-              metadata["num_examples"], metadata["num_tokens"], metadata["num_truncated_tokens"],
-              num_shards, time.monotonic() - started)
+    _LOG.info("pretrain-data: %d examples (%s packing, %s masking), %d tokens (%d truncated) in %d shards, "
+              "padding %.1f%%, %.1f s", metadata["num_examples"], settings.packing, settings.masking,
+              metadata["num_tokens"], metadata["num_truncated_tokens"], num_shards,
+              100 * metadata["padding_fraction"], time.monotonic() - started)
     return metadata
