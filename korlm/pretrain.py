@@ -1,11 +1,13 @@
 """Masked-LM pretraining: TFRecord shards of token ids -> checkpoints every K steps.
 
 The input pipeline is pure ``tf.data``: read shards, batch, parse, mask dynamically with
-``keras_hub.layers.MaskedLMMaskGenerator`` (a fresh 80/10/10 mask every time an example
-is seen), pad to the sequence length. The model is ``models.build_masked_lm``; training is
-one ``model.fit`` call whose epochs are checkpoint-sized chunks, with a callback that logs
-every ``log_every`` steps and writes a checkpoint every ``checkpoint_every`` steps and at
-the last step.
+``korlm.masking`` (tf-text's masking ops: a fresh mask every time an example is seen,
+token-level or whole-word by eojeol/morpheme, 80/10/10 configurable) or read the masks of
+statically masked data, pad to the sequence length. ``make_dataset(objective="bart")``
+gives BART's text infilling / sentence permutation batches (``korlm.noising``) instead.
+The model is ``models.build_masked_lm``; training is one ``model.fit`` call whose epochs
+are checkpoint-sized chunks, with a callback that logs every ``log_every`` steps and
+writes a checkpoint every ``checkpoint_every`` steps and at the last step.
 
 Resume: with every checkpoint the callback also writes ``state/`` (model weights,
 optimizer variables including the step counter, the step itself). Re-running the same
@@ -30,6 +32,7 @@ from typing import Any
 from korlm import models, storage
 from korlm.errors import KorlmError
 from korlm.presets import size_config
+from korlm.pretrain_data_check import verify_shards
 from korlm.vocab import vocab_hash
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -119,62 +122,332 @@ def inspect_data(data_dir: str, tokenizer_dir: str) -> tuple[dict[str, Any], lis
         raise KorlmError(
             f"vocab hash mismatch: data {data_dir} ({_normalize_hash(data_hash)[:12]}) was not "
             f"made with tokenizer {tokenizer_dir} ({tok_hash[:12]})")
+    verify_shards(data_dir, meta, files)  # CRC-read every shard: a corrupt one fails here, named
     return meta, files
 
 
 # ------------------------------------------------------------------------ tf.data
 
-def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, vocab_size: int,
-                 special_ids: dict[str, int], mask_rate: float, seed: int,
-                 data_max_seq_length: int | None = None, shuffle_buffer: int = 10_000):
-    """Infinite dataset of (inputs, mask_ids, mask_weights) batches for ``BertMaskedLM``."""
-    import keras_hub
+SEQUENCE_FEATURES = ("input_ids", "word_starts", "morpheme_starts", "sentence_starts", "segment_ids")
+STATIC_FEATURES = ("masked_lm_positions", "masked_lm_ids")
+
+
+def data_features(meta: dict[str, Any], files: list[str]) -> list[str]:
+    """The feature names the shards hold: ``metadata.json``'s ``features``, or (data made
+    before it listed them) the keys of the first record."""
+    if meta.get("features"):
+        return list(meta["features"])
     import tensorflow as tf
 
-    pad, cls, sep, mask = (special_ids[k] for k in ("pad", "cls", "sep", "mask"))
-    mask_selection_length = max(1, math.ceil(max_seq_length * mask_rate))
-    masker = keras_hub.layers.MaskedLMMaskGenerator(
-        vocabulary_size=vocab_size,
-        mask_selection_rate=mask_rate,
-        mask_token_id=mask,
-        mask_selection_length=mask_selection_length,
-        unselectable_token_ids=[pad, cls, sep],
-        mask_token_rate=0.8,
-        random_token_rate=0.1,
+    for record in tf.data.TFRecordDataset(files[:1]).take(1):
+        return sorted(tf.train.Example.FromString(record.numpy()).features.feature)
+    return ["input_ids"]
+
+
+def check_data_settings(data_dir: str, meta: dict[str, Any], features: list[str], *,
+                        objective: str = "mlm", whole_word: str = "none",
+                        permute_sentences: bool = False, ignore_nsp_labels: bool = False,
+                        inspecting: bool = False) -> str:
+    """What the training settings need from the data, checked up front with one-line
+    errors naming the data dir. Returns the masking mode, ``dynamic`` or ``static``.
+    ``inspecting``: for ``inspect_examples``, which shows next-sentence labels instead of
+    refusing them."""
+    from korlm.errors import NotBuiltError
+    from korlm.masking import WHOLE_WORD_MODES, WORD_FEATURE
+
+    if objective not in ("mlm", "bart"):
+        raise KorlmError(f"objective {objective!r} is unknown; choose mlm or bart")
+    if whole_word not in WHOLE_WORD_MODES:
+        raise KorlmError(f"whole_word {whole_word!r} is unknown; choose one of {', '.join(WHOLE_WORD_MODES)}")
+    if "input_ids" not in features:
+        raise KorlmError(f"{data_dir} has no input_ids feature (features: {', '.join(features)})")
+    masking = meta.get("masking", "dynamic")
+    if masking not in ("dynamic", "static"):
+        raise KorlmError(f"{data_dir}/metadata.json: masking {masking!r} is unknown")
+    if masking == "static":
+        missing = [f for f in STATIC_FEATURES if f not in features]
+        if missing:
+            raise KorlmError(f"{data_dir} says masking: static but lacks {', '.join(missing)}")
+        if objective == "bart":
+            raise KorlmError(f"{data_dir} holds statically masked MLM examples; BART noising needs "
+                             "dynamic data (pretrain_data.masking: dynamic)")
+    elif objective == "mlm" and whole_word != "none" and WORD_FEATURE[whole_word] not in features:
+        need = WORD_FEATURE[whole_word]
+        hint = (" (written only for a morpheme vocab: build the vocab with --pre-tokenizer morpheme)"
+                if whole_word == "morpheme" else " (re-run `korlm pretrain-data`)")
+        raise KorlmError(f"whole_word={whole_word} needs the {need} feature, which data {data_dir} "
+                         f"does not have{hint}; or set whole_word: none")
+    if objective == "bart" and permute_sentences and "sentence_starts" not in features:
+        raise KorlmError(f"permute_sentences needs the sentence_starts feature, which data {data_dir} "
+                         "does not have (re-run `korlm pretrain-data`)")
+    if (meta.get("nsp") or "next_sentence_label" in features) and not inspecting:
+        if not ignore_nsp_labels:
+            raise NotBuiltError(f"NSP head (data {data_dir} has next-sentence labels; set "
+                                "pretrain.ignore_nsp_labels: true to train MLM only)", 6)
+        print(f"WARNING: {data_dir} has next-sentence labels but pretraining with an NSP head is "
+              "not built (issue #6): training MLM ONLY, the NSP labels are ignored "
+              "(pretrain.ignore_nsp_labels: true)", flush=True)
+    return masking
+
+
+def _label_slots(meta: dict[str, Any], masking: str, max_predictions: int | None) -> int | None:
+    """Label slots: the configured ``max_predictions``; for static data at least the
+    data's own ``max_predictions_per_seq`` (fewer slots would drop its labels)."""
+    if masking == "static" and meta.get("max_predictions_per_seq"):
+        return max(int(max_predictions or 0), int(meta["max_predictions_per_seq"]))
+    return max_predictions
+
+
+def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, vocab_size: int,
+                 special_ids: dict[str, int], mask_rate: float = 0.15, seed: int = 0,
+                 data_max_seq_length: int | None = None, shuffle_buffer: int = 10_000,
+                 objective: str = "mlm", features: list[str] | tuple[str, ...] = ("input_ids",),
+                 masking: str = "dynamic", mask_token_rate: float = 0.8,
+                 random_token_rate: float = 0.1, whole_word: str = "none",
+                 max_predictions: int | None = None, static_mask_rate: float | None = None,
+                 infill_rate: float = 0.3, poisson_lambda: float = 3.0,
+                 permute_sentences: bool = False, repeat: bool = True,
+                 passthrough: tuple[str, ...] | list[str] = (), sequential: bool = False):
+    """Batches for training, from unpadded TFRecord examples (the pretrain-data contract).
+
+    ``objective="mlm"``: ``(inputs, mask_ids, mask_weights)`` for KerasHub's
+    ``BertMaskedLM``; ``inputs`` = ``token_ids``, ``segment_ids`` (the data's, zeros
+    without them), ``padding_mask``, ``mask_positions``. Dynamic masking draws fresh masks
+    every time an example is seen (``korlm.masking``); static data (``masking="static"``)
+    brings its masks (``masked_lm_positions``/``masked_lm_ids``). ``whole_word`` reads
+    word boundaries from ``word_starts`` (eojeol) or ``morpheme_starts``.
+
+    ``objective="bart"``: ``(x, y, sample_weight)`` for ``BartSeq2SeqLM`` after text
+    infilling and optional sentence permutation (``korlm.noising``).
+
+    Examples longer than ``max_seq_length`` are cut, keeping a closing separator.
+    ``features`` lists what the shards hold (``data_features``); only the features the
+    settings use are parsed. ``passthrough`` features (e.g. ``next_sentence_label``, for
+    ``inspect_examples``) are added to the inputs dict, padded dense. ``sequential``
+    masks one batch at a time, so that after ``tf.random.set_seed`` the same batches get
+    the same masks (parallel calls share the random state in whatever order they run).
+    """
+    import tensorflow as tf
+
+    from korlm.masking import (
+        WORD_FEATURE,
+        MaskedLMMasker,
+        default_max_predictions,
+        static_mask_labels,
     )
+
+    features = set(features)
+    pad, sep = special_ids["pad"], special_ids["sep"]
+    static = masking == "static"
+    word_feature = WORD_FEATURE.get(whole_word) if objective == "mlm" and not static else None
+    wanted = ["input_ids"]
+    if word_feature:
+        wanted.append(word_feature)
+    if objective == "mlm" and "segment_ids" in features:
+        wanted.append("segment_ids")
+    if objective == "bart" and permute_sentences:
+        wanted.append("sentence_starts")
+    if static:
+        wanted += list(STATIC_FEATURES)
+    wanted += [f for f in passthrough if f not in wanted]
+    missing = [f for f in wanted if f not in features]
+    if missing:
+        raise KorlmError(f"data {os.path.dirname(files[0])} lacks the features {', '.join(missing)}")
+    spec = {name: tf.io.RaggedFeature(tf.int64) for name in wanted}
     truncate = data_max_seq_length is None or data_max_seq_length > max_seq_length
 
-    def parse_and_mask(serialized):
-        ids = tf.io.parse_example(
-            serialized, {"input_ids": tf.io.RaggedFeature(tf.int64)})["input_ids"]
-        ids = tf.cast(ids, tf.int32)
-        if truncate:  # cut to max_seq_length, keeping a closing [SEP]
-            too_long = ids.row_lengths() > max_seq_length
-            ids = ids[:, :max_seq_length]
-            last = tf.boolean_mask(ids.row_splits[1:] - 1, too_long)
-            ids = ids.with_flat_values(tf.tensor_scatter_nd_update(
-                ids.flat_values, last[:, None], tf.fill(tf.shape(last), sep)))
+    if objective == "mlm":
+        if static:
+            slots = max_predictions or default_max_predictions(
+                data_max_seq_length or max_seq_length, static_mask_rate or mask_rate)
+        else:
+            slots = max_predictions or default_max_predictions(max_seq_length, mask_rate)
+            masker = MaskedLMMasker(vocab_size, special_ids, mask_rate=mask_rate,
+                                    mask_token_rate=mask_token_rate,
+                                    random_token_rate=random_token_rate,
+                                    whole_word=word_feature is not None, max_predictions=slots)
+    elif objective == "bart":
+        from korlm.noising import BartNoiser
+
+        noiser = BartNoiser(special_ids, max_seq_length, infill_rate=infill_rate,
+                            poisson_lambda=poisson_lambda, permute_sentences=permute_sentences)
+    else:
+        raise KorlmError(f"objective {objective!r} is unknown; choose mlm or bart")
+
+    def cut(parsed):
+        """Cut every sequence feature to max_seq_length; a cut example ends with [SEP]
+        again (a special token: a word start, no sentence start)."""
+        too_long = parsed["input_ids"].row_lengths() > max_seq_length
+        out = {}
+        for name, values in parsed.items():
+            if name not in SEQUENCE_FEATURES:
+                out[name] = values
+                continue
+            values = values[:, :max_seq_length]
+            fill = {"input_ids": sep, "word_starts": 1, "morpheme_starts": 1,
+                    "sentence_starts": 0}.get(name)
+            if fill is not None:
+                ends = tf.boolean_mask(values.row_splits[1:] - 1, too_long)
+                values = values.with_flat_values(tf.tensor_scatter_nd_update(
+                    values.flat_values, ends[:, None],
+                    tf.fill(tf.shape(ends), tf.cast(fill, values.dtype))))
+            out[name] = values
+        return out
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        parsed = {k: tf.cast(v, tf.int32) for k, v in parsed.items()}
+        return cut(parsed) if truncate else parsed
+
+    def to_mlm(serialized):
+        parsed = parse(serialized)
+        ids = parsed["input_ids"]
         lengths = ids.row_lengths()
-        masked = masker(ids)
-        token_ids = masked["token_ids"].to_tensor(default_value=pad,
-                                                 shape=[batch_size, max_seq_length])
+        if static:
+            labels = static_mask_labels(parsed["masked_lm_positions"], parsed["masked_lm_ids"],
+                                        lengths, slots)
+            masked = ids
+        else:
+            out = masker(ids, parsed.get(word_feature) if word_feature else None)
+            masked, labels = out["token_ids"], out
+        token_ids = masked.to_tensor(default_value=pad, shape=[batch_size, max_seq_length])
+        segments = parsed.get("segment_ids")
         inputs = {
             "token_ids": token_ids,
-            "segment_ids": tf.zeros_like(token_ids),
+            "segment_ids": (segments.to_tensor(default_value=0, shape=[batch_size, max_seq_length])
+                            if segments is not None else tf.zeros_like(token_ids)),
             # From the lengths, not from token_ids: a random replacement may be id 0.
             "padding_mask": tf.sequence_mask(lengths, max_seq_length),
-            "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+            "mask_positions": labels["mask_positions"],
         }
-        return inputs, tf.cast(masked["mask_ids"], tf.int32), masked["mask_weights"]
+        inputs.update({name: parsed[name].to_tensor() for name in passthrough})
+        return inputs, labels["mask_ids"], labels["mask_weights"]
+
+    def to_bart(serialized):
+        parsed = parse(serialized)
+        x, y, weights = noiser(parsed["input_ids"], parsed.get("sentence_starts"))
+        x.update({name: parsed[name].to_tensor() for name in passthrough})
+        return x, y, weights
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True).repeat()
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(parse_and_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(to_mlm if objective == "mlm" else to_bart,
+                num_parallel_calls=None if sequential else tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def inspect_examples(data_dir: str, tokenizer_dir: str, *, num_examples: int = 3,
+                     model: str = "bert", mask_rate: float = 0.15, mask_token_rate: float = 0.8,
+                     random_token_rate: float = 0.1, whole_word: str = "none",
+                     max_predictions: int | None = None, infill_rate: float = 0.3,
+                     poisson_lambda: float = 3.0, permute_sentences: bool = False,
+                     seed: int = 0, **other_pretrain_settings) -> str:
+    """A text view of ``num_examples`` examples as training sees them: the batches come
+    from :func:`make_dataset` with these settings (the ``pretrain`` config section; its
+    other keys are accepted and unused), decoded with the tokenizer. MLM: the input with
+    [MASK] / random replacements visible, and the labels; BART: the noised encoder input
+    and the target. Statically masked data shows its own masks."""
+    if num_examples < 1:
+        raise KorlmError(f"--examples must be at least 1, got {num_examples}")
+    meta, files = inspect_data(data_dir, tokenizer_dir)
+    from korlm import tokenization
+    from korlm.masking import check_rates
+    from korlm.noising import check_noising
+
+    check_rates(mask_rate, mask_token_rate, random_token_rate)
+    check_noising(infill_rate, poisson_lambda)
+    features = data_features(meta, files)
+    objective = "bart" if model == "bart" or meta.get("objective") == "bart" else "mlm"
+    masking = check_data_settings(data_dir, meta, features, objective=objective,
+                                  whole_word=whole_word, permute_sentences=permute_sentences,
+                                  inspecting=True)
+    special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    seq_len = int(meta["max_seq_length"])
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)  # the same view for the same seed
+    shown = [f for f in ("next_sentence_label",) if f in features]
+    dataset = make_dataset(
+        files, batch_size=num_examples, max_seq_length=seq_len, vocab_size=int(meta["vocab_size"]),
+        special_ids=special_ids, mask_rate=mask_rate, seed=seed, data_max_seq_length=seq_len,
+        shuffle_buffer=1, objective=objective, features=features, masking=masking,
+        mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+        whole_word=whole_word, max_predictions=_label_slots(meta, masking, max_predictions),
+        static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
+        poisson_lambda=poisson_lambda, permute_sentences=permute_sentences, passthrough=shown,
+        sequential=True)
+    x, y, weights = next(iter(dataset))
+    x = {k: v.numpy() for k, v in x.items()}
+    y, weights = y.numpy(), weights.numpy()
+    tok = tokenization.load(tokenizer_dir)
+    name = tok.hf.id_to_token
+    mask_id = special_ids["mask"]
+
+    lines = [f"{data_dir}: {meta['num_examples']:,} examples of at most {seq_len} tokens, packing "
+             f"{meta.get('packing', 'full-sentences')}, objective {objective}"]
+    if objective == "mlm" and masking == "static":
+        lines.append(f"masking: static (from the data, dupe_factor {meta.get('dupe_factor')}, "
+                     f"mask_rate {meta.get('mask_rate')})")
+    elif objective == "mlm":
+        lines.append(f"masking: dynamic, {whole_word if whole_word != 'none' else 'token'}-level, "
+                     f"{mask_rate:.0%} of maskable tokens predicted: {mask_token_rate:.0%} [MASK], "
+                     f"{random_token_rate:.0%} random, {1 - mask_token_rate - random_token_rate:.0%} kept")
+        lines.append("legend: [MASK] masked; ~tok~ replaced by a random token; _tok_ predicted but "
+                     "kept; labels are position=original token")
+    else:
+        lines.append(f"noising: text infilling {infill_rate:.0%} of tokens, span lengths ~ "
+                     f"Poisson({poisson_lambda:g}), one {name(mask_id)} per span"
+                     + (", sentences permuted" if permute_sentences else ""))
+    for row in range(num_examples):
+        lines.append("")
+        if objective == "mlm":
+            n = int(x["padding_mask"][row].sum())
+            ids = x["token_ids"][row, :n].tolist()
+            real = weights[row] > 0
+            positions = x["mask_positions"][row][real].tolist()
+            labels = y[row][real].tolist()
+            original = list(ids)
+            shown_tokens = [name(i) for i in ids]
+            kinds = {"mask": 0, "random": 0, "kept": 0}
+            for pos, label in zip(positions, labels, strict=True):
+                original[pos] = label
+                if ids[pos] == mask_id:
+                    kinds["mask"] += 1
+                elif ids[pos] == label:
+                    kinds["kept"] += 1
+                    shown_tokens[pos] = f"_{name(ids[pos])}_"
+                else:
+                    kinds["random"] += 1
+                    shown_tokens[pos] = f"~{name(ids[pos])}~"
+            head = (f"example {row + 1}: {n} tokens, {len(positions)} predicted ({kinds['mask']} "
+                    f"[MASK], {kinds['random']} random, {kinds['kept']} kept)")
+            if (x["segment_ids"][row, :n] == 1).any():
+                head += f", segment B from position {int((x['segment_ids'][row, :n] == 1).argmax())}"
+            if "next_sentence_label" in x:
+                label = int(x["next_sentence_label"][row][0])
+                head += f", next_sentence_label {label} ({'random B' if label else 'B follows A'})"
+            lines.append(head)
+            lines.append(f"  text  : {tok.decode(original)}")
+            lines.append(f"  input : {' '.join(shown_tokens)}")
+            lines.append("  labels: " + " ".join(f"{p}={name(i)}" for p, i in zip(positions, labels, strict=True)))
+        else:
+            n = int(weights[row].sum())
+            enc_len = int(x["encoder_padding_mask"][row].sum())
+            enc = x["encoder_token_ids"][row, :enc_len].tolist()
+            spans = enc.count(mask_id)
+            covered = n - (enc_len - spans)
+            lines.append(f"example {row + 1}: {n} tokens -> encoder {enc_len} tokens, {spans} "
+                         f"{name(mask_id)} (spans) covering {covered} tokens")
+            lines.append(f"  target : {tok.decode(y[row, :n].tolist())}")
+            lines.append(f"  encoder: {' '.join(name(i) for i in enc)}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- model
@@ -454,6 +727,10 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                  size: str = "tiny", steps: int = 300, checkpoint_every: int = 100,
                  batch_size: int = 32, learning_rate: float = 5e-4, warmup_steps: int = 30,
                  weight_decay: float = 0.01, mask_rate: float = 0.15,
+                 mask_token_rate: float = 0.8, random_token_rate: float = 0.1,
+                 whole_word: str = "none", max_predictions: int | None = None,
+                 infill_rate: float = 0.3, poisson_lambda: float = 3.0,
+                 permute_sentences: bool = False, ignore_nsp_labels: bool = False,
                  max_seq_length: int | None = None, seed: int = 0,
                  log_every: int = 10) -> list[dict]:
     """Pretrain a masked LM; returns the checkpoint list (also in ``checkpoints.json``).
@@ -461,6 +738,12 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     ``steps`` is the total step count of the run, so re-running with a larger value
     extends a finished run (the learning-rate schedule is then recomputed for the new
     total) and re-running with the same value after a kill continues where it stopped.
+
+    Masking: ``mask_rate`` of the maskable tokens (at most ``max_predictions``) are
+    predicted, of which ``mask_token_rate`` become [MASK], ``random_token_rate`` a random
+    token, the rest stay; ``whole_word`` (none|eojeol|morpheme) masks whole words. Static
+    data brings its own masks. ``infill_rate``, ``poisson_lambda`` and
+    ``permute_sentences`` are BART's noising (the BART model itself is issue #6).
     """
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
@@ -469,8 +752,8 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                         ("batch_size", batch_size), ("log_every", log_every)):
         if int(value) <= 0:
             raise KorlmError(f"{name} must be greater than 0, got {value}")
-    if not 0 < mask_rate < 1:
-        raise KorlmError(f"mask_rate must be between 0 and 1, got {mask_rate}")
+    if max_predictions is not None and int(max_predictions) < 1:
+        raise KorlmError(f"max_predictions must be at least 1, got {max_predictions}")
     if warmup_steps < 0 or learning_rate <= 0 or weight_decay < 0:
         raise KorlmError("learning_rate must be > 0, warmup_steps and weight_decay >= 0")
     try:
@@ -479,11 +762,26 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         raise KorlmError(str(exc)) from None
 
     meta, files = inspect_data(data_dir, tokenizer_dir)
+    # After the data checks: these import TensorFlow, which is slow and noisy on stderr.
+    from korlm.masking import check_rates
+    from korlm.noising import check_noising
+
+    check_rates(mask_rate, mask_token_rate, random_token_rate)
+    check_noising(infill_rate, poisson_lambda)
     data_len = int(meta["max_seq_length"])
     seq_len = int(max_seq_length or data_len)
     if seq_len < 8:
         raise KorlmError(f"max_seq_length must be at least 8, got {seq_len}")
     special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    features = data_features(meta, files)
+    objective = "bart" if model == "bart" else "mlm"
+    masking = check_data_settings(data_dir, meta, features, objective=objective,
+                                  whole_word=whole_word, permute_sentences=permute_sentences,
+                                  ignore_nsp_labels=ignore_nsp_labels)
+    if masking == "static":
+        print(f"{data_dir} is statically masked (dupe_factor {meta.get('dupe_factor')}): using its "
+              "masks; mask_rate, mask_token_rate, random_token_rate and whole_word do not apply",
+              flush=True)
     run = {
         "output_dir": output_dir, "model": model, "size": size,
         "vocab_size": int(meta["vocab_size"]),
@@ -523,7 +821,13 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     dataset = make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,
                            vocab_size=run["vocab_size"], special_ids=special_ids,
                            mask_rate=mask_rate, seed=seed + start_step,
-                           data_max_seq_length=data_len)
+                           data_max_seq_length=data_len, objective=objective,
+                           features=features, masking=masking,
+                           mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+                           whole_word=whole_word,
+                           max_predictions=_label_slots(meta, masking, max_predictions),
+                           static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
+                           poisson_lambda=poisson_lambda, permute_sentences=permute_sentences)
 
     storage.makedirs(output_dir)
     log = _TrainLog(output_dir, keep_until_step=start_step)

@@ -45,21 +45,36 @@ def sample_reviews(n: int) -> list[str]:
 
 def write_pretraining_data(out_dir: Path, tokenizer_dir: Path, *, num_examples: int = 300,
                            max_seq_length: int = 32, num_shards: int = 2,
-                           metadata: dict | None = None) -> Path:
-    """Shards in the pretrain-data contract: unpadded `[CLS] ... [SEP]` input_ids."""
+                           metadata: dict | None = None, contract: bool = False,
+                           pairs: bool = False) -> Path:
+    """Shards in the pretrain-data contract: unpadded `[CLS] ... [SEP]` input_ids; with
+    `contract`, also word_starts (eojeol) and sentence_starts; with `pairs`, segment-pair
+    examples `[CLS] A [SEP] B [SEP]` with segment_ids and next_sentence_label."""
     import tensorflow as tf
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_seq_length)
-    encodings = tokenizer.encode_batch(sample_reviews(num_examples))
+    texts = sample_reviews(num_examples + 1)
+    if pairs:
+        inputs = [(a, b) for a, b in zip(texts, texts[1:][::-1], strict=False)][:num_examples]
+        encodings = tokenizer.encode_batch(inputs)
+    else:
+        inputs = texts[:num_examples]
+        encodings = tokenizer.encode_batch(inputs)
     assert all(e.ids[0] == SPECIAL["cls"] and e.ids[-1] == SPECIAL["sep"] for e in encodings)
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = [tf.io.TFRecordWriter(str(out_dir / f"train-{i:05d}-of-{num_shards:05d}.tfrecord"))
                for i in range(num_shards)]
     for i, encoding in enumerate(encodings):
-        feature = tf.train.Feature(int64_list=tf.train.Int64List(value=encoding.ids))
-        example = tf.train.Example(features=tf.train.Features(feature={"input_ids": feature}))
+        values = {"input_ids": encoding.ids}
+        if contract or pairs:
+            values.update(contract_features(encoding, inputs[i]))
+        if pairs:
+            values["segment_ids"] = encoding.type_ids
+            values["next_sentence_label"] = [i % 2]
+        feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v)) for k, v in values.items()}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
         writers[i % num_shards].write(example.SerializeToString())
     for writer in writers:
         writer.close()
@@ -69,9 +84,32 @@ def write_pretraining_data(out_dir: Path, tokenizer_dir: Path, *, num_examples: 
         "vocab_hash": pretrain.tokenizer_vocab_hash(str(tokenizer_dir)),
         "special_token_ids": SPECIAL,
     }
+    if contract or pairs:
+        meta.update(features=sorted(values), masking="dynamic", nsp=pairs,
+                    packing="segment-pair" if pairs else "full-sentences")
     meta.update(metadata or {})
     (out_dir / "metadata.json").write_text(json.dumps(meta))
     return out_dir
+
+
+def contract_features(encoding, text) -> dict[str, list[int]]:
+    """word_starts (1 on special tokens and where an eojeol begins) and sentence_starts
+    (1 on the first token of each text) from a `tokenizers` encoding of `text` or of a
+    (text_a, text_b) pair."""
+    texts = text if isinstance(text, tuple) else (text,)
+    word, sentence = [], []
+    seen = set()
+    for special, seq, (start, _) in zip(encoding.special_tokens_mask, encoding.sequence_ids,
+                                        encoding.offsets, strict=True):
+        if special:
+            word.append(1)
+            sentence.append(0)
+            continue
+        source = texts[seq]
+        word.append(int(start == 0 or source[start - 1].isspace()))
+        sentence.append(int(seq not in seen))
+        seen.add(seq)
+    return {"word_starts": word, "sentence_starts": sentence}
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +261,111 @@ def _copy_data(src: Path, dst: Path, **metadata) -> None:
     meta = json.loads((src / "metadata.json").read_text())
     meta.update(metadata)
     (dst / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def contract_data(corpus, tmp_path_factory):
+    """Data with the issue-5 features: eojeol word_starts + sentence_starts, and
+    segment-pair examples with next-sentence labels."""
+    tokenizer_dir, _ = corpus
+    root = tmp_path_factory.mktemp("contract")
+    words = write_pretraining_data(root / "words", tokenizer_dir, contract=True, max_seq_length=48)
+    pairs = write_pretraining_data(root / "pairs", tokenizer_dir, pairs=True, max_seq_length=48)
+    return tokenizer_dir, words, pairs
+
+
+def test_dataset_feeds_segment_ids_and_masks_whole_eojeol(contract_data):
+    tokenizer_dir, _, pairs = contract_data
+    meta, files = pretrain.inspect_data(str(pairs), str(tokenizer_dir))
+    features = pretrain.data_features(meta, files)
+    assert {"segment_ids", "word_starts", "next_sentence_label"} <= set(features)
+    ds = pretrain.make_dataset(files, batch_size=32, max_seq_length=48, vocab_size=meta["vocab_size"],
+                               special_ids=SPECIAL, mask_rate=0.3, seed=2, data_max_seq_length=48,
+                               features=features, whole_word="eojeol", shuffle_buffer=1)
+    inputs, mask_ids, mask_weights = next(iter(ds))
+    segments, ids = inputs["segment_ids"].numpy(), inputs["token_ids"].numpy()
+    assert (segments == 1).any(axis=1).all()  # every pair has a B segment
+    for row in range(32):
+        n = int(inputs["padding_mask"][row].numpy().sum())
+        b = segments[row, :n].argmax()
+        assert ids[row, b - 1] == SPECIAL["sep"] and (segments[row, b:n] == 1).all()
+
+
+def test_pretrain_on_pair_data_with_whole_words_and_nsp_labels(contract_data, tmp_path, capsys):
+    tokenizer_dir, words, pairs = contract_data
+    run = lambda data, out, **kw: pretrain.run_pretrain(  # noqa: E731
+        str(data), str(tokenizer_dir), str(tmp_path / out), steps=2, checkpoint_every=2,
+        batch_size=8, **kw)
+    with pytest.raises(KorlmError, match=f"whole_word=morpheme needs the morpheme_starts feature, "
+                                         f"which data {words} does not have"):
+        run(words, "a", whole_word="morpheme")
+    with pytest.raises(KorlmError, match=r"mask_token_rate \+ random_token_rate must be <= 1"):
+        run(words, "a", mask_token_rate=0.7, random_token_rate=0.4)
+    with pytest.raises(NotBuiltError, match=r"NSP head .*ignore_nsp_labels.*issue #6"):
+        run(pairs, "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    checkpoints = run(pairs, "c", whole_word="eojeol", max_predictions=8, ignore_nsp_labels=True)
+    assert [c["step"] for c in checkpoints] == [2]
+    assert "training MLM ONLY, the NSP labels are ignored" in capsys.readouterr().out
+
+
+def _inspect_blocks(text: str) -> list[dict[str, str]]:
+    blocks = []
+    for line in text.splitlines():
+        if line.startswith("example "):
+            blocks.append({"head": line})
+        elif blocks and line.startswith("  ") and ":" in line:
+            key, _, value = line.strip().partition(":")
+            blocks[-1][key.strip()] = value.strip()
+    return blocks
+
+
+def test_inspect_cli_decodes_masks_and_labels(contract_data, tmp_path):
+    import subprocess
+    import sys
+
+    from korlm import tokenization
+
+    tokenizer_dir, words, _ = contract_data
+    conf = tmp_path / "c.yaml"
+    conf.write_text("pretrain:\n  whole_word: eojeol\n  mask_rate: 0.3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "korlm.cli", "pretrain-data", "--inspect", str(words),
+         "--tokenizer", str(tokenizer_dir), "--examples", "3", "--config", str(conf)],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "masking: dynamic, eojeol-level, 30% of maskable tokens predicted" in proc.stdout
+    blocks = _inspect_blocks(proc.stdout)
+    assert len(blocks) == 3
+    tok = tokenization.load(str(tokenizer_dir))
+    tok.hf.enable_truncation(48)  # as the data was written
+    known = {tok.decode(e.ids) for e in tok.hf.encode_batch(sample_reviews(301))}
+    for block in blocks:
+        tokens = block["input"].split(" ")
+        labels = [item.split("=", 1) for item in block["labels"].split(" ")]
+        assert labels and tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+        for pos, label in labels:
+            shown = tokens[int(pos)]
+            assert shown == "[MASK]" or shown == f"_{label}_" or (shown.startswith("~") and shown.endswith("~"))
+        # The labels put back give one of the written examples.
+        assert block["text"] in known
+    # Missing data dir: one line naming it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "korlm.cli", "pretrain-data", "--inspect", str(tmp_path / "nope"),
+         "--tokenizer", str(tokenizer_dir)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_shows_bart_noising_and_nsp_labels(contract_data):
+    tokenizer_dir, words, pairs = contract_data
+    bart = pretrain.inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
+                                     permute_sentences=True)
+    assert "noising: text infilling 30% of tokens, span lengths ~ Poisson(3)" in bart
+    blocks = _inspect_blocks(bart)
+    assert len(blocks) == 2 and any("[MASK]" in b["encoder"] for b in blocks)
+    again = pretrain.inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
+                                      permute_sentences=True)
+    assert again == bart  # seeded: the same view twice
+    nsp = pretrain.inspect_examples(str(pairs), str(tokenizer_dir), num_examples=4)
+    assert nsp.count("next_sentence_label 1 (random B)") + nsp.count("next_sentence_label 0") == 4
+    assert "segment B from position" in nsp
