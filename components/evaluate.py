@@ -7,22 +7,25 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
              data_dir: str, random_init: bool, params: dict,
              results: Output[Artifact], metrics: Output[Metrics]):
     """Evaluate checkpoint `step` of `run` (or, with random_init, the same architecture
-    untrained) on every task; one metrics.json per task under `results`."""
+    untrained) on every task (built-in names or task YAML files); one metrics.json per
+    task under `results`, every score also logged to the KFP Metrics artifact."""
     from korlm.config import section_params
 
     params = section_params("evaluate", params)
     import os
 
     from korlm import storage
-    from korlm.evaluate import evaluate_checkpoint
+    from korlm.evaluate import evaluate_checkpoint, settings_for_task
 
     checkpoint = storage.join(run.path, "checkpoints", f"step-{step:06d}")
     name = "random-init" if random_init else f"step-{step:06d}"
     os.makedirs(results.path, exist_ok=True)
     for task in tasks:
-        rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, storage.join(data_dir, task),
-                                  os.path.join(results.path, task), random_init=random_init,
-                                  **params)
+        folder = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+        rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, data_dir,
+                                  os.path.join(results.path, folder), random_init=random_init,
+                                  **settings_for_task(params, task))
         for metric, value in rec["metrics"].items():
-            metrics.log_metric(f"{task}/{metric}", value)
+            if value is not None:  # undefined (e.g. correlation of constant predictions)
+                metrics.log_metric(f"{rec['task']}/{metric}", value)
     results.metadata.update({"checkpoint": name, "step": None if random_init else step})

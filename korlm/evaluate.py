@@ -2,24 +2,38 @@
 
 The backbone comes from ``models.load_backbone``: with ``random_init`` it is the same
 architecture freshly initialised, so the baseline differs from the checkpoint only in
-its weights. Fine-tuning uses fixed seeds, a fixed budget (examples, epochs, batch,
-learning rate) and records that budget in ``metrics.json`` next to the score.
+its weights. On top of it goes a cross-encoder head: a classifier over the pooled
+``[CLS]`` representation (classification, sentence pairs as ``[CLS] a [SEP] b [SEP]``),
+one linear output trained with mean squared error (regression), or start/end logits over
+the tokens (extractive QA, long contexts cut into overlapping windows: ``doc_stride``).
+
+Fine-tuning uses fixed seeds, AdamW with linear warmup and decay, and early stopping on
+the dev split's primary metric (the best epoch's weights are the ones scored). The
+budget (examples, epochs, batch, learning rate, sequence length) and the splits used,
+with any deterministic split derivation (``split_note``), go into ``metrics.json`` next
+to the scores.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
 
+from korlm import metrics as metric_fns
 from korlm import models, pretrain, storage, tasks
-from korlm.errors import KorlmError
+from korlm.errors import KorlmError, NotBuiltError
 
 METRICS_JSON = "metrics.json"
 RANDOM_INIT = "random-init"
 WARMUP_RATIO = 0.1
 WEIGHT_DECAY = 0.01
+# Settings a config may set per task (evaluate.per_task.<task>.<key>).
+PER_TASK_KEYS = ("max_seq_length", "batch_size", "epochs", "learning_rate",
+                 "max_train_examples", "max_eval_examples", "doc_stride")
+MAX_ANSWER_TOKENS = 30
 
 
 def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
@@ -35,16 +49,15 @@ def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
     # KorlmTokenizer: applies the vocab's pre-tokenizer (morpheme segmentation) first.
     wrapper = tokenization.load(tokenizer_dir)
     tokenizer = wrapper.hf
-    ids = {t: tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")}
-    missing = [t for t, i in ids.items() if i is None]
-    if missing:
-        raise KorlmError(f"{path} has no {', '.join(missing)} token")
+    # Roles, not strings: a BART/RoBERTa-family vocab has <s> <pad> </s> (KorlmError if missing).
+    roles = wrapper.special_token_ids()
+    cls, sep, pad = (tokenizer.id_to_token(roles[r]) for r in ("cls", "sep", "pad"))
     if tokenizer.post_processor is None:
         tokenizer.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, roles["cls"]), (sep, roles["sep"])])
     tokenizer.enable_truncation(max_length=max_seq_length)
-    tokenizer.enable_padding(length=max_seq_length, pad_id=ids["[PAD]"], pad_token="[PAD]")
+    tokenizer.enable_padding(length=max_seq_length, pad_id=roles["pad"], pad_token=pad)
     return wrapper
 
 
@@ -63,16 +76,225 @@ def encode(tokenizer, data: tasks.TaskData) -> dict[str, Any]:
     }
 
 
-def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str, data_dir: str,
-                        output_dir: str, *, random_init: bool = False,
+def settings_for_task(params: dict[str, Any], task: str) -> dict[str, Any]:
+    """``params`` (the evaluate section's keyword arguments) with ``per_task[task]``'s
+    values applied and ``per_task`` removed."""
+    params = dict(params)
+    per_task = params.pop("per_task", None) or {}
+    name = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    overrides = per_task.get(task) or per_task.get(name) or {}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+# --- task heads ---
+
+class _Head:
+    """What differs between task types: the output layer, the loss, the targets and
+    how predictions become scores."""
+
+    def __init__(self, spec: tasks.TaskSpec):
+        self.spec = spec
+
+    def inputs(self, tokenizer, data: tasks.TaskData) -> tuple[dict, Any]:
+        import numpy as np
+
+        dtype = "float32" if self.spec.type == "regression" else "int32"
+        return encode(tokenizer, data), np.array(data.labels, dtype=dtype)
+
+    def build(self, backbone):
+        import keras
+        import keras_hub
+
+        if self.spec.type == "regression":
+            model = keras_hub.models.BertTextClassifier(backbone, num_classes=1,
+                                                        preprocessor=None)
+            return model, keras.losses.MeanSquaredError()
+        model = keras_hub.models.BertTextClassifier(
+            backbone, num_classes=self.spec.num_classes, preprocessor=None)
+        return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
+        import numpy as np
+
+        out = model.predict(x, batch_size=batch_size, verbose=0)
+        if self.spec.type == "regression":
+            return out[:, 0].astype(float).tolist()
+        return np.argmax(out, axis=-1).tolist()
+
+    def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
+        if self.spec.type == "regression" and not all(math.isfinite(p) for p in predictions):
+            raise KorlmError(f"{self.spec.name}: the fine-tuned model predicts NaN/inf scores "
+                             "(training diverged); lower learning_rate")
+        return metric_fns.compute(self.spec.metrics, data.labels, predictions,
+                                  self.spec.num_classes)
+
+
+class _SpanHead(_Head):
+    """Extractive QA: start/end logits over the tokens of ``[CLS] question [SEP]
+    context-window [SEP]``; a question's answer is the best span over its windows."""
+
+    def __init__(self, spec, tokenizer, max_seq_length: int, doc_stride: int):
+        super().__init__(spec)
+        if tokenizer.pre_tokenizer != "none":
+            raise NotBuiltError("extractive QA with a morpheme pre-tokenized vocabulary "
+                                "(answer offsets in segmented text)", 7)
+        from tokenizers import Tokenizer
+
+        # a copy: windowing changes truncation and padding settings
+        self.tokenizer = Tokenizer.from_str(tokenizer.hf.to_str())
+        self.tokenizer.no_padding()
+        self.max_len, self.stride = max_seq_length, doc_stride
+        self.features: dict[int, list] = {}
+
+    def _windows(self, question: str, context: str):
+        hf = self.tokenizer
+        hf.no_truncation()
+        question_ids = hf.encode(question, add_special_tokens=False)
+        limit = self.max_len // 2  # a long question keeps half the window for context
+        if len(question_ids.ids) > limit:
+            question = question[:question_ids.offsets[limit - 1][1]]
+        hf.enable_truncation(max_length=self.max_len, stride=self.stride,
+                             strategy="only_second")
+        first = hf.encode(question, context)
+        return [first, *first.overflowing]
+
+    def inputs(self, tokenizer, data: tasks.TaskData) -> tuple[dict, Any]:
+        import numpy as np
+
+        rows, targets, owners, offsets = [], [], [], []
+        for q, (question, context, answers) in enumerate(
+                zip(data.texts, data.texts_b, data.labels, strict=True)):
+            answer = answers[0]
+            a_start, a_end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
+            for window in self._windows(question, context):
+                seq = window.sequence_ids
+                ctx = [i for i, s in enumerate(seq) if s == 1]
+                start = end = 0  # [CLS]: the answer is not in this window
+                if ctx and window.offsets[ctx[0]][0] <= a_start and \
+                        window.offsets[ctx[-1]][1] >= a_end:
+                    start = next(i for i in ctx if window.offsets[i][1] > a_start)
+                    end = next(i for i in reversed(ctx) if window.offsets[i][0] < a_end)
+                pad = self.max_len - len(window.ids)
+                rows.append((window.ids + [0] * pad, window.type_ids + [0] * pad,
+                             window.attention_mask + [0] * pad))
+                targets.append((start, end))
+                owners.append(q)
+                offsets.append([window.offsets[i] if seq[i] == 1 else None
+                                for i in range(len(window.ids))])
+        self.features[id(data)] = (owners, offsets)
+        x = {name: np.array([r[k] for r in rows], dtype="int32")
+             for k, name in enumerate(("token_ids", "segment_ids", "padding_mask"))}
+        return x, np.array(targets, dtype="int32")
+
+    def build(self, backbone):
+        import keras
+
+        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+                  for name in ("token_ids", "segment_ids", "padding_mask")}
+        backbone.get_layer("pooled_dense").trainable = False  # QA reads tokens, not [CLS]
+        sequence = backbone(inputs)["sequence_output"]
+        logits = keras.layers.Dense(
+            2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="span_logits")(sequence)
+        model = keras.Model(inputs, logits, name="span_extractor")
+        cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        def span_loss(y_true, y_pred):
+            return 0.5 * (cross_entropy(y_true[:, 0], y_pred[:, :, 0])
+                          + cross_entropy(y_true[:, 1], y_pred[:, :, 1]))
+
+        return model, span_loss
+
+    def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
+        owners, offsets = self.features[id(data)]
+        logits = model.predict(x, batch_size=batch_size, verbose=0)
+        best: dict[int, tuple[float, str]] = {}
+        for f, q in enumerate(owners):
+            valid = [i for i, o in enumerate(offsets[f]) if o is not None]
+            if not valid:
+                continue
+            start_logits, end_logits = logits[f, :, 0], logits[f, :, 1]
+            top = sorted(valid, key=lambda i: -start_logits[i])[:20]
+            top_end = sorted(valid, key=lambda i: -end_logits[i])[:20]
+            for s in top:
+                for e in top_end:
+                    if e < s or e - s >= MAX_ANSWER_TOKENS:
+                        continue
+                    score = float(start_logits[s] + end_logits[e])
+                    if q not in best or score > best[q][0]:
+                        text = data.texts_b[q][offsets[f][s][0]:offsets[f][e][1]]
+                        best[q] = (score, text)
+        return [best.get(q, (0.0, ""))[1] for q in range(len(data))]
+
+    def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
+        gold = [[a["text"] for a in answers] for answers in data.labels]
+        return metric_fns.compute(self.spec.metrics, gold, predictions)
+
+
+def _dev_early_stopping(head: _Head, dev_x, dev: tasks.TaskData, batch_size: int,
+                        patience: int):
+    """A Keras callback that scores the dev split after each epoch, keeps the best
+    epoch's weights, stops after ``patience`` epochs without improvement and restores
+    the best weights at the end."""
+    import keras
+
+    class DevMetricEarlyStopping(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history: list[dict[str, Any]] = []
+            self.best_score, self.best_epoch, self.best_weights, self.wait = -math.inf, 0, None, 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            predictions = head.predict(self.model, dev_x, dev, batch_size)
+            scores = head.score(dev, predictions)
+            value = scores[head.spec.metric]
+            value = -math.inf if value is None else value
+            self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", 0)),
+                                 "dev": scores})
+            if value > self.best_score:
+                self.best_score, self.best_epoch, self.wait = value, epoch + 1, 0
+                self.best_weights = self.model.get_weights()
+            else:
+                self.wait += 1
+                if self.wait >= patience:
+                    self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return DevMetricEarlyStopping()
+
+
+def _check_tokenizer(tokenizer, tokenizer_dir: str, checkpoint_dir: str,
+                     info: dict[str, Any]) -> None:
+    if tokenizer.get_vocab_size() != int(info["vocab_size"]):
+        raise KorlmError(
+            f"tokenizer {tokenizer_dir} has {tokenizer.get_vocab_size()} tokens, checkpoint "
+            f"{checkpoint_dir} was trained with {info['vocab_size']}; pass the run's tokenizer")
+    trained_with, given = info.get("vocab_hash"), pretrain.tokenizer_vocab_hash(tokenizer_dir)
+    if trained_with and given and not pretrain._hashes_match(trained_with, given):
+        raise KorlmError(
+            f"tokenizer {tokenizer_dir} is not the vocabulary checkpoint {checkpoint_dir} was "
+            f"trained with (vocab hash {given[:12]} vs {str(trained_with)[:12]}); "
+            "pass the run's tokenizer")
+
+
+def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
+                        data_dir: str | None, output_dir: str, *, random_init: bool = False,
                         max_train_examples: int | None = 2000,
                         max_eval_examples: int | None = 1000, epochs: int = 1,
                         batch_size: int = 32, learning_rate: float = 2e-4,
-                        max_seq_length: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Fine-tune on ``task``'s train split, score its test split, write ``metrics.json``."""
+                        max_seq_length: int = 64, seed: int = 0, patience: int = 1,
+                        doc_stride: int | None = None,
+                        mixed_precision: bool = False) -> dict[str, Any]:
+    """Fine-tune on ``task``'s train split with early stopping on its dev split, score its
+    test split, write ``metrics.json``. ``task``: a built-in name, a task YAML file or a
+    :class:`tasks.TaskSpec`."""
     started = time.perf_counter()
-    spec = tasks.get_task(task)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size),
+    spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
                         ("max_train_examples", max_train_examples or 1),
                         ("max_eval_examples", max_eval_examples or 1)):
         if int(value) <= 0:
@@ -80,65 +302,73 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str, data
     if not 0 < learning_rate < 1:
         raise KorlmError(f"learning_rate must be between 0 and 1, got {learning_rate}")
     info = models.checkpoint_info(checkpoint_dir)
+    models.check_family(info["model"])  # RoBERTa/BART heads come with their models (#6)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
                          f"{info['max_seq_length']}, got {max_seq_length}")
-    train = tasks.load_split(spec, data_dir, "train", max_train_examples)
-    test = tasks.load_split(spec, data_dir, "test", max_eval_examples)
+    if doc_stride is None:
+        doc_stride = max_seq_length // 4
+    if spec.type == "extractive-qa" and not 0 < doc_stride <= max_seq_length // 2 - 4:
+        # questions keep at most half the window; the context part must exceed the stride
+        raise KorlmError(f"doc_stride must be between 1 and max_seq_length/2 - 4 "
+                         f"({max_seq_length // 2 - 4}), got {doc_stride}")
+    splits = tasks.load_task(spec, data_dir, max_train_examples=max_train_examples,
+                             max_eval_examples=max_eval_examples)
+    spec = splits.spec
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
-    if tokenizer.get_vocab_size() != int(info["vocab_size"]):
-        raise KorlmError(
-            f"tokenizer {tokenizer_dir} has {tokenizer.get_vocab_size()} tokens, checkpoint "
-            f"{checkpoint_dir} was trained with {info['vocab_size']}; pass the run's tokenizer")
-    x_train, x_test = encode(tokenizer, train), encode(tokenizer, test)
+    _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
+    head = (_SpanHead(spec, tokenizer, max_seq_length, doc_stride)
+            if spec.type == "extractive-qa" else _Head(spec))
+    (x_train, y_train), (x_dev, _), (x_test, _) = (
+        head.inputs(tokenizer, s) for s in (splits.train, splits.dev, splits.test))
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
-    import keras_hub
     import numpy as np
     import tensorflow as tf
 
+    if mixed_precision and tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(seed)
     backbone = models.load_backbone(checkpoint_dir, load_weights=not random_init)
-    classifier = keras_hub.models.BertTextClassifier(
-        backbone, num_classes=spec.num_classes, preprocessor=None)
-    total_steps = max(1, len(train) // batch_size) * epochs
+    model, loss = head.build(backbone)
+    num_train = len(y_train)
+    total_steps = max(1, num_train // batch_size) * epochs
     optimizer = keras.optimizers.AdamW(
         learning_rate=pretrain.warmup_linear_decay(
             learning_rate, max(1, int(WARMUP_RATIO * total_steps)), total_steps),
         weight_decay=WEIGHT_DECAY, epsilon=1e-6, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_list=pretrain.no_weight_decay_variables(classifier))
-    classifier.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=False)
-    y_train = np.array(train.labels, dtype="int32")
+    optimizer.exclude_from_weight_decay(var_list=pretrain.no_weight_decay_variables(model))
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-                .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
-                .batch(batch_size, drop_remainder=len(train) >= batch_size)
+                .shuffle(num_train, seed=seed, reshuffle_each_iteration=True)
+                .batch(batch_size, drop_remainder=num_train >= batch_size)
                 .prefetch(tf.data.AUTOTUNE))
+    eval_batch = max(batch_size, 128)
+    stopper = _dev_early_stopping(head, x_dev, splits.dev, eval_batch, patience)
     fit_started = time.perf_counter()
-    history = classifier.fit(train_ds, epochs=epochs, shuffle=False, verbose=0)
+    history = model.fit(train_ds, epochs=epochs, shuffle=False, verbose=0, callbacks=[stopper])
     fit_seconds = time.perf_counter() - fit_started
-    logits = classifier.predict(x_test, batch_size=max(batch_size, 128), verbose=0)
-    predictions = np.argmax(logits, axis=-1)
-    y_test = np.array(test.labels)
-    accuracy = float(np.mean(predictions == y_test))
-    majority = float(np.max(np.bincount(y_test, minlength=spec.num_classes)) / len(y_test))
+    scores = head.score(splits.test, head.predict(model, x_test, splits.test, eval_batch))
 
     name = RANDOM_INIT if random_init else checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
     record = {
         "task": spec.name,
+        "task_type": spec.type,
         "checkpoint": name,
         "checkpoint_uri": checkpoint_dir,
         "step": None if random_init else info.get("step"),
         "random_init": bool(random_init),
-        "metrics": {spec.metric: accuracy},
-        "majority_class_accuracy": majority,
-        "num_train": len(train),
-        "num_eval": len(test),
+        "metrics": scores,
+        "primary_metric": spec.metric,
+        "undefined_metrics": sorted(k for k, v in scores.items() if v is None),
+        "split_note": splits.split_note,
+        "splits": splits.summary(),
+        "num_train": len(splits.train),
+        "num_eval": len(splits.test),
         "train_loss": float(history.history["loss"][-1]),
+        "dev_history": stopper.history,
+        "best_epoch": stopper.best_epoch,
         "seconds": round(time.perf_counter() - started, 2),
         "fine_tune_seconds": round(fit_seconds, 2),
         "fine_tune": {
@@ -147,12 +377,23 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str, data
             "weight_decay": WEIGHT_DECAY, "max_train_examples": max_train_examples,
             "max_eval_examples": max_eval_examples, "optimizer": "adamw",
             "schedule": "linear warmup, linear decay",
+            "early_stopping": f"dev {spec.metric}, patience {patience}",
+            **({"doc_stride": doc_stride} if spec.type == "extractive-qa" else {}),
+            "mixed_precision": keras.mixed_precision.global_policy().name,
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
     }
+    if spec.is_classification:
+        y_test = np.array(splits.test.labels)
+        record["label_names"] = list(spec.label_names)
+        record["majority_class_accuracy"] = float(
+            np.max(np.bincount(y_test, minlength=spec.num_classes)) / len(y_test))
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
     with storage.atomic_output_dir(output_dir) as staging:
         with open(os.path.join(staging, METRICS_JSON), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2, ensure_ascii=False)
-    print(f"{spec.name} {name}: {spec.metric} {accuracy:.4f} "
-          f"(train {len(train)}, eval {len(test)}, {record['seconds']:.1f} s)", flush=True)
+    shown = ", ".join(f"{k} {'undefined' if v is None else f'{v:.4f}'}" for k, v in scores.items())
+    print(f"{spec.name} {name}: {shown} (train {len(splits.train)}, eval {len(splits.test)}, "
+          f"{record['seconds']:.1f} s)", flush=True)
     return record

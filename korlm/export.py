@@ -373,6 +373,8 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
             f"tokenizer has {tok_vocab}"
         )
     pad_id = tokenizer.token_to_id("[PAD]")
+    if pad_id is None:  # a BART/RoBERTa-family vocab (korlm vocab --special-tokens bart)
+        pad_id = tokenizer.token_to_id("<pad>")
     config = bert_config(task, pad_token_id=0 if pad_id is None else pad_id)
     state = bert_state_dict(task)
     num_parameters = int(sum(a.size for a in state.values()))

@@ -1,8 +1,10 @@
 """Collect per-(checkpoint, task) ``metrics.json`` files into a table and plots.
 
-Rows are checkpoints by pretraining step, then the random-init baseline; columns are
-``task/metric``. Writes ``results.md``, ``results.html``, ``results.json`` and one PNG
-per metric (metric against step, the baseline as a dashed line).
+Rows are checkpoints by pretraining step, then the random-init baseline, then published
+reference models marked "(external)"; columns are ``task/metric``. Writes ``results.md``,
+``results.html``, ``results.json`` and one PNG per metric (metric against step, the
+baseline as a dashed line). Split notes (a task scored on derived splits, on the official
+dev set...) and the sources of the external numbers are printed under the table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,30 @@ from korlm import storage
 from korlm.errors import KorlmError
 
 BASELINE = "random-init"
+EXTERNAL = " (external)"
+
+# Published fine-tuning scores of reference models, as printed by their source (percent);
+# only numbers copied from the cited table, mapped to korlm's task/metric columns. They
+# were fine-tuned on the full official train sets: compare with a korlm row only when the
+# task's split note says nothing. KLUE-paper numbers are not here: they could not be
+# checked against the paper from this machine.
+_KOELECTRA = ("KoELECTRA finetune/README_EN.md, Result tables (github.com/monologg/KoELECTRA"
+              " @ 61e2420e73f26bf8116496ad5a79c0108aa39d9f); KorNLI: trained on KorNLI "
+              "MNLI+SNLI; KorQuAD: dev set")
+REFERENCE_RESULTS: list[dict[str, Any]] = [
+    {"model": "KoELECTRA-Small-v3", "source": _KOELECTRA, "scale": 100,
+     "metrics": {"nsmc/accuracy": 89.36, "kornli/accuracy": 78.60, "korsts/spearman": 80.79,
+                 "question-pair/accuracy": 94.85, "korquad/exact_match": 82.11,
+                 "korquad/f1": 91.13}},
+    {"model": "KoELECTRA-Base-v3", "source": _KOELECTRA, "scale": 100,
+     "metrics": {"nsmc/accuracy": 90.63, "kornli/accuracy": 82.24, "korsts/spearman": 85.53,
+                 "question-pair/accuracy": 95.25, "korquad/exact_match": 84.83,
+                 "korquad/f1": 93.45}},
+    {"model": "KoBERT", "source": _KOELECTRA, "scale": 100,
+     "metrics": {"nsmc/accuracy": 89.59, "kornli/accuracy": 79.62, "korsts/spearman": 81.59,
+                 "question-pair/accuracy": 94.85, "korquad/exact_match": 51.75,
+                 "korquad/f1": 79.15}},
+]
 
 
 def find_metrics(result_dirs: list[str]) -> list[dict[str, Any]]:
@@ -47,7 +73,7 @@ def _row_key(rec: dict[str, Any]) -> tuple[int, int]:
 
 
 def build_table(records: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, float | None]] = {}
     order: dict[str, tuple[int, int]] = {}
     columns: list[str] = []
     for rec in records:
@@ -57,39 +83,107 @@ def build_table(records: list[dict[str, Any]]) -> tuple[list[str], list[str], di
             col = f"{rec['task']}/{metric}"
             if col not in columns:
                 columns.append(col)
-            rows.setdefault(name, {})[col] = float(value)
+            rows.setdefault(name, {})[col] = None if value is None else float(value)
     row_names = sorted(rows, key=lambda n: order[n])
     return row_names, sorted(columns), rows
 
 
-def render_markdown(row_names, columns, rows) -> str:
+def add_references(row_names: list[str], columns: list[str], rows: dict,
+                   references: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Append external rows for the reference models that report any of ``columns``
+    (only those columns: the table stays the run's tasks); returns the new row names and
+    the distinct sources, in order."""
+    names, sources = list(row_names), []
+    for ref in references:
+        values = {c: v / ref.get("scale", 1) for c, v in ref["metrics"].items() if c in columns}
+        if not values:
+            continue
+        name = ref["model"] + EXTERNAL
+        rows[name] = values
+        names.append(name)
+        if ref["source"] not in sources:
+            sources.append(ref["source"])
+    return names, sources
+
+
+def split_notes(records: list[dict[str, Any]]) -> dict[str, str]:
+    """task -> its split note (how its splits were made), for tasks that have one."""
+    notes: dict[str, str] = {}
+    for rec in records:
+        if rec.get("split_note"):
+            notes.setdefault(rec["task"], rec["split_note"])
+    return dict(sorted(notes.items()))
+
+
+def _cell(value: float | None, present: bool) -> str:
+    if not present:
+        return "—"
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _best(row_names, columns, rows) -> dict[str, float | None]:
+    own = [r for r in row_names if not r.endswith(EXTERNAL)]
+    return {c: max((rows[r][c] for r in own if rows[r].get(c) is not None), default=None)
+            for c in columns}
+
+
+def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = None,
+                    sources: list[str] | None = None) -> str:
     lines = ["| checkpoint | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    best = {c: max((rows[r][c] for r in row_names if c in rows[r]), default=None) for c in columns}
+    best = _best(row_names, columns, rows)
+    own = [r for r in row_names if not r.endswith(EXTERNAL)]
     for r in row_names:
         cells = []
         for c in columns:
             v = rows[r].get(c)
-            cell = "—" if v is None else f"{v:.4f}"
-            if v is not None and v == best[c] and len(row_names) > 1:
+            cell = _cell(v, c in rows[r])
+            if (v is not None and v == best[c] and len(own) > 1
+                    and not r.endswith(EXTERNAL)):
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if any(v is None for r in row_names for v in rows[r].values()):
+        text += "\nn/a: undefined (a correlation of constant predictions).\n"
+    if notes:
+        text += "\nSplits:\n" + "".join(f"- {t}: {n}\n" for t, n in notes.items())
+    if sources:
+        text += ("\nRows marked (external) are published scores, not korlm runs, fine-tuned "
+                 "on the full official training sets. Source:\n"
+                 + "".join(f"- {s}\n" for s in sources))
+    return text
 
 
-def render_html(row_names, columns, rows, plots: list[str]) -> str:
+def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str] | None = None,
+                sources: list[str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    best = _best(row_names, columns, rows)
     body = []
     for r in row_names:
+        external = r.endswith(EXTERNAL)
         cells = "".join(
-            f"<td>{'—' if rows[r].get(c) is None else f'{rows[r][c]:.4f}'}</td>" for c in columns)
-        body.append(f"<tr><th>{html.escape(r)}</th>{cells}</tr>")
+            "<td{}>{}</td>".format(
+                " class='best'" if not external and rows[r].get(c) is not None
+                and rows[r][c] == best[c] else "",
+                _cell(rows[r].get(c), c in rows[r])) for c in columns)
+        style = " class='external'" if external else ""
+        body.append(f"<tr{style}><th>{html.escape(r)}</th>{cells}</tr>")
     imgs = "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
+    extra = ""
+    if notes:
+        extra += "<h2>Splits</h2><ul>" + "".join(
+            f"<li><b>{html.escape(t)}</b>: {html.escape(n)}</li>" for t, n in notes.items()
+        ) + "</ul>"
+    if sources:
+        extra += ("<p>Rows in grey italics marked (external) are published scores, not korlm "
+                  "runs, fine-tuned on the full official training sets. Source:</p><ul>"
+                  + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>")
     return ("<!doctype html><meta charset='utf-8'><title>korlm results</title>"
             "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-            "text-align:right}</style><h1>korlm results</h1>"
-            f"<table><tr><th>checkpoint</th>{head}</tr>{''.join(body)}</table>{imgs}")
+            "text-align:right}.best{font-weight:bold}.external{color:#777;font-style:italic}"
+            "</style><h1>korlm results</h1>"
+            f"<table><tr><th>checkpoint</th>{head}</tr>{''.join(body)}</table>{extra}{imgs}")
 
 
 def plot_metrics(records, columns, out_dir: str) -> list[str]:
@@ -102,10 +196,11 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
     for col in columns:
         task, metric = col.split("/", 1)
         pts = sorted((int(r["step"]), r["metrics"][metric]) for r in records
-                     if r["task"] == task and metric in r["metrics"] and not r.get("random_init")
-                     and r.get("step") is not None)
+                     if r["task"] == task and r["metrics"].get(metric) is not None
+                     and not r.get("random_init") and r.get("step") is not None)
         base = [r["metrics"][metric] for r in records
-                if r["task"] == task and r.get("random_init") and metric in r["metrics"]]
+                if r["task"] == task and r.get("random_init")
+                and r["metrics"].get(metric) is not None]
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="pretrained")
@@ -114,7 +209,8 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
         ax.set_xlabel("pretraining step")
         ax.set_ylabel(metric)
         ax.set_title(col)
-        ax.legend(loc="best")
+        if pts or base:
+            ax.legend(loc="best")
         fig.tight_layout()
         name = col.replace("/", "_") + ".png"
         fig.savefig(os.path.join(out_dir, name))
@@ -123,19 +219,28 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
     return names
 
 
-def build_report(result_dirs: list[str], output_dir: str) -> dict[str, Any]:
+def build_report(result_dirs: list[str], output_dir: str,
+                 references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``references``: external rows (default :data:`REFERENCE_RESULTS`; ``[]`` for none)."""
     records = find_metrics(result_dirs)
     row_names, columns, rows = build_table(records)
-    markdown = render_markdown(row_names, columns, rows)
+    own_rows = list(row_names)
+    row_names, sources = add_references(
+        row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
+    notes = split_notes(records)
+    markdown = render_markdown(row_names, columns, rows, notes, sources)
     with storage.atomic_output_dir(output_dir) as staging:
         plots = plot_metrics(records, columns, staging)
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"
                     + "".join(f"![{p}]({p})\n" for p in plots))
+        html_text = render_html(row_names, columns, rows, plots, notes, sources)
         with open(os.path.join(staging, "results.html"), "w", encoding="utf-8") as f:
-            f.write(render_html(row_names, columns, rows, plots))
+            f.write(html_text)
         with open(os.path.join(staging, "results.json"), "w", encoding="utf-8") as f:
             json.dump({"rows": row_names, "columns": columns, "values": rows,
+                       "external_rows": [r for r in row_names if r not in own_rows],
+                       "split_notes": notes, "sources": sources,
                        "records": records}, f, indent=2, ensure_ascii=False)
-    return {"markdown": markdown, "rows": row_names, "columns": columns, "values": rows,
-            "plots": plots}
+    return {"markdown": markdown, "html": html_text, "rows": row_names, "columns": columns,
+            "values": rows, "plots": plots, "split_notes": notes}

@@ -1,0 +1,64 @@
+"""korlm.metrics against values computed by hand."""
+
+import math
+
+import pytest
+
+from korlm import metrics
+from korlm.errors import KorlmError
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    gold = [0, 0, 1, 1, 2, 2]
+    pred = [0, 1, 1, 1, 2, 0]
+    assert metrics.accuracy(gold, pred) == pytest.approx(4 / 6)
+    # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp1 fn0 -> 0.8; class 2: tp1 fp0 fn1 -> 2/3
+    assert metrics.macro_f1(gold, pred) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    # a declared class never seen counts as F1 0 (sklearn zero_division=0)
+    assert metrics.macro_f1([0, 1], [0, 1], labels=range(3)) == pytest.approx(2 / 3)
+
+
+def test_pearson_spearman_by_hand():
+    gold = [1.0, 2.0, 3.0, 4.0]
+    pred = [1.0, 3.0, 2.0, 5.0]
+    # means 2.5 and 2.75; centred products 2.625 - 0.125 - 0.375 + 3.375 = 5.5
+    assert metrics.pearson(gold, pred) == pytest.approx(5.5 / math.sqrt(5 * 8.75))
+    # ranks 1 2 3 4 vs 1 3 2 4: 1 - 6 * 2 / (4 * 15) = 0.8
+    assert metrics.spearman(gold, pred) == pytest.approx(0.8)
+    # ties share their average rank: [1, 2.5, 2.5, 4] vs [1, 2, 3, 4]
+    tied = metrics.spearman([1, 2, 2, 3], [1, 2, 3, 4])
+    assert tied == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert metrics.pearson([1, 2, 3], [2, 2, 2]) is None  # undefined, not 0 or NaN
+
+
+def test_f1_at_threshold_klue_sts():
+    gold = [4.0, 3.0, 2.9, 0.5, 3.5]
+    pred = [3.2, 2.0, 3.0, 1.0, 4.9]
+    # gold positives: 0, 1, 4; predicted positives: 0, 2, 4 -> tp 2, fp 1, fn 1
+    assert metrics.f1_at_threshold(gold, pred) == pytest.approx(2 / 3)
+
+
+def test_korquad_normalization_exact_match_and_char_f1():
+    assert metrics.normalize_answer("《 임종석 》의") == "임종석 의"
+    assert metrics.normalize_answer("(1989년) 2월!") == "1989년 2월"
+    assert metrics.answer_exact_match("'임종석'", "임종석") == 1.0
+    # char F1 ignores spaces: "1989년 2월" vs "1989년 2월 15일": 7 common, 7 and 10 chars
+    assert metrics.answer_f1("1989년 2월", "1989년 2월 15일") == pytest.approx(
+        2 * (7 / 7) * (7 / 10) / (7 / 7 + 7 / 10))
+    answers = [["임종석", "임종석 의원"], ["1989년"]]
+    assert metrics.exact_match(answers, ["임종석 의원", "1990년"]) == pytest.approx(0.5)
+    assert metrics.qa_f1(answers, ["임종석", "1990년"]) == pytest.approx(
+        (1.0 + 0.8) / 2)  # 1990년 vs 1989년: 4 of 5 characters in common
+
+
+def test_bad_input():
+    with pytest.raises(KorlmError, match="predicted values contain NaN"):
+        metrics.pearson([1, 2, 3], [1, float("nan"), 2])
+    with pytest.raises(KorlmError, match="empty split"):
+        metrics.accuracy([], [])
+    with pytest.raises(KorlmError, match="differ in shape"):
+        metrics.accuracy([1, 2], [1])
+    with pytest.raises(KorlmError, match="unknown metric 'auc'"):
+        metrics.compute(["auc"], [1], [1])
+    assert metrics.compute(["accuracy", "macro_f1"], [0, 1], [0, 0], num_classes=2) == {
+        "accuracy": 0.5, "macro_f1": pytest.approx((2 / 3 + 0) / 2)}
