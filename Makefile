@@ -66,3 +66,65 @@ push-images: build
 
 clean-runs:
 	rm -rf runs build
+
+# KFP on a local cluster (issue #9): kind by default, minikube with CLUSTER=minikube.
+# KFP standalone comes from the kustomizations in k8s/kfp/ (pinned KFP release), korlm's
+# resources from k8s/korlm/. See k8s/README.md.
+CLUSTER      ?= kind
+CLUSTER_NAME ?= korlm
+KUBECTL      ?= kubectl
+KIND         ?= kind
+MINIKUBE     ?= minikube
+KFP_PORT     ?= 8080
+LOCAL_IMAGE  ?= $(REGISTRY)/korlm:$(TAG)
+ifeq ($(CLUSTER),minikube)
+KUBE_CONTEXT ?= $(CLUSTER_NAME)
+else
+KUBE_CONTEXT ?= kind-$(CLUSTER_NAME)
+endif
+K := $(KUBECTL) --context $(KUBE_CONTEXT)
+
+.PHONY: run-local clean-local
+
+run-local: install
+	@mkdir -p build
+ifeq ($(CLUSTER),minikube)
+	$(MINIKUBE) start -p $(CLUSTER_NAME) --kubernetes-version=v1.32.2 --cpus=4 --memory=12g \
+	  --mount --mount-string=$(CURDIR)/data:/korlm/data
+else ifeq ($(CLUSTER),kind)
+	sed 's|hostPath: data$$|hostPath: $(CURDIR)/data|' k8s/kind-cluster.yaml > build/kind-cluster.yaml
+	$(KIND) get clusters | grep -qx $(CLUSTER_NAME) || \
+	  $(KIND) create cluster --name $(CLUSTER_NAME) --config build/kind-cluster.yaml --wait 120s
+else
+	$(error CLUSTER must be kind or minikube, not $(CLUSTER))
+endif
+	$(K) apply -k k8s/kfp/cluster-scoped
+	$(K) wait --for=condition=established --timeout=120s crd --all
+	$(K) apply -k k8s/kfp/platform-agnostic
+	$(K) apply -k k8s/korlm
+	$(K) -n kubeflow wait --for=condition=available --timeout=1200s deployment --all
+	$(DOCKER) image inspect $(LOCAL_IMAGE) > /dev/null 2>&1 || \
+	  $(DOCKER) build -f docker/Dockerfile --build-arg VARIANT=cpu -t $(LOCAL_IMAGE) .
+ifeq ($(CLUSTER),minikube)
+	$(MINIKUBE) -p $(CLUSTER_NAME) image load $(LOCAL_IMAGE)
+else
+	$(KIND) load docker-image $(LOCAL_IMAGE) --name $(CLUSTER_NAME)
+endif
+	@if [ -n "$$HF_TOKEN" ]; then \
+	  echo "creating Secret kubeflow/korlm-hf-token from \$$HF_TOKEN"; \
+	  printf '%s' "$$HF_TOKEN" | $(K) -n kubeflow create secret generic korlm-hf-token \
+	    --from-file=token=/dev/stdin --dry-run=client -o yaml | $(K) apply -f - > /dev/null; \
+	else echo "HF_TOKEN is not set: no Hub token Secret; the push step stays a dry run"; fi
+	$(K) -n kubeflow port-forward svc/ml-pipeline-ui $(KFP_PORT):80 > build/port-forward.log 2>&1 & pf=$$!; \
+	  trap "kill $$pf" EXIT; \
+	  for i in $$(seq 60); do curl -sf http://localhost:$(KFP_PORT)/apis/v2beta1/healthz > /dev/null && break; sleep 2; done; \
+	  $(BIN)/korlm pipeline submit --target kfp --config $(CONFIG) --host http://localhost:$(KFP_PORT) --wait \
+	    --set pipeline.image=$(LOCAL_IMAGE) --set kfp.data_pvc=korlm-data > build/kfp-run.json
+	@cat build/kfp-run.json; echo "run summary (run id, state, report location): build/kfp-run.json"
+
+clean-local:
+ifeq ($(CLUSTER),minikube)
+	$(MINIKUBE) delete -p $(CLUSTER_NAME)
+else
+	$(KIND) delete cluster --name $(CLUSTER_NAME)
+endif

@@ -176,5 +176,21 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
                            *(("evaluate", ev) for ev in evaluations), ("report", rep), ("export", exp),
                            ("push", pushed)):
             _place(task, resources.get(step))
+        if target == "kfp":
+            _mount_cluster_volumes(conf, pushed, (clean, *evaluations))
 
     return korlm_pipeline
+
+
+def _mount_cluster_volumes(conf: Config, push_task, data_tasks) -> None:
+    """KFP cluster only: the Hub token Secret (key ``token``) becomes the push task's
+    ``push.token_env`` (optional, so a dry-run push runs without it; the token never enters
+    the compiled pipeline), and ``kfp.data_pvc`` is mounted where the input readers look."""
+    from kfp import kubernetes
+
+    if push_task is not None:
+        kubernetes.use_secret_as_env(push_task, secret_name=conf.kfp.hf_token_secret,
+                                     secret_key_to_env={"token": conf.push.token_env}, optional=True)
+    if conf.kfp.data_pvc:
+        for task in data_tasks:
+            kubernetes.mount_pvc(task, pvc_name=conf.kfp.data_pvc, mount_path=conf.kfp.data_mount_path)

@@ -58,9 +58,9 @@ def test_missing_step_inputs(tmp_path):
                           str(tmp_path / "t"), "--output", str(tmp_path / "r")), "nope")
 
 
-def test_not_built_modes_say_so(tmp_path):
+def test_kfp_submit_of_local_paths_without_a_data_volume_names_what_is_missing(tmp_path):
     _one_line_error(korlm("pipeline", "submit", "--target", "kfp", "--config", "configs/local.yaml"),
-                    "not built yet", "issue #9")
+                    "clean.inputs[0].path", "kfp.data_pvc")
 
 
 def test_vertex_submit_of_a_local_config_names_what_is_missing(tmp_path):

@@ -14,7 +14,7 @@ HEAVY = ("tensorflow", "keras", "keras_hub", "apache_beam", "torch", "transforme
 def test_compile_writes_every_step(tmp_path):
     out = tmp_path / "p.yaml"
     compile_pipeline(config.load("configs/local.yaml"), str(out))
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))  # 2nd doc: the Kubernetes platform spec
     executors = spec["deploymentSpec"]["executors"]
     names = " ".join(executors)
     for step in ("clean", "vocab", "pretrain-data", "pretrain", "evaluate", "report",
@@ -57,6 +57,6 @@ def test_push_gets_run_id_and_config_hash_but_never_the_token(tmp_path, monkeypa
     compile_pipeline(conf, str(out))
     text = out.read_text()
     assert secret not in text
-    push_inputs = yaml.safe_load(text)["root"]["dag"]["tasks"]["push"]["inputs"]["parameters"]
+    push_inputs = next(yaml.safe_load_all(text))["root"]["dag"]["tasks"]["push"]["inputs"]["parameters"]
     assert push_inputs["config_hash"]["runtimeValue"]["constant"] == config.config_hash(conf)
     assert push_inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"

@@ -64,7 +64,7 @@ def test_same_config_for_kfp_and_local_has_no_vertex_specifics(bert_base, tmp_pa
         compile_pipeline(bert_base, str(tmp_path / "k.yaml"), target="kfp")
     gpu = config.load("configs/vertex-small-gpu.yaml")
     compile_pipeline(gpu, str(tmp_path / "k.yaml"), target="kfp")
-    tasks = vertex.task_resources(yaml.safe_load((tmp_path / "k.yaml").read_text()))
+    tasks = vertex.task_resources(next(yaml.safe_load_all((tmp_path / "k.yaml").read_text())))
     assert tasks["pretrain"]["resources"]["accelerator"]["resourceType"] == "NVIDIA_L4"
     assert "beam_runner" not in tasks.get("clean", {}) or tasks["clean"]["beam_runner"] == "DirectRunner"
 
