@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
-from components import clean, evaluate, export, pretrain, pretrain_data, push, report, vocab
+from components import ablation, clean, evaluate, export, pretrain, pretrain_data, push, report, vocab
 
 STEPS = {
     "clean": clean.clean,
@@ -22,6 +22,7 @@ STEPS = {
     "report": report.report,
     "export": export.export,
     "push": push.push,
+    "ablation_merge": ablation.ablation_merge,
 }
 
 

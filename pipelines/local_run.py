@@ -52,10 +52,12 @@ def _check_inputs(conf: Config, clean: bool = True) -> None:
     for item in conf.clean.inputs if clean else []:
         if "://" not in item.path and not glob.glob(item.path):
             raise KorlmError(f"clean.inputs: {item.path} matches no file")
-    for task in conf.evaluate.tasks:
-        d = os.path.join(conf.evaluate.data_dir, task)
-        if "://" not in d and not os.path.isdir(d):
-            raise KorlmError(f"evaluate.data_dir: no data folder {d} for task {task!r}")
+    from korlm.tasks import find_layout, get_task
+
+    for task in conf.evaluate.tasks:  # the task's files (or YAML file) exist, or one line says which
+        spec = get_task(task)
+        if "://" not in conf.evaluate.data_dir:
+            find_layout(spec, conf.evaluate.data_dir)
 
 
 def _find_task_dirs(root: str) -> dict[str, str]:
@@ -82,14 +84,14 @@ def _evaluation_dirs(root: str) -> dict[str, str]:
     return found
 
 
-def _link_step_outputs(run_dir: str, kfp_root: str, step_outputs=None) -> dict[str, str]:
+def _link_step_outputs(run_dir: str, kfp_root: str, step_outputs=None, evaluations: bool = True) -> dict[str, str]:
     outputs: dict[str, str] = {}
     task_dirs = _find_task_dirs(kfp_root)
     for folder, task_name, artifact in step_outputs or [(f, t, a) for t, f, a in STEP_OUTPUTS]:
         src = task_dirs.get(task_name)
         if src and os.path.exists(os.path.join(src, artifact)):
             outputs[folder] = os.path.join(src, artifact)
-    for checkpoint, res in sorted(_evaluation_dirs(kfp_root).items()):
+    for checkpoint, res in sorted(_evaluation_dirs(kfp_root).items() if evaluations else []):
         outputs[f"evaluate/{checkpoint}"] = res
     for key, target in outputs.items():
         link = os.path.join(run_dir, key)
@@ -100,6 +102,26 @@ def _link_step_outputs(run_dir: str, kfp_root: str, step_outputs=None) -> dict[s
     return outputs
 
 
+def _link_ablation(run_dir: str, kfp_root: str) -> dict[str, str]:
+    """Link ``ablation/`` to the last comparison (the one holding every arm)."""
+    best, rows = None, -1
+    for dirpath, dirnames, _ in os.walk(kfp_root):
+        if os.path.basename(dirpath).startswith("ablation-merge") and "comparison" in dirnames:
+            path = os.path.join(dirpath, "comparison", "comparison.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    n = len(json.load(f)["rows"])
+                if n > rows:
+                    best, rows = os.path.join(dirpath, "comparison"), n
+    if best is None:
+        return {}
+    link = os.path.join(run_dir, "ablation")
+    if os.path.islink(link):
+        os.remove(link)
+    os.symlink(os.path.relpath(best, run_dir), link)
+    return {"ablation": best}
+
+
 def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=None, outputs=None,
               check_clean_inputs: bool = True, reused: dict[str, str] | None = None,
               provenance: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,10 +130,20 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
     ``outputs`` lists the (folder, task dir, artifact) to link; ``reused`` adds earlier
     runs' artifacts to outputs.json so later re-runs can start from this run."""
     _check_inputs(conf, clean=check_clean_inputs)
+    # task YAML files are read inside the tasks, whose working directory differs
+    yaml_tasks = [os.path.abspath(t) if t.endswith((".yaml", ".yml")) and "://" not in t else t
+                  for t in conf.evaluate.tasks]
+    if yaml_tasks != list(conf.evaluate.tasks):
+        conf = conf.model_copy(update={"evaluate": conf.evaluate.model_copy(update={"tasks": yaml_tasks})})
     from kfp import local
 
     from pipelines.korlm_pipeline import build_pipeline
 
+    if pipeline_factory is None and conf.ablation.vocab_variants:
+        from pipelines.ablation import build_ablation_pipeline
+
+        pipeline_factory = lambda c, ci, ed: build_ablation_pipeline(c, clean_inputs=ci, eval_data_dir=ed)  # noqa: E731
+        outputs = outputs or [("clean", "clean", "corpus")]
     pipeline_factory = pipeline_factory or (lambda c, ci, ed: build_pipeline(c, clean_inputs=ci, eval_data_dir=ed))
 
     run_id = conf.run.id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -148,14 +180,17 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
         builtins.print = original_print
     seconds = time.time() - start
 
-    linked = _link_step_outputs(run_dir, kfp_root, outputs)
+    # an ablation has one evaluation per arm and checkpoint: its comparison links them all
+    linked = _link_step_outputs(run_dir, kfp_root, outputs, evaluations=not conf.ablation.vocab_variants)
+    if conf.ablation.vocab_variants and pipeline_factory is not None:
+        linked.update(_link_ablation(run_dir, kfp_root))
     summary = {"run_id": run_id, "run_dir": run_dir, "seconds": round(seconds, 1),
                **(provenance or {}),
                "outputs": {**(reused or {}), **{k: os.path.join(run_dir, k) for k in linked}}}
     with open(os.path.join(run_dir, "outputs.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
 
-    results_md = os.path.join(run_dir, "report", "results.md")
+    results_md = os.path.join(run_dir, "ablation" if "ablation" in linked else "report", "results.md")
     print("\n" + "=" * 72)
     print(f"korlm run {run_id} finished in {seconds / 60:.1f} min")
     if os.path.exists(results_md):

@@ -26,7 +26,14 @@ from korlm import storage
 from korlm.config import Config, config_hash
 from korlm.config import validate as validate_config
 from korlm.errors import KorlmError
-from pipelines.korlm_pipeline import Target, _place, evaluate_and_report, step_ops, target_params
+from pipelines.korlm_pipeline import (
+    Target,
+    _mount_cluster_volumes,
+    _place,
+    evaluate_and_report,
+    step_ops,
+    target_params,
+)
 
 # step -> {component input: (earlier run's output folder, artifact class)}
 STEP_INPUTS: dict[str, dict[str, tuple[str, type]]] = {
@@ -120,6 +127,13 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             placed.append(("push", task))
         for name, task in placed:
             _place(task, resources.get(name))
+        if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate
+            by_step = dict(placed)
+            data_tasks = [t for n, t in placed if n in ("clean", "evaluate")]
+            if "push" in by_step:
+                _mount_cluster_volumes(conf, by_step["push"], data_tasks)
+            elif data_tasks and conf.kfp.data_pvc:
+                _mount_cluster_volumes(conf, None, data_tasks)
 
     return one_step
 
