@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from korlm import config as cfg
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 
 
 def _print_result(title: str, result: Any) -> None:
@@ -53,26 +53,40 @@ def cmd_clean(args: argparse.Namespace) -> None:
 def cmd_vocab(args: argparse.Namespace) -> None:
     conf = _load(args, {"vocab.algorithm": args.algorithm,
                         "vocab.pre_tokenizer": args.pre_tokenizer,
-                        "vocab.vocab_size": args.vocab_size})
+                        "vocab.vocab_size": args.vocab_size,
+                        "vocab.special_tokens": args.special_tokens})
     from korlm.vocab import build_vocab
 
     v = conf.vocab
     stats = build_vocab(args.corpus, args.output, algorithm=v.algorithm,
                         pre_tokenizer=v.pre_tokenizer, vocab_size=v.vocab_size,
                         min_frequency=v.min_frequency, max_sentences=v.max_sentences,
-                        max_bytes=v.max_bytes, heldout_every=v.heldout_every, coverage=v.coverage)
+                        max_bytes=v.max_bytes, heldout_every=v.heldout_every, coverage=v.coverage,
+                        special_tokens=v.special_tokens)
     _print_result(f"vocab -> {args.output}", stats)
 
 
 def cmd_pretrain_data(args: argparse.Namespace) -> None:
+    if args.inspect:
+        from korlm.pretrain import inspect_examples
+
+        print(inspect_examples(args.inspect, args.tokenizer, num_examples=args.examples,
+                               **_load(args, {}).pretrain.model_dump()))
+        return
+    if not args.corpus or not args.output:
+        raise KorlmError("pretrain-data needs --corpus DIR and --output DIR (or --inspect DATA_DIR)")
     conf = _load(args, {"pretrain_data.objective": args.objective,
-                        "pretrain_data.max_seq_length": args.max_seq_length})
+                        "pretrain_data.max_seq_length": args.max_seq_length,
+                        "pretrain_data.packing": args.packing,
+                        "pretrain_data.nsp": args.nsp,
+                        "pretrain_data.masking": args.masking,
+                        "pretrain_data.dupe_factor": args.dupe_factor,
+                        "pretrain_data.whole_word": args.whole_word})
     from corpus_beam.pack import run_pretrain_data
 
     p = conf.pretrain_data
-    meta = run_pretrain_data(args.corpus, args.tokenizer, args.output, objective=p.objective,
-                             max_seq_length=p.max_seq_length, num_shards=p.num_shards,
-                             seed=p.seed, beam_options=p.beam_options or None)
+    meta = run_pretrain_data(args.corpus, args.tokenizer, args.output,
+                             **p.model_dump(exclude={"beam_options"}), beam_options=p.beam_options or None)
     _print_result(f"pretrain-data -> {args.output}", meta)
 
 
@@ -83,38 +97,38 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                         "pretrain.batch_size": args.batch_size})
     from korlm.pretrain import run_pretrain
 
-    p = conf.pretrain
-    checkpoints = run_pretrain(
-        args.data, args.tokenizer, args.output, model=p.model, size=p.size, steps=p.steps,
-        checkpoint_every=p.checkpoint_every, batch_size=p.batch_size,
-        learning_rate=p.learning_rate, warmup_steps=p.warmup_steps,
-        weight_decay=p.weight_decay, mask_rate=p.mask_rate, seed=p.seed)
+    checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump())
     _print_result(f"pretrain -> {args.output}", checkpoints)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     conf = _load(args, {"evaluate.max_train_examples": args.max_train_examples,
+                        "evaluate.max_eval_examples": args.max_eval_examples,
+                        "evaluate.epochs": args.epochs,
+                        "evaluate.batch_size": args.batch_size,
+                        "evaluate.max_seq_length": args.max_seq_length,
                         "evaluate.data_dir": args.data_dir})
-    from korlm import storage
-    from korlm.evaluate import evaluate_checkpoint
+    from korlm.evaluate import evaluate_checkpoint, settings_for_task
 
-    e = conf.evaluate
-    if args.task.endswith((".yaml", ".yml")):
-        raise NotBuiltError("user-declared YAML tasks", 7)
     if not args.tokenizer:
         raise KorlmError("evaluate needs --tokenizer DIR (the vocab step's output)")
+    params = settings_for_task(
+        conf.evaluate.model_dump(exclude={"tasks", "data_dir", "parallelism"}), args.task)
+    flags = {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
+             "max_eval_examples": args.max_eval_examples, "batch_size": args.batch_size,
+             "max_seq_length": args.max_seq_length}
+    params.update({k: v for k, v in flags.items() if v is not None})  # flags beat per_task
     result = evaluate_checkpoint(
-        args.checkpoint, args.tokenizer, args.task, storage.join(e.data_dir, args.task),
-        args.output, random_init=args.random_init, max_train_examples=e.max_train_examples,
-        max_eval_examples=e.max_eval_examples, epochs=e.epochs, batch_size=e.batch_size,
-        learning_rate=e.learning_rate, max_seq_length=e.max_seq_length, seed=e.seed)
+        args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
+        random_init=args.random_init, **params)
     _print_result(f"evaluate -> {args.output}", result)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from korlm.report import build_report
 
-    summary = build_report(args.results, args.output)
+    summary = build_report(args.results, args.output,
+                           references=[] if args.no_references else None)
     print(summary["markdown"])
     print(f"report -> {args.output}")
 
@@ -170,8 +184,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
         run_local(conf, config_path=args.config)
     elif args.action == "submit":
+        if args.target == "kfp":
+            from pipelines.kfp_submit import submit as submit_kfp
+
+            summary = submit_kfp(conf, host=args.host, dry_run=args.dry_run, wait=args.wait)
+            print(json.dumps(summary, indent=2, ensure_ascii=False))
+            return
         if args.target != "vertex":
-            raise NotBuiltError(f"submission to {args.target or 'a cluster'} (KFP on kind/minikube)", 9)
+            raise KorlmError("pipeline submit needs --target vertex or --target kfp")
         from pipelines.vertex import submit
 
         summary = submit(conf, dry_run=args.dry_run)
@@ -213,13 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-tokenizer", choices=["none", "morpheme"],
                    help="`morpheme` splits eojeol into Kiwi morphemes before subword training")
     p.add_argument("--vocab-size", type=int, metavar="N")
+    p.add_argument("--special-tokens", choices=["bert", "bart"],
+                   help="special tokens at ids 0-4: bert = [PAD] [UNK] [CLS] [SEP] [MASK] (default); "
+                        "bart = <s> <pad> </s> <unk> <mask> (BART/RoBERTa)")
 
     p = add("pretrain-data", cmd_pretrain_data, "Tokenize and pack the corpus into TFRecord shards.")
-    p.add_argument("--corpus", required=True, metavar="DIR")
+    p.add_argument("--corpus", metavar="DIR", help="output of `korlm clean` (required unless --inspect)")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--output", metavar="DIR", help="examples directory to write (required unless --inspect)")
+    p.add_argument("--inspect", metavar="DATA_DIR",
+                   help="instead of packing: decode a few examples of DATA_DIR with the masks/noise "
+                        "training applies (the pretrain section of --config) and their labels")
+    p.add_argument("--examples", type=int, default=3, metavar="N", help="--inspect: examples shown (default 3)")
     p.add_argument("--objective", choices=["mlm", "bart"])
     p.add_argument("--max-seq-length", type=int, metavar="N")
+    p.add_argument("--packing", choices=["full-sentences", "doc-sentences", "segment-pair", "span"],
+                   help="default: full-sentences for mlm, span for bart (docs/pretrain_data.md)")
+    p.add_argument("--nsp", action="store_true", default=None,
+                   help="next-sentence labels, 50%% random B (segment-pair packing)")
+    p.add_argument("--masking", choices=["dynamic", "static"],
+                   help="static: mask once here, BERT create_pretraining_data style")
+    p.add_argument("--dupe-factor", type=int, metavar="N", help="static masking: copies with different masks")
+    p.add_argument("--whole-word", choices=["none", "eojeol", "morpheme"], help="static masking unit")
 
     p = add("pretrain", cmd_pretrain, "Pretrain a model from scratch, checkpointing every K steps.")
     p.add_argument("--data", required=True, metavar="DIR", help="output of `korlm pretrain-data`")
@@ -236,11 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "Fine-tune one checkpoint on a task and score it.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint directory (run/checkpoints/step-NNNNNN)")
-    p.add_argument("--task", required=True, metavar="NAME|FILE.yaml", help="e.g. nsmc")
+    p.add_argument("--task", required=True, metavar="NAME|FILE.yaml",
+                   help="a built-in task (nsmc, klue-nli, klue-sts, korsts, kornli, "
+                        "question-pair, hate-speech, hate-speech-bias, chatbot, korquad) or a "
+                        "task YAML file (see docs/evaluate.md)")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--tokenizer", metavar="DIR", help="the vocab step's output")
-    p.add_argument("--data-dir", metavar="DIR", help="holds <task>/ data folders")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="holds the built-in tasks' folders (nsmc/, klue/, korsts/, ...), "
+                        "e.g. the shared data kit")
     p.add_argument("--max-train-examples", type=int, metavar="N")
+    p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="maximum epochs (early stopping on dev may stop sooner)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--max-seq-length", type=int, metavar="N")
     p.add_argument("--random-init", action="store_true",
                    help="baseline: same architecture, weights not loaded")
 
@@ -248,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="+", required=True, metavar="DIR",
                    help="evaluate output directories (each with metrics.json, or parents of them)")
     p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--no-references", action="store_true",
+                   help="leave out the published reference rows (marked external)")
 
     p = add("export", cmd_export, "Export a checkpoint to a Hugging Face model directory.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
@@ -283,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile: how tasks are placed (default kfp); submit: where to")
     p.add_argument("--dry-run", action="store_true",
                    help="submit: build and print the job request and per-task resources; send nothing")
+    p.add_argument("--host", metavar="URL",
+                   help="submit --target kfp: the KFP API address (default kfp.host, http://localhost:8080)")
+    p.add_argument("--wait", action="store_true",
+                   help="submit --target kfp: follow the run to its end and print where the report is")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config value, repeatable")
     return parser

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from korlm.errors import KorlmError
+from korlm.filters import compile_patterns
 
 
 class ConfigError(KorlmError):
@@ -47,8 +48,9 @@ class CleanInput(_Section):
 class CleanSection(_Section):
     inputs: list[CleanInput] = Field(default_factory=list)
     normalization: Literal["NFC", "NFKC"] = Field("NFC", description="Unicode normalization form")
-    sentence_splitter: Literal["kiwi", "regex"] = Field(
-        "kiwi", description="kiwi (kiwipiepy, batched) or regex (terminal punctuation, no model)")
+    sentence_splitter: Literal["kiwi", "regex", "line"] = Field(
+        "kiwi", description="kiwi (kiwipiepy, batched), regex (terminal punctuation, no model) "
+                            "or line (each line of a document is one sentence)")
     max_repeat: int = Field(2, ge=0, description="cap runs of one repeated character (ㅋㅋㅋㅋ -> ㅋㅋ); 0 = off")
     remove_emoji: bool = Field(True, description="drop emoji (♡ ★ ♪ and other plain symbols stay)")
     remove_hanja: bool = Field(False, description="drop hanja (CJK ideographs)")
@@ -96,8 +98,16 @@ class CleanSection(_Section):
             raise ValueError("min_sentence_chars must not exceed max_sentence_chars")
         if self.min_sentence_eojeol > self.max_sentence_eojeol:
             raise ValueError("min_sentence_eojeol must not exceed max_sentence_eojeol")
-        if "{kind}" not in self.pii_placeholder and "{" in self.pii_placeholder:
-            raise ValueError("pii_placeholder may only use the field {kind}")
+        if self.max_document_chars < self.min_document_chars:
+            raise ValueError("max_document_chars must not be less than min_document_chars")
+        try:
+            self.pii_placeholder.format(kind="EMAIL")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("pii_placeholder may only use the field {kind}") from None
+        try:
+            compile_patterns(self.boilerplate_patterns or [])
+        except re.error as exc:
+            raise ValueError(f"boilerplate_patterns: not a valid regular expression list ({exc})") from None
         return self
 
 
@@ -112,6 +122,9 @@ class VocabSection(_Section):
     heldout_every: int = Field(20, ge=0)
     # full: every Hangul syllable, jamo and printable ASCII encode without [UNK].
     coverage: Literal["full", "corpus"] = "full"
+    # Special tokens at ids 0-4: bert [PAD] [UNK] [CLS] [SEP] [MASK]; bart (BART/RoBERTa,
+    # fairseq order) <s> <pad> </s> <unk> <mask>.
+    special_tokens: Literal["bert", "bart"] = "bert"
 
 
 class PretrainDataSection(_Section):
@@ -119,7 +132,29 @@ class PretrainDataSection(_Section):
     max_seq_length: int = Field(128, ge=8, le=4096)
     num_shards: int = Field(2, ge=1)
     seed: int = 0
+    packing: Literal["full-sentences", "doc-sentences", "segment-pair", "span"] | None = Field(
+        None, description="full-sentences (RoBERTa, may cross documents), doc-sentences (never crosses), "
+                          "segment-pair (BERT A/B), span (BART); default: full-sentences for mlm, span for bart")
+    nsp: bool = Field(False, description="next-sentence labels (50% random B); segment-pair only")
+    short_seq_prob: float | None = Field(None, ge=0, le=1,
+                                         description="segment-pair: share of shorter targets (default 0.1)")
+    masking: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic: masked at training time; static: BERT create_pretraining_data")
+    dupe_factor: int | None = Field(None, ge=1, description="static: packings with different masks (default 10)")
+    mask_rate: float | None = Field(None, gt=0, lt=1, description="static: share of tokens masked (default 0.15)")
+    whole_word: Literal["none", "eojeol", "morpheme"] | None = Field(
+        None, description="static: mask whole eojeol/morphemes (default none)")
     beam_options: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _settings_combine(self):
+        from korlm.packing import resolve_settings
+
+        try:
+            resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options"}))
+        except KorlmError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class PretrainSection(_Section):
@@ -131,7 +166,21 @@ class PretrainSection(_Section):
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.01, ge=0)
-    mask_rate: float = Field(0.15, gt=0, lt=1)
+    mask_rate: float = Field(0.15, gt=0, lt=1, description="MLM: share of maskable tokens predicted")
+    mask_token_rate: float = Field(0.8, ge=0, le=1, description="MLM: predicted tokens shown as [MASK]")
+    random_token_rate: float = Field(0.1, ge=0, le=1,
+                                     description="MLM: predicted tokens replaced by a random token "
+                                                 "(the rest stay unchanged)")
+    whole_word: Literal["none", "eojeol", "morpheme"] = Field(
+        "none", description="MLM: mask whole eojeol (word_starts) or morphemes (morpheme_starts, "
+                            "morpheme vocab only); none = token-level")
+    max_predictions: int | None = Field(None, ge=1, description="MLM: predicted tokens per example at "
+                                                                "most; default ceil(max_seq_length * mask_rate)")
+    infill_rate: float = Field(0.3, ge=0, lt=1, description="BART: share of tokens covered by infilling spans")
+    poisson_lambda: float = Field(3.0, gt=0, le=64, description="BART: mean infilling span length")
+    permute_sentences: bool = Field(False, description="BART: shuffle the sentences of each example")
+    ignore_nsp_labels: bool = Field(False, description="train MLM only on data with next-sentence labels "
+                                                       "(the NSP head is issue #6)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -139,20 +188,41 @@ class PretrainSection(_Section):
         if self.checkpoint_every > self.steps:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) is larger than steps ({self.steps})")
+        if self.mask_token_rate + self.random_token_rate > 1 + 1e-9:
+            raise ValueError(f"mask_token_rate + random_token_rate must be <= 1, got "
+                             f"{self.mask_token_rate} + {self.random_token_rate}")
         return self
 
 
+class EvaluateTaskSettings(_Section):
+    """Per-task fine-tuning settings (evaluate.per_task.<task>); unset keys keep the
+    section's value."""
+
+    max_seq_length: int | None = Field(None, ge=8)
+    batch_size: int | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    doc_stride: int | None = Field(None, ge=1, description="extractive QA window overlap")
+
+
 class EvaluateSection(_Section):
-    tasks: list[str] = Field(default_factory=lambda: ["nsmc"], min_length=1)
-    data_dir: str = Field("data/sample/eval", description="task data under <data_dir>/<task>/")
+    tasks: list[str] = Field(default_factory=lambda: ["nsmc"], min_length=1,
+                             description="built-in task names or task YAML files")
+    data_dir: str = Field("data/sample/eval", description="task data under <data_dir>/<folder>/")
     parallelism: int = Field(2, ge=1, description="checkpoints evaluated at once")
     max_train_examples: int | None = Field(2000, ge=1)
-    max_eval_examples: int | None = Field(1000, ge=1)
-    epochs: int = Field(1, ge=1)
+    max_eval_examples: int | None = Field(1000, ge=1, description="caps dev and test")
+    epochs: int = Field(1, ge=1, description="maximum; early stopping on dev may stop sooner")
+    patience: int = Field(1, ge=1, description="epochs without dev improvement before stopping")
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     max_seq_length: int = Field(64, ge=8)
+    mixed_precision: bool = Field(False, description="float16 compute on a GPU; ignored on CPU")
     seed: int = 0
+    per_task: dict[str, EvaluateTaskSettings] = Field(
+        default_factory=dict, description="e.g. {korquad: {max_seq_length: 128, batch_size: 8}}")
 
 
 class ExportSection(_Section):
@@ -174,7 +244,37 @@ class PushSection(_Section):
     retries: int = Field(4, ge=0, le=10, description="extra tries of a Hub call after a transient failure")
 
 
-PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push")
+class AblationVocab(_Section):
+    """One vocab variant of an ablation; unset keys keep the vocab section's value."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    algorithm: Literal["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"] | None = None
+    pre_tokenizer: Literal["none", "morpheme"] | None = None
+    vocab_size: int | None = Field(None, ge=16, le=1_000_000)
+
+
+class AblationSection(_Section):
+    """Vocab variants x model sizes in one pipeline run (pipelines/ablation.py): each arm
+    pretrains, is evaluated per checkpoint, and all arms end in one comparison report."""
+
+    vocab_variants: list[AblationVocab] = Field(default_factory=list)
+    sizes: list[Literal["tiny", "mini", "small", "base", "large"]] = Field(
+        default_factory=list, description="default: pretrain.size")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [v.name for v in self.vocab_variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"vocab_variants: names must be unique, got {names}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes: listed twice in {self.sizes}")
+        if self.sizes and not self.vocab_variants:
+            raise ValueError("sizes needs vocab_variants (at least one)")
+        return self
+
+
+PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push",
+                  "ablation_merge")
 _ACCELERATORS = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
                  "NVIDIA_H100_80GB", "NVIDIA_H200_141GB", "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
 
@@ -264,6 +364,25 @@ class VertexSection(_Section):
         return self
 
 
+class KfpSection(_Section):
+    """Where `korlm pipeline submit --target kfp` sends the run: a KFP 2 standalone cluster
+    (e.g. kind/minikube from `make run-local`; see k8s/README.md)."""
+
+    host: str = Field("http://localhost:8080", pattern=r"^https?://\S+$",
+                      description="KFP API/UI address (kubectl port-forward svc/ml-pipeline-ui 8080:80)")
+    namespace: str | None = Field(None, description="profile namespace; multi-user clusters only")
+    experiment: str = Field("korlm", min_length=1)
+    hf_token_secret: str = Field("korlm-hf-token", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                 description="Secret whose key 'token' becomes the push task's push.token_env")
+    data_pvc: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                 description="PVC holding the repository's data/ folder (local clean.inputs and "
+                                             "evaluate.data_dir), mounted at data_mount_path")
+    data_mount_path: str = Field("/opt/korlm/data", pattern=r"^/")
+    service_account: str | None = Field(None, description="Kubernetes service account of the run's pods")
+    wait_timeout_s: int = Field(6 * 3600, ge=1, description="how long --wait follows the run")
+    poll_interval_s: float = Field(10.0, gt=0, description="seconds between run-state checks of --wait")
+
+
 class Config(_Section):
     run: RunSection = Field(default_factory=RunSection)
     clean: CleanSection = Field(default_factory=CleanSection)
@@ -275,6 +394,8 @@ class Config(_Section):
     push: PushSection = Field(default_factory=PushSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     vertex: VertexSection = Field(default_factory=VertexSection)
+    ablation: AblationSection = Field(default_factory=AblationSection)
+    kfp: KfpSection = Field(default_factory=KfpSection)
 
 
 def _describe(err: dict[str, Any]) -> str:
