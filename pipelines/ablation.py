@@ -22,6 +22,7 @@ from kfp import dsl
 from korlm.config import Config
 from korlm.errors import KorlmError
 from pipelines.korlm_pipeline import (
+    RETRIES,
     Target,
     _mount_cluster_volumes,
     _place,
@@ -59,6 +60,7 @@ def build_ablation_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | N
     def ablation_pipeline():
         placed: list[tuple[str, Any]] = []
         clean = op["clean"](inputs=inputs, params=params["clean"]).set_display_name("clean")
+        clean.set_retry(num_retries=RETRIES, backoff_duration="60s")
         placed.append(("clean", clean))
         comparison = None
         for variant in conf.ablation.vocab_variants:
@@ -67,12 +69,13 @@ def build_ablation_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | N
             vocab.set_display_name(f"vocab-{variant.name}")
             data = op["pretrain_data"](corpus=clean.outputs["corpus"], tokenizer=vocab.outputs["tokenizer"],
                                        params=params["pretrain_data"]).set_display_name(f"data-{variant.name}")
+            data.set_retry(num_retries=RETRIES, backoff_duration="60s")
             placed += [("vocab", vocab), ("pretrain_data", data)]
             for size in sizes:
                 label = f"{variant.name}-{size}"
                 train = op["pretrain"](examples=data.outputs["examples"], tokenizer=vocab.outputs["tokenizer"],
                                        params={**params["pretrain"], "size": size})
-                train.set_display_name(f"pretrain-{label}").set_retry(num_retries=2)
+                train.set_display_name(f"pretrain-{label}").set_retry(num_retries=RETRIES)
                 rep, evaluations = evaluate_and_report(op, conf, params, train.outputs["run"],
                                                        vocab.outputs["tokenizer"], train.outputs["Output"],
                                                        tasks, data_dir)

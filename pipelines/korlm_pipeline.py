@@ -43,6 +43,9 @@ def step_params(conf: Config) -> dict[str, dict[str, Any]]:
 
 
 Target = Literal["local", "kfp", "vertex"]
+# Long steps are retried on failure (a preempted VM, a transient GCS error); each writes its
+# artifact atomically, and pretrain resumes from its last checkpoint.
+RETRIES = 2
 BEAM_STEPS = ("clean", "pretrain_data")
 
 
@@ -110,6 +113,8 @@ def evaluate_and_report(op: dict[str, Any], conf: Config, params: dict[str, dict
     baseline = op["evaluate"](run=run, tokenizer=tokenizer, step=conf.pretrain.steps, tasks=tasks,
                               data_dir=data_dir, random_init=True,
                               params=params["evaluate"]).set_display_name("evaluate-random-init")
+    for task in (ev, baseline):  # fine-tuning is long and rewrites its output whole: safe to retry
+        task.set_retry(num_retries=RETRIES, backoff_duration="60s")
     rep = op["report"](results=dsl.Collected(ev.outputs["results"]), baseline=baseline.outputs["results"])
     rep.set_caching_options(conf.pipeline.enable_caching)
     return rep, (ev, baseline)
@@ -155,13 +160,15 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
                   description="Raw Korean text to a pretrained, evaluated and exported LM")
     def korlm_pipeline():
         clean = op["clean"](inputs=inputs, params=params["clean"]).set_display_name("clean")
+        clean.set_retry(num_retries=RETRIES, backoff_duration="60s")
         vocab = op["vocab"](corpus=clean.outputs["corpus"], params=params["vocab"])
         data = op["pretrain_data"](corpus=clean.outputs["corpus"],
                                    tokenizer=vocab.outputs["tokenizer"],
                                    params=params["pretrain_data"]).set_display_name("pretrain-data")
+        data.set_retry(num_retries=RETRIES, backoff_duration="60s")
         train = op["pretrain"](examples=data.outputs["examples"],
                                tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"])
-        train.set_retry(num_retries=2)  # resumes from its last checkpoint after preemption
+        train.set_retry(num_retries=RETRIES)  # resumes from its last checkpoint after preemption
 
         rep, evaluations = evaluate_and_report(op, conf, params, train.outputs["run"], vocab.outputs["tokenizer"],
                                                train.outputs["Output"], tasks, data_dir)

@@ -60,3 +60,16 @@ def test_push_gets_run_id_and_config_hash_but_never_the_token(tmp_path, monkeypa
     push_inputs = next(yaml.safe_load_all(text))["root"]["dag"]["tasks"]["push"]["inputs"]["parameters"]
     assert push_inputs["config_hash"]["runtimeValue"]["constant"] == config.config_hash(conf)
     assert push_inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+
+
+def test_long_steps_retry_and_push_is_never_cached(tmp_path):
+    conf = config.load("configs/local.yaml")
+    out = tmp_path / "p.yaml"
+    compile_pipeline(conf, str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in ("clean", "pretrain-data", "pretrain", "evaluate-2"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2, name
+    loop = next(c for n, c in spec["components"].items() if n.startswith("comp-for-loop"))
+    assert loop["dag"]["tasks"]["evaluate"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["push"] and tasks["push"]["cachingOptions"] == {}
