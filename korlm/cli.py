@@ -168,10 +168,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
             raise KorlmError("run-step needs a STEP and --from-run RUN_DIR (an earlier run's folder or URI)")
         from pipelines.run_step import run_step
 
-        run_step(args.step, args.from_run, overrides=cfg.parse_set(args.set or []),
-                           config_file=args.config, run_id=args.run_id, compile_only=args.compile_only)
+        summary = run_step(args.step, args.from_run, overrides=cfg.parse_set(args.set or []),
+                           config_file=args.config, run_id=args.run_id, compile_only=args.compile_only,
+                           submit=args.target, dry_run=args.dry_run, wait=getattr(args, "wait", False))
         if args.compile_only:
             print(f"compiled one-step pipeline ({args.step}) -> {args.compile_only}")
+        elif args.target:
+            print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     conf = cfg.apply_overrides(cfg.load(args.config), cfg.parse_set(args.set or []))
     if args.action == "compile":

@@ -60,15 +60,23 @@ def cluster_inputs(conf: Config) -> tuple[list[dict[str, Any]], str]:
     return inputs, _cluster_path(conf.evaluate.data_dir, "evaluate.data_dir", conf)
 
 
-def compile_for_cluster(conf: Config, output: str) -> str:
-    """Compile the pipeline for target kfp with the cluster's input paths."""
+def compile_for_cluster(conf: Config, output: str, pipeline_factory=None) -> str:
+    """Compile the pipeline for target kfp with the cluster's input paths.
+    ``pipeline_factory(conf, clean_inputs, eval_data_dir, target)`` builds another
+    pipeline (a one-step re-run); default: the main DAG, or the ablation DAG when the
+    config has an ``ablation`` section."""
     from kfp import compiler
 
     from pipelines.korlm_pipeline import build_pipeline
 
+    if pipeline_factory is None:
+        if conf.ablation.vocab_variants:
+            from pipelines.ablation import build_ablation_pipeline as pipeline_factory
+        else:
+            pipeline_factory = build_pipeline
     inputs, data_dir = cluster_inputs(conf)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(conf, clean_inputs=inputs, eval_data_dir=data_dir, target="kfp"),
+    compiler.Compiler().compile(pipeline_factory(conf, clean_inputs=inputs, eval_data_dir=data_dir, target="kfp"),
                                 package_path=output)
     return output
 
@@ -173,7 +181,7 @@ def make_client(conf: Config, host: str):
 
 
 def submit(conf: Config, *, host: str | None = None, dry_run: bool = False, wait: bool = False,
-           package_dir: str | None = None) -> dict[str, Any]:
+           package_dir: str | None = None, pipeline_factory=None) -> dict[str, Any]:
     """Compile, then start the run on the cluster (and with ``wait`` follow it). With
     ``dry_run`` only compile and describe. Raises KorlmError when a waited-for run does not
     succeed, naming its state and failed tasks."""
@@ -181,7 +189,7 @@ def submit(conf: Config, *, host: str | None = None, dry_run: bool = False, wait
         conf = apply_overrides(conf, {"kfp.host": host})  # validated like the config's kfp.host
     host = conf.kfp.host.rstrip("/")
     package_dir = package_dir or tempfile.mkdtemp(prefix="korlm-kfp-")
-    package = compile_for_cluster(conf, os.path.join(package_dir, f"{conf.pipeline.name}.yaml"))
+    package = compile_for_cluster(conf, os.path.join(package_dir, f"{conf.pipeline.name}.yaml"), pipeline_factory)
     summary = describe(conf, host, package)
     summary["dry_run"] = dry_run
     if dry_run:

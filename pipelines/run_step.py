@@ -140,10 +140,12 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
 
 def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = None,
              config_file: str | None = None, run_id: str | None = None,
-             compile_only: str | None = None) -> dict[str, Any]:
+             compile_only: str | None = None, submit: str | None = None, dry_run: bool = False,
+             wait: bool = False) -> dict[str, Any]:
     """Re-run ``step`` of ``from_run`` with the earlier config plus ``config_file`` and
-    ``overrides``; run it locally (kfp.local) or, with ``compile_only``, write the
-    one-step pipeline for a cluster. Returns the new run's summary."""
+    ``overrides``: locally (kfp.local), or with ``compile_only`` write the one-step pipeline
+    for a cluster, or with ``submit`` (``vertex`` or ``kfp``) send it there (``dry_run``
+    describes it only). Returns the new run's summary."""
     from korlm import config as cfg
 
     upstream, earlier_config = earlier_run(from_run)
@@ -152,6 +154,23 @@ def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = Non
         data = _merge(data, cfg.load(config_file).model_dump(exclude_unset=True))
     data.setdefault("run", {})["id"] = run_id
     conf = cfg.apply_overrides(validate_config(data, source=f"{from_run}/config.yaml"), overrides or {})
+    if submit:
+        local = sorted(f for folder, f in upstream.items() if _upstream_of(step, folder) and not storage.is_remote(f))
+        if local:
+            raise KorlmError(f"run-step --submit {submit}: the earlier run's artifacts must be in a bucket the "
+                             f"cluster reads (gs://...), but {local[0]} is a local path")
+
+        def factory(conf_, clean_inputs=None, eval_data_dir=None, target: Target = "vertex"):
+            return build_step_pipeline(conf_, step, upstream, target=target, clean_inputs=clean_inputs,
+                                       eval_data_dir=eval_data_dir)
+
+        if submit == "vertex":
+            from pipelines import vertex
+
+            return vertex.submit(conf, dry_run=dry_run, pipeline_factory=factory)
+        from pipelines import kfp_submit
+
+        return kfp_submit.submit(conf, dry_run=dry_run, wait=wait, pipeline_factory=factory)
     if compile_only:
         from kfp import compiler
 

@@ -75,6 +75,10 @@ def task_resources(compiled: dict[str, Any]) -> dict[str, dict[str, Any]]:
         executor = executors.get(comp.get("executorLabel", ""))
         if executor is None:  # a sub-DAG (the checkpoint loop)
             continue
+        if "importer" in executor:  # an earlier run's artifact brought into a one-step re-run
+            uri = executor["importer"].get("artifactUri", {})
+            out[comp_name.removeprefix("comp-")] = {"imports": uri.get("constant") or uri.get("runtimeParameter")}
+            continue
         container = executor["container"]
         entry: dict[str, Any] = {"image": container["image"]}
         if container.get("resources"):
@@ -111,11 +115,19 @@ def describe(conf: Config, job, compiled: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = None) -> dict[str, Any]:
-    """Compile and submit (or, with ``dry_run``, only describe) the run on Vertex AI."""
+def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = None,
+           pipeline_factory=None) -> dict[str, Any]:
+    """Compile and submit (or, with ``dry_run``, only describe) the run on Vertex AI.
+    ``pipeline_factory(conf, target=...)`` builds another pipeline (a one-step re-run)."""
     check_vertex_config(conf)
     template_dir = template_dir or tempfile.mkdtemp(prefix="korlm-vertex-")
-    template = compile_pipeline(conf, os.path.join(template_dir, f"{conf.pipeline.name}.yaml"), target="vertex")
+    template = os.path.join(template_dir, f"{conf.pipeline.name}.yaml")
+    if pipeline_factory is None:
+        compile_pipeline(conf, template, target="vertex")
+    else:
+        from kfp import compiler
+
+        compiler.Compiler().compile(pipeline_factory(conf, target="vertex"), package_path=template)
     with open(template, encoding="utf-8") as f:
         compiled = yaml.safe_load(f)
     credentials = None

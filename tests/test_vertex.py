@@ -160,3 +160,49 @@ def test_beam_steps_use_gs_uris_only_for_remote_workers():
     assert beam_artifact_path(mount, uri, []) == mount
     assert beam_artifact_path(mount, uri, ["--runner=DirectRunner"]) == mount
     assert beam_artifact_path("/tmp/x", "minio://b/x", ["--runner=FlinkRunner"]) == "/tmp/x"
+
+
+def _earlier_run(tmp_path, conf, outputs):
+    run = tmp_path / "earlier"
+    run.mkdir()
+    (run / "outputs.json").write_text(json.dumps({"run_id": "earlier", "outputs": outputs}))
+    (run / "config.yaml").write_text(yaml.safe_dump(conf.model_dump(mode="json")))
+    return run
+
+
+def test_run_step_submits_a_one_step_pipeline_importing_gs_artifacts(bert_base, tmp_path):
+    from pipelines.run_step import run_step
+
+    run = _earlier_run(tmp_path, bert_base, {"clean": "gs://your-bucket/runs/1/clean",
+                                             "vocab": "gs://your-bucket/runs/1/vocab",
+                                             "pretrain": "gs://your-bucket/runs/1/pretrain"})
+    summary = run_step("pretrain-data", str(run), submit="vertex", dry_run=True,
+                       overrides={"pretrain_data.max_seq_length": 512})
+    tasks = summary["tasks"]
+    imported = sorted(t["imports"] for t in tasks.values() if "imports" in t)
+    assert imported == ["gs://your-bucket/runs/1/clean", "gs://your-bucket/runs/1/vocab"]
+    assert tasks["pretrain-data"]["beam_runner"] == "DataflowRunner"
+    assert "pretrain" not in tasks and summary["display_name"] == "korlm-bert-base"
+    with open(summary["template"], encoding="utf-8") as f:
+        template = yaml.safe_load(f)
+    params = template["root"]["dag"]["tasks"]["pretrain-data"]["inputs"]["parameters"]["params"]
+    assert params["runtimeValue"]["constant"]["max_seq_length"] == 512
+
+
+def test_run_step_submit_refuses_local_artifacts(bert_base, tmp_path):
+    from pipelines.run_step import run_step
+
+    run = _earlier_run(tmp_path, bert_base, {"clean": "/home/me/runs/1/clean", "vocab": "gs://b/vocab"})
+    with pytest.raises(KorlmError, match="must be in a bucket .* /home/me/runs/1/clean is a local path"):
+        run_step("vocab", str(run), submit="vertex", dry_run=True)
+
+
+def test_run_step_dry_run_on_a_kfp_cluster(tmp_path):
+    from pipelines.run_step import run_step
+
+    conf = config.load("configs/vertex-small-gpu.yaml")
+    run = _earlier_run(tmp_path, conf, {"clean": "gs://your-bucket/runs/1/clean"})
+    summary = run_step("vocab", str(run), submit="kfp", dry_run=True)
+    assert summary["pipeline_name"] == "korlm-bert-small-vocab"
+    assert summary["tasks"]["importer"] == {"imports": "gs://your-bucket/runs/1/clean"}
+    assert summary["dry_run"] is True
