@@ -11,7 +11,18 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
-from components import ablation, clean, evaluate, export, pretrain, pretrain_data, push, report, vocab
+from components import (
+    ablation,
+    clean,
+    evaluate,
+    export,
+    manifest,
+    pretrain,
+    pretrain_data,
+    push,
+    report,
+    vocab,
+)
 
 STEPS = {
     "clean": clean.clean,
@@ -23,6 +34,7 @@ STEPS = {
     "export": export.export,
     "push": push.push,
     "ablation_merge": ablation.ablation_merge,
+    "run_manifest": manifest.run_manifest,
 }
 
 

@@ -274,7 +274,7 @@ class AblationSection(_Section):
 
 
 PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push",
-                  "ablation_merge")
+                  "ablation_merge", "run_manifest")
 _ACCELERATORS = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
                  "NVIDIA_H100_80GB", "NVIDIA_H200_141GB", "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
 

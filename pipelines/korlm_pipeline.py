@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import yaml
 from kfp import dsl
 
 import components
@@ -155,6 +156,7 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         i.model_dump(exclude_none=True) for i in conf.clean.inputs]
     data_dir = eval_data_dir or conf.evaluate.data_dir
     tasks = list(conf.evaluate.tasks)
+    config_yaml = yaml.safe_dump(conf.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
 
     @dsl.pipeline(name=conf.pipeline.name,
                   description="Raw Korean text to a pretrained, evaluated and exported LM")
@@ -177,6 +179,12 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         pushed = op["push"](hf_model=exp.outputs["hf_model"], params=params["push"],
                             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
         pushed.set_caching_options(False)  # a push is a side effect, never cached
+        # outputs.json + config.yaml: this run can be the --from-run of `korlm pipeline run-step`
+        manifest = op["run_manifest"](corpus=clean.outputs["corpus"], tokenizer=vocab.outputs["tokenizer"],
+                                      examples=data.outputs["examples"], run=train.outputs["run"],
+                                      report=rep.outputs["report"], hf_model=exp.outputs["hf_model"],
+                                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml)
+        manifest.set_caching_options(False)
         for task in (clean, vocab, data, train, exp):
             task.set_caching_options(conf.pipeline.enable_caching)
         for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),

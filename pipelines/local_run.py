@@ -30,6 +30,7 @@ STEP_OUTPUTS = [
     ("report", "report", "report"),
     ("export", "export", "hf_model"),
     ("push", "push", "plan"),
+    ("run-manifest", "manifest", "manifest"),
 ]
 
 

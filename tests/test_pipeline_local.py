@@ -42,6 +42,11 @@ def test_every_step_has_its_folder(run_dir):
     assert [c["step"] for c in ckpts] == [10, 20]
     assert (path / "export" / "model.safetensors").exists()
     assert json.loads((path / "push" / "push_plan.json").read_text())["dry_run"] is True
+    # the pipeline's own manifest (what a Vertex/KFP run leaves for run-step) points at the same artifacts
+    manifest = json.loads((path / "manifest" / "outputs.json").read_text())["outputs"]
+    for step in ("clean", "vocab", "pretrain-data", "pretrain", "report", "export"):
+        assert os.path.realpath(manifest[step]) == os.path.realpath(path / step), step
+    assert (path / "manifest" / "config.yaml").exists()
 
 
 def test_report_has_checkpoints_and_baseline(run_dir):
