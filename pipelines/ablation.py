@@ -32,16 +32,6 @@ from pipelines.korlm_pipeline import (
 )
 
 
-def arms(conf: Config) -> list[tuple[str, dict[str, Any], str]]:
-    """(label, vocab params, size) of every arm."""
-    sizes = conf.ablation.sizes or [conf.pretrain.size]
-    out = []
-    for variant in conf.ablation.vocab_variants:
-        for size in sizes:
-            out.append((f"{variant.name}-{size}", variant.model_dump(exclude={"name"}, exclude_none=True), size))
-    return out
-
-
 def build_ablation_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = None,
                             eval_data_dir: str | None = None, target: Target = "local"):
     if not conf.ablation.vocab_variants:
