@@ -31,15 +31,18 @@ def test_every_copied_path_and_variant_requirements_exist():
         assert not re.search(r"^FROM \S+:latest\b|^FROM [^:\s]+\s*$", text, flags=re.M), dockerfile
 
 
+def _make_n(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True,
+                          text=True, check=True, env=env).stdout
+
+
 def test_make_build_tags_images_with_the_commit():
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
-    proc = subprocess.run(["make", "-n", "build", "REGISTRY=us-docker.pkg.dev/p/korlm"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    tags = re.findall(r"-t (\S+)", proc.stdout)
+    tags = re.findall(r"-t (\S+)", _make_n("build", "REGISTRY=us-docker.pkg.dev/p/korlm"))
     assert [t.rsplit(":", 1)[0] for t in tags] == [f"us-docker.pkg.dev/p/korlm/{n}" for n in
                                                   ("korlm", "korlm-gpu", "korlm-tpu", "korlm-dataflow")]
     assert all(re.fullmatch(rf"{commit}(-dirty)?", t.rsplit(":", 1)[1]) for t in tags), tags
-    push = subprocess.run(["make", "-n", "push-images", "REGISTRY=r.example/k", "TAG=abc123"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    push = _make_n("push-images", "REGISTRY=r.example/k", "TAG=abc123")
     assert push.count("docker push r.example/k/") == 4 and ":latest" not in push

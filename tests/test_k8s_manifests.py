@@ -118,8 +118,12 @@ def test_kfp_standalone_is_referenced_remotely_at_one_pinned_release_matching_th
 
 
 def _make_n(*args: str) -> str:
-    env = {**os.environ, "HF_TOKEN": SECRET}
-    proc = subprocess.run(["make", "-n", *args], capture_output=True, text=True, timeout=60, env=env)
+    # a fresh top-level make: under `make test` the inherited MAKELEVEL/MAKEFLAGS would add
+    # "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env["HF_TOKEN"] = SECRET
+    proc = subprocess.run(["make", "--no-print-directory", "-n", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     return proc.stdout
