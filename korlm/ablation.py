@@ -16,6 +16,7 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
+from korlm.report import save_plot
 
 COMPARISON_FILE = "comparison.json"
 VOCAB_KEYS = ("algorithm", "pre_tokenizer", "vocab_size", "unk_rate", "tokens_per_eojeol", "coverage")
@@ -136,9 +137,5 @@ def plot_comparison(comparison: dict[str, Any], out_dir: str) -> list[str]:
         ax.set_title(f"{col} (dashed: random init)")
         if arms:
             ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        name = col.replace("/", "_") + ".png"
-        fig.savefig(os.path.join(out_dir, name))
-        plt.close(fig)
-        names.append(name)
+        names.append(save_plot(fig, col, out_dir))
     return names

@@ -186,6 +186,17 @@ def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str
             f"<table><tr><th>checkpoint</th>{head}</tr>{''.join(body)}</table>{extra}{imgs}")
 
 
+def save_plot(fig, column: str, out_dir: str) -> str:
+    """Save one metric's figure as ``<task>_<metric>.png`` in ``out_dir``; returns the name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    name = column.replace("/", "_") + ".png"
+    fig.savefig(os.path.join(out_dir, name))
+    plt.close(fig)
+    return name
+
+
 def plot_metrics(records, columns, out_dir: str) -> list[str]:
     import matplotlib
 
@@ -211,11 +222,7 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
         ax.set_title(col)
         if pts or base:
             ax.legend(loc="best")
-        fig.tight_layout()
-        name = col.replace("/", "_") + ".png"
-        fig.savefig(os.path.join(out_dir, name))
-        plt.close(fig)
-        names.append(name)
+        names.append(save_plot(fig, col, out_dir))
     return names
 
 

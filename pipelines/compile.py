@@ -1,8 +1,14 @@
-"""Compile the pipeline for a config into KFP IR YAML (Vertex AI and KFP both run it)."""
+"""Compile the pipeline for a config into KFP IR YAML (Vertex AI and KFP both run it).
+
+Every pipeline builder takes ``(conf, *, clean_inputs=None, eval_data_dir=None, target)``
+(the main DAG, the ablation DAG, a one-step re-run), so local runs, compiling and both
+submissions accept any of them.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from kfp import compiler
 
@@ -10,14 +16,22 @@ from korlm.config import Config
 from pipelines.korlm_pipeline import Target, build_pipeline
 
 
-def compile_pipeline(conf: Config, output: str, target: Target = "kfp") -> str:
-    """Write the compiled pipeline for ``target`` (kfp or vertex: how tasks are placed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if conf.ablation.vocab_variants:  # vocab variants x sizes, one comparison
+def pipeline_builder(conf: Config):
+    """The builder for a config: the ablation DAG when it has an ``ablation`` section
+    (vocab variants x sizes, one comparison), else the main DAG."""
+    if conf.ablation.vocab_variants:
         from pipelines.ablation import build_ablation_pipeline
 
-        pipeline = build_ablation_pipeline(conf, target=target)
-    else:
-        pipeline = build_pipeline(conf, target=target)
-    compiler.Compiler().compile(pipeline, package_path=output)
+        return build_ablation_pipeline
+    return build_pipeline
+
+
+def compile_pipeline(conf: Config, output: str, target: Target = "kfp", pipeline_factory=None,
+                     **inputs: Any) -> str:
+    """Write the compiled pipeline for ``target`` (kfp or vertex: how tasks are placed).
+    ``pipeline_factory`` (default :func:`pipeline_builder`) and ``inputs``
+    (``clean_inputs``, ``eval_data_dir``) as the builders take them."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    build = pipeline_factory or pipeline_builder(conf)
+    compiler.Compiler().compile(build(conf, target=target, **inputs), package_path=output)
     return output

@@ -62,23 +62,12 @@ def cluster_inputs(conf: Config) -> tuple[list[dict[str, Any]], str]:
 
 def compile_for_cluster(conf: Config, output: str, pipeline_factory=None) -> str:
     """Compile the pipeline for target kfp with the cluster's input paths.
-    ``pipeline_factory(conf, clean_inputs, eval_data_dir, target)`` builds another
-    pipeline (a one-step re-run); default: the main DAG, or the ablation DAG when the
-    config has an ``ablation`` section."""
-    from kfp import compiler
+    ``pipeline_factory`` builds another pipeline (a one-step re-run); default:
+    :func:`pipelines.compile.pipeline_builder`."""
+    from pipelines.compile import compile_pipeline
 
-    from pipelines.korlm_pipeline import build_pipeline
-
-    if pipeline_factory is None:
-        if conf.ablation.vocab_variants:
-            from pipelines.ablation import build_ablation_pipeline as pipeline_factory
-        else:
-            pipeline_factory = build_pipeline
     inputs, data_dir = cluster_inputs(conf)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    compiler.Compiler().compile(pipeline_factory(conf, clean_inputs=inputs, eval_data_dir=data_dir, target="kfp"),
-                                package_path=output)
-    return output
+    return compile_pipeline(conf, output, "kfp", pipeline_factory, clean_inputs=inputs, eval_data_dir=data_dir)
 
 
 def describe(conf: Config, host: str, package: str) -> dict[str, Any]:

@@ -126,8 +126,8 @@ def _link_ablation(run_dir: str, kfp_root: str) -> dict[str, str]:
 def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=None, outputs=None,
               check_clean_inputs: bool = True, reused: dict[str, str] | None = None,
               provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the whole DAG (or, with ``pipeline_factory(conf, clean_inputs, eval_data_dir)``,
-    another pipeline such as a one-step re-run) with kfp.local into ``runs/<run-id>/``.
+    """Run the config's DAG (or ``pipeline_factory``'s pipeline, such as a one-step re-run;
+    see :mod:`pipelines.compile`) with kfp.local into ``runs/<run-id>/``.
     ``outputs`` lists the (folder, task dir, artifact) to link; ``reused`` adds earlier
     runs' artifacts to outputs.json so later re-runs can start from this run."""
     _check_inputs(conf, clean=check_clean_inputs)
@@ -138,14 +138,12 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
         conf = conf.model_copy(update={"evaluate": conf.evaluate.model_copy(update={"tasks": yaml_tasks})})
     from kfp import local
 
-    from pipelines.korlm_pipeline import build_pipeline
+    from pipelines.compile import pipeline_builder
 
-    if pipeline_factory is None and conf.ablation.vocab_variants:
-        from pipelines.ablation import build_ablation_pipeline
-
-        pipeline_factory = lambda c, ci, ed: build_ablation_pipeline(c, clean_inputs=ci, eval_data_dir=ed)  # noqa: E731
+    ablation = pipeline_factory is None and bool(conf.ablation.vocab_variants)
+    if ablation:
         outputs = outputs or [("clean", "clean", "corpus")]
-    pipeline_factory = pipeline_factory or (lambda c, ci, ed: build_pipeline(c, clean_inputs=ci, eval_data_dir=ed))
+    pipeline_factory = pipeline_factory or pipeline_builder(conf)
 
     run_id = conf.run.id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.abspath(os.path.join(conf.run.output_root, run_id))
@@ -166,8 +164,8 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
           f"config {config_path or 'defaults'})", flush=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root,
                raise_on_error=True, enable_caching=False)
-    pipeline = pipeline_factory(conf, _absolute_inputs(conf),
-                                os.path.abspath(conf.evaluate.data_dir)
+    pipeline = pipeline_factory(conf, clean_inputs=_absolute_inputs(conf), target="local",
+                                eval_data_dir=os.path.abspath(conf.evaluate.data_dir)
                                 if "://" not in conf.evaluate.data_dir else conf.evaluate.data_dir)
     start = time.time()
     # kfp.local indents task logs by swapping builtins.print; parallel loop iterations
@@ -182,8 +180,8 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
     seconds = time.time() - start
 
     # an ablation has one evaluation per arm and checkpoint: its comparison links them all
-    linked = _link_step_outputs(run_dir, kfp_root, outputs, evaluations=not conf.ablation.vocab_variants)
-    if conf.ablation.vocab_variants and pipeline_factory is not None:
+    linked = _link_step_outputs(run_dir, kfp_root, outputs, evaluations=not ablation)
+    if ablation:
         linked.update(_link_ablation(run_dir, kfp_root))
     summary = {"run_id": run_id, "run_dir": run_dir, "seconds": round(seconds, 1),
                **(provenance or {}),

@@ -154,16 +154,15 @@ def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = Non
         data = _merge(data, cfg.load(config_file).model_dump(exclude_unset=True))
     data.setdefault("run", {})["id"] = run_id
     conf = cfg.apply_overrides(validate_config(data, source=f"{from_run}/config.yaml"), overrides or {})
+    def factory(conf_: Config, *, clean_inputs=None, eval_data_dir=None, target: Target = "local"):
+        return build_step_pipeline(conf_, step, upstream, target=target, clean_inputs=clean_inputs,
+                                   eval_data_dir=eval_data_dir)
+
     if submit:
         local = sorted(f for folder, f in upstream.items() if _upstream_of(step, folder) and not storage.is_remote(f))
         if local:
             raise KorlmError(f"run-step --submit {submit}: the earlier run's artifacts must be in a bucket the "
                              f"cluster reads (gs://...), but {local[0]} is a local path")
-
-        def factory(conf_, clean_inputs=None, eval_data_dir=None, target: Target = "vertex"):
-            return build_step_pipeline(conf_, step, upstream, target=target, clean_inputs=clean_inputs,
-                                       eval_data_dir=eval_data_dir)
-
         if submit == "vertex":
             from pipelines import vertex
 
@@ -172,19 +171,14 @@ def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = Non
 
         return kfp_submit.submit(conf, dry_run=dry_run, wait=wait, pipeline_factory=factory)
     if compile_only:
-        from kfp import compiler
+        from pipelines.compile import compile_pipeline
 
-        os.makedirs(os.path.dirname(os.path.abspath(compile_only)), exist_ok=True)
-        compiler.Compiler().compile(build_step_pipeline(conf, step, upstream, target="kfp"),
-                                    package_path=compile_only)
+        compile_pipeline(conf, compile_only, "kfp", factory)
         return {"compiled": compile_only, "step": step, "from_run": from_run}
 
     from pipelines import local_run
 
-    def pipeline_for(conf_, clean_inputs, eval_data_dir):
-        return build_step_pipeline(conf_, step, upstream, clean_inputs=clean_inputs, eval_data_dir=eval_data_dir)
-
-    summary = local_run.run_local(conf, pipeline_factory=pipeline_for, outputs=STEP_OUTPUTS[step],
+    summary = local_run.run_local(conf, pipeline_factory=factory, outputs=STEP_OUTPUTS[step],
                                   check_clean_inputs=step == "clean",
                                   reused={k: v for k, v in upstream.items() if _upstream_of(step, k)},
                                   provenance={"from_run": from_run if storage.is_remote(from_run)

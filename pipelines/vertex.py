@@ -118,16 +118,11 @@ def describe(conf: Config, job, compiled: dict[str, Any]) -> dict[str, Any]:
 def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = None,
            pipeline_factory=None) -> dict[str, Any]:
     """Compile and submit (or, with ``dry_run``, only describe) the run on Vertex AI.
-    ``pipeline_factory(conf, target=...)`` builds another pipeline (a one-step re-run)."""
+    ``pipeline_factory`` builds another pipeline (a one-step re-run)."""
     check_vertex_config(conf)
     template_dir = template_dir or tempfile.mkdtemp(prefix="korlm-vertex-")
-    template = os.path.join(template_dir, f"{conf.pipeline.name}.yaml")
-    if pipeline_factory is None:
-        compile_pipeline(conf, template, target="vertex")
-    else:
-        from kfp import compiler
-
-        compiler.Compiler().compile(pipeline_factory(conf, target="vertex"), package_path=template)
+    template = compile_pipeline(conf, os.path.join(template_dir, f"{conf.pipeline.name}.yaml"), "vertex",
+                                pipeline_factory)
     with open(template, encoding="utf-8") as f:
         compiled = yaml.safe_load(f)
     credentials = None
