@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -237,13 +238,23 @@ def _status_of(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    import httpx
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of the HTTP client huggingface_hub uses (httpx2 in
+    huggingface_hub 2.x, httpx before), plus the standard library's."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
 
+
+def _is_transient(exc: BaseException) -> bool:
     status = _status_of(exc)
     if status is not None:
         return status in _TRANSIENT_STATUS
-    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+    return isinstance(exc, _transport_errors())
 
 
 def _upload(folder: str, files: list[dict[str, Any]], repo_id: str, message: str,

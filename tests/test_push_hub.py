@@ -102,6 +102,20 @@ def test_transient_failures_are_retried_with_backoff(hub, model_dir, tmp_path, c
     assert not (tmp_path / "q").exists()
 
 
+def test_an_unreachable_hub_is_retried_then_a_clear_error(model_dir, tmp_path, monkeypatch, caplog):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    caplog.set_level(logging.WARNING, logger="korlm.push")
+    with pytest.raises(KorlmError, match="create the repo failed after 3 tries: ConnectError") as info:
+        push.push_model(str(model_dir), REPO, str(tmp_path / "p"), dry_run=False, retries=2, retry_delay=0.01)
+    assert caplog.text.count("retrying") == 2 and TOKEN not in str(info.value)
+
+
 def test_rejected_token_and_foreign_namespace_are_clear_errors(hub, model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_987654321")
     with pytest.raises(KorlmError, match=r"rejected the token from environment variable HF_TOKEN \(401"):
