@@ -319,8 +319,13 @@ def run_pretrain_data(
     mask_rate: float | None = None,
     whole_word: str | None = None,
     beam_options: list[str] | None = None,
+    extra_seq_lengths: list[int] | None = None,
 ) -> dict:
     """Tokenize and pack ``corpus_dir`` into TFRecord shards in ``output_dir``; return metadata.json's dict.
+
+    ``extra_seq_lengths``: the same data packed again at each of these lengths, into
+    ``output_dir/seq<N>/`` (for a multi-phase pretraining schedule: 128 then 512); the
+    root metadata.json lists them under ``seq_length_variants`` once all are written.
 
     ``packing`` None picks the objective's default
     (``full-sentences`` for mlm, ``span`` for bart). Raises KorlmError for a bad tokenizer
@@ -381,4 +386,18 @@ def run_pretrain_data(
               "padding %.1f%%, %.1f s", metadata["num_examples"], settings.packing, settings.masking,
               metadata["num_tokens"], metadata["num_truncated_tokens"], num_shards,
               100 * metadata["padding_fraction"], time.monotonic() - started)
+    extra = sorted({int(n) for n in extra_seq_lengths or []} - {int(max_seq_length)})
+    if extra:
+        variants = {}
+        for length in extra:
+            run_pretrain_data(corpus_dir, tokenizer_dir, storage.join(output_dir, f"seq{length}"),
+                              objective=objective, max_seq_length=length, num_shards=num_shards,
+                              seed=seed, packing=packing, nsp=nsp, short_seq_prob=short_seq_prob,
+                              masking=masking, dupe_factor=dupe_factor, mask_rate=mask_rate,
+                              whole_word=whole_word, beam_options=beam_options)
+            variants[str(length)] = f"seq{length}"
+        # Listed last: a reader that finds a variant listed finds its data complete.
+        metadata["seq_length_variants"] = variants
+        storage.write_text(storage.join(output_dir, "metadata.json"),
+                           json.dumps(metadata, indent=2, ensure_ascii=False))
     return metadata

@@ -94,7 +94,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     conf = _load(args, {"pretrain.model": args.model, "pretrain.size": args.size,
                         "pretrain.steps": args.steps,
                         "pretrain.checkpoint_every": args.checkpoint_every,
-                        "pretrain.batch_size": args.batch_size})
+                        "pretrain.batch_size": args.batch_size,
+                        "pretrain.grad_accum_steps": args.grad_accum_steps,
+                        "pretrain.optimizer": args.optimizer,
+                        "pretrain.strategy": args.strategy, "pretrain.tpu": args.tpu,
+                        "pretrain.precision": args.precision,
+                        "pretrain.keep_checkpoints": args.keep_checkpoints,
+                        "pretrain.deterministic": args.deterministic})
     from korlm.pretrain import run_pretrain
 
     checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump())
@@ -269,7 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=["tiny", "mini", "small", "base", "large"])
     p.add_argument("--steps", type=int, metavar="N")
     p.add_argument("--checkpoint-every", type=int, metavar="K")
-    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="global batch per update")
+    p.add_argument("--grad-accum-steps", type=int, metavar="N",
+                   help="micro-batches per update (--batch-size must divide by it)")
+    p.add_argument("--optimizer", choices=["adamw", "lamb"])
+    p.add_argument("--strategy", choices=["auto", "cpu", "gpu", "tpu", "jax-data-parallel"],
+                   help="auto: a TPU when one is configured, several GPUs mirrored, else one "
+                        "device; jax-data-parallel needs KERAS_BACKEND=jax")
+    p.add_argument("--tpu", metavar="NAME", help="TPU name or grpc:// address")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    p.add_argument("--keep-checkpoints", type=int, metavar="K",
+                   help="keep the last K checkpoints (and pretrain.keep_checkpoint_every ones)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="a killed and resumed run ends with the same weights as an "
+                        "uninterrupted one (slower input pipeline)")
 
     p = add("evaluate", cmd_evaluate, "Fine-tune one checkpoint on a task and score it.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",

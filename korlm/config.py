@@ -144,6 +144,9 @@ class PretrainDataSection(_Section):
     mask_rate: float | None = Field(None, gt=0, lt=1, description="static: share of tokens masked (default 0.15)")
     whole_word: Literal["none", "eojeol", "morpheme"] | None = Field(
         None, description="static: mask whole eojeol/morphemes (default none)")
+    extra_seq_lengths: list[int] = Field(
+        default_factory=list, description="also pack at these lengths into seq<N>/ (for "
+                                          "pretrain.phases); default: every phase length")
     beam_options: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -151,10 +154,21 @@ class PretrainDataSection(_Section):
         from korlm.packing import resolve_settings
 
         try:
-            resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options"}))
+            resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options",
+                                                        "extra_seq_lengths"}))
         except KorlmError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+
+class PretrainPhase(_Section):
+    """One phase of a multi-phase schedule (BERT: 90% of the steps at 128 tokens, then 10%
+    at 512); the learning-rate schedule runs across all phases."""
+
+    steps: int = Field(gt=0)
+    max_seq_length: int = Field(ge=8, description="this phase's sequence length; its data is "
+                                                  "DATA/seq<N> when pretrain-data made one")
+    batch_size: int | None = Field(None, gt=0, description="default: pretrain.batch_size")
 
 
 class PretrainSection(_Section):
@@ -181,6 +195,29 @@ class PretrainSection(_Section):
     permute_sentences: bool = Field(False, description="BART: shuffle the sentences of each example")
     ignore_nsp_labels: bool = Field(False, description="train MLM only on data with next-sentence labels "
                                                        "(the NSP head is issue #6)")
+    max_seq_length: int | None = Field(None, ge=8, description="default: the data's; shorter cuts examples")
+    phases: list[PretrainPhase] = Field(
+        default_factory=list, description="multi-phase schedule by sequence length; steps must add "
+                                          "up to pretrain.steps")
+    optimizer: Literal["adamw", "lamb"] = Field("adamw", description="lamb: for large batches")
+    clip_norm: float = Field(1.0, ge=0, description="clip by global gradient norm; 0 = off")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per update (batch_size is per update)")
+    keep_checkpoints: int | None = Field(None, ge=1, description="keep the last K checkpoints (plus "
+                                                                "keep_checkpoint_every and the final); "
+                                                                "default: keep all")
+    keep_checkpoint_every: int | None = Field(None, gt=0, description="checkpoints at multiples of this "
+                                                                      "are never pruned (the evaluated ones)")
+    strategy: Literal["auto", "cpu", "gpu", "tpu", "jax-data-parallel"] = Field(
+        "auto", description="auto: TPU if configured, several GPUs mirrored, else one device")
+    tpu: str | None = Field(None, description="TPU name or grpc:// address (default: TPU_NAME or the TPU VM)")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        "auto", description="auto: bf16 on TPU and bf16-capable GPUs, float32 on CPU")
+    peak_tflops: float | None = Field(None, gt=0, description="peak TFLOP/s per device for the MFU "
+                                                              "estimate (default: korlm.distribute's table)")
+    deterministic: bool = Field(False, description="op determinism + sequential input: a resumed run "
+                                                   "ends with the same weights as an uninterrupted one")
+    progress: Literal["auto", "bar", "lines"] = Field("auto", description="auto: a bar on a terminal")
+    log_every: int = Field(10, gt=0, description="steps between train_log.jsonl / TensorBoard records")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -191,6 +228,14 @@ class PretrainSection(_Section):
         if self.mask_token_rate + self.random_token_rate > 1 + 1e-9:
             raise ValueError(f"mask_token_rate + random_token_rate must be <= 1, got "
                              f"{self.mask_token_rate} + {self.random_token_rate}")
+        if self.phases and sum(p.steps for p in self.phases) != self.steps:
+            raise ValueError(f"phases add up to {sum(p.steps for p in self.phases)} steps, "
+                             f"steps is {self.steps}")
+        for where, batch in [("batch_size", self.batch_size)] + [
+                (f"phases[{i}].batch_size", p.batch_size) for i, p in enumerate(self.phases) if p.batch_size]:
+            if batch % self.grad_accum_steps:
+                raise ValueError(f"{where} ({batch}) does not split into grad_accum_steps="
+                                 f"{self.grad_accum_steps} equal micro-batches")
         return self
 
 
@@ -396,6 +441,19 @@ class Config(_Section):
     vertex: VertexSection = Field(default_factory=VertexSection)
     ablation: AblationSection = Field(default_factory=AblationSection)
     kfp: KfpSection = Field(default_factory=KfpSection)
+
+    @model_validator(mode="after")
+    def _phase_data(self):
+        """Multi-phase pretraining reads DATA/seq<N> per phase: pretrain-data packs every
+        phase length (unless extra_seq_lengths names them itself)."""
+        lengths = {p.max_seq_length for p in self.pretrain.phases} - {self.pretrain_data.max_seq_length}
+        if lengths and not self.pretrain_data.extra_seq_lengths:
+            self.pretrain_data.extra_seq_lengths = sorted(lengths)
+        missing = lengths - set(self.pretrain_data.extra_seq_lengths)
+        if missing:
+            raise ValueError(f"pretrain.phases use sequence lengths {sorted(missing)} that "
+                             f"pretrain_data.extra_seq_lengths does not pack")
+        return self
 
 
 def _describe(err: dict[str, Any]) -> str:

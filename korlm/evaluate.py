@@ -106,12 +106,15 @@ class _Head:
         import keras
         import keras_hub
 
+        # KerasHub's classifier of the family: BERT's reads the pooled [CLS], RoBERTa's
+        # the first token through its own dense + tanh (no pooler in the backbone).
+        classifier = (keras_hub.models.RobertaTextClassifier
+                      if isinstance(backbone, keras_hub.models.RobertaBackbone)
+                      else keras_hub.models.BertTextClassifier)
         if self.spec.type == "regression":
-            model = keras_hub.models.BertTextClassifier(backbone, num_classes=1,
-                                                        preprocessor=None)
+            model = classifier(backbone, num_classes=1, preprocessor=None)
             return model, keras.losses.MeanSquaredError()
-        model = keras_hub.models.BertTextClassifier(
-            backbone, num_classes=self.spec.num_classes, preprocessor=None)
+        model = classifier(backbone, num_classes=self.spec.num_classes, preprocessor=None)
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
@@ -190,10 +193,15 @@ class _SpanHead(_Head):
     def build(self, backbone):
         import keras
 
-        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
-                  for name in ("token_ids", "segment_ids", "padding_mask")}
-        backbone.get_layer("pooled_dense").trainable = False  # QA reads tokens, not [CLS]
-        sequence = backbone(inputs)["sequence_output"]
+        names = [name for name in ("token_ids", "segment_ids", "padding_mask")
+                 if name in backbone.input]
+        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in names}
+        outputs = backbone(inputs)
+        if isinstance(outputs, dict):  # BERT: the pooler is not used by QA
+            backbone.get_layer("pooled_dense").trainable = False  # QA reads tokens, not [CLS]
+            sequence = outputs["sequence_output"]
+        else:  # RoBERTa's backbone returns the token states
+            sequence = outputs
         logits = keras.layers.Dense(
             2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             name="span_logits")(sequence)
@@ -302,7 +310,9 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
     if not 0 < learning_rate < 1:
         raise KorlmError(f"learning_rate must be between 0 and 1, got {learning_rate}")
     info = models.checkpoint_info(checkpoint_dir)
-    models.check_family(info["model"])  # RoBERTa/BART heads come with their models (#6)
+    if info["model"] == "bart":
+        raise NotBuiltError("fine-tuning evaluation of BART checkpoints (a BART classification "
+                            "and span head)", 7)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
                          f"{info['max_seq_length']}, got {max_seq_length}")
@@ -321,6 +331,9 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
             if spec.type == "extractive-qa" else _Head(spec))
     (x_train, y_train), (x_dev, _), (x_test, _) = (
         head.inputs(tokenizer, s) for s in (splits.train, splits.dev, splits.test))
+    if not models.uses_segment_ids(info["model"]):  # RoBERTa has no token types
+        for x in (x_train, x_dev, x_test):
+            x.pop("segment_ids", None)
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras

@@ -1,5 +1,14 @@
 """Model construction and the checkpoint format, shared by pretrain, evaluate and export.
 
+Three families, each a KerasHub backbone + pretraining task (keras-hub composes them;
+korlm writes no layers of its own):
+
+| family  | backbone          | pretraining task   | objective                              |
+|---------|-------------------|--------------------|----------------------------------------|
+| bert    | ``BertBackbone``    | ``BertMaskedLM``     | masked LM (segment ids, pooler)         |
+| roberta | ``RobertaBackbone`` | ``RobertaMaskedLM``  | masked LM (no segment ids, no pooler)   |
+| bart    | ``BartBackbone``    | ``BartSeq2SeqLM``    | denoising seq2seq (text infilling)     |
+
 A korlm checkpoint is a KerasHub preset directory written by ``Task.save_to_preset``
 (``config.json``, ``model.weights.h5``, ``task.json``, ``task.weights.h5``,
 ``metadata.json``) plus ``korlm_checkpoint.json`` (step, family, size, vocab size,
@@ -16,11 +25,18 @@ import os
 from typing import Any
 
 from korlm import storage
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 from korlm.presets import MODEL_FAMILIES, size_config
 
 CHECKPOINT_INFO = "korlm_checkpoint.json"
-BUILT_FAMILIES = ("bert",)
+BUILT_FAMILIES = ("bert", "roberta", "bart")
+MASKED_LM_FAMILIES = ("bert", "roberta")
+# KerasHub class names per family: backbone, pretraining task.
+_CLASSES = {
+    "bert": ("BertBackbone", "BertMaskedLM"),
+    "roberta": ("RobertaBackbone", "RobertaMaskedLM"),
+    "bart": ("BartBackbone", "BartSeq2SeqLM"),
+}
 
 
 def _keras():
@@ -34,8 +50,27 @@ def _keras():
 def check_family(model: str) -> None:
     if model not in MODEL_FAMILIES:
         raise KorlmError(f"unknown model {model!r}; choose one of {', '.join(MODEL_FAMILIES)}")
-    if model not in BUILT_FAMILIES:
-        raise NotBuiltError(f"model family {model!r}", 6)
+
+
+def objective_of(model: str) -> str:
+    """``mlm`` for the encoder families, ``bart`` (denoising seq2seq) for BART."""
+    check_family(model)
+    return "bart" if model == "bart" else "mlm"
+
+
+def uses_segment_ids(model: str) -> bool:
+    """Only BERT has token-type (segment) embeddings."""
+    return model == "bert"
+
+
+def _backbone_class(model: str):
+    check_family(model)
+    return getattr(_keras()[1].models, _CLASSES[model][0])
+
+
+def _task_class(model: str):
+    check_family(model)
+    return getattr(_keras()[1].models, _CLASSES[model][1])
 
 
 def _match_hf_bert_head(task) -> None:
@@ -44,7 +79,8 @@ def _match_hf_bert_head(task) -> None:
     # `hidden_act` and one `layer_norm_eps` for all layers. Using the encoder's values in
     # the head makes the exported model compute exactly what was trained (max logit
     # difference ~2e-6 instead of ~2e-4). The head is rebuilt from code on load, so
-    # this runs on every build and load.
+    # this runs on every build and load. (RoBERTa and BART use exact GELU and 1e-5
+    # everywhere, as Hugging Face does: nothing to match.)
     from keras_hub.src.models.bert.bert_backbone import gelu_approximate
 
     head = task.masked_lm_head
@@ -53,11 +89,17 @@ def _match_hf_bert_head(task) -> None:
     head._intermediate_layer_norm.epsilon = task.backbone.embeddings_layer_norm.epsilon
 
 
+def _after_build(model: str, task):
+    if model == "bert":
+        _match_hf_bert_head(task)
+    return task
+
+
 def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
                    dropout: float = 0.1):
-    check_family(model)
-    _, keras_hub = _keras()
-    return keras_hub.models.BertBackbone(
+    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.presets``); BART's
+    encoder and decoder each get the size's ``num_layers``."""
+    return _backbone_class(model)(
         vocabulary_size=vocab_size,
         max_sequence_length=max_seq_length,
         dropout=dropout,
@@ -65,14 +107,25 @@ def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
     )
 
 
+def build_pretraining_task(model: str, size: str, vocab_size: int, max_seq_length: int,
+                           dropout: float = 0.1):
+    """A freshly initialised pretraining task (backbone + LM head), no preprocessor:
+    a masked LM for bert/roberta, ``BartSeq2SeqLM`` for bart."""
+    backbone = build_backbone(model, size, vocab_size, max_seq_length, dropout)
+    return _after_build(model, _task_class(model)(backbone, preprocessor=None))
+
+
 def build_masked_lm(model: str, size: str, vocab_size: int, max_seq_length: int,
                     dropout: float = 0.1):
-    """A freshly initialised masked-LM task (backbone + MLM head), no preprocessor."""
-    _, keras_hub = _keras()
-    backbone = build_backbone(model, size, vocab_size, max_seq_length, dropout)
-    task = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
-    _match_hf_bert_head(task)
-    return task
+    """A freshly initialised masked-LM task (bert or roberta)."""
+    if model not in MASKED_LM_FAMILIES:
+        raise KorlmError(f"{model} is not a masked LM; use build_pretraining_task")
+    return build_pretraining_task(model, size, vocab_size, max_seq_length, dropout)
+
+
+def parameter_count(model: str, size: str, vocab_size: int, max_seq_length: int) -> int:
+    """Parameters of the pretraining task (built and counted, not estimated)."""
+    return int(build_pretraining_task(model, size, vocab_size, max_seq_length).count_params())
 
 
 def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any]) -> None:
@@ -87,22 +140,39 @@ def checkpoint_info(checkpoint_dir: str) -> dict[str, Any]:
     path = storage.join(checkpoint_dir, CHECKPOINT_INFO)
     if not storage.exists(path):
         raise KorlmError(f"{checkpoint_dir} is not a korlm checkpoint (no {CHECKPOINT_INFO})")
-    return json.loads(storage.read_text(path))
+    try:
+        info = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise KorlmError(f"{path} is corrupt (not JSON: {exc})") from None
+    check_family(info.get("model"))
+    return info
+
+
+def _from_preset(cls, checkpoint_dir: str, **kwargs):
+    try:
+        return cls.from_preset(checkpoint_dir, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        # A truncated weights file or a missing config: name the checkpoint, not h5py.
+        raise KorlmError(f"checkpoint {checkpoint_dir} cannot be loaded "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+
+
+def load_pretraining_task(checkpoint_dir: str):
+    """The checkpoint's pretraining task with its trained weights."""
+    model = checkpoint_info(checkpoint_dir)["model"]
+    task = _from_preset(_task_class(model), checkpoint_dir, load_weights=True)
+    return _after_build(model, task)
 
 
 def load_masked_lm(checkpoint_dir: str):
-    info = checkpoint_info(checkpoint_dir)
-    check_family(info["model"])
-    _, keras_hub = _keras()
-    task = keras_hub.models.BertMaskedLM.from_preset(checkpoint_dir, load_weights=True)
-    _match_hf_bert_head(task)
-    return task
+    model = checkpoint_info(checkpoint_dir)["model"]
+    if model not in MASKED_LM_FAMILIES:
+        raise KorlmError(f"{checkpoint_dir} holds a {model} model, not a masked LM")
+    return load_pretraining_task(checkpoint_dir)
 
 
 def load_backbone(checkpoint_dir: str, load_weights: bool = True):
     """The checkpoint's backbone; ``load_weights=False`` gives the same architecture
     freshly initialised (the random-init baseline)."""
-    info = checkpoint_info(checkpoint_dir)
-    check_family(info["model"])
-    _, keras_hub = _keras()
-    return keras_hub.models.BertBackbone.from_preset(checkpoint_dir, load_weights=load_weights)
+    model = checkpoint_info(checkpoint_dir)["model"]
+    return _from_preset(_backbone_class(model), checkpoint_dir, load_weights=load_weights)

@@ -46,7 +46,7 @@ TENSORBOARD_DIR = "tensorboard"
 DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 # Settings a resumed run must share with the run it continues (weights would not fit or
 # would mean something else otherwise).
-RESUME_KEYS = ("model", "size", "vocab_size", "vocab_hash", "max_seq_length")
+RESUME_KEYS = ("model", "size", "vocab_size", "vocab_hash", "max_seq_length", "grad_accum_steps")
 
 
 def checkpoint_name(step: int) -> str:
@@ -207,7 +207,8 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
                  max_predictions: int | None = None, static_mask_rate: float | None = None,
                  infill_rate: float = 0.3, poisson_lambda: float = 3.0,
                  permute_sentences: bool = False, repeat: bool = True,
-                 passthrough: tuple[str, ...] | list[str] = (), sequential: bool = False):
+                 passthrough: tuple[str, ...] | list[str] = (), sequential: bool = False,
+                 segment_ids: bool = True, skip_examples: int = 0):
     """Batches for training, from unpadded TFRecord examples (the pretrain-data contract).
 
     ``objective="mlm"``: ``(inputs, mask_ids, mask_weights)`` for KerasHub's
@@ -226,6 +227,14 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
     ``inspect_examples``) are added to the inputs dict, padded dense. ``sequential``
     masks one batch at a time, so that after ``tf.random.set_seed`` the same batches get
     the same masks (parallel calls share the random state in whatever order they run).
+    ``segment_ids=False`` leaves them out of the MLM inputs (RoBERTa has no token types).
+
+    ``skip_examples`` resumes at a data position: the first ``skip_examples`` examples of
+    the (seeded, hence reproducible) order are skipped. Normally they are skipped unread
+    by the masking, so the resumed run sees the same examples with fresh masks; with
+    ``sequential`` the skipped batches are masked and dropped, which replays the random
+    state too, so the resumed run gets exactly the batches an uninterrupted run would
+    (``skip_examples`` must then be a multiple of ``batch_size``).
     """
     import tensorflow as tf
 
@@ -243,7 +252,7 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
     wanted = ["input_ids"]
     if word_feature:
         wanted.append(word_feature)
-    if objective == "mlm" and "segment_ids" in features:
+    if objective == "mlm" and segment_ids and "segment_ids" in features:
         wanted.append("segment_ids")
     if objective == "bart" and permute_sentences:
         wanted.append("sentence_starts")
@@ -314,12 +323,14 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
         segments = parsed.get("segment_ids")
         inputs = {
             "token_ids": token_ids,
-            "segment_ids": (segments.to_tensor(default_value=0, shape=[batch_size, max_seq_length])
-                            if segments is not None else tf.zeros_like(token_ids)),
             # From the lengths, not from token_ids: a random replacement may be id 0.
             "padding_mask": tf.sequence_mask(lengths, max_seq_length),
             "mask_positions": labels["mask_positions"],
         }
+        if segment_ids:
+            inputs["segment_ids"] = (
+                segments.to_tensor(default_value=0, shape=[batch_size, max_seq_length])
+                if segments is not None else tf.zeros_like(token_ids))
         inputs.update({name: parsed[name].to_tensor() for name in passthrough})
         return inputs, labels["mask_ids"], labels["mask_weights"]
 
@@ -337,9 +348,18 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if skip_examples < 0:
+        raise KorlmError(f"skip_examples must be >= 0, got {skip_examples}")
+    if skip_examples and sequential and skip_examples % batch_size:
+        raise KorlmError(f"a deterministic resume needs the examples seen ({skip_examples}) to be a "
+                         f"multiple of the batch size ({batch_size}); was the batch size changed?")
+    if skip_examples and not sequential:
+        ds = ds.skip(skip_examples)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(to_mlm if objective == "mlm" else to_bart,
                 num_parallel_calls=None if sequential else tf.data.AUTOTUNE, deterministic=True)
+    if skip_examples and sequential:
+        ds = ds.skip(skip_examples // batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -459,13 +479,17 @@ def _warmup_linear_decay_class():
     @keras.saving.register_keras_serializable(package="korlm")
     class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         """Linear warmup to ``peak`` over ``warmup_steps``, then linear decay to 0 at
-        ``total_steps``."""
+        ``total_steps``. With gradient accumulation the optimizer calls the schedule with
+        its micro-batch counter; ``micro_batches`` (per update) turns that into updates."""
 
-        def __init__(self, peak, warmup_steps, total_steps):
+        def __init__(self, peak, warmup_steps, total_steps, micro_batches=1):
             self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+            self.micro_batches = micro_batches
 
         def __call__(self, step):
             step = keras.ops.cast(step, "float32")
+            if self.micro_batches > 1:
+                step = keras.ops.floor(step / self.micro_batches)
             up = self.peak * step / max(self.warmup_steps, 1)
             down = self.peak * keras.ops.maximum(
                 0.0, (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1))
@@ -473,14 +497,14 @@ def _warmup_linear_decay_class():
 
         def get_config(self):
             return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                    "total_steps": self.total_steps}
+                    "total_steps": self.total_steps, "micro_batches": self.micro_batches}
 
     return WarmupLinearDecay
 
 
-def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int):
+def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int, micro_batches: int = 1):
     """Learning-rate schedule: linear warmup, then linear decay to 0 (BERT's)."""
-    return _warmup_linear_decay_class()(peak, warmup_steps, total_steps)
+    return _warmup_linear_decay_class()(peak, warmup_steps, total_steps, micro_batches)
 
 
 def no_weight_decay_variables(task) -> list:
@@ -493,28 +517,59 @@ def no_weight_decay_variables(task) -> list:
             if id(v) in excluded or "bias" in v.name]
 
 
-def compile_masked_lm(task, *, learning_rate: float, warmup_steps: int, total_steps: int,
-                      weight_decay: float):
-    """Compile for MLM training; returns the learning-rate schedule."""
+OPTIMIZERS = ("adamw", "lamb")
+
+
+def accuracy_name(objective: str) -> str:
+    """The logged accuracy: over masked tokens (MLM) or over target tokens (BART)."""
+    return "mlm_accuracy" if objective == "mlm" else "token_accuracy"
+
+
+def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, warmup_steps: int,
+                        total_steps: int, weight_decay: float, optimizer: str = "adamw",
+                        clip_norm: float | None = 1.0, grad_accum_steps: int = 1,
+                        beta_2: float = 0.999, epsilon: float = 1e-6,
+                        jit_compile: bool = False):
+    """Compile a pretraining task; returns the learning-rate schedule (in updates).
+
+    AdamW (BERT's optimizer) or LAMB (You et al. 2020, for large batches; Keras's LAMB
+    applies the weight decay decoupled, before the trust-ratio update), warmup then
+    linear decay, clipping by the *global* gradient norm (``clip_norm``; 0/None: off),
+    LayerNorm and bias excluded from weight decay, and ``grad_accum_steps`` micro-batches
+    averaged per update (Keras's ``gradient_accumulation_steps``).
+
+    The loss is the mean over the real label slots only (``mean_with_sample_weight``):
+    the masked tokens for MLM, the target tokens for BART. KerasHub's own MLM loss
+    divides by every ``mask_positions`` slot, padding included, and reads too low.
+    """
     import keras
 
-    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps)
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
-        weight_decay=weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-6, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(task))
+    if optimizer not in OPTIMIZERS:
+        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if int(grad_accum_steps) < 1:
+        raise KorlmError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")
+    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, int(grad_accum_steps))
+    common = dict(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2,
+                  epsilon=epsilon, global_clipnorm=clip_norm or None,
+                  gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
+    opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
+           else keras.optimizers.Lamb(**common))
+    opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(task))
     task.compile(
-        optimizer=optimizer,
-        # Mean over masked tokens only (the weights mark real mask slots), not over all
-        # mask_selection_length slots.
+        optimizer=opt,
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")],
-        # XLA on CPU compiles for long and ran no faster here.
-        jit_compile=False,
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name=accuracy_name(objective))],
+        # XLA on CPU compiles for long; on TPU the strategy compiles regardless.
+        jit_compile=jit_compile,
     )
-    optimizer.build(task.trainable_variables)
+    task.optimizer.build(task.trainable_variables)
     return schedule
+
+
+def compile_masked_lm(task, **settings):
+    """:func:`compile_pretraining` for a masked LM."""
+    return compile_pretraining(task, objective="mlm", **settings)
 
 
 # ------------------------------------------------------------------- run state
@@ -534,7 +589,12 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 def _read_checkpoints(output_dir: str) -> list[dict]:
     path = storage.join(output_dir, CHECKPOINTS_JSON)
-    return json.loads(storage.read_text(path)) if storage.exists(path) else []
+    if not storage.exists(path):
+        return []
+    try:
+        return json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise KorlmError(f"{path} is corrupt ({exc}); fix or delete it to resume") from None
 
 
 def _local_copy(remote_dir: str, names: list[str]) -> str:
@@ -548,21 +608,52 @@ def _local_copy(remote_dir: str, names: list[str]) -> str:
 
 def save_state(task, output_dir: str, state: dict[str, Any]) -> None:
     """``state/``: the compiled task's weights file, which holds the optimizer variables
-    (step counter and moments) too, plus ``state.json``."""
+    (step counter, moments, accumulated gradients) and the dropout seed states too, plus
+    ``state.json`` (step, data position, settings)."""
     with storage.atomic_output_dir(storage.join(output_dir, STATE_DIR)) as staging:
         task.save_weights(os.path.join(staging, STATE_WEIGHTS))
+        seeds = _seed_states(task)
         with open(os.path.join(staging, STATE_JSON), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, sort_keys=True)
+            json.dump({**state, "seed_states": seeds}, f, indent=2, sort_keys=True)
 
 
 def load_state(output_dir: str) -> dict[str, Any] | None:
     path = storage.join(output_dir, STATE_DIR, STATE_JSON)
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+    if not storage.exists(path):
+        return None
+    try:
+        state = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise KorlmError(f"{path} is corrupt ({exc}); resume from another copy or use a new "
+                         "--output") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise KorlmError(f"{path} is corrupt (no step); use a new --output")
+    return state
 
 
-def restore_state(task, output_dir: str, step: int) -> None:
+def _seed_generators(task) -> list:
+    """The dropout layers' seed generators, in layer order (their states move every step;
+    a deterministic resume restores them)."""
+    import keras
+
+    found = []
+    for layer in task._flatten_layers():
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator) and value not in found:
+                found.append(value)
+    return found
+
+
+def _seed_states(task) -> list[list[int]]:
+    return [[int(x) for x in g.state.numpy().reshape(-1)] for g in _seed_generators(task)]
+
+
+def restore_state(task, output_dir: str, step: int, seed_states: list | None = None) -> None:
     """Load ``state/`` into a compiled task whose optimizer is built."""
     state_dir = storage.join(output_dir, STATE_DIR)
+    if not storage.exists(storage.join(state_dir, STATE_WEIGHTS)):
+        raise KorlmError(f"cannot resume: {state_dir} has state.json but no {STATE_WEIGHTS}; "
+                         "use a new --output")
     local = _local_copy(state_dir, [STATE_WEIGHTS]) if storage.is_remote(state_dir) else state_dir
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -573,8 +664,9 @@ def restore_state(task, output_dir: str, step: int) -> None:
         skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
         if skipped:
             raise KorlmError(f"cannot resume from {state_dir}: {skipped[0].strip()}")
-    except ValueError as exc:
-        raise KorlmError(f"cannot resume from {state_dir}: {exc}; use a new --output") from None
+    except (ValueError, OSError) as exc:
+        raise KorlmError(f"cannot resume from {state_dir} (corrupt or incompatible: "
+                         f"{str(exc).splitlines()[0][:200]}); use a new --output") from None
     finally:
         if local != state_dir:
             shutil.rmtree(local, ignore_errors=True)
@@ -582,6 +674,14 @@ def restore_state(task, output_dir: str, step: int) -> None:
     if restored != step:
         raise KorlmError(f"{state_dir} is inconsistent: state.json says step {step}, the "
                          f"optimizer is at step {restored}; use a new --output")
+    generators = _seed_generators(task)
+    if seed_states and len(seed_states) == len(generators):
+        for generator, value in zip(generators, seed_states, strict=True):
+            generator.state.assign(
+                __import__("numpy").asarray(value, dtype=generator.state.dtype.name
+                                            if hasattr(generator.state.dtype, "name")
+                                            else str(generator.state.dtype)).reshape(
+                    generator.state.shape))
 
 
 @contextlib.contextmanager
@@ -621,180 +721,380 @@ class _TrainLog:
         _write_text_atomic(self.path, text)
 
 
+def prune_checkpoints(checkpoints: list[dict], *, keep_last: int | None,
+                      keep_every: int | None, final_step: int) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): the last ``keep_last`` checkpoints, every checkpoint whose step is
+    a multiple of ``keep_every`` (the ones evaluated) and the final one are kept;
+    ``keep_last`` None keeps everything."""
+    if keep_last is None:
+        return list(checkpoints), []
+    ordered = sorted(checkpoints, key=lambda c: c["step"])
+    recent = {c["step"] for c in ordered[-keep_last:]} if keep_last > 0 else set()
+    kept, dropped = [], []
+    for c in ordered:
+        keep = (c["step"] in recent or c["step"] == final_step
+                or (keep_every and c["step"] % keep_every == 0))
+        (kept if keep else dropped).append(c)
+    return kept, dropped
+
+
 # -------------------------------------------------------------------- training
+
+PREEMPT_ENV = "KORLM_PREEMPT_AT_STEP"
+
 
 def _monitor_class():
     import keras
 
     class TrainMonitor(keras.callbacks.Callback):
-        """Logs every ``log_every`` steps, checkpoints every ``checkpoint_every`` steps."""
+        """Logs every ``log_every`` steps, checkpoints every ``checkpoint_every`` steps.
 
-        def __init__(self, *, run: dict, start_step: int, steps_per_epoch: int, log: _TrainLog,
-                     checkpoints: list[dict], writer, tokens_per_step: int, schedule):
+        ``fit`` counts micro-batches; with gradient accumulation an update (a step) is
+        every ``micro_batches`` of them, and only update boundaries are acted on."""
+
+        def __init__(self, *, run: dict, phase: dict, start_step: int, micro_per_epoch: int,
+                     log: _TrainLog, checkpoints: list[dict], writer, schedule, progress,
+                     flops_per_token: float | None, peak_flops: float | None):
             super().__init__()
-            self.run, self.start_step, self.steps_per_epoch = run, start_step, steps_per_epoch
+            self.run, self.phase, self.start_step = run, phase, start_step
+            self.micro_per_epoch, self.micro = micro_per_epoch, run["grad_accum_steps"]
             self.log, self.checkpoints, self.writer = log, checkpoints, writer
-            self.tokens_per_step, self.schedule = tokens_per_step, schedule
+            self.tokens_per_step = phase["batch_size"] * phase["max_seq_length"]
+            self.schedule, self.progress = schedule, progress
+            self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+            self.metric = accuracy_name(run["objective"])
             self.window_start = time.perf_counter()
             self.window_steps = 0
             self.last_loss: float | None = None
+            preempt = os.environ.get(PREEMPT_ENV, "").strip()
+            self.preempt_at = int(preempt) if preempt.isdigit() else None
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_base = self.start_step + epoch * self.steps_per_epoch
+            self.epoch_base = self.start_step * self.micro + epoch * self.micro_per_epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            run = self.run
-            step = self.epoch_base + batch + 1
+            micro = self.epoch_base + batch + 1
+            if micro % self.micro:
+                return
+            run, step = self.run, micro // self.micro
             self.window_steps += 1
+            if self.progress is not None:
+                self.progress.update(1)
             is_log = step % run["log_every"] == 0 or step == run["steps"]
             is_ckpt = step % run["checkpoint_every"] == 0 or step == run["steps"]
             if is_log or is_ckpt:
-                loss = float(logs["loss"])
-                accuracy = float(logs["mlm_accuracy"])
-                self.last_loss = loss
+                self.last_loss = float(logs["loss"])
             if is_log:
-                seconds = max(time.perf_counter() - self.window_start, 1e-9)
-                # The rate step `step` was taken with (the schedule counts from 0).
-                lr = float(self.schedule(step - 1))
-                record = {
-                    "step": step, "loss": round(loss, 5), "mlm_accuracy": round(accuracy, 5),
-                    "learning_rate": lr,
-                    "steps_per_second": round(self.window_steps / seconds, 3),
-                    # Sequence positions (batch x max_seq_length, padding included).
-                    "tokens_per_second": round(self.window_steps * self.tokens_per_step / seconds, 1),
-                    "time": round(time.time(), 3),
-                }
-                self.log.append(record)
-                if self.writer is not None:
-                    import tensorflow as tf
-
-                    with self.writer.as_default(step=step):
-                        for key in ("loss", "mlm_accuracy", "learning_rate", "tokens_per_second"):
-                            tf.summary.scalar(key, record[key])
-                print(f"step {step}/{run['steps']} loss {loss:.4f} mlm_acc {accuracy:.4f} "
-                      f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
-                      f"{record['tokens_per_second']:.0f} tokens/s", flush=True)
-                self.model.reset_metrics()
-                self.window_start = time.perf_counter()
-                self.window_steps = 0
+                self._log(step, logs)
             if is_ckpt:
                 saving = time.perf_counter()
                 self._checkpoint(step)
                 self.window_start += time.perf_counter() - saving  # speed = training only
-            if step >= run["steps"]:
+            if step >= self.phase["end_step"]:
                 self.model.stop_training = True
+            if self.preempt_at is not None and step >= self.preempt_at:
+                # Fault injection for preemption tests: die like a reclaimed VM, no cleanup.
+                print(f"{PREEMPT_ENV}={self.preempt_at}: killing the process after step {step}",
+                      flush=True)
+                os.kill(os.getpid(), 9)
+
+        def _log(self, step: int, logs) -> None:
+            run = self.run
+            loss, accuracy = float(logs["loss"]), float(logs[self.metric])
+            seconds = max(time.perf_counter() - self.window_start, 1e-9)
+            # The rate step `step` was taken with (the schedule counts from 0).
+            lr = float(self.schedule((step - 1) * self.micro))
+            tokens_per_second = self.window_steps * self.tokens_per_step / seconds
+            record = {
+                "step": step, "loss": round(loss, 5), self.metric: round(accuracy, 5),
+                "learning_rate": lr, "max_seq_length": self.phase["max_seq_length"],
+                "steps_per_second": round(self.window_steps / seconds, 3),
+                # Sequence positions (batch x max_seq_length, padding included).
+                "tokens_per_second": round(tokens_per_second, 1),
+                "time": round(time.time(), 3),
+            }
+            if self.flops_per_token:
+                record["model_tflops_per_second"] = round(
+                    tokens_per_second * self.flops_per_token / 1e12, 4)
+                if self.peak_flops:
+                    record["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+            self.log.append(record)
+            if self.writer is not None:
+                import tensorflow as tf
+
+                with self.writer.as_default(step=step):
+                    for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu"):
+                        if key in record:
+                            tf.summary.scalar(key, record[key])
+                self.writer.flush()
+            mfu = f" MFU {record['mfu']:.1%}" if "mfu" in record else ""
+            line = (f"step {step}/{run['steps']} loss {loss:.4f} {self.metric} {accuracy:.4f} "
+                    f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
+                    f"{record['tokens_per_second']:.0f} tokens/s{mfu}")
+            if self.progress is not None:
+                self.progress.write(line)
+            else:
+                print(line, flush=True)
+            self.model.reset_metrics()
+            self.window_start = time.perf_counter()
+            self.window_steps = 0
 
         def _checkpoint(self, step: int) -> None:
             run = self.run
             uri = storage.join(run["output_dir"], CHECKPOINTS_DIR, checkpoint_name(step))
             info = {k: run[k] for k in RESUME_KEYS}
-            info.update(step=step, train_loss=self.last_loss)
+            info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
             with _optimizer_detached(self.model) as task:
                 models.save_checkpoint(task, uri, info)
             # The state follows the checkpoint: a kill between the two re-trains from the
             # previous state and overwrites this checkpoint with the same step.
-            save_state(self.model, run["output_dir"], {**info, "log_every": run["log_every"]})
+            examples = self.phase["examples_before"] + (
+                step - self.phase["start_step"]) * self.phase["batch_size"]
+            save_state(self.model, run["output_dir"],
+                       {**info, "log_every": run["log_every"], "phase": self.phase["index"],
+                        "examples_seen": examples,
+                        "phase_examples_seen": (step - self.phase["start_step"]) * self.phase["batch_size"]})
             self.checkpoints[:] = [c for c in self.checkpoints if c["step"] < step]
             self.checkpoints.append({"step": step, "uri": uri})
+            kept, dropped = prune_checkpoints(self.checkpoints, keep_last=run["keep_checkpoints"],
+                                              keep_every=run["keep_checkpoint_every"],
+                                              final_step=run["steps"])
+            self.checkpoints[:] = kept
             _write_json_atomic(storage.join(run["output_dir"], CHECKPOINTS_JSON), self.checkpoints)
+            for old in dropped:  # after checkpoints.json stops naming them
+                storage.remove_tree(old["uri"])
             if storage.is_remote(run["output_dir"]):
                 self.log.flush()
-            print(f"checkpoint {checkpoint_name(step)} -> {uri}", flush=True)
+            msg = f"checkpoint {checkpoint_name(step)} -> {uri}"
+            if dropped:
+                msg += f" (removed {', '.join(checkpoint_name(c['step']) for c in dropped)})"
+            if self.progress is not None:
+                self.progress.write(msg)
+            else:
+                print(msg, flush=True)
 
     return TrainMonitor
 
 
 def _summary_writer(output_dir: str):
-    """TensorBoard event files when the ``tensorboard`` package is there (tf.summary
-    needs it for scalars); train_log.jsonl holds the same numbers regardless."""
+    """TensorBoard event files (``tensorboard/``); train_log.jsonl holds the same numbers."""
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401  (tf.summary writes scalars only with it)
     except ImportError:
+        print("WARNING: the tensorboard package is missing: no TensorBoard events are written "
+              "(train_log.jsonl has the same figures)", flush=True)
         return None
     import tensorflow as tf
 
     return tf.summary.create_file_writer(storage.join(output_dir, TENSORBOARD_DIR))
 
 
-def _strategy():
-    import tensorflow as tf
+def _progress_bar(total: int, initial: int, show: str):
+    """A tqdm bar on a terminal (``progress: auto``) or always (``bar``); log lines only
+    (``lines``) or when stdout is not a terminal (KFP and Vertex logs)."""
+    import sys
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if show == "lines" or (show == "auto" and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def plan_phases(steps: int, batch_size: int, max_seq_length: int | None,
+                phases: list[dict] | None) -> list[dict]:
+    """The run as phases: ``[{index, start_step, end_step, batch_size, max_seq_length,
+    examples_before}]``. Without ``phases`` one phase covers every step. With phases
+    (the two-phase BERT recipe: most steps at 128 tokens, the rest at 512), their steps
+    must add up to ``steps``; an unset ``batch_size`` takes the run's."""
+    specs = phases or [{"steps": steps, "max_seq_length": max_seq_length, "batch_size": batch_size}]
+    total = sum(int(p["steps"]) for p in specs)
+    if total != steps:
+        raise KorlmError(f"pretrain.phases add up to {total} steps but pretrain.steps is {steps}")
+    plan, start, examples = [], 0, 0
+    for i, spec in enumerate(specs):
+        if int(spec["steps"]) <= 0:
+            raise KorlmError(f"pretrain.phases[{i}].steps must be greater than 0")
+        batch = int(spec.get("batch_size") or batch_size)
+        plan.append({"index": i, "start_step": start, "end_step": start + int(spec["steps"]),
+                     "batch_size": batch, "max_seq_length": spec.get("max_seq_length") or max_seq_length,
+                     "examples_before": examples})
+        examples += int(spec["steps"]) * batch
+        start += int(spec["steps"])
+    return plan
+
+
+def phase_data_dir(data_dir: str, seq_len: int | None) -> str:
+    """A phase's data: ``DATA/seq{N}`` when the pretraining data was also packed at that
+    length (``pretrain_data.extra_seq_lengths``, listed in its ``seq_length_variants``),
+    else ``DATA`` itself (examples longer than the phase's length are then cut)."""
+    if not seq_len:
+        return data_dir
+    meta_path = storage.join(data_dir, "metadata.json")
+    variants = {}
+    if storage.exists(meta_path):
+        try:
+            variants = json.loads(storage.read_text(meta_path)).get("seq_length_variants") or {}
+        except json.JSONDecodeError:
+            return data_dir  # inspect_data names the corrupt file
+    if str(seq_len) in variants:
+        return storage.join(data_dir, variants[str(seq_len)])
+    return data_dir
+
+
+def _devices(strategy: str, tpu: str | None, precision: str, plan: list[dict], micro: int):
+    """Strategy and precision (``korlm.distribute``), and the batch checked against the
+    replicas before any model is built."""
+    from korlm import distribute
+
+    dist = distribute.resolve_strategy(strategy, tpu=tpu)
+    choice = distribute.set_precision(precision, dist)
+    for phase in plan:
+        distribute.check_batch(phase["batch_size"], dist.num_replicas, micro)
+    return dist, choice
+
+
+def _check_memory(dist, task, model: str, size: str, plan: list[dict], micro: int,
+                  policy: str) -> None:
+    """Refuse a per-replica batch that certainly does not fit the device's memory."""
+    from korlm import distribute
+
+    dims = size_config(size)
+    layers = dims["num_layers"] * (2 if model == "bart" else 1)
+    for phase in plan:
+        distribute.check_train_memory(
+            dist, params=int(task.count_params()),
+            per_replica_batch=phase["batch_size"] // micro // dist.num_replicas,
+            seq_len=phase["max_seq_length"], hidden=dims["hidden_dim"], layers=layers,
+            precision=policy, heads=dims["num_heads"], intermediate=dims["intermediate_dim"])
+
+
+def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
+                     slots: int | None, mask_rate: float) -> float:
+    from korlm import distribute
+    from korlm.masking import default_max_predictions
+
+    predictions = None
+    if model != "bart":
+        predictions = slots or default_max_predictions(seq_len, mask_rate)
+    return distribute.model_flops_per_token(model, size_config(size), vocab_size, seq_len,
+                                            mlm_predictions=predictions)
 
 
 def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: str = "bert",
                  size: str = "tiny", steps: int = 300, checkpoint_every: int = 100,
                  batch_size: int = 32, learning_rate: float = 5e-4, warmup_steps: int = 30,
-                 weight_decay: float = 0.01, mask_rate: float = 0.15,
+                 weight_decay: float = 0.01, optimizer: str = "adamw", clip_norm: float = 1.0,
+                 grad_accum_steps: int = 1, mask_rate: float = 0.15,
                  mask_token_rate: float = 0.8, random_token_rate: float = 0.1,
                  whole_word: str = "none", max_predictions: int | None = None,
                  infill_rate: float = 0.3, poisson_lambda: float = 3.0,
                  permute_sentences: bool = False, ignore_nsp_labels: bool = False,
-                 max_seq_length: int | None = None, seed: int = 0,
-                 log_every: int = 10) -> list[dict]:
-    """Pretrain a masked LM; returns the checkpoint list (also in ``checkpoints.json``).
+                 max_seq_length: int | None = None, phases: list[dict] | None = None,
+                 keep_checkpoints: int | None = None, keep_checkpoint_every: int | None = None,
+                 strategy: str = "auto", tpu: str | None = None, precision: str = "auto",
+                 peak_tflops: float | None = None, deterministic: bool = False,
+                 progress: str = "auto", seed: int = 0, log_every: int = 10) -> list[dict]:
+    """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
-    ``steps`` is the total step count of the run, so re-running with a larger value
-    extends a finished run (the learning-rate schedule is then recomputed for the new
-    total) and re-running with the same value after a kill continues where it stopped.
+    ``model``: bert or roberta (masked LM) or bart (denoising: text infilling and optional
+    sentence permutation), at ``size`` (``korlm.presets``). ``steps`` is the total number
+    of optimizer updates of the run (``batch_size`` examples each, accumulated over
+    ``grad_accum_steps`` micro-batches), so re-running with a larger value extends a
+    finished run (the learning-rate schedule is then recomputed for the new total) and
+    re-running with the same value after a kill continues where it stopped, at the same
+    data position. ``phases`` splits the steps by sequence length (BERT: 90% at 128,
+    10% at 512); the model is built for the longest.
 
     Masking: ``mask_rate`` of the maskable tokens (at most ``max_predictions``) are
     predicted, of which ``mask_token_rate`` become [MASK], ``random_token_rate`` a random
     token, the rest stay; ``whole_word`` (none|eojeol|morpheme) masks whole words. Static
-    data brings its own masks. ``infill_rate``, ``poisson_lambda`` and
-    ``permute_sentences`` are BART's noising (the BART model itself is issue #6).
+    data brings its own masks. ``deterministic``: a killed and resumed run ends with the
+    same weights as an uninterrupted one (op determinism, sequential input pipeline).
     """
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
     models.check_family(model)
     for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every),
-                        ("batch_size", batch_size), ("log_every", log_every)):
+                        ("batch_size", batch_size), ("log_every", log_every),
+                        ("grad_accum_steps", grad_accum_steps)):
         if int(value) <= 0:
             raise KorlmError(f"{name} must be greater than 0, got {value}")
     if max_predictions is not None and int(max_predictions) < 1:
         raise KorlmError(f"max_predictions must be at least 1, got {max_predictions}")
     if warmup_steps < 0 or learning_rate <= 0 or weight_decay < 0:
         raise KorlmError("learning_rate must be > 0, warmup_steps and weight_decay >= 0")
+    if optimizer not in OPTIMIZERS:
+        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if keep_checkpoints is not None and int(keep_checkpoints) < 1:
+        raise KorlmError(f"keep_checkpoints must be at least 1 (or unset to keep all), got {keep_checkpoints}")
     try:
         size_config(size)
     except ValueError as exc:
         raise KorlmError(str(exc)) from None
+    plan = plan_phases(int(steps), int(batch_size), max_seq_length, phases)
+    for phase in plan:
+        if phase["batch_size"] % int(grad_accum_steps):
+            raise KorlmError(f"batch size {phase['batch_size']} does not split into "
+                             f"grad_accum_steps={grad_accum_steps} equal micro-batches")
 
-    meta, files = inspect_data(data_dir, tokenizer_dir)
+    objective = models.objective_of(model)
+    # Each phase's data, checked before anything imports TensorFlow or writes.
+    phase_inputs = []
+    for phase in plan:
+        pdir = phase_data_dir(data_dir, phase["max_seq_length"])
+        meta, files = inspect_data(pdir, tokenizer_dir)
+        data_len = int(meta["max_seq_length"])
+        phase["max_seq_length"] = seq_len = int(phase["max_seq_length"] or data_len)
+        if seq_len < 8:
+            raise KorlmError(f"max_seq_length must be at least 8, got {seq_len}")
+        if seq_len > data_len:
+            raise KorlmError(f"max_seq_length {seq_len} is longer than the data's {data_len} "
+                             f"({pdir}): no example would be longer than {data_len}; make data "
+                             f"with `korlm pretrain-data --max-seq-length {seq_len}`")
+        if seq_len < data_len:
+            print(f"WARNING: phase {phase['index'] + 1} trains at {seq_len} tokens on data packed "
+                  f"at {data_len} ({pdir}): longer examples are cut and their tail is never "
+                  f"trained on; pack at {seq_len} too (pretrain_data.extra_seq_lengths)", flush=True)
+        phase_inputs.append((pdir, meta, files))
+    first_meta = phase_inputs[0][1]
+    for pdir, meta, _ in phase_inputs[1:]:
+        if int(meta["vocab_size"]) != int(first_meta["vocab_size"]):
+            raise KorlmError(f"{pdir} was made with another vocabulary than {phase_inputs[0][0]}")
+
     # After the data checks: these import TensorFlow, which is slow and noisy on stderr.
     from korlm.masking import check_rates
     from korlm.noising import check_noising
 
     check_rates(mask_rate, mask_token_rate, random_token_rate)
     check_noising(infill_rate, poisson_lambda)
-    data_len = int(meta["max_seq_length"])
-    seq_len = int(max_seq_length or data_len)
-    if seq_len < 8:
-        raise KorlmError(f"max_seq_length must be at least 8, got {seq_len}")
-    special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
-    features = data_features(meta, files)
-    objective = "bart" if model == "bart" else "mlm"
-    masking = check_data_settings(data_dir, meta, features, objective=objective,
-                                  whole_word=whole_word, permute_sentences=permute_sentences,
-                                  ignore_nsp_labels=ignore_nsp_labels)
-    if masking == "static":
-        print(f"{data_dir} is statically masked (dupe_factor {meta.get('dupe_factor')}): using its "
-              "masks; mask_rate, mask_token_rate, random_token_rate and whole_word do not apply",
-              flush=True)
+    prepared = []
+    for pdir, meta, files in phase_inputs:
+        features = data_features(meta, files)
+        masking = check_data_settings(pdir, meta, features, objective=objective,
+                                      whole_word=whole_word, permute_sentences=permute_sentences,
+                                      ignore_nsp_labels=ignore_nsp_labels)
+        if masking == "static":
+            print(f"{pdir} is statically masked (dupe_factor {meta.get('dupe_factor')}): using its "
+                  "masks; mask_rate, mask_token_rate, random_token_rate and whole_word do not apply",
+                  flush=True)
+        prepared.append((pdir, meta, files, features, masking))
+    model_seq_len = max(p["max_seq_length"] for p in plan)
     run = {
-        "output_dir": output_dir, "model": model, "size": size,
-        "vocab_size": int(meta["vocab_size"]),
-        "vocab_hash": meta.get("vocab_hash") or tokenizer_vocab_hash(tokenizer_dir),
-        "max_seq_length": seq_len, "steps": int(steps),
-        "checkpoint_every": int(checkpoint_every), "log_every": int(log_every),
+        "output_dir": output_dir, "model": model, "size": size, "objective": objective,
+        "vocab_size": int(first_meta["vocab_size"]),
+        "vocab_hash": first_meta.get("vocab_hash") or tokenizer_vocab_hash(tokenizer_dir),
+        "max_seq_length": model_seq_len, "grad_accum_steps": int(grad_accum_steps),
+        "steps": int(steps), "checkpoint_every": int(checkpoint_every),
+        "log_every": int(log_every), "keep_checkpoints": keep_checkpoints,
+        "keep_checkpoint_every": keep_checkpoint_every,
     }
 
     state = load_state(output_dir)
     start_step = 0
     if state is not None:
         for key in RESUME_KEYS:
-            if state.get(key) != run[key]:
+            if key in state and state.get(key) != run[key]:
                 raise KorlmError(
                     f"{output_dir} holds a run with {key}={state.get(key)!r}, not {run[key]!r}; "
                     "use a new --output or the original settings to resume")
@@ -804,49 +1104,105 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         print(f"{output_dir} already trained to step {start_step}; nothing to do", flush=True)
         return checkpoints
 
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
+    policy_before = keras.mixed_precision.global_policy().name
+    try:
+        return _train(**locals())
+    finally:
+        keras.mixed_precision.set_global_policy(policy_before)
+
+
+def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoint_every,
+           batch_size, learning_rate, warmup_steps, weight_decay, optimizer, clip_norm,
+           grad_accum_steps, mask_rate, mask_token_rate, random_token_rate, whole_word,
+           max_predictions, infill_rate, poisson_lambda, permute_sentences, plan, prepared,
+           run, state, start_step, checkpoints, strategy, tpu, precision, peak_tflops,
+           deterministic, progress, seed, objective, model_seq_len, **_unused) -> list[dict]:
+    dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps))
+    import keras
+
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
-    with _strategy().scope():
-        task = models.build_masked_lm(model, size, run["vocab_size"], seq_len)
-        schedule = compile_masked_lm(task, learning_rate=learning_rate,
-                                     warmup_steps=warmup_steps, total_steps=steps,
-                                     weight_decay=weight_decay)
+    with dist.scope():
+        task = models.build_pretraining_task(model, size, run["vocab_size"], model_seq_len)
+        schedule = compile_pretraining(
+            task, objective=objective, learning_rate=learning_rate, warmup_steps=warmup_steps,
+            total_steps=steps, weight_decay=weight_decay, optimizer=optimizer,
+            clip_norm=clip_norm, grad_accum_steps=int(grad_accum_steps),
+            # XLA where it pays: under JAX always, on TF GPUs/TPUs; on a TF CPU it
+            # compiled for long and ran no faster here.
+            jit_compile=dist.jit_compile)
+    _check_memory(dist, task, model, size, plan, int(grad_accum_steps), precision_choice.policy)
     if start_step:
-        restore_state(task, output_dir, start_step)
+        restore_state(task, output_dir, start_step,
+                      state.get("seed_states") if deterministic else None)
         print(f"resuming {output_dir} from step {start_step}", flush=True)
-    # A resumed run sees a new data order and new masks, not a replay of the first steps.
-    keras.utils.set_random_seed(seed + start_step)
-    dataset = make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,
-                           vocab_size=run["vocab_size"], special_ids=special_ids,
-                           mask_rate=mask_rate, seed=seed + start_step,
-                           data_max_seq_length=data_len, objective=objective,
-                           features=features, masking=masking,
-                           mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
-                           whole_word=whole_word,
-                           max_predictions=_label_slots(meta, masking, max_predictions),
-                           static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
-                           poisson_lambda=poisson_lambda, permute_sentences=permute_sentences)
+    if not deterministic:
+        # A resumed run sees fresh masks and dropout, not a replay of the first steps'.
+        keras.utils.set_random_seed(seed + start_step)
 
     storage.makedirs(output_dir)
     log = _TrainLog(output_dir, keep_until_step=start_step)
     _write_json_atomic(storage.join(output_dir, CHECKPOINTS_JSON), checkpoints)
     writer = _summary_writer(output_dir)
-    remaining = steps - start_step
-    steps_per_epoch = min(checkpoint_every, remaining)
-    monitor = _monitor_class()(
-        run=run, start_step=start_step, steps_per_epoch=steps_per_epoch, log=log,
-        checkpoints=checkpoints, writer=writer, tokens_per_step=batch_size * seq_len,
-        schedule=schedule)
-    print(f"pretraining {model}-{size} ({task.count_params():,} params) on {len(files)} shards, "
-          f"{meta['num_examples']:,} examples: steps {start_step + 1}..{steps}, batch "
-          f"{batch_size}, seq {seq_len}", flush=True)
-    with warnings.catch_warnings():
-        # The pooler is part of the backbone but not of the MLM loss.
-        warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-        task.fit(dataset, steps_per_epoch=steps_per_epoch, shuffle=False,
-                 epochs=math.ceil(remaining / steps_per_epoch), callbacks=[monitor], verbose=0)
-    if writer is not None:
-        writer.close()
+    # MFU's denominator: pretrain.peak_tflops per device, or the table's figure for the
+    # device and precision (None on a CPU: no MFU is logged).
+    peak = dist.peak_flops(precision_choice.policy,
+                           override=peak_tflops * 1e12 if peak_tflops else None)
+    params = task.count_params()
+    print(f"pretraining {model}-{size} ({params:,} params) on {dist.describe()}, "
+          f"{precision_choice.policy} ({precision_choice.reason}): steps "
+          f"{start_step + 1}..{steps}, batch {batch_size}"
+          + (f" in {grad_accum_steps} micro-batches" if grad_accum_steps > 1 else "")
+          + ", phases " + ", ".join(f"{p['end_step'] - p['start_step']} steps x seq "
+                                    f"{p['max_seq_length']}" for p in plan), flush=True)
+    progress = _progress_bar(int(steps), start_step, progress)
+    special_fallback = DEFAULT_SPECIAL_IDS
+    try:
+        for phase, (pdir, meta, files, features, masking) in zip(plan, prepared, strict=True):
+            if phase["end_step"] <= start_step:
+                continue
+            first = max(start_step, phase["start_step"])
+            seq_len, batch = phase["max_seq_length"], phase["batch_size"]
+            micro_batch = batch // int(grad_accum_steps)
+            special_ids = {**special_fallback, **(meta.get("special_token_ids") or {})}
+            print(f"phase {phase['index'] + 1}/{len(plan)}: steps {first + 1}..{phase['end_step']} "
+                  f"at seq {seq_len} from {pdir} ({len(files)} shards, {meta['num_examples']:,} "
+                  "examples)", flush=True)
+            dataset = make_dataset(
+                files, batch_size=micro_batch, max_seq_length=seq_len,
+                vocab_size=run["vocab_size"], special_ids=special_ids, mask_rate=mask_rate,
+                seed=seed + phase["index"], data_max_seq_length=int(meta["max_seq_length"]),
+                objective=objective, features=features, masking=masking,
+                mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+                whole_word=whole_word, max_predictions=_label_slots(meta, masking, max_predictions),
+                static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
+                poisson_lambda=poisson_lambda, permute_sentences=permute_sentences,
+                segment_ids=models.uses_segment_ids(model), sequential=deterministic,
+                skip_examples=(first - phase["start_step"]) * batch)
+            remaining = phase["end_step"] - first
+            chunk = min(int(checkpoint_every), remaining)
+            micro = int(grad_accum_steps)
+            monitor = _monitor_class()(
+                run=run, phase=phase, start_step=first, micro_per_epoch=chunk * micro, log=log,
+                checkpoints=checkpoints, writer=writer, schedule=schedule, progress=progress,
+                flops_per_token=_flops_per_token(model, size, run["vocab_size"], seq_len,
+                                                 _label_slots(meta, masking, max_predictions)
+                                                 if objective == "mlm" else None, mask_rate),
+                peak_flops=peak)
+            with warnings.catch_warnings():
+                # The pooler is part of BERT's backbone but not of the MLM loss.
+                warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+                task.fit(dataset, steps_per_epoch=chunk * micro,
+                         shuffle=False, epochs=math.ceil(remaining / chunk), callbacks=[monitor],
+                         verbose=0)
+    finally:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
     return list(checkpoints)

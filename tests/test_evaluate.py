@@ -144,15 +144,24 @@ def test_evaluate_errors(setup, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_of_a_family_without_heads_is_not_built(setup, tmp_path):
-    tokenizer_dir, checkpoint, nsmc_dir = setup
-    fake = tmp_path / "roberta-ckpt"
-    shutil.copytree(checkpoint, fake)
+def test_roberta_checkpoint_fine_tunes_and_bart_is_not_built(setup, tmp_path):
+    tokenizer_dir, _, nsmc_dir = setup
+    data_dir = write_pretraining_data(tmp_path / "examples", tokenizer_dir, max_seq_length=48)
+    roberta = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
+                                    model="roberta", steps=2, checkpoint_every=2, batch_size=8)
+    record = evaluate.evaluate_checkpoint(
+        roberta[-1]["uri"], str(tokenizer_dir), "nsmc", str(nsmc_dir), str(tmp_path / "out"),
+        max_seq_length=32, epochs=1, batch_size=16)
+    assert record["model"]["model"] == "roberta"
+    assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 100
+
+    fake = tmp_path / "bart-ckpt"
+    shutil.copytree(roberta[-1]["uri"], fake)
     info = json.loads((fake / "korlm_checkpoint.json").read_text())
-    (fake / "korlm_checkpoint.json").write_text(json.dumps({**info, "model": "roberta"}))
-    with pytest.raises(NotBuiltError, match="issue #6"):
+    (fake / "korlm_checkpoint.json").write_text(json.dumps({**info, "model": "bart"}))
+    with pytest.raises(NotBuiltError, match="BART checkpoints.*issue #7"):
         evaluate.evaluate_checkpoint(str(fake), str(tokenizer_dir), "nsmc", str(nsmc_dir),
-                                     str(tmp_path / "out"), max_seq_length=32)
+                                     str(tmp_path / "out2"), max_seq_length=32)
 
 
 def test_tokenizer_with_the_same_size_but_another_vocabulary_is_refused(setup, tmp_path):

@@ -314,3 +314,40 @@ def test_errors(pipeline, tmp_path):
     with pytest.raises(KorlmError, match="no documents"):
         run_pretrain_data(str(blank), str(tokenizer_dir), str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
+
+
+def test_extra_seq_lengths_pack_each_phase_length_and_feed_a_two_phase_run(pipeline, tmp_path):
+    """pretrain_data.extra_seq_lengths (what pretrain.phases needs) packs the corpus again
+    at each length into seq<N>/, listed in the root metadata once written; a two-phase
+    run then reads each phase's own data."""
+    from korlm import config as cfg
+    from korlm.pretrain import run_pretrain
+
+    _, corpus, tokenizer, _, _ = pipeline
+    conf = cfg.Config.model_validate({
+        "pretrain_data": {"max_seq_length": 64},
+        "pretrain": {"steps": 4, "checkpoint_every": 2, "log_every": 2,
+                     "phases": [{"steps": 3, "max_seq_length": 16}, {"steps": 1, "max_seq_length": 64}]}})
+    assert conf.pretrain_data.extra_seq_lengths == [16]
+    with pytest.raises(ValueError, match=r"sequence lengths \[32\] that pretrain_data.extra_seq_lengths"):
+        cfg.Config.model_validate({
+            "pretrain_data": {"max_seq_length": 64, "extra_seq_lengths": [16]},
+            "pretrain": {"steps": 2, "checkpoint_every": 1,
+                         "phases": [{"steps": 1, "max_seq_length": 32}, {"steps": 1, "max_seq_length": 64}]}})
+
+    out = tmp_path / "examples"
+    meta = run_pretrain_data(str(corpus), str(tokenizer), str(out), max_seq_length=64, num_shards=1,
+                             extra_seq_lengths=conf.pretrain_data.extra_seq_lengths)
+    assert meta["seq_length_variants"] == {"16": "seq16"}
+    assert json.loads((out / "metadata.json").read_text())["seq_length_variants"] == {"16": "seq16"}
+    short = json.loads((out / "seq16" / "metadata.json").read_text())
+    assert short["max_seq_length"] == 16 and short["num_examples"] > meta["num_examples"]
+    assert max(len(e) for e in _examples(out / "seq16")) == 16
+    assert not list(out.glob(".seq16.tmp-*"))  # published by rename, no staging left
+
+    checkpoints = run_pretrain(str(out), str(tokenizer), str(tmp_path / "run"), batch_size=4,
+                               **{k: v for k, v in conf.pretrain.model_dump().items()
+                                  if k not in ("batch_size",)})
+    assert [c["step"] for c in checkpoints] == [2, 4]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["max_seq_length"] for r in log] == [16, 64]

@@ -1,0 +1,190 @@
+"""Issue 6: RoBERTa and BART pretraining, optimizer settings, gradient accumulation,
+keep-last-K checkpoints, two-phase schedules, preemption (a real SIGKILL) with a
+deterministic resume, and the errors raised before training starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from korlm import models, pretrain
+from korlm.errors import KorlmError
+from tests.test_pretrain import build_tokenizer, write_pretraining_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain-models")
+    tokenizer_dir = build_tokenizer(root / "tokenizer")
+    data_dir = write_pretraining_data(root / "examples", tokenizer_dir, contract=True)
+    return tokenizer_dir, data_dir
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def _weights(checkpoint: str) -> list[np.ndarray]:
+    return [w.numpy() for w in models.load_pretraining_task(checkpoint).weights]
+
+
+@pytest.mark.parametrize("family,task_class,accuracy", [
+    ("roberta", "RobertaMaskedLM", "mlm_accuracy"),
+    ("bart", "BartSeq2SeqLM", "token_accuracy"),
+])
+def test_roberta_and_bart_pretrain_and_reload(corpus, tmp_path, family, task_class, accuracy):
+    tokenizer_dir, data_dir = corpus
+    out = tmp_path / family
+    checkpoints = pretrain.run_pretrain(
+        str(data_dir), str(tokenizer_dir), str(out), model=family, steps=6, checkpoint_every=3,
+        batch_size=8, learning_rate=2e-3, warmup_steps=1, log_every=1, seed=1,
+        permute_sentences=family == "bart")
+    assert [c["step"] for c in checkpoints] == [3, 6]
+    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    assert info["model"] == family and info["objective"] == ("bart" if family == "bart" else "mlm")
+    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    assert type(task).__name__ == task_class
+    log = _log(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert all(accuracy in r and np.isfinite(r["loss"]) for r in log)
+    # A 1,200-token vocab starts near ln(1200) = 7.09 and learns from the first steps.
+    assert log[0]["loss"] == pytest.approx(np.log(1200), abs=0.6)
+    assert min(r["loss"] for r in log[3:]) < log[0]["loss"]
+    assert all(r["model_tflops_per_second"] > 0 for r in log)
+    assert "mfu" not in log[0]  # a CPU has no peak figure unless peak_tflops is set
+    if family == "roberta":  # no token types: the inputs carry no segment_ids
+        assert "segment_ids" not in task.input
+
+
+def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path):
+    tokenizer_dir, data_dir = corpus
+    out = tmp_path / "run"
+    checkpoints = pretrain.run_pretrain(
+        str(data_dir), str(tokenizer_dir), str(out), steps=6, checkpoint_every=1, batch_size=8,
+        grad_accum_steps=4, optimizer="lamb", clip_norm=0.5, keep_checkpoints=2,
+        keep_checkpoint_every=3, log_every=2, peak_tflops=0.5, learning_rate=1e-3,
+        warmup_steps=2)
+    # Last 2 (5, 6) plus every 3rd (3): the others are deleted from disk too.
+    assert [c["step"] for c in checkpoints] == [3, 5, 6]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-000003", "step-000005", "step-000006"]
+    assert json.loads((out / "checkpoints.json").read_text()) == checkpoints
+    state = json.loads((out / "state" / "state.json").read_text())
+    assert state["step"] == 6 and state["examples_seen"] == 48 and state["grad_accum_steps"] == 4
+    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    assert task.backbone.vocabulary_size == state["vocab_size"]
+    log = _log(out)
+    assert [r["step"] for r in log] == [2, 4, 6]
+    # The learning rate is per update, not per micro-batch: warmup 2 updates, decay to 0 at 6.
+    assert log[0]["learning_rate"] == pytest.approx(1e-3 * 1 / 2)
+    assert log[1]["learning_rate"] == pytest.approx(1e-3 * 3 / 4)
+    assert all(0 < r["mfu"] < 1 for r in log)
+    assert log[0]["mfu"] == pytest.approx(
+        log[0]["model_tflops_per_second"] / 0.5, rel=0.01)
+
+    # A resumed run must keep the accumulation it was trained with.
+    with pytest.raises(KorlmError, match="grad_accum_steps=4"):
+        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=8,
+                              checkpoint_every=2, batch_size=8, grad_accum_steps=2)
+
+
+def test_bad_settings_fail_before_training(corpus, tmp_path):
+    tokenizer_dir, data_dir = corpus
+    run = lambda **kw: pretrain.run_pretrain(  # noqa: E731
+        str(data_dir), str(tokenizer_dir), str(tmp_path / "out"),
+        **{"steps": 4, "checkpoint_every": 2, "batch_size": 8, **kw})
+    with pytest.raises(KorlmError, match="does not split into grad_accum_steps=3"):
+        run(grad_accum_steps=3)
+    with pytest.raises(KorlmError, match="optimizer 'sgd' is unknown"):
+        run(optimizer="sgd")
+    with pytest.raises(KorlmError, match="longer than the data's 32"):
+        run(max_seq_length=64)
+    with pytest.raises(KorlmError, match="phases add up to 3 steps but pretrain.steps is 4"):
+        run(phases=[{"steps": 3, "max_seq_length": 16}])
+    with pytest.raises(KorlmError, match="no GPU"):
+        run(strategy="gpu")
+    assert not (tmp_path / "out").exists()
+
+    # A corrupt state (a torn copy from another disk) is named, not a stack trace.
+    out = tmp_path / "corrupt"
+    pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
+                          checkpoint_every=2, batch_size=8)
+    weights = out / "state" / pretrain.STATE_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(KorlmError, match="cannot resume from .*corrupt or incompatible"):
+        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+                              checkpoint_every=2, batch_size=8)
+    (out / "state" / pretrain.STATE_JSON).write_text("{not json")
+    with pytest.raises(KorlmError, match="state.json is corrupt"):
+        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+                              checkpoint_every=2, batch_size=8)
+
+
+def test_two_phase_schedule_reads_each_phase_data(corpus, tmp_path, capsys):
+    tokenizer_dir, _ = corpus
+    data = write_pretraining_data(tmp_path / "data", tokenizer_dir, max_seq_length=48)
+    write_pretraining_data(data / "seq16", tokenizer_dir, max_seq_length=16)
+    meta = json.loads((data / "metadata.json").read_text())
+    (data / "metadata.json").write_text(json.dumps({**meta, "seq_length_variants": {"16": "seq16"}}))
+    out = tmp_path / "run"
+    checkpoints = pretrain.run_pretrain(
+        str(data), str(tokenizer_dir), str(out), steps=6, checkpoint_every=3, batch_size=8,
+        log_every=1, phases=[{"steps": 4, "max_seq_length": 16},
+                             {"steps": 2, "max_seq_length": 48, "batch_size": 4}])
+    printed = capsys.readouterr().out
+    assert f"steps 1..4 at seq 16 from {data / 'seq16'}" in printed
+    assert f"steps 5..6 at seq 48 from {data} " in printed
+    assert "WARNING" not in printed  # each phase had data at its own length
+    log = _log(out)
+    assert [r["max_seq_length"] for r in log] == [16, 16, 16, 16, 48, 48]
+    # One learning-rate schedule across both phases (warmup 30 > 6 steps: still rising).
+    assert [r["learning_rate"] for r in log] == sorted(r["learning_rate"] for r in log)
+    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    assert info["max_seq_length"] == 48  # the model is built for the longest phase
+    state = json.loads((out / "state" / "state.json").read_text())
+    assert state["examples_seen"] == 4 * 8 + 2 * 4
+
+
+def _cli_pretrain(data_dir, tokenizer_dir, out, *extra, env=None):
+    conf = out.parent / "det.yaml"
+    conf.write_text("pretrain:\n  seed: 7\n  log_every: 1\n  warmup_steps: 2\n"
+                    "  learning_rate: 0.002\n  progress: lines\n")
+    return subprocess.run(
+        [sys.executable, "-m", "korlm.cli", "pretrain", "--config", str(conf), "--data",
+         str(data_dir), "--tokenizer", str(tokenizer_dir), "--output", str(out), "--steps", "6",
+         "--checkpoint-every", "2", "--batch-size", "8", "--deterministic", *extra],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=600)
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_weights(corpus, tmp_path):
+    """A real preemption: the process SIGKILLs itself after step 3 (past the step-2
+    checkpoint), a new process resumes, and the final weights equal those of an
+    uninterrupted run, bit for bit (deterministic mode, CPU)."""
+    tokenizer_dir, data_dir = corpus
+    whole = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "killed",
+                           env={pretrain.PREEMPT_ENV: "3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert json.loads((tmp_path / "killed" / "state" / "state.json").read_text())["step"] == 2
+    resumed = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and "from step 2" in resumed.stdout
+
+    a = _weights(str(tmp_path / "whole" / "checkpoints" / "step-000006"))
+    b = _weights(str(tmp_path / "killed" / "checkpoints" / "step-000006"))
+    assert len(a) == len(b)
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
+    # The log reads as one run: step 3 of the killed process was dropped and redone.
+    assert [r["loss"] for r in _log(tmp_path / "whole")] == [r["loss"] for r in _log(tmp_path / "killed")]
