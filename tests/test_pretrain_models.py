@@ -64,14 +64,16 @@ def test_roberta_and_bart_pretrain_and_reload(corpus, tmp_path, family, task_cla
         assert "segment_ids" not in task.input
 
 
-def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path):
+def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
     tokenizer_dir, data_dir = corpus
     out = tmp_path / "run"
     checkpoints = pretrain.run_pretrain(
         str(data_dir), str(tokenizer_dir), str(out), steps=6, checkpoint_every=1, batch_size=8,
         grad_accum_steps=4, optimizer="lamb", clip_norm=0.5, keep_checkpoints=2,
         keep_checkpoint_every=3, log_every=2, peak_tflops=0.5, learning_rate=1e-3,
-        warmup_steps=2)
+        warmup_steps=2, progress="bar")
+    err = capsys.readouterr().err
+    assert "6/6" in err and "step/s" in err  # the tqdm bar, counting updates
     # Last 2 (5, 6) plus every 3rd (3): the others are deleted from disk too.
     assert [c["step"] for c in checkpoints] == [3, 5, 6]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
@@ -89,6 +91,12 @@ def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path):
     assert all(0 < r["mfu"] < 1 for r in log)
     assert log[0]["mfu"] == pytest.approx(
         log[0]["model_tflops_per_second"] / 0.5, rel=0.01)
+    # TensorBoard events hold the same scalars.
+    import tensorflow as tf
+
+    tags = {v.tag for f in (out / "tensorboard").iterdir()
+            for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value}
+    assert {"loss", "mlm_accuracy", "learning_rate", "tokens_per_second", "mfu"} <= tags
 
     # A resumed run must keep the accumulation it was trained with.
     with pytest.raises(KorlmError, match="grad_accum_steps=4"):
@@ -188,3 +196,30 @@ def test_sigkilled_run_resumes_to_the_same_weights(corpus, tmp_path):
     assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
     # The log reads as one run: step 3 of the killed process was dropped and redone.
     assert [r["loss"] for r in _log(tmp_path / "whole")] == [r["loss"] for r in _log(tmp_path / "killed")]
+
+
+@pytest.mark.slow
+def test_jax_backend_trains_and_resumes_bart(corpus, tmp_path):
+    """KERAS_BACKEND=jax with keras.distribution.DataParallel over two (virtual) CPU
+    devices: the same command trains BART, and re-run with more steps resumes."""
+    tokenizer_dir, data_dir = corpus
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = tmp_path / "run"
+
+    def run(steps):
+        return subprocess.run(
+            [sys.executable, "-m", "korlm.cli", "pretrain", "--data", str(data_dir), "--tokenizer",
+             str(tokenizer_dir), "--output", str(out), "--model", "bart", "--steps", str(steps),
+             "--checkpoint-every", "2", "--batch-size", "8", "--strategy", "jax-data-parallel"],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+    first = run(2)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "jax-data-parallel (jax): 2 x cpu" in first.stdout
+    second = run(4)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming" in second.stdout and "from step 2" in second.stdout
+    assert [c["step"] for c in json.loads((out / "checkpoints.json").read_text())] == [2, 4]
+    assert np.isfinite(_log(out)[-1]["loss"])
+    assert models.checkpoint_info(str(out / "checkpoints" / "step-000004"))["model"] == "bart"
