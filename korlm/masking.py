@@ -66,12 +66,48 @@ def default_max_predictions(max_seq_length: int, mask_rate: float) -> int:
 
 # ------------------------------------------------------------------ tf-text parts
 
+class RandomDraws:
+    """Where the masking and noising ops get their random numbers. ``seed`` None: TF's
+    stateful ops (``tf.random.uniform``...), whose state a tf.data pipeline shares with
+    every iterator Keras opens over it. ``seed`` a ``[2]`` int tensor (e.g. the run's
+    seed and the batch index): stateless ops, each call with its own seed folded in from
+    a counter, so a batch's draws depend on nothing but its seed — what a deterministic
+    resume needs."""
+
+    def __init__(self, seed=None):
+        self.seed = None if seed is None else tf.cast(seed, tf.int64)
+        self.calls = 0
+
+    def _next_seed(self):
+        self.calls += 1
+        return tf.random.experimental.stateless_fold_in(self.seed, self.calls)
+
+    def uniform(self, shape, maxval=None, dtype=tf.float32):
+        if self.seed is None:
+            return tf.random.uniform(shape, maxval=maxval, dtype=dtype)
+        return tf.random.stateless_uniform(shape, self._next_seed(), maxval=maxval, dtype=dtype)
+
+    def poisson(self, shape, lam):
+        if self.seed is None:
+            return tf.random.poisson(shape, lam)
+        return tf.random.stateless_poisson(shape, self._next_seed(), lam)
+
+    def shuffle(self, values):
+        if self.seed is None:
+            return tf.random.shuffle(values)
+        return tf.random.experimental.stateless_shuffle(values, self._next_seed())
+
+
 class WholeWordSelector(tf_text.RandomItemSelector):
     """tf-text's random selector with the budget counted in tokens, not items: selects
     whole words (axis 1 of ``[batch, (words), (tokens)]``) in random order until
     ``min(ceil(maskable_tokens * rate), max_selections_per_batch)`` tokens are selected; a
     word longer than what is left is skipped and later, shorter words are still tried
     (BERT's recipe). Words holding an unselectable id are never selected."""
+
+    def __init__(self, *args, draws: RandomDraws | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = draws or RandomDraws()
 
     def get_selection_mask(self, input_ids, axis=1):
         if axis != 1 or input_ids.ragged_rank != 2:
@@ -86,7 +122,7 @@ class WholeWordSelector(tf_text.RandomItemSelector):
             int(self.max_selections_per_batch))
         # Visiting order: selectable words in random order, then the rest.
         keys = selectable.with_flat_values(tf.where(
-            selectable.flat_values, tf.random.uniform(tf.shape(selectable.flat_values)), 2.0))
+            selectable.flat_values, self.draws.uniform(tf.shape(selectable.flat_values)), 2.0))
         order = tf.argsort(keys.to_tensor(default_value=3.0), axis=1, stable=True)
         lengths = tf.gather(word_len.to_tensor(0), order, batch_dims=1)  # [batch, words]
         batch, num_words = tf.shape(lengths)[0], tf.shape(lengths)[1]
@@ -116,18 +152,19 @@ class NonSpecialMaskValuesChooser(tf_text.MaskValuesChooser):
     """80/10/10 per selected token; the random replacements never draw a special token."""
 
     def __init__(self, vocab_size, mask_token, special_ids, mask_token_rate=0.8,
-                 random_token_rate=0.1):
+                 random_token_rate=0.1, draws: RandomDraws | None = None):
         super().__init__(vocab_size, mask_token, mask_token_rate, random_token_rate)
+        self.draws = draws or RandomDraws()
         self.special_ids = sorted({int(i) for i in special_ids if 0 <= int(i) < vocab_size})
         if len(self.special_ids) >= vocab_size:
             raise KorlmError("the vocabulary holds only special tokens")
 
     def get_mask_values(self, masked_lm_ids):
         flat = masked_lm_ids.flat_values
-        draw = tf.random.uniform(tf.shape(flat))
+        draw = self.draws.uniform(tf.shape(flat))
         # The r-th non-special id: step past each special id (ascending) at or below it.
-        random_ids = tf.random.uniform(tf.shape(flat), maxval=self.vocab_size - len(self.special_ids),
-                                       dtype=tf.int32)
+        random_ids = self.draws.uniform(tf.shape(flat), maxval=self.vocab_size - len(self.special_ids),
+                                        dtype=tf.int32)
         for special in self.special_ids:
             random_ids += tf.cast(random_ids >= special, tf.int32)
         values = tf.where(draw < self._mask_token_rate, tf.cast(self.mask_token, flat.dtype),
@@ -185,21 +222,23 @@ class MaskedLMMasker:
         if int(self.max_predictions) < 1:
             raise KorlmError(f"max_predictions must be at least 1, got {self.max_predictions}")
 
-    def selector(self):
+    def selector(self, draws: RandomDraws | None = None):
+        draws = draws or RandomDraws()
         specials = special_id_list(self.special_ids)
         if self.whole_word:
             return WholeWordSelector(int(self.max_predictions), self.mask_rate,
-                                     unselectable_ids=specials)
+                                     unselectable_ids=specials, draws=draws)
         return tf_text.RandomItemSelector(
             max_selections_per_batch=int(self.max_predictions), selection_rate=self.mask_rate,
-            unselectable_ids=specials)
+            unselectable_ids=specials, shuffle_fn=draws.shuffle)
 
-    def chooser(self):
+    def chooser(self, draws: RandomDraws | None = None):
         return NonSpecialMaskValuesChooser(
             self.vocab_size, int(self.special_ids["mask"]), special_id_list(self.special_ids),
-            mask_token_rate=self.mask_token_rate, random_token_rate=self.random_token_rate)
+            mask_token_rate=self.mask_token_rate, random_token_rate=self.random_token_rate,
+            draws=draws)
 
-    def __call__(self, token_ids, word_starts=None, lengths=None):
+    def __call__(self, token_ids, word_starts=None, lengths=None, seed=None):
         if not isinstance(token_ids, tf.RaggedTensor):
             token_ids = tf.RaggedTensor.from_tensor(token_ids, lengths=lengths)
             if word_starts is not None and not isinstance(word_starts, tf.RaggedTensor):
@@ -210,8 +249,9 @@ class MaskedLMMasker:
             if word_starts is None:
                 raise KorlmError("whole-word masking needs word_starts")
             items = group_words(token_ids, word_starts, special_id_list(self.special_ids))
+        draws = RandomDraws(seed)  # seed: [2] ints, or None for TF's stateful ops
         masked, positions, labels = tf_text.mask_language_model(
-            items, item_selector=self.selector(), mask_values_chooser=self.chooser())
+            items, item_selector=self.selector(draws), mask_values_chooser=self.chooser(draws))
         if masked.ragged_rank > 1:
             masked = masked.merge_dims(1, 2)
         shape = tf.cast([-1, self.max_predictions], tf.int64)

@@ -29,6 +29,7 @@ from korlm.errors import KorlmError
 from korlm.presets import MODEL_FAMILIES, size_config
 
 CHECKPOINT_INFO = "korlm_checkpoint.json"
+NSP_HEAD = "nsp_head.npz"
 BUILT_FAMILIES = ("bert", "roberta", "bart")
 MASKED_LM_FAMILIES = ("bert", "roberta")
 # KerasHub class names per family: backbone, pretraining task.
@@ -123,15 +124,40 @@ def build_masked_lm(model: str, size: str, vocab_size: int, max_seq_length: int,
     return build_pretraining_task(model, size, vocab_size, max_seq_length, dropout)
 
 
+def add_next_sentence_head(task):
+    """BERT's two pretraining objectives in one model (Hugging Face ``BertForPreTraining``):
+    the ``BertMaskedLM`` task's backbone and MLM head, plus a next-sentence classifier
+    (dense, 2 logits; 1 = segment B is random) over the pooled [CLS] output. KerasHub has
+    no such task; this composes its layers, so the MLM task ``task`` shares every weight
+    and is what checkpoints save. Returns ``(model, nsp_layer)``; the model's outputs are
+    ``{"mlm": ..., "nsp": ...}``."""
+    keras, _ = _keras()
+    backbone = task.backbone
+    inputs = dict(task.input)
+    outputs = backbone({name: inputs[name] for name in backbone.input})
+    mlm = task.masked_lm_head(outputs["sequence_output"], inputs["mask_positions"])
+    head = keras.layers.Dense(2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                              dtype=backbone.dtype_policy, name="nsp_head")
+    nsp = head(outputs["pooled_output"])
+    return keras.Model(inputs, {"mlm": mlm, "nsp": nsp}, name="bert_pretraining"), head
+
+
 def parameter_count(model: str, size: str, vocab_size: int, max_seq_length: int) -> int:
     """Parameters of the pretraining task (built and counted, not estimated)."""
     return int(build_pretraining_task(model, size, vocab_size, max_seq_length).count_params())
 
 
-def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any]) -> None:
-    """Write a checkpoint directory atomically (a killed save leaves no half checkpoint)."""
+def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=None) -> None:
+    """Write a checkpoint directory atomically (a killed save leaves no half checkpoint).
+    ``nsp_head``: the next-sentence layer, saved beside the preset as ``nsp_head.npz``
+    (``kernel`` [hidden, 2], ``bias`` [2]) for a ``BertForPreTraining`` export."""
     with storage.atomic_output_dir(checkpoint_dir) as staging:
         task.save_to_preset(staging)
+        if nsp_head is not None:
+            import numpy as np
+
+            np.savez(os.path.join(staging, NSP_HEAD), kernel=np.asarray(nsp_head.kernel.numpy()),
+                     bias=np.asarray(nsp_head.bias.numpy()))
         with open(os.path.join(staging, CHECKPOINT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
 

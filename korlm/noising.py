@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from korlm.errors import KorlmError
-from korlm.masking import special_id_list
+from korlm.masking import RandomDraws, special_id_list
 
 
 def _special_mask(ids, special_ids: list[int]):
@@ -43,7 +43,8 @@ def _special_mask(ids, special_ids: list[int]):
     return special
 
 
-def permute_sentences(token_ids, sentence_starts, special_ids: list[int]):
+def permute_sentences(token_ids, sentence_starts, special_ids: list[int],
+                      draws: RandomDraws | None = None):
     """Shuffle the sentences of each row of ``token_ids`` (ragged ``[batch, (tokens)]``).
 
     A unit starts at every ``sentence_starts`` 1, at every special token and right after
@@ -66,7 +67,7 @@ def permute_sentences(token_ids, sentence_starts, special_ids: list[int]):
     first = tf.gather(at_row_start, unit_starts)
     last = tf.gather(at_row_last, unit_starts) & ~first
     # Sort key: the row, then 0 (first unit), 1 + U[0,1) (movable units), 3 (last unit).
-    offset = tf.where(first, 0.0, tf.where(last, 3.0, 1.0 + tf.random.uniform(tf.shape(unit_row))))
+    offset = tf.where(first, 0.0, tf.where(last, 3.0, 1.0 + (draws or RandomDraws()).uniform(tf.shape(unit_row))))
     key = tf.cast(unit_row, tf.float64) * 4.0 + tf.cast(offset, tf.float64)
     order = tf.gather(units, tf.argsort(key, stable=True)).flat_values
     return token_ids.with_flat_values(tf.gather(ids, order))
@@ -100,7 +101,7 @@ class BartNoiser:
         spans = budget / self.poisson_lambda
         return int(math.ceil(1.2 * spans + 4 * math.sqrt(spans) + 8))
 
-    def infill(self, token_ids):
+    def infill(self, token_ids, draws: RandomDraws | None = None):
         """Text infilling of ragged ``[batch, (tokens)]`` ids. Returns the noised ids
         (ragged) and a dict of details per row (``span_lengths``, ``span_starts`` in
         maskable-token coordinates, ``maskable``), for tests and inspection."""
@@ -121,12 +122,13 @@ class BartNoiser:
         # dropped: the expected masked count is the budget and the span lengths keep their
         # mean (cutting it to fit, as fairseq does, shortens spans: mean 2.89, not 3, at
         # 128 tokens).
-        draws = tf.cast(tf.random.poisson([batch, self.max_spans], self.poisson_lambda), tf.int32)
+        rng = draws or RandomDraws()
+        draws = tf.cast(rng.poisson([batch, self.max_spans], self.poisson_lambda), tf.int32)
         before = tf.cumsum(draws, axis=1, exclusive=True)
         left = budget[:, None] - before
         kept = left > 0
         crossing = kept & (draws > left)
-        drop = crossing & (tf.random.uniform(tf.shape(draws))
+        drop = crossing & (rng.uniform(tf.shape(draws))
                            * tf.cast(draws, tf.float32) >= tf.cast(left, tf.float32))
         kept &= ~drop
         span_len = tf.where(kept, draws, 0)
@@ -138,7 +140,7 @@ class BartNoiser:
         # Layout: the unmasked tokens are cut into (spans + 1) runs of random length, the
         # i-th span goes after the i-th cut (cuts sorted; spans stay in draw order).
         big = tf.int32.max // 2
-        cuts = tf.cast(tf.floor(tf.random.uniform(tf.shape(draws))
+        cuts = tf.cast(tf.floor(rng.uniform(tf.shape(draws))
                                 * tf.cast(unmasked + 1, tf.float32)[:, None]), tf.int32)
         cuts = tf.sort(tf.where(kept, tf.minimum(cuts, unmasked[:, None]), big), axis=1)
         span_start = tf.where(kept, cuts + tf.cumsum(span_len, axis=1, exclusive=True), big)
@@ -177,24 +179,26 @@ class BartNoiser:
         }
         return noised, details
 
-    def noise(self, token_ids, sentence_starts=None):
+    def noise(self, token_ids, sentence_starts=None, seed=None):
         """Permutation (when on) then infilling; returns (noised ragged ids, details)."""
         token_ids = tf.cast(token_ids, tf.int32)
+        draws = RandomDraws(seed)  # seed: [2] ints, or None for TF's stateful ops
         source = token_ids
         if self.permute_sentences:
             if sentence_starts is None:
                 raise KorlmError("sentence permutation needs the sentence_starts feature")
-            source = permute_sentences(token_ids, sentence_starts, special_id_list(self.special_ids))
-        noised, details = self.infill(source)
+            source = permute_sentences(token_ids, sentence_starts, special_id_list(self.special_ids),
+                                       draws)
+        noised, details = self.infill(source, draws)
         details["permuted"] = source
         return noised, details
 
-    def __call__(self, token_ids, sentence_starts=None):
+    def __call__(self, token_ids, sentence_starts=None, seed=None):
         """``(x, y, sample_weight)`` for ``BartSeq2SeqLM``, padded to ``max_seq_length``."""
         length = self.max_seq_length
         pad, sep = int(self.special_ids["pad"]), int(self.special_ids["sep"])
         token_ids = tf.cast(token_ids, tf.int32)
-        noised, _ = self.noise(token_ids, sentence_starts)
+        noised, _ = self.noise(token_ids, sentence_starts, seed)
         encoder_lengths = noised.row_lengths()
         # Zero-length spans can make a short example longer than max_seq_length: cut it,
         # keeping a closing </s>.

@@ -46,7 +46,8 @@ TENSORBOARD_DIR = "tensorboard"
 DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 # Settings a resumed run must share with the run it continues (weights would not fit or
 # would mean something else otherwise).
-RESUME_KEYS = ("model", "size", "vocab_size", "vocab_hash", "max_seq_length", "grad_accum_steps")
+RESUME_KEYS = ("model", "size", "vocab_size", "vocab_hash", "max_seq_length", "grad_accum_steps",
+               "nsp")
 
 
 def checkpoint_name(step: int) -> str:
@@ -147,12 +148,11 @@ def data_features(meta: dict[str, Any], files: list[str]) -> list[str]:
 def check_data_settings(data_dir: str, meta: dict[str, Any], features: list[str], *,
                         objective: str = "mlm", whole_word: str = "none",
                         permute_sentences: bool = False, ignore_nsp_labels: bool = False,
-                        inspecting: bool = False) -> str:
+                        inspecting: bool = False, model: str = "bert") -> str:
     """What the training settings need from the data, checked up front with one-line
     errors naming the data dir. Returns the masking mode, ``dynamic`` or ``static``.
     ``inspecting``: for ``inspect_examples``, which shows next-sentence labels instead of
     refusing them."""
-    from korlm.errors import NotBuiltError
     from korlm.masking import WHOLE_WORD_MODES, WORD_FEATURE
 
     if objective not in ("mlm", "bart"):
@@ -180,14 +180,22 @@ def check_data_settings(data_dir: str, meta: dict[str, Any], features: list[str]
     if objective == "bart" and permute_sentences and "sentence_starts" not in features:
         raise KorlmError(f"permute_sentences needs the sentence_starts feature, which data {data_dir} "
                          "does not have (re-run `korlm pretrain-data`)")
-    if (meta.get("nsp") or "next_sentence_label" in features) and not inspecting:
-        if not ignore_nsp_labels:
-            raise NotBuiltError(f"NSP head (data {data_dir} has next-sentence labels; set "
-                                "pretrain.ignore_nsp_labels: true to train MLM only)", 6)
-        print(f"WARNING: {data_dir} has next-sentence labels but pretraining with an NSP head is "
-              "not built (issue #6): training MLM ONLY, the NSP labels are ignored "
-              "(pretrain.ignore_nsp_labels: true)", flush=True)
+    if has_nsp_labels(meta, features) and not inspecting:
+        if "next_sentence_label" not in features:
+            raise KorlmError(f"{data_dir}/metadata.json says nsp: true but the shards have no "
+                             "next_sentence_label feature; re-run `korlm pretrain-data`")
+        if ignore_nsp_labels:
+            print(f"WARNING: {data_dir} has next-sentence labels: training MLM ONLY, the NSP "
+                  "labels are ignored (pretrain.ignore_nsp_labels: true)", flush=True)
+        elif model != "bert":
+            raise KorlmError(f"data {data_dir} has next-sentence labels but {model} has no "
+                             "next-sentence head (RoBERTa dropped NSP, BART never had it): make "
+                             "the data without --nsp, or set pretrain.ignore_nsp_labels: true")
     return masking
+
+
+def has_nsp_labels(meta: dict[str, Any], features: list[str]) -> bool:
+    return bool(meta.get("nsp") or "next_sentence_label" in features)
 
 
 def _label_slots(meta: dict[str, Any], masking: str, max_predictions: int | None) -> int | None:
@@ -208,7 +216,7 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
                  infill_rate: float = 0.3, poisson_lambda: float = 3.0,
                  permute_sentences: bool = False, repeat: bool = True,
                  passthrough: tuple[str, ...] | list[str] = (), sequential: bool = False,
-                 segment_ids: bool = True, skip_examples: int = 0):
+                 segment_ids: bool = True, skip_examples: int = 0, nsp: bool = False):
     """Batches for training, from unpadded TFRecord examples (the pretrain-data contract).
 
     ``objective="mlm"``: ``(inputs, mask_ids, mask_weights)`` for KerasHub's
@@ -225,16 +233,17 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
     ``features`` lists what the shards hold (``data_features``); only the features the
     settings use are parsed. ``passthrough`` features (e.g. ``next_sentence_label``, for
     ``inspect_examples``) are added to the inputs dict, padded dense. ``sequential``
-    masks one batch at a time, so that after ``tf.random.set_seed`` the same batches get
-    the same masks (parallel calls share the random state in whatever order they run).
+    draws every batch's masks/noise from stateless ops seeded by ``(seed, batch index)``,
+    so the same seed gives the same batches however the dataset is iterated.
     ``segment_ids=False`` leaves them out of the MLM inputs (RoBERTa has no token types).
+    ``nsp``: BERT's two objectives, labels and weights as dicts ``{"mlm": ..., "nsp": ...}``
+    with the ``next_sentence_label`` of each example (1 = B is a random segment).
 
     ``skip_examples`` resumes at a data position: the first ``skip_examples`` examples of
-    the (seeded, hence reproducible) order are skipped. Normally they are skipped unread
-    by the masking, so the resumed run sees the same examples with fresh masks; with
-    ``sequential`` the skipped batches are masked and dropped, which replays the random
-    state too, so the resumed run gets exactly the batches an uninterrupted run would
-    (``skip_examples`` must then be a multiple of ``batch_size``).
+    the (seeded, hence reproducible) order are skipped unread by the masking. Normally the
+    resumed run then sees the same examples with fresh masks; with ``sequential`` it gets
+    exactly the batches an uninterrupted run would (``skip_examples`` must then be a
+    multiple of ``batch_size``).
     """
     import tensorflow as tf
 
@@ -258,6 +267,8 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
         wanted.append("sentence_starts")
     if static:
         wanted += list(STATIC_FEATURES)
+    if nsp and objective == "mlm":
+        wanted.append("next_sentence_label")
     wanted += [f for f in passthrough if f not in wanted]
     missing = [f for f in wanted if f not in features]
     if missing:
@@ -308,7 +319,11 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
         parsed = {k: tf.cast(v, tf.int32) for k, v in parsed.items()}
         return cut(parsed) if truncate else parsed
 
-    def to_mlm(serialized):
+    def batch_seed(index):
+        # Deterministic mode: the draws of batch `index` are a function of (seed, index).
+        return None if index is None else tf.stack([tf.cast(seed, tf.int64), index])
+
+    def to_mlm(serialized, index=None):
         parsed = parse(serialized)
         ids = parsed["input_ids"]
         lengths = ids.row_lengths()
@@ -317,7 +332,8 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
                                         lengths, slots)
             masked = ids
         else:
-            out = masker(ids, parsed.get(word_feature) if word_feature else None)
+            out = masker(ids, parsed.get(word_feature) if word_feature else None,
+                         seed=batch_seed(index))
             masked, labels = out["token_ids"], out
         token_ids = masked.to_tensor(default_value=pad, shape=[batch_size, max_seq_length])
         segments = parsed.get("segment_ids")
@@ -332,21 +348,33 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
                 segments.to_tensor(default_value=0, shape=[batch_size, max_seq_length])
                 if segments is not None else tf.zeros_like(token_ids))
         inputs.update({name: parsed[name].to_tensor() for name in passthrough})
+        if nsp:
+            label = parsed["next_sentence_label"].to_tensor(shape=[batch_size, 1])[:, 0]
+            return (inputs, {"mlm": labels["mask_ids"], "nsp": label},
+                    {"mlm": labels["mask_weights"], "nsp": tf.ones([batch_size], tf.float32)})
         return inputs, labels["mask_ids"], labels["mask_weights"]
 
-    def to_bart(serialized):
+    def to_bart(serialized, index=None):
         parsed = parse(serialized)
-        x, y, weights = noiser(parsed["input_ids"], parsed.get("sentence_starts"))
+        x, y, weights = noiser(parsed["input_ids"], parsed.get("sentence_starts"),
+                              seed=batch_seed(index))
         x.update({name: parsed[name].to_tensor() for name in passthrough})
         return x, y, weights
 
     ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.shuffle(len(files), seed=seed)
+    if sequential:
+        # One endless stream shuffled once: every iterator over the dataset sees the same
+        # order (reshuffling per iteration would give each new iterator, e.g. one Keras
+        # opens, another order), and the buffers still mix across epochs.
+        ds = ds.repeat() if repeat else ds
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    else:
+        ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    if repeat:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=not sequential)
+    if repeat and not sequential:
         ds = ds.repeat()
     if skip_examples < 0:
         raise KorlmError(f"skip_examples must be >= 0, got {skip_examples}")
@@ -356,10 +384,15 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
     if skip_examples and not sequential:
         ds = ds.skip(skip_examples)
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(to_mlm if objective == "mlm" else to_bart,
-                num_parallel_calls=None if sequential else tf.data.AUTOTUNE, deterministic=True)
-    if skip_examples and sequential:
-        ds = ds.skip(skip_examples // batch_size)
+    to_batch = to_mlm if objective == "mlm" else to_bart
+    if sequential:
+        # Stateless draws seeded by the batch index: the skipped batches need no masking
+        # and the masks do not depend on how many iterators Keras opens over the dataset.
+        ds = ds.enumerate().skip(skip_examples // batch_size)
+        ds = ds.map(lambda index, serialized: to_batch(serialized, index),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -529,14 +562,16 @@ def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, w
                         total_steps: int, weight_decay: float, optimizer: str = "adamw",
                         clip_norm: float | None = 1.0, grad_accum_steps: int = 1,
                         beta_2: float = 0.999, epsilon: float = 1e-6,
-                        jit_compile: bool = False):
+                        jit_compile: bool = False, nsp: bool = False):
     """Compile a pretraining task; returns the learning-rate schedule (in updates).
 
     AdamW (BERT's optimizer) or LAMB (You et al. 2020, for large batches; Keras's LAMB
     applies the weight decay decoupled, before the trust-ratio update), warmup then
     linear decay, clipping by the *global* gradient norm (``clip_norm``; 0/None: off),
     LayerNorm and bias excluded from weight decay, and ``grad_accum_steps`` micro-batches
-    averaged per update (Keras's ``gradient_accumulation_steps``).
+    averaged per update (Keras's ``gradient_accumulation_steps``). ``nsp``: the model has
+    outputs ``{"mlm", "nsp"}`` (``models.add_next_sentence_head``); the loss is their sum,
+    as in BERT, and both are logged.
 
     The loss is the mean over the real label slots only (``mean_with_sample_weight``):
     the masked tokens for MLM, the target tokens for BART. KerasHub's own MLM loss
@@ -555,11 +590,19 @@ def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, w
     opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
            else keras.optimizers.Lamb(**common))
     opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(task))
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight")
+    metric = keras.metrics.SparseCategoricalAccuracy(name=accuracy_name(objective))
+    if nsp:  # Keras prefixes the output name: mlm_accuracy, nsp_accuracy
+        loss = {"mlm": loss, "nsp": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+        metric = {"mlm": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+    else:
+        metric = [metric]
     task.compile(
         optimizer=opt,
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name=accuracy_name(objective))],
+        loss=loss,
+        weighted_metrics=metric,
         # XLA on CPU compiles for long; on TPU the strategy compiles regardless.
         jit_compile=jit_compile,
     )
@@ -754,8 +797,12 @@ def _monitor_class():
 
         def __init__(self, *, run: dict, phase: dict, start_step: int, micro_per_epoch: int,
                      log: _TrainLog, checkpoints: list[dict], writer, schedule, progress,
-                     flops_per_token: float | None, peak_flops: float | None):
+                     flops_per_token: float | None, peak_flops: float | None,
+                     task, nsp_head=None):
             super().__init__()
+            # What a checkpoint holds: the pretraining task (+ NSP head); the trained
+            # model may be a wrapper around them.
+            self.task, self.nsp_head = task, nsp_head
             self.run, self.phase, self.start_step = run, phase, start_step
             self.micro_per_epoch, self.micro = micro_per_epoch, run["grad_accum_steps"]
             self.log, self.checkpoints, self.writer = log, checkpoints, writer
@@ -807,6 +854,8 @@ def _monitor_class():
             tokens_per_second = self.window_steps * self.tokens_per_step / seconds
             record = {
                 "step": step, "loss": round(loss, 5), self.metric: round(accuracy, 5),
+                **{k: round(float(logs[k]), 5) for k in ("mlm_loss", "nsp_loss", "nsp_accuracy")
+                   if k in logs},
                 "learning_rate": lr, "max_seq_length": self.phase["max_seq_length"],
                 "steps_per_second": round(self.window_steps / seconds, 3),
                 # Sequence positions (batch x max_seq_length, padding included).
@@ -814,21 +863,25 @@ def _monitor_class():
                 "time": round(time.time(), 3),
             }
             if self.flops_per_token:
-                record["model_tflops_per_second"] = round(
-                    tokens_per_second * self.flops_per_token / 1e12, 4)
+                # 4 significant digits: a tiny model on a CPU runs at a few GFLOP/s.
+                record["model_tflops_per_second"] = float(
+                    f"{tokens_per_second * self.flops_per_token / 1e12:.4g}")
                 if self.peak_flops:
-                    record["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+                    record["mfu"] = float(
+                        f"{tokens_per_second * self.flops_per_token / self.peak_flops:.4g}")
             self.log.append(record)
             if self.writer is not None:
                 import tensorflow as tf
 
                 with self.writer.as_default(step=step):
-                    for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu"):
+                    for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu",
+                                "mlm_loss", "nsp_loss", "nsp_accuracy"):
                         if key in record:
                             tf.summary.scalar(key, record[key])
                 self.writer.flush()
             mfu = f" MFU {record['mfu']:.1%}" if "mfu" in record else ""
-            line = (f"step {step}/{run['steps']} loss {loss:.4f} {self.metric} {accuracy:.4f} "
+            nsp = (f" nsp_accuracy {record['nsp_accuracy']:.4f}" if "nsp_accuracy" in record else "")
+            line = (f"step {step}/{run['steps']} loss {loss:.4f} {self.metric} {accuracy:.4f}{nsp} "
                     f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
                     f"{record['tokens_per_second']:.0f} tokens/s{mfu}")
             if self.progress is not None:
@@ -844,8 +897,11 @@ def _monitor_class():
             uri = storage.join(run["output_dir"], CHECKPOINTS_DIR, checkpoint_name(step))
             info = {k: run[k] for k in RESUME_KEYS}
             info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
-            with _optimizer_detached(self.model) as task:
-                models.save_checkpoint(task, uri, info)
+            with _optimizer_detached(self.task) as task:
+                if self.nsp_head is not None:
+                    models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head)
+                else:  # (the call tests intercept keeps its three-argument form)
+                    models.save_checkpoint(task, uri, info)
             # The state follows the checkpoint: a kill between the two re-trains from the
             # previous state and overwrites this checkpoint with the same step.
             examples = self.phase["examples_before"] + (
@@ -874,6 +930,19 @@ def _monitor_class():
                 print(msg, flush=True)
 
     return TrainMonitor
+
+
+def _build_without_reading(model, dataset, batch_size: int) -> None:
+    """Build the compiled loss and metrics from the dataset's spec. Otherwise the first
+    ``fit`` of a process pulls (and loses) a batch to build them."""
+    import numpy as np
+    import tensorflow as tf
+
+    def zeros(spec):
+        shape = [d if d is not None else batch_size for d in spec.shape]
+        return np.zeros(shape, spec.dtype.as_numpy_dtype)
+
+    model._symbolic_build(data_batch=tf.nest.map_structure(zeros, dataset.element_spec))
 
 
 def _summary_writer(output_dir: str):
@@ -1073,13 +1142,18 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         features = data_features(meta, files)
         masking = check_data_settings(pdir, meta, features, objective=objective,
                                       whole_word=whole_word, permute_sentences=permute_sentences,
-                                      ignore_nsp_labels=ignore_nsp_labels)
+                                      ignore_nsp_labels=ignore_nsp_labels, model=model)
         if masking == "static":
             print(f"{pdir} is statically masked (dupe_factor {meta.get('dupe_factor')}): using its "
                   "masks; mask_rate, mask_token_rate, random_token_rate and whole_word do not apply",
                   flush=True)
         prepared.append((pdir, meta, files, features, masking))
     model_seq_len = max(p["max_seq_length"] for p in plan)
+    labelled = {has_nsp_labels(p[1], p[3]) for p in prepared}
+    if len(labelled) > 1:
+        raise KorlmError("some phases' data have next-sentence labels and some do not; make all "
+                         "phases' data with the same pretrain_data.nsp")
+    nsp = labelled == {True} and not ignore_nsp_labels
     run = {
         "output_dir": output_dir, "model": model, "size": size, "objective": objective,
         "vocab_size": int(first_meta["vocab_size"]),
@@ -1087,7 +1161,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         "max_seq_length": model_seq_len, "grad_accum_steps": int(grad_accum_steps),
         "steps": int(steps), "checkpoint_every": int(checkpoint_every),
         "log_every": int(log_every), "keep_checkpoints": keep_checkpoints,
-        "keep_checkpoint_every": keep_checkpoint_every,
+        "keep_checkpoint_every": keep_checkpoint_every, "nsp": nsp,
     }
 
     state = load_state(output_dir)
@@ -1118,7 +1192,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
            grad_accum_steps, mask_rate, mask_token_rate, random_token_rate, whole_word,
            max_predictions, infill_rate, poisson_lambda, permute_sentences, plan, prepared,
            run, state, start_step, checkpoints, strategy, tpu, precision, peak_tflops,
-           deterministic, progress, seed, objective, model_seq_len, **_unused) -> list[dict]:
+           deterministic, progress, seed, objective, model_seq_len, nsp, **_unused) -> list[dict]:
     dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps))
     import keras
 
@@ -1129,8 +1203,11 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
     keras.utils.set_random_seed(seed)
     with dist.scope():
         task = models.build_pretraining_task(model, size, run["vocab_size"], model_seq_len)
+        # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
+        # (and the NSP layer beside it), the state the whole trained model.
+        trained, nsp_head = models.add_next_sentence_head(task) if nsp else (task, None)
         schedule = compile_pretraining(
-            task, objective=objective, learning_rate=learning_rate, warmup_steps=warmup_steps,
+            trained, objective=objective, nsp=nsp, learning_rate=learning_rate, warmup_steps=warmup_steps,
             total_steps=steps, weight_decay=weight_decay, optimizer=optimizer,
             clip_norm=clip_norm, grad_accum_steps=int(grad_accum_steps),
             # XLA where it pays: under JAX always, on TF GPUs/TPUs; on a TF CPU it
@@ -1138,7 +1215,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
             jit_compile=dist.jit_compile)
     _check_memory(dist, task, model, size, plan, int(grad_accum_steps), precision_choice.policy)
     if start_step:
-        restore_state(task, output_dir, start_step,
+        restore_state(trained, output_dir, start_step,
                       state.get("seed_states") if deterministic else None)
         print(f"resuming {output_dir} from step {start_step}", flush=True)
     if not deterministic:
@@ -1153,8 +1230,9 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
     # device and precision (None on a CPU: no MFU is logged).
     peak = dist.peak_flops(precision_choice.policy,
                            override=peak_tflops * 1e12 if peak_tflops else None)
-    params = task.count_params()
-    print(f"pretraining {model}-{size} ({params:,} params) on {dist.describe()}, "
+    params = trained.count_params()
+    print(f"pretraining {model}-{size}{' with the next-sentence head' if nsp else ''} "
+          f"({params:,} params) on {dist.describe()}, "
           f"{precision_choice.policy} ({precision_choice.reason}): steps "
           f"{start_step + 1}..{steps}, batch {batch_size}"
           + (f" in {grad_accum_steps} micro-batches" if grad_accum_steps > 1 else "")
@@ -1182,7 +1260,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 whole_word=whole_word, max_predictions=_label_slots(meta, masking, max_predictions),
                 static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
                 poisson_lambda=poisson_lambda, permute_sentences=permute_sentences,
-                segment_ids=models.uses_segment_ids(model), sequential=deterministic,
+                segment_ids=models.uses_segment_ids(model), sequential=deterministic, nsp=nsp,
                 skip_examples=(first - phase["start_step"]) * batch)
             remaining = phase["end_step"] - first
             chunk = min(int(checkpoint_every), remaining)
@@ -1193,11 +1271,13 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 flops_per_token=_flops_per_token(model, size, run["vocab_size"], seq_len,
                                                  _label_slots(meta, masking, max_predictions)
                                                  if objective == "mlm" else None, mask_rate),
-                peak_flops=peak)
+                peak_flops=peak, task=task, nsp_head=nsp_head)
+            if deterministic:
+                _build_without_reading(trained, dataset, micro_batch)
             with warnings.catch_warnings():
                 # The pooler is part of BERT's backbone but not of the MLM loss.
                 warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-                task.fit(dataset, steps_per_epoch=chunk * micro,
+                trained.fit(dataset, steps_per_epoch=chunk * micro,
                          shuffle=False, epochs=math.ceil(remaining / chunk), callbacks=[monitor],
                          verbose=0)
     finally:

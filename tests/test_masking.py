@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from korlm import pretrain
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 SPECIAL_IDS = sorted(SPECIAL.values())
@@ -290,8 +290,11 @@ def test_data_checks(tmp_path):
         pretrain.check_data_settings("d", meta, old, objective="bart", permute_sentences=True)
     with pytest.raises(KorlmError, match="lacks masked_lm_positions"):
         pretrain.check_data_settings("d", {"masking": "static"}, old + ["masked_lm_ids"])
-    with pytest.raises(NotBuiltError, match=r"NSP head.*issue #6"):
-        pretrain.check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"])
+    assert pretrain.check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"]) == "dynamic"
+    with pytest.raises(KorlmError, match="roberta has no next-sentence head"):
+        pretrain.check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"], model="roberta")
+    with pytest.raises(KorlmError, match="says nsp: true but the shards have no next_sentence_label"):
+        pretrain.check_data_settings("d", {"nsp": True}, old)
 
 
 def test_old_data_features_are_probed(tmp_path):

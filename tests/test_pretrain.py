@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from korlm import models, pretrain
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 
 REPO = Path(__file__).resolve().parents[1]
 REVIEWS = REPO / "data" / "sample" / "raw" / "movie_reviews.tsv"
@@ -299,12 +299,39 @@ def test_pretrain_on_pair_data_with_whole_words_and_nsp_labels(contract_data, tm
         run(words, "a", whole_word="morpheme")
     with pytest.raises(KorlmError, match=r"mask_token_rate \+ random_token_rate must be <= 1"):
         run(words, "a", mask_token_rate=0.7, random_token_rate=0.4)
-    with pytest.raises(NotBuiltError, match=r"NSP head .*ignore_nsp_labels.*issue #6"):
-        run(pairs, "b")
+    with pytest.raises(KorlmError, match=r"roberta has no next-sentence head .*ignore_nsp_labels"):
+        run(pairs, "b", model="roberta")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     checkpoints = run(pairs, "c", whole_word="eojeol", max_predictions=8, ignore_nsp_labels=True)
     assert [c["step"] for c in checkpoints] == [2]
     assert "training MLM ONLY, the NSP labels are ignored" in capsys.readouterr().out
+    assert not (Path(checkpoints[0]["uri"]) / models.NSP_HEAD).exists()
+
+
+def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys):
+    """BERT's recipe: MLM + NSP summed, both logged; the checkpoint keeps the MLM task
+    (what evaluate and export load) and the NSP layer beside it; resume keeps both."""
+    tokenizer_dir, _, pairs = contract_data
+    out = tmp_path / "nsp"
+    args = dict(steps=8, checkpoint_every=4, batch_size=16, log_every=2, learning_rate=3e-3,
+                warmup_steps=1, whole_word="eojeol")
+    pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out), **{**args, "steps": 4})
+    checkpoints = pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out), **args)
+    printed = capsys.readouterr().out
+    assert "with the next-sentence head" in printed and "resuming" in printed
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6, 8]
+    for record in log:
+        assert {"mlm_loss", "nsp_loss", "nsp_accuracy", "mlm_accuracy"} <= set(record)
+        # The total is the sum of the two objectives (Keras means per batch, same weights).
+        assert record["loss"] == pytest.approx(record["mlm_loss"] + record["nsp_loss"], rel=0.02)
+        assert record["nsp_loss"] == pytest.approx(np.log(2), abs=0.35)  # two classes
+    head = np.load(Path(checkpoints[-1]["uri"]) / models.NSP_HEAD)
+    assert head["kernel"].shape == (128, 2) and head["bias"].shape == (2,)
+    assert type(models.load_pretraining_task(checkpoints[-1]["uri"])).__name__ == "BertMaskedLM"
+    with pytest.raises(KorlmError, match="nsp=True"):  # a run with the head resumes with it
+        pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out),
+                              **{**args, "steps": 10, "ignore_nsp_labels": True})
 
 
 def _inspect_blocks(text: str) -> list[dict[str, str]]:
