@@ -6,6 +6,11 @@ its weights. On top of it goes a cross-encoder head: a classifier over the poole
 ``[CLS]`` representation (classification, sentence pairs as ``[CLS] a [SEP] b [SEP]``),
 one linear output trained with mean squared error (regression), or start/end logits over
 the tokens (extractive QA, long contexts cut into overlapping windows: ``doc_stride``).
+BART checkpoints are fine-tuned as Hugging Face's ``BartForSequenceClassification`` and
+``BartForQuestionAnswering`` do: the same ids go to the encoder and, shifted right behind
+the decoder start token, to the decoder (``bart_inputs``); classification and regression
+read the decoder state at each example's last real token, the span head every decoder
+state.
 
 Fine-tuning uses fixed seeds, AdamW with linear warmup and decay, and early stopping on
 the dev split's primary metric (the best epoch's weights are the ones scored). The
@@ -34,6 +39,12 @@ WEIGHT_DECAY = 0.01
 PER_TASK_KEYS = ("max_seq_length", "batch_size", "epochs", "learning_rate",
                  "max_train_examples", "max_eval_examples", "doc_stride")
 MAX_ANSWER_TOKENS = 30
+# BartClassificationHead's dropout (before and after its tanh dense). Hugging Face's
+# default classifier_dropout is 0.0; 0.1 is what the BERT classifier here uses, so the
+# families are fine-tuned with the same regularisation.
+BART_CLASSIFIER_DROPOUT = 0.1
+BART_INPUTS = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
+               "decoder_padding_mask")
 
 
 def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
@@ -76,6 +87,86 @@ def encode(tokenizer, data: tasks.TaskData) -> dict[str, Any]:
     }
 
 
+def bart_inputs(x: dict[str, Any], decoder_start_id: int) -> dict[str, Any]:
+    """``BartBackbone`` inputs from :func:`encode`'s (right-padded ``token_ids`` and
+    ``padding_mask``), as ``BartForSequenceClassification`` builds them: the encoder reads
+    the ids, the decoder reads them shifted right behind ``decoder_start_id`` (korlm's BART
+    decoder starts with ``</s>``/``[SEP]``, as in pretraining: ``korlm.noising``). Decoder
+    position i reads token i-1 and stands for token i, so both masks are the ids' mask and
+    a token's offsets (QA) are those of the encoder position."""
+    import numpy as np
+
+    token_ids = np.asarray(x["token_ids"], dtype="int32")
+    mask = np.asarray(x["padding_mask"], dtype="int32")
+    start = np.full((len(token_ids), 1), decoder_start_id, dtype="int32")
+    return {"encoder_token_ids": token_ids, "encoder_padding_mask": mask,
+            "decoder_token_ids": np.concatenate([start, token_ids[:, :-1]], axis=1),
+            "decoder_padding_mask": mask}
+
+
+def _bart_model_inputs():
+    import keras
+
+    return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in BART_INPUTS}
+
+
+def _last_real_token_state(sequence, padding_mask):
+    """Each example's state at its last unpadded position (the final ``</s>``/``[SEP]``):
+    ``BartForSequenceClassification``'s representation (the last EOS of the input)."""
+    from keras import ops
+
+    last = ops.sum(ops.cast(padding_mask, "int32"), axis=1) - 1
+    last = ops.maximum(last, 0)[:, None, None]
+    return ops.squeeze(ops.take_along_axis(sequence, last, axis=1), axis=1)
+
+
+def build_bart_classifier(backbone, num_outputs: int, dropout: float = BART_CLASSIFIER_DROPOUT):
+    """``BartForSequenceClassification`` on a ``BartBackbone``: the decoder state at the
+    last real token, then ``BartClassificationHead`` (dropout, dense + tanh, dropout,
+    dense to ``num_outputs`` logits; one output for regression)."""
+    import keras
+
+    def initializer():  # BART's init_std; one instance per layer
+        return keras.initializers.TruncatedNormal(stddev=0.02)
+
+    inputs = _bart_model_inputs()
+    decoder = backbone(inputs)["decoder_sequence_output"]
+    x = _last_real_token_state(decoder, inputs["encoder_padding_mask"])
+    x = keras.layers.Dropout(dropout, name="classifier_input_dropout")(x)
+    x = keras.layers.Dense(backbone.hidden_dim, activation="tanh",
+                           kernel_initializer=initializer(),
+                           name="classifier_dense")(x)
+    x = keras.layers.Dropout(dropout, name="classifier_output_dropout")(x)
+    logits = keras.layers.Dense(num_outputs, kernel_initializer=initializer(),
+                                name="classifier_logits")(x)
+    return keras.Model(inputs, logits, name="bart_sequence_classifier")
+
+
+def build_span_extractor(backbone):
+    """Start/end logits (last axis) at every position: over BERT's or RoBERTa's token
+    states, or, as ``BartForQuestionAnswering``, over every BART decoder state."""
+    import keras
+    import keras_hub
+
+    if isinstance(backbone, keras_hub.models.BartBackbone):
+        inputs = _bart_model_inputs()
+        sequence = backbone(inputs)["decoder_sequence_output"]
+    else:
+        names = [name for name in ("token_ids", "segment_ids", "padding_mask")
+                 if name in backbone.input]
+        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in names}
+        outputs = backbone(inputs)
+        if isinstance(outputs, dict):  # BERT: the pooler is not used by QA
+            backbone.get_layer("pooled_dense").trainable = False  # QA reads tokens, not [CLS]
+            sequence = outputs["sequence_output"]
+        else:  # RoBERTa's backbone returns the token states
+            sequence = outputs
+    logits = keras.layers.Dense(
+        2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        name="span_logits")(sequence)
+    return keras.Model(inputs, logits, name="span_extractor")
+
+
 def settings_for_task(params: dict[str, Any], task: str) -> dict[str, Any]:
     """``params`` (the evaluate section's keyword arguments) with ``per_task[task]``'s
     values applied and ``per_task`` removed."""
@@ -106,16 +197,17 @@ class _Head:
         import keras
         import keras_hub
 
+        num_outputs = 1 if self.spec.type == "regression" else self.spec.num_classes
+        loss = (keras.losses.MeanSquaredError() if self.spec.type == "regression"
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        if isinstance(backbone, keras_hub.models.BartBackbone):  # KerasHub has no BART classifier
+            return build_bart_classifier(backbone, num_outputs), loss
         # KerasHub's classifier of the family: BERT's reads the pooled [CLS], RoBERTa's
         # the first token through its own dense + tanh (no pooler in the backbone).
         classifier = (keras_hub.models.RobertaTextClassifier
                       if isinstance(backbone, keras_hub.models.RobertaBackbone)
                       else keras_hub.models.BertTextClassifier)
-        if self.spec.type == "regression":
-            model = classifier(backbone, num_classes=1, preprocessor=None)
-            return model, keras.losses.MeanSquaredError()
-        model = classifier(backbone, num_classes=self.spec.num_classes, preprocessor=None)
-        return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return classifier(backbone, num_classes=num_outputs, preprocessor=None), loss
 
     def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
         import numpy as np
@@ -193,19 +285,7 @@ class _SpanHead(_Head):
     def build(self, backbone):
         import keras
 
-        names = [name for name in ("token_ids", "segment_ids", "padding_mask")
-                 if name in backbone.input]
-        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in names}
-        outputs = backbone(inputs)
-        if isinstance(outputs, dict):  # BERT: the pooler is not used by QA
-            backbone.get_layer("pooled_dense").trainable = False  # QA reads tokens, not [CLS]
-            sequence = outputs["sequence_output"]
-        else:  # RoBERTa's backbone returns the token states
-            sequence = outputs
-        logits = keras.layers.Dense(
-            2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="span_logits")(sequence)
-        model = keras.Model(inputs, logits, name="span_extractor")
+        model = build_span_extractor(backbone)
         cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         def span_loss(y_true, y_pred):
@@ -310,9 +390,6 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
     if not 0 < learning_rate < 1:
         raise KorlmError(f"learning_rate must be between 0 and 1, got {learning_rate}")
     info = models.checkpoint_info(checkpoint_dir)
-    if info["model"] == "bart":
-        raise NotBuiltError("fine-tuning evaluation of BART checkpoints (a BART classification "
-                            "and span head)", 7)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
                          f"{info['max_seq_length']}, got {max_seq_length}")
@@ -331,9 +408,12 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
             if spec.type == "extractive-qa" else _Head(spec))
     (x_train, y_train), (x_dev, _), (x_test, _) = (
         head.inputs(tokenizer, s) for s in (splits.train, splits.dev, splits.test))
-    if not models.uses_segment_ids(info["model"]):  # RoBERTa has no token types
+    if not models.uses_segment_ids(info["model"]):  # RoBERTa and BART have no token types
         for x in (x_train, x_dev, x_test):
             x.pop("segment_ids", None)
+    if info["model"] == "bart":
+        decoder_start = tokenizer.special_token_ids()["sep"]
+        x_train, x_dev, x_test = (bart_inputs(x, decoder_start) for x in (x_train, x_dev, x_test))
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras

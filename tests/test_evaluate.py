@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from korlm import evaluate, pretrain, tasks
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 NSMC = Path(__file__).resolve().parents[1] / "data" / "sample" / "eval" / "nsmc"
@@ -144,7 +144,7 @@ def test_evaluate_errors(setup, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_roberta_checkpoint_fine_tunes_and_bart_is_not_built(setup, tmp_path):
+def test_roberta_checkpoint_fine_tunes(setup, tmp_path):
     tokenizer_dir, _, nsmc_dir = setup
     data_dir = write_pretraining_data(tmp_path / "examples", tokenizer_dir, max_seq_length=48)
     roberta = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
@@ -155,13 +155,154 @@ def test_roberta_checkpoint_fine_tunes_and_bart_is_not_built(setup, tmp_path):
     assert record["model"]["model"] == "roberta"
     assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 100
 
-    fake = tmp_path / "bart-ckpt"
-    shutil.copytree(roberta[-1]["uri"], fake)
-    info = json.loads((fake / "korlm_checkpoint.json").read_text())
-    (fake / "korlm_checkpoint.json").write_text(json.dumps({**info, "model": "bart"}))
-    with pytest.raises(NotBuiltError, match="BART checkpoints.*issue #7"):
-        evaluate.evaluate_checkpoint(str(fake), str(tokenizer_dir), "nsmc", str(nsmc_dir),
-                                     str(tmp_path / "out2"), max_seq_length=32)
+
+@pytest.fixture(scope="module")
+def bart_checkpoint(setup, tmp_path_factory):
+    tokenizer_dir = setup[0]
+    root = tmp_path_factory.mktemp("bart")
+    data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
+    checkpoints = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+                                        model="bart", steps=2, checkpoint_every=2, batch_size=8)
+    return checkpoints[-1]["uri"]
+
+
+def test_bart_inputs_shift_the_ids_right_behind_the_decoder_start():
+    import numpy as np
+
+    x = {"token_ids": np.array([[2, 7, 8, 3, 0, 0], [2, 9, 3, 5, 6, 3]]),
+         "padding_mask": np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}
+    bart = evaluate.bart_inputs(x, decoder_start_id=3)
+    assert bart["encoder_token_ids"].tolist() == x["token_ids"].tolist()
+    assert bart["decoder_token_ids"].tolist() == [[3, 2, 7, 8, 3, 0], [3, 2, 9, 3, 5, 6]]
+    assert bart["encoder_padding_mask"].tolist() == x["padding_mask"].tolist()
+    assert bart["decoder_padding_mask"].tolist() == x["padding_mask"].tolist()
+    assert all(v.dtype == np.int32 for v in bart.values())
+
+
+def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
+    import keras
+    import numpy as np
+
+    from korlm import models
+
+    keras.utils.set_random_seed(0)
+    backbone = models.build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
+    model = evaluate.build_bart_classifier(backbone, num_outputs=3)
+    rng = np.random.default_rng(0)
+    lengths = np.array([5, 9, 16, 2])
+    ids = rng.integers(5, 60, size=(4, 16)).astype("int32")
+    ids[:, 0] = 2
+    ids[np.arange(4), lengths - 1] = 3  # [CLS] ... [SEP]
+    mask = (np.arange(16)[None, :] < lengths[:, None]).astype("int32")
+    x = evaluate.bart_inputs({"token_ids": np.where(mask, ids, 0), "padding_mask": mask}, 3)
+    logits = model.predict(x, verbose=0)
+
+    # the logits are the head applied to decoder_sequence_output at position length - 1
+    decoder = backbone(x, training=False)["decoder_sequence_output"].numpy()
+    state = decoder[np.arange(4), lengths - 1]
+    head = model.get_layer("classifier_logits")(model.get_layer("classifier_dense")(state))
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(head), rtol=1e-4, atol=1e-5)
+
+    # other ids at the padded positions (encoder and decoder) change nothing
+    x_other = evaluate.bart_inputs({"token_ids": np.where(mask, ids, 41), "padding_mask": mask}, 3)
+    assert (x_other["decoder_token_ids"] != x["decoder_token_ids"]).any()
+    np.testing.assert_allclose(model.predict(x_other, verbose=0), logits, rtol=1e-5, atol=1e-6)
+    # a real token does change them (the check above can fail)
+    x_real = {k: v.copy() for k, v in x.items()}
+    x_real["encoder_token_ids"][:, 1] = 50
+    assert np.abs(model.predict(x_real, verbose=0) - logits).max() > 1e-4
+
+
+def test_bart_heads_compute_what_transformers_bart_heads_compute():
+    """The Keras BART classifier and span extractor, with their weights copied into
+    Hugging Face's ``BartForSequenceClassification`` / ``BartForQuestionAnswering`` (which
+    shift the ids right behind ``decoder_start_token_id`` and pick the last EOS
+    themselves), give the same logits on a padded batch."""
+    import keras
+    import numpy as np
+    import torch
+    from transformers import BartConfig, BartForQuestionAnswering, BartForSequenceClassification
+
+    from korlm import export, models
+
+    keras.utils.set_random_seed(0)
+    task = models.build_pretraining_task("bart", "tiny", vocab_size=60, max_seq_length=16)
+    special = {"pad": 0, "cls": 2, "sep": 3}
+    config = export.bart_config(task, special)
+    body = {k: torch.tensor(v) for k, v in export.bart_state_dict(task).items()
+            if k.startswith("model.")}
+    lengths = np.array([5, 9, 16, 3])
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 60, size=(4, 16))
+    ids[:, 0], ids[np.arange(4), lengths - 1] = special["cls"], special["sep"]
+    mask = (np.arange(16)[None, :] < lengths[:, None]).astype("int32")
+    ids = np.where(mask, ids, special["pad"]).astype("int32")
+    x = evaluate.bart_inputs({"token_ids": ids, "padding_mask": mask}, special["sep"])
+    hf_inputs = {"input_ids": torch.tensor(ids, dtype=torch.long),
+                 "attention_mask": torch.tensor(mask, dtype=torch.long)}
+
+    def dense(layer):
+        kernel, bias = (np.asarray(w) for w in layer.get_weights())
+        return torch.tensor(kernel.T), torch.tensor(bias)
+
+    classifier = evaluate.build_bart_classifier(task.backbone, num_outputs=3)
+    hf = BartForSequenceClassification(BartConfig(**config, num_labels=3)).eval()
+    head = {}
+    for keras_name, hf_name in (("classifier_dense", "dense"), ("classifier_logits", "out_proj")):
+        head[f"classification_head.{hf_name}.weight"], \
+            head[f"classification_head.{hf_name}.bias"] = dense(classifier.get_layer(keras_name))
+    loading = hf.load_state_dict({**body, **head}, strict=False)
+    assert not loading.unexpected_keys
+    assert all("embed_tokens" in k for k in loading.missing_keys)  # tied to model.shared
+    with torch.no_grad():
+        expected = hf(**hf_inputs).logits.numpy()
+    np.testing.assert_allclose(classifier.predict(x, verbose=0), expected, atol=1e-5)
+
+    spans = evaluate.build_span_extractor(task.backbone)
+    hf_qa = BartForQuestionAnswering(BartConfig(**config)).eval()
+    kernel, bias = dense(spans.get_layer("span_logits"))
+    loading = hf_qa.load_state_dict({**body, "qa_outputs.weight": kernel,
+                                     "qa_outputs.bias": bias}, strict=False)
+    assert not loading.unexpected_keys
+    with torch.no_grad():
+        out = hf_qa(**hf_inputs)
+    logits = spans.predict(x, verbose=0)
+    real = mask.astype(bool)  # padded positions are never scored
+    np.testing.assert_allclose(logits[..., 0][real], out.start_logits.numpy()[real], atol=1e-5)
+    np.testing.assert_allclose(logits[..., 1][real], out.end_logits.numpy()[real], atol=1e-5)
+
+
+@pytest.mark.slow  # three BART fine-tunes (~15 s each idle, ~45 s on a loaded machine: tracing)
+def test_bart_checkpoint_fine_tunes_classification_regression_and_qa(setup, bart_checkpoint,
+                                                                    tmp_path):
+    from korlm import models
+
+    tokenizer_dir, _, nsmc_dir = setup
+    common = dict(max_seq_length=32, batch_size=16, epochs=1, seed=1)
+    record = evaluate.evaluate_checkpoint(bart_checkpoint, str(tokenizer_dir), "nsmc",
+                                          str(nsmc_dir), str(tmp_path / "nsmc"), **common)
+    assert record["model"]["model"] == "bart" and record["step"] == 2
+    assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 100
+    assert json.loads((tmp_path / "nsmc" / "metrics.json").read_text()) == record
+
+    # regression on the random-init baseline: the same architecture freshly initialised
+    files = _write_user_tasks(tmp_path / "tasks")
+    sts = evaluate.evaluate_checkpoint(bart_checkpoint, str(tokenizer_dir), str(files["sts"]),
+                                       None, str(tmp_path / "sts"), random_init=True, **common)
+    assert sts["task_type"] == "regression" and sts["checkpoint"] == "random-init"
+    assert set(sts["metrics"]) == {"pearson", "spearman", "f1_at_threshold"}
+    for name, value in sts["metrics"].items():
+        assert value is None and name in sts["undefined_metrics"] or -1 <= value <= 1
+    trained = models.load_backbone(bart_checkpoint)
+    fresh = models.load_backbone(bart_checkpoint, load_weights=False)
+    assert type(fresh).__name__ == "BartBackbone" and trained.get_config() == fresh.get_config()
+    assert any((a.numpy() != b.numpy()).any()
+               for a, b in zip(trained.weights, fresh.weights, strict=True))
+
+    qa = evaluate.evaluate_checkpoint(bart_checkpoint, str(tokenizer_dir), str(files["qa"]),
+                                      None, str(tmp_path / "qa"), doc_stride=6, **common)
+    assert qa["model"]["model"] == "bart" and set(qa["metrics"]) == {"exact_match", "f1"}
+    assert 0 <= qa["metrics"]["exact_match"] <= qa["metrics"]["f1"] <= 1
 
 
 def test_tokenizer_with_the_same_size_but_another_vocabulary_is_refused(setup, tmp_path):
