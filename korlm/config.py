@@ -194,7 +194,7 @@ class PretrainSection(_Section):
     poisson_lambda: float = Field(3.0, gt=0, le=64, description="BART: mean infilling span length")
     permute_sentences: bool = Field(False, description="BART: shuffle the sentences of each example")
     ignore_nsp_labels: bool = Field(False, description="train MLM only on data with next-sentence labels "
-                                                       "(the NSP head is issue #6)")
+                                                       "(default: BERT trains its NSP head on them)")
     max_seq_length: int | None = Field(None, ge=8, description="default: the data's; shorter cuts examples")
     phases: list[PretrainPhase] = Field(
         default_factory=list, description="multi-phase schedule by sequence length; steps must add "
@@ -271,7 +271,7 @@ class EvaluateSection(_Section):
 
 
 class ExportSection(_Section):
-    model_name: str = "korlm-bert"
+    model_name: str | None = None  # the model card title; None: korlm-<model family>
     checkpoint: Literal["last"] = "last"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from korlm import export, models
-from korlm.errors import KorlmError, NotBuiltError
+from korlm.errors import KorlmError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVIEWS = os.path.join(REPO, "data", "sample", "raw", "movie_reviews.tsv")
@@ -250,14 +250,16 @@ def test_morpheme_vocab_card_and_spm_model_travel(exported, tmp_path):
     assert "Morpheme pre-tokenization" not in plain
 
 
-def test_non_bert_checkpoint_is_not_built(exported, tmp_path):
+def test_checkpoint_of_another_family_or_unknown_family(exported, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exported["ckpt"], ckpt)
     info_path = ckpt / models.CHECKPOINT_INFO
     info = json.loads(info_path.read_text())
-    info["model"] = "roberta"
-    info_path.write_text(json.dumps(info))
-    with pytest.raises(NotBuiltError, match="#8"):
+    info_path.write_text(json.dumps({**info, "model": "roberta"}))  # BERT weights inside
+    with pytest.raises(KorlmError, match="cannot be loaded"):
+        export.export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
+    info_path.write_text(json.dumps({**info, "model": "gpt2"}))
+    with pytest.raises(KorlmError, match="unknown model 'gpt2'"):
         export.export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
@@ -299,3 +301,298 @@ def test_select_checkpoint(tmp_path):
     (run / "checkpoints.json").write_text("[]")
     with pytest.raises(KorlmError, match="no checkpoints"):
         export.select_checkpoint(str(run))
+
+
+# --------------------------------------------------------------------------- RoBERTa and BART
+#
+# Four checkpoints: a RoBERTa and a BART really pretrained (2 steps) by korlm.pretrain on
+# a BERT-family vocab ([PAD] = 0, [SEP] = 3), and a RoBERTa and a BART on a vocab built by
+# `korlm vocab --special-tokens bart` (<pad> = 1, </s> = 2), with every weight moved off
+# its initial value so that a LayerNorm or bias mapped to the wrong place cannot hide.
+
+FAMILY_SEQ = 32
+CASES = ("roberta-trained", "bart-trained", "roberta-bartvocab", "bart-bartvocab")
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    from korlm import pretrain, vocab
+    from tests.test_pretrain import build_tokenizer, sample_reviews, write_pretraining_data
+
+    root = tmp_path_factory.mktemp("families")
+    bert_tok = build_tokenizer(root / "bert-vocab")
+    data = write_pretraining_data(root / "data", bert_tok, num_examples=64, max_seq_length=FAMILY_SEQ,
+                                  contract=True)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "part-00000.txt").write_text("\n".join(sample_reviews(800)) + "\n", encoding="utf-8")
+    bart_tok = root / "bart-vocab"
+    vocab.build_vocab(str(corpus), str(bart_tok), vocab_size=3000, special_tokens="bart",
+                      coverage="corpus", min_frequency=1)
+    cases = {}
+    for family in ("roberta", "bart"):
+        checkpoints = pretrain.run_pretrain(
+            str(data), str(bert_tok), str(root / f"run-{family}"), model=family, steps=2,
+            checkpoint_every=2, batch_size=8, log_every=1, progress="lines")
+        cases[f"{family}-trained"] = (checkpoints[-1]["uri"], str(bert_tok))
+    import keras
+
+    keras.utils.set_random_seed(1)
+    tok_config = json.loads((bart_tok / "tokenizer_config.json").read_text())  # written by korlm vocab
+    assert tok_config["korlm_special_tokens"] == "bart"
+    vocab_size = len(json.loads((bart_tok / "tokenizer.json").read_text())["model"]["vocab"])
+    for family in ("roberta", "bart"):
+        task = models.build_pretraining_task(family, "tiny", vocab_size, FAMILY_SEQ)
+        _perturb(task, seed=3)
+        ckpt = root / f"{family}-bartvocab" / "step-000007"
+        models.save_checkpoint(task, str(ckpt), {
+            "step": 7, "model": family, "size": "tiny", "vocab_size": vocab_size,
+            "max_seq_length": FAMILY_SEQ, "objective": "bart" if family == "bart" else "mlm"})
+        cases[f"{family}-bartvocab"] = (str(ckpt), str(bart_tok))
+    out = {}
+    for name, (ckpt, tok) in cases.items():
+        summary = export.export_checkpoint(ckpt, tok, str(root / "hf" / name),
+                                           results_markdown="| task | x |\n|---|---|\n| nsmc | 0.5 |")
+        out[name] = {"ckpt": ckpt, "tok": tok, "out": str(root / "hf" / name), "summary": summary}
+    return out
+
+
+def _padded_batch(hf_tokenizer) -> dict[str, np.ndarray]:
+    enc = hf_tokenizer(SENTENCES, padding=True, truncation=True, return_tensors="np")
+    assert set(enc) == {"input_ids", "attention_mask"}  # no token type ids for RoBERTa/BART
+    assert (enc["attention_mask"] == 0).any() and enc["input_ids"].shape[1] > 8
+    return {k: np.asarray(v, dtype="int64") for k, v in enc.items()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    exp = families[case]
+    family = case.split("-")[0]
+    tokenizer = AutoTokenizer.from_pretrained(exp["out"])
+    enc = _padded_batch(tokenizer)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    task = models.load_pretraining_task(exp["ckpt"])  # the checkpoint as written to disk
+    auto = AutoModelForMaskedLM if family == "roberta" else AutoModelForSeq2SeqLM
+    model, loading = auto.from_pretrained(exp["out"], output_loading_info=True)
+    assert type(model).__name__ == export.FAMILY_EXPORTS[family]["architecture"]
+    assert not loading["missing_keys"] and not loading["unexpected_keys"] and not loading["mismatched_keys"]
+    model.eval()
+    real = mask.astype(bool)
+    with torch.no_grad():
+        if family == "roberta":
+            assert model.lm_head.decoder.weight.data_ptr() == \
+                model.roberta.embeddings.word_embeddings.weight.data_ptr()
+            hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+            positions = np.tile(np.arange(ids.shape[1], dtype="int32"), (ids.shape[0], 1))
+            keras_logits = np.asarray(task({"token_ids": ids.astype("int32"), "padding_mask": mask.astype("int32"),
+                                            "mask_positions": positions}, training=False))
+        else:
+            assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
+            # korlm's decoder input: </s> then the target shifted right (korlm.noising).
+            dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
+            dec[~real] = tokenizer.pad_token_id
+            hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(mask)).logits.numpy()
+            keras_logits = np.asarray(task({
+                "encoder_token_ids": ids.astype("int32"), "encoder_padding_mask": mask.astype("int32"),
+                "decoder_token_ids": dec.astype("int32"), "decoder_padding_mask": mask.astype("int32")},
+                training=False))
+    assert keras_logits.shape == hf.shape == (*ids.shape, exp["summary"]["config"]["vocab_size"])
+    assert np.abs(keras_logits[real]).max() > 0.1  # not trivially near-zero logits
+    # Logits at padded positions are meaningless (RoBERTa gives them the padding position
+    # row); every real token must match.
+    diff = float(np.abs(keras_logits - hf)[real].max())
+    print(f"{case}: max |logit diff| keras vs transformers over {int(real.sum())} real tokens: {diff:.3g}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_roberta_and_bart_config_and_tensors(families, case):
+    from safetensors.numpy import load_file
+
+    exp = families[case]
+    family = case.split("-")[0]
+    config = json.load(open(os.path.join(exp["out"], "config.json")))
+    assert config == exp["summary"]["config"]
+    assert (exp["summary"]["model"], exp["summary"]["architecture"]) == \
+        (family, export.FAMILY_EXPORTS[family]["architecture"])
+    bart_vocab = case.endswith("bartvocab")
+    pad, bos, eos = (1, 0, 2) if bart_vocab else (0, 2, 3)
+    assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (pad, bos, eos)
+    state = load_file(os.path.join(exp["out"], "model.safetensors"))
+    hidden = 128
+    if family == "roberta":
+        assert config["model_type"] == "roberta" and config["architectures"] == ["RobertaForMaskedLM"]
+        assert config["max_position_embeddings"] == FAMILY_SEQ + pad + 1
+        assert (config["type_vocab_size"], config["layer_norm_eps"], config["hidden_act"]) == (1, 1e-5, "gelu")
+        positions = state["roberta.embeddings.position_embeddings.weight"]
+        assert positions.shape == (FAMILY_SEQ + pad + 1, hidden)
+        assert not positions[: pad + 1].any() and positions[pad + 1:].any(axis=1).all()
+        assert not state["roberta.embeddings.token_type_embeddings.weight"].any()
+        assert state["roberta.embeddings.token_type_embeddings.weight"].shape == (1, hidden)
+        assert "lm_head.bias" in state and not [k for k in state if k.startswith("lm_head.decoder")]
+        assert len(state) == 5 + 2 * 16 + 5
+    else:
+        assert config["model_type"] == "bart" and config["architectures"] == ["BartForConditionalGeneration"]
+        assert config["max_position_embeddings"] == FAMILY_SEQ
+        assert config["scale_embedding"] is False and config["activation_function"] == "gelu"
+        assert config["decoder_start_token_id"] == config["forced_eos_token_id"] == eos
+        generation = json.load(open(os.path.join(exp["out"], "generation_config.json")))
+        assert generation["decoder_start_token_id"] == eos and generation["forced_bos_token_id"] == bos
+        for stack in ("encoder", "decoder"):
+            positions = state[f"model.{stack}.embed_positions.weight"]
+            assert positions.shape == (FAMILY_SEQ + 2, hidden) and not positions[:2].any()
+        assert state["final_logits_bias"].shape == (1, config["vocab_size"])
+        assert not state["final_logits_bias"].any()
+        assert "lm_head.weight" not in state and "model.shared.weight" in state
+        # korlm's BART tiny: 1 encoder + 1 decoder layer (presets.model_config)
+        assert config["encoder_layers"] == config["decoder_layers"] == 1
+        assert len(state) == 1 + 2 * 3 + 1 * 16 + 1 * 26 + 1
+    num = exp["summary"]["num_parameters"]
+    assert num == sum(a.size for k, a in state.items() if k != "final_logits_bias")
+
+
+@pytest.mark.parametrize("case", ["roberta-trained", "bart-bartvocab"])
+def test_roberta_and_bart_tokenizer_and_card(families, case):
+    import yaml
+    from transformers import AutoTokenizer
+
+    from korlm import tokenization
+
+    exp = families[case]
+    family = case.split("-")[0]
+    hf = AutoTokenizer.from_pretrained(exp["out"])
+    pipeline_tok = tokenization.load(exp["tok"])
+    held_out = _reviews(3000, 20)
+    assert [hf(s)["input_ids"] for s in held_out] == pipeline_tok.encode_ids(held_out, add_special_tokens=True)
+    cls, sep = pipeline_tok.special_token_ids()["cls"], pipeline_tok.special_token_ids()["sep"]
+    assert hf(SENTENCES[0])["input_ids"][0] == cls and hf(SENTENCES[0])["input_ids"][-1] == sep
+    assert (hf.bos_token_id, hf.eos_token_id) == (cls, sep)
+    assert hf.model_max_length == FAMILY_SEQ
+
+    card = open(os.path.join(exp["out"], "README.md"), encoding="utf-8").read()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["pipeline_tag"] == ("fill-mask" if family == "roberta" else "text2text-generation")
+    assert family in meta["tags"] and "korean" in meta["tags"]
+    assert meta["widget"][0]["text"].endswith(f"{hf.mask_token}.")
+    body = card.split("---\n", 2)[2]
+    name = export.FAMILY_EXPORTS[family]["name"]
+    assert f"# korlm-{family}\n" in body and f"A Korean {name}" in body
+    assert export.FAMILY_EXPORTS[family]["architecture"] in body and "| nsmc | 0.5 |" in body
+    assert ("AutoModelForSeq2SeqLM" in body) == (family == "bart")
+
+
+def test_bart_export_generates_from_sep_then_cls(families):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    exp = families["bart-trained"]
+    tokenizer = AutoTokenizer.from_pretrained(exp["out"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(exp["out"]).eval()
+    enc = tokenizer(SENTENCES[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert out[:, 0].tolist() == [tokenizer.sep_token_id] * 2  # decoder_start_token_id
+    assert out[:, 1].tolist() == [tokenizer.cls_token_id] * 2  # forced_bos_token_id
+
+
+def test_settings_transformers_cannot_express_are_refused(families, tmp_path):
+    from keras_hub.src.models.bert.bert_backbone import gelu_approximate
+
+    roberta = models.load_pretraining_task(families["roberta-trained"]["ckpt"])
+    special = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+    roberta.masked_lm_head.intermediate_activation = gelu_approximate
+    with pytest.raises(KorlmError, match="RobertaLMHead applies exact GELU"):
+        export.roberta_config(roberta, special)
+    roberta.masked_lm_head.intermediate_activation = roberta.backbone.transformer_layers[0].activation
+    roberta.backbone.embeddings_layer_norm.epsilon = 1e-12
+    with pytest.raises(KorlmError, match="different epsilons"):
+        export.roberta_config(roberta, special)
+
+    bart = models.load_pretraining_task(families["bart-trained"]["ckpt"])
+    for norm in (bart.backbone.encoder_embeddings_layer_norm, bart.backbone.decoder_embeddings_layer_norm,
+                 *(layer._feedforward_layer_norm for layer in bart.backbone.encoder_transformer_layers)):
+        norm.epsilon = 1e-6
+    with pytest.raises(KorlmError, match="different epsilons"):
+        export.bart_config(bart, special)
+    for block in (*bart.backbone.encoder_transformer_layers, *bart.backbone.decoder_transformer_layers):
+        for norm in export._block_layer_norms(block):
+            norm.epsilon = 1e-6
+    with pytest.raises(KorlmError, match="fixes it at 1e-05"):
+        export.bart_config(bart, special)
+
+
+def test_family_tokenizer_without_special_tokens_writes_nothing(families, tmp_path):
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+
+    exp = families["roberta-trained"]
+    vocab_size = exp["summary"]["config"]["vocab_size"]
+    tok = Tokenizer(tok_models.WordLevel({f"w{i}": i for i in range(vocab_size)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    bad = tmp_path / "tok"
+    bad.mkdir()
+    tok.save(str(bad / "tokenizer.json"))
+    with pytest.raises(KorlmError, match=r"lacks the special tokens \[PAD\]"):
+        export.export_checkpoint(exp["ckpt"], str(bad), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_tokenizer_config_of_a_bert_vocab_for_roberta_and_bart(tmp_path):
+    # `korlm vocab` (BERT family) lists token_type_ids; RoBERTa/BART exports drop them
+    # (BartForConditionalGeneration.forward rejects them) and name bos/eos from cls/sep.
+    written = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512,
+               "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+               "cls_token": "[CLS]", "sep_token": "[SEP]", "korlm_special_tokens": "bert"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(written))
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+               "mask_token": "[MASK]"}
+    for family in ("roberta", "bart"):
+        config = export._tokenizer_config(str(tmp_path), 64, special, family, "bert")
+        assert config["model_input_names"] == ["input_ids", "attention_mask"]
+        assert (config["bos_token"], config["eos_token"], config["model_max_length"]) == ("[CLS]", "[SEP]", 64)
+    assert export._tokenizer_config(str(tmp_path), 64, special, "bert", "bert")["model_input_names"] == \
+        written["model_input_names"]
+
+
+def test_bert_with_next_sentence_head_exports_bert_for_pretraining(tmp_path):
+    """A BERT run on next-sentence-labelled pairs exports as BertForPreTraining: the MLM
+    weights as before plus cls.seq_relationship, whose logits match the Keras head."""
+    import torch
+    from transformers import AutoModelForPreTraining
+
+    from korlm import pretrain
+    from tests.test_pretrain import build_tokenizer, write_pretraining_data
+
+    tok = build_tokenizer(tmp_path / "tok")
+    pairs = write_pretraining_data(tmp_path / "pairs", tok, num_examples=64, max_seq_length=32,
+                                   pairs=True)
+    checkpoints = pretrain.run_pretrain(str(pairs), str(tok), str(tmp_path / "run"), steps=2,
+                                        checkpoint_every=2, batch_size=8, learning_rate=5e-3,
+                                        warmup_steps=0, progress="lines")
+    ckpt = checkpoints[-1]["uri"]
+    summary = export.export_checkpoint(ckpt, str(tok), str(tmp_path / "hf"))
+    assert summary["architecture"] == "BertForPreTraining"
+    assert summary["config"]["architectures"] == ["BertForPreTraining"]
+
+    model = AutoModelForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(model).__name__ == "BertForPreTraining"
+    task = models.load_pretraining_task(ckpt)
+    head = np.load(os.path.join(ckpt, models.NSP_HEAD))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, task.backbone.vocabulary_size, size=(3, 16)).astype("int32")
+    ids[:, 0], ids[:, -1] = 2, 3
+    segments = np.zeros_like(ids)
+    segments[:, 8:] = 1
+    pooled = task.backbone({"token_ids": ids, "segment_ids": segments,
+                            "padding_mask": np.ones_like(ids)})["pooled_output"].numpy()
+    keras_nsp = pooled @ head["kernel"] + head["bias"]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                    token_type_ids=torch.tensor(segments, dtype=torch.long),
+                    attention_mask=torch.ones(ids.shape, dtype=torch.long))
+    assert np.abs(out.seq_relationship_logits.numpy() - keras_nsp).max() < 1e-4
+    assert np.abs(keras_nsp).max() > 1e-3  # a real head, not zeros
