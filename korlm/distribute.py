@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from korlm.errors import KorlmError
-from korlm.presets import size_config as _preset
+from korlm.presets import model_config as _preset
 
 STRATEGY_KINDS = ("auto", "tpu", "gpu", "cpu", "jax-data-parallel")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -365,8 +365,9 @@ def set_precision(precision: str, device_kind: Any, *, compiled: bool = True) ->
 
 # ------------------------------------------------------------------------- MFU
 
-def _dims(size_config: dict[str, int] | str) -> tuple[int, int, int, int]:
-    cfg = _preset(size_config) if isinstance(size_config, str) else size_config
+def _dims(size_config: dict[str, int] | str, family: str) -> tuple[int, int, int, int]:
+    # A preset name means korlm's model of that family (BART: num_layers per stack).
+    cfg = _preset(family, size_config) if isinstance(size_config, str) else size_config
     try:
         return (int(cfg["num_layers"]), int(cfg["hidden_dim"]), int(cfg["num_heads"]),
                 int(cfg["intermediate_dim"]))
@@ -378,7 +379,7 @@ def matmul_params(family: str, size_config: dict[str, int] | str) -> int:
     """Weights of the transformer layers' matrix multiplies (attention Q/K/V/output and
     the two feed-forward kernels; decoder layers add cross-attention), without biases,
     LayerNorm, embeddings, the MLM head and BERT's pooler."""
-    layers, d, _, f = _dims(size_config)
+    layers, d, _, f = _dims(size_config, family)
     per_layer = 4 * d * d + 2 * d * f
     if family in ("bert", "roberta"):
         return layers * per_layer
@@ -406,7 +407,7 @@ def model_flops_per_token(family: str, size_config: dict[str, int] | str, vocab_
     projected from the encoder positions), LM head on every decoder position. Per token
     means per ``seq_len`` position: tokens/s must be counted as examples/s x seq_len.
     """
-    layers, d, _, f = _dims(size_config)
+    layers, d, _, f = _dims(size_config, family)
     s = int(seq_len)
     if s < 1 or vocab_size < 1:
         raise KorlmError("seq_len and vocab_size must be at least 1")

@@ -26,7 +26,7 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.presets import MODEL_FAMILIES, size_config
+from korlm.presets import MODEL_FAMILIES, model_config
 
 CHECKPOINT_INFO = "korlm_checkpoint.json"
 NSP_HEAD = "nsp_head.npz"
@@ -98,13 +98,13 @@ def _after_build(model: str, task):
 
 def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
                    dropout: float = 0.1):
-    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.presets``); BART's
-    encoder and decoder each get the size's ``num_layers``."""
+    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.presets``; BART's
+    encoder and decoder each get half the size's layers)."""
     return _backbone_class(model)(
         vocabulary_size=vocab_size,
         max_sequence_length=max_seq_length,
         dropout=dropout,
-        **size_config(size),
+        **model_config(model, size),
     )
 
 

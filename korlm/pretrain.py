@@ -1027,8 +1027,9 @@ def _check_memory(dist, task, model: str, size: str, plan: list[dict], micro: in
                   policy: str) -> None:
     """Refuse a per-replica batch that certainly does not fit the device's memory."""
     from korlm import distribute
+    from korlm.presets import model_config
 
-    dims = size_config(size)
+    dims = model_config(model, size)
     layers = dims["num_layers"] * (2 if model == "bart" else 1)
     for phase in plan:
         distribute.check_train_memory(
@@ -1046,7 +1047,9 @@ def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
     predictions = None
     if model != "bart":
         predictions = slots or default_max_predictions(seq_len, mask_rate)
-    return distribute.model_flops_per_token(model, size_config(size), vocab_size, seq_len,
+    from korlm.presets import model_config
+
+    return distribute.model_flops_per_token(model, model_config(model, size), vocab_size, seq_len,
                                             mlm_predictions=predictions)
 
 
