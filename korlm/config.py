@@ -445,14 +445,10 @@ class Config(_Section):
     @model_validator(mode="after")
     def _phase_data(self):
         """Multi-phase pretraining reads DATA/seq<N> per phase: pretrain-data packs every
-        phase length (unless extra_seq_lengths names them itself)."""
+        phase length besides its own max_seq_length (added to extra_seq_lengths)."""
         lengths = {p.max_seq_length for p in self.pretrain.phases} - {self.pretrain_data.max_seq_length}
-        if lengths and not self.pretrain_data.extra_seq_lengths:
-            self.pretrain_data.extra_seq_lengths = sorted(lengths)
-        missing = lengths - set(self.pretrain_data.extra_seq_lengths)
-        if missing:
-            raise ValueError(f"pretrain.phases use sequence lengths {sorted(missing)} that "
-                             f"pretrain_data.extra_seq_lengths does not pack")
+        if not lengths <= set(self.pretrain_data.extra_seq_lengths):
+            self.pretrain_data.extra_seq_lengths = sorted(set(self.pretrain_data.extra_seq_lengths) | lengths)
         return self
 
 

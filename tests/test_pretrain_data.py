@@ -329,11 +329,13 @@ def test_extra_seq_lengths_pack_each_phase_length_and_feed_a_two_phase_run(pipel
         "pretrain": {"steps": 4, "checkpoint_every": 2, "log_every": 2,
                      "phases": [{"steps": 3, "max_seq_length": 16}, {"steps": 1, "max_seq_length": 64}]}})
     assert conf.pretrain_data.extra_seq_lengths == [16]
-    with pytest.raises(ValueError, match=r"sequence lengths \[32\] that pretrain_data.extra_seq_lengths"):
-        cfg.Config.model_validate({
-            "pretrain_data": {"max_seq_length": 64, "extra_seq_lengths": [16]},
-            "pretrain": {"steps": 2, "checkpoint_every": 1,
-                         "phases": [{"steps": 1, "max_seq_length": 32}, {"steps": 1, "max_seq_length": 64}]}})
+    # A phase length missing from an explicit list is added (e.g. after --set
+    # pretrain_data.max_seq_length=... on a config whose list was filled for another).
+    both = cfg.Config.model_validate({
+        "pretrain_data": {"max_seq_length": 64, "extra_seq_lengths": [16]},
+        "pretrain": {"steps": 2, "checkpoint_every": 1,
+                     "phases": [{"steps": 1, "max_seq_length": 32}, {"steps": 1, "max_seq_length": 64}]}})
+    assert both.pretrain_data.extra_seq_lengths == [16, 32]
 
     out = tmp_path / "examples"
     meta = run_pretrain_data(str(corpus), str(tokenizer), str(out), max_seq_length=64, num_shards=1,
