@@ -254,22 +254,34 @@ def _layer_norm(state: dict, take: _Weights, prefix: str, layer) -> None:
     state[f"{prefix}.bias"] = take(layer.beta)
 
 
+def _attention(state: dict, take: _Weights, attn, qkv_prefixes: list[str], out_prefix: str) -> None:
+    """A Keras ``MultiHeadAttention`` layer's Q/K/V and output projections as torch
+    Linear weights under the given names (BERT/RoBERTa and BART only name them apart)."""
+    for prefix, dense in zip(qkv_prefixes, (attn.query_dense, attn.key_dense, attn.value_dense),
+                             strict=True):
+        state[f"{prefix}.weight"] = take(dense.kernel, _heads_in_kernel)
+        state[f"{prefix}.bias"] = take(dense.bias, _flatten)
+    state[f"{out_prefix}.weight"] = take(attn.output_dense.kernel, _heads_out_kernel)
+    state[f"{out_prefix}.bias"] = take(attn.output_dense.bias)
+
+
+def _feedforward(state: dict, take: _Weights, block, in_prefix: str, out_prefix: str) -> None:
+    """A KerasHub transformer block's two feed-forward denses as torch Linear weights."""
+    for prefix, dense in ((in_prefix, block._feedforward_intermediate_dense),
+                          (out_prefix, block._feedforward_output_dense)):
+        state[f"{prefix}.weight"] = take(dense.kernel, _dense_kernel)
+        state[f"{prefix}.bias"] = take(dense.bias)
+
+
 def _bert_layout_encoder(state: dict, take: _Weights, prefix: str, blocks) -> None:
     """KerasHub ``TransformerEncoder`` blocks in the BERT/RoBERTa ``encoder.layer.N`` layout."""
     for i, block in enumerate(blocks):
         p = f"{prefix}.encoder.layer.{i}"
-        attn = block._self_attention_layer
-        for hf_name, dense in (("query", attn.query_dense), ("key", attn.key_dense),
-                               ("value", attn.value_dense)):
-            state[f"{p}.attention.self.{hf_name}.weight"] = take(dense.kernel, _heads_in_kernel)
-            state[f"{p}.attention.self.{hf_name}.bias"] = take(dense.bias, _flatten)
-        state[f"{p}.attention.output.dense.weight"] = take(attn.output_dense.kernel, _heads_out_kernel)
-        state[f"{p}.attention.output.dense.bias"] = take(attn.output_dense.bias)
+        _attention(state, take, block._self_attention_layer,
+                   [f"{p}.attention.self.{n}" for n in ("query", "key", "value")],
+                   f"{p}.attention.output.dense")
         _layer_norm(state, take, f"{p}.attention.output.LayerNorm", block._self_attention_layer_norm)
-        state[f"{p}.intermediate.dense.weight"] = take(block._feedforward_intermediate_dense.kernel, _dense_kernel)
-        state[f"{p}.intermediate.dense.bias"] = take(block._feedforward_intermediate_dense.bias)
-        state[f"{p}.output.dense.weight"] = take(block._feedforward_output_dense.kernel, _dense_kernel)
-        state[f"{p}.output.dense.bias"] = take(block._feedforward_output_dense.bias)
+        _feedforward(state, take, block, f"{p}.intermediate.dense", f"{p}.output.dense")
         _layer_norm(state, take, f"{p}.output.LayerNorm", block._feedforward_layer_norm)
 
 
@@ -415,19 +427,12 @@ def roberta_config(task, special_ids: dict[str, int]) -> dict[str, Any]:
 
 
 def _bart_attention(state: dict, take: _Weights, prefix: str, attn) -> None:
-    for hf_name, dense in (("q_proj", attn.query_dense), ("k_proj", attn.key_dense),
-                           ("v_proj", attn.value_dense)):
-        state[f"{prefix}.{hf_name}.weight"] = take(dense.kernel, _heads_in_kernel)
-        state[f"{prefix}.{hf_name}.bias"] = take(dense.bias, _flatten)
-    state[f"{prefix}.out_proj.weight"] = take(attn.output_dense.kernel, _heads_out_kernel)
-    state[f"{prefix}.out_proj.bias"] = take(attn.output_dense.bias)
+    _attention(state, take, attn, [f"{prefix}.{n}" for n in ("q_proj", "k_proj", "v_proj")],
+               f"{prefix}.out_proj")
 
 
 def _bart_feedforward(state: dict, take: _Weights, prefix: str, block) -> None:
-    state[f"{prefix}.fc1.weight"] = take(block._feedforward_intermediate_dense.kernel, _dense_kernel)
-    state[f"{prefix}.fc1.bias"] = take(block._feedforward_intermediate_dense.bias)
-    state[f"{prefix}.fc2.weight"] = take(block._feedforward_output_dense.kernel, _dense_kernel)
-    state[f"{prefix}.fc2.bias"] = take(block._feedforward_output_dense.bias)
+    _feedforward(state, take, block, f"{prefix}.fc1", f"{prefix}.fc2")
     _layer_norm(state, take, f"{prefix}.final_layer_norm", block._feedforward_layer_norm)
 
 
