@@ -719,12 +719,11 @@ def restore_state(task, output_dir: str, step: int, seed_states: list | None = N
                          f"optimizer is at step {restored}; use a new --output")
     generators = _seed_generators(task)
     if seed_states and len(seed_states) == len(generators):
+        import numpy as np
+
         for generator, value in zip(generators, seed_states, strict=True):
             generator.state.assign(
-                __import__("numpy").asarray(value, dtype=generator.state.dtype.name
-                                            if hasattr(generator.state.dtype, "name")
-                                            else str(generator.state.dtype)).reshape(
-                    generator.state.shape))
+                np.asarray(value, dtype=generator.state.dtype).reshape(generator.state.shape))
 
 
 @contextlib.contextmanager
@@ -898,10 +897,7 @@ def _monitor_class():
             info = {k: run[k] for k in RESUME_KEYS}
             info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
             with _optimizer_detached(self.task) as task:
-                if self.nsp_head is not None:
-                    models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head)
-                else:  # (the call tests intercept keeps its three-argument form)
-                    models.save_checkpoint(task, uri, info)
+                models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head)
             # The state follows the checkpoint: a kill between the two re-trains from the
             # previous state and overwrites this checkpoint with the same step.
             examples = self.phase["examples_before"] + (
@@ -934,7 +930,8 @@ def _monitor_class():
 
 def _build_without_reading(model, dataset, batch_size: int) -> None:
     """Build the compiled loss and metrics from the dataset's spec. Otherwise the first
-    ``fit`` of a process pulls (and loses) a batch to build them."""
+    ``fit`` of a process pulls (and loses) a batch to build them, and ``examples_seen``
+    would be a batch short of the data position after every (re)start."""
     import numpy as np
     import tensorflow as tf
 
@@ -1275,8 +1272,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                                                  _label_slots(meta, masking, max_predictions)
                                                  if objective == "mlm" else None, mask_rate),
                 peak_flops=peak, task=task, nsp_head=nsp_head)
-            if deterministic:
-                _build_without_reading(trained, dataset, micro_batch)
+            _build_without_reading(trained, dataset, micro_batch)
             with warnings.catch_warnings():
                 # The pooler is part of BERT's backbone but not of the MLM loss.
                 warnings.filterwarnings("ignore", message="Gradients do not exist for variables")

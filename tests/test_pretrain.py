@@ -178,10 +178,10 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     # Extend to 40 steps, killed after step 30's log line but before its checkpoint.
     real_save = models.save_checkpoint
 
-    def killed_at_30(task, checkpoint_dir, info):
+    def killed_at_30(task, checkpoint_dir, info, **kwargs):
         if info["step"] == 30:
             raise KeyboardInterrupt("preempted")
-        real_save(task, checkpoint_dir, info)
+        real_save(task, checkpoint_dir, info, **kwargs)
 
     monkeypatch.setattr(models, "save_checkpoint", killed_at_30)
     with pytest.raises(KeyboardInterrupt):
