@@ -114,20 +114,45 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         "evaluate.batch_size": args.batch_size,
                         "evaluate.max_seq_length": args.max_seq_length,
                         "evaluate.data_dir": args.data_dir})
-    from korlm.evaluate import evaluate_checkpoint, settings_for_task
+    from korlm.evaluate import evaluate_checkpoint
 
     if not args.tokenizer:
         raise KorlmError("evaluate needs --tokenizer DIR (the vocab step's output)")
+    result = evaluate_checkpoint(
+        args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
+        random_init=args.random_init, **_fine_tune_params(args, conf))
+    _print_result(f"evaluate -> {args.output}", result)
+
+
+def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
+    """The evaluate section's fine-tuning settings for ``args.task`` (per_task applied),
+    then the command-line flags, which beat both."""
+    from korlm.evaluate import settings_for_task
+
     params = settings_for_task(
         conf.evaluate.model_dump(exclude={"tasks", "data_dir", "parallelism"}), args.task)
     flags = {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
              "max_eval_examples": args.max_eval_examples, "batch_size": args.batch_size,
-             "max_seq_length": args.max_seq_length}
-    params.update({k: v for k, v in flags.items() if v is not None})  # flags beat per_task
-    result = evaluate_checkpoint(
-        args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
-        random_init=args.random_init, **params)
-    _print_result(f"evaluate -> {args.output}", result)
+             "max_seq_length": args.max_seq_length,
+             "learning_rate": getattr(args, "learning_rate", None)}
+    params.update({k: v for k, v in flags.items() if v is not None})
+    return params
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    conf = _load(args, {"evaluate.data_dir": args.data_dir})
+    from korlm import storage
+    from korlm.finetune import finetune
+
+    checkpoint = args.checkpoint
+    if storage.exists(storage.join(checkpoint, "checkpoints.json")):  # a pretraining run
+        from korlm.export import select_checkpoint
+
+        checkpoint = select_checkpoint(checkpoint, "last")
+    result = finetune(checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir,
+                      args.output, **_fine_tune_params(args, conf))
+    _print_result(f"finetune -> {args.output} (serve it: korlm serve {args.output})",
+                  result["metrics"])
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -310,6 +335,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, metavar="N")
     p.add_argument("--random-init", action="store_true",
                    help="baseline: same architecture, weights not loaded")
+
+    p = add("finetune", cmd_finetune,
+            "Fine-tune a checkpoint on one task and keep the model for serving.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint directory, a pretraining run (its last checkpoint) or a "
+                        "korlm Hugging Face export")
+    p.add_argument("--task", required=True, metavar="NAME|FILE.yaml",
+                   help="a built-in task or a task YAML file (as korlm evaluate)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="the servable model directory (weights, tokenizer, head, labels, metrics)")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="the vocab step's output (default: the checkpoint, for an export)")
+    p.add_argument("--data-dir", metavar="DIR", help="holds the tasks' folders")
+    p.add_argument("--max-train-examples", type=int, metavar="N")
+    p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="maximum epochs (early stopping on dev keeps the best)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--max-seq-length", type=int, metavar="N")
 
     p = add("report", cmd_report, "Collect evaluation results into tables and plots.")
     p.add_argument("--results", nargs="+", required=True, metavar="DIR",

@@ -21,10 +21,12 @@ to the scores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from korlm import metrics as metric_fns
@@ -209,12 +211,22 @@ class _Head:
                       else keras_hub.models.BertTextClassifier)
         return classifier(backbone, num_classes=num_outputs, preprocessor=None), loss
 
+    def outputs(self, model, x, batch_size: int):
+        """Regression scores, or class probabilities (softmax of the logits)."""
+        import numpy as np
+
+        out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+        if self.spec.type == "regression":
+            return out[:, 0]
+        out = np.exp(out - out.max(axis=-1, keepdims=True))
+        return out / out.sum(axis=-1, keepdims=True)
+
     def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
         import numpy as np
 
-        out = model.predict(x, batch_size=batch_size, verbose=0)
+        out = self.outputs(model, x, batch_size)
         if self.spec.type == "regression":
-            return out[:, 0].astype(float).tolist()
+            return out.astype(float).tolist()
         return np.argmax(out, axis=-1).tolist()
 
     def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
@@ -260,13 +272,15 @@ class _SpanHead(_Head):
         rows, targets, owners, offsets = [], [], [], []
         for q, (question, context, answers) in enumerate(
                 zip(data.texts, data.texts_b, data.labels, strict=True)):
-            answer = answers[0]
-            a_start, a_end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
+            answer = answers[0] if answers else None  # None: inference, no gold answer
+            if answer is not None:
+                a_start = answer["answer_start"]
+                a_end = a_start + len(answer["text"])
             for window in self._windows(question, context):
                 seq = window.sequence_ids
                 ctx = [i for i, s in enumerate(seq) if s == 1]
                 start = end = 0  # [CLS]: the answer is not in this window
-                if ctx and window.offsets[ctx[0]][0] <= a_start and \
+                if answer is not None and ctx and window.offsets[ctx[0]][0] <= a_start and \
                         window.offsets[ctx[-1]][1] >= a_end:
                     start = next(i for i in ctx if window.offsets[i][1] > a_start)
                     end = next(i for i in reversed(ctx) if window.offsets[i][0] < a_end)
@@ -294,10 +308,13 @@ class _SpanHead(_Head):
 
         return model, span_loss
 
-    def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
+    def spans(self, model, x, data: tasks.TaskData, batch_size: int) -> list[dict[str, Any]]:
+        """Each question's best span over its windows: ``answer`` (the context's text),
+        ``start``/``end`` (character offsets into the context) and ``score`` (start +
+        end logit); an empty answer when no window holds a valid span."""
         owners, offsets = self.features[id(data)]
         logits = model.predict(x, batch_size=batch_size, verbose=0)
-        best: dict[int, tuple[float, str]] = {}
+        best: dict[int, tuple[float, int, int]] = {}
         for f, q in enumerate(owners):
             valid = [i for i, o in enumerate(offsets[f]) if o is not None]
             if not valid:
@@ -311,9 +328,16 @@ class _SpanHead(_Head):
                         continue
                     score = float(start_logits[s] + end_logits[e])
                     if q not in best or score > best[q][0]:
-                        text = data.texts_b[q][offsets[f][s][0]:offsets[f][e][1]]
-                        best[q] = (score, text)
-        return [best.get(q, (0.0, ""))[1] for q in range(len(data))]
+                        best[q] = (score, offsets[f][s][0], offsets[f][e][1])
+        found = []
+        for q in range(len(data)):
+            score, start, end = best.get(q, (0.0, 0, 0))
+            found.append({"answer": data.texts_b[q][start:end], "start": start, "end": end,
+                          "score": score})
+        return found
+
+    def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
+        return [span["answer"] for span in self.spans(model, x, data, batch_size)]
 
     def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
         gold = [[a["text"] for a in answers] for answers in data.labels]
@@ -321,10 +345,11 @@ class _SpanHead(_Head):
 
 
 def _dev_early_stopping(head: _Head, dev_x, dev: tasks.TaskData, batch_size: int,
-                        patience: int):
+                        patience: int, epoch_callback=None):
     """A Keras callback that scores the dev split after each epoch, keeps the best
     epoch's weights, stops after ``patience`` epochs without improvement and restores
-    the best weights at the end."""
+    the best weights at the end. ``epoch_callback(epoch, scores, value)`` sees each
+    epoch's dev scores (hyperparameter search reports and prunes through it)."""
     import keras
 
     class DevMetricEarlyStopping(keras.callbacks.Callback):
@@ -340,6 +365,8 @@ def _dev_early_stopping(head: _Head, dev_x, dev: tasks.TaskData, batch_size: int
             value = -math.inf if value is None else value
             self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", 0)),
                                  "dev": scores})
+            if epoch_callback is not None:
+                epoch_callback(epoch + 1, scores, value)
             if value > self.best_score:
                 self.best_score, self.best_epoch, self.wait = value, epoch + 1, 0
                 self.best_weights = self.model.get_weights()
@@ -369,17 +396,44 @@ def _check_tokenizer(tokenizer, tokenizer_dir: str, checkpoint_dir: str,
             "pass the run's tokenizer")
 
 
-def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
-                        data_dir: str | None, output_dir: str, *, random_init: bool = False,
-                        max_train_examples: int | None = 2000,
-                        max_eval_examples: int | None = 1000, epochs: int = 1,
-                        batch_size: int = 32, learning_rate: float = 2e-4,
-                        max_seq_length: int = 64, seed: int = 0, patience: int = 1,
-                        doc_stride: int | None = None,
-                        mixed_precision: bool = False) -> dict[str, Any]:
-    """Fine-tune on ``task``'s train split with early stopping on its dev split, score its
-    test split, write ``metrics.json``. ``task``: a built-in name, a task YAML file or a
-    :class:`tasks.TaskSpec`."""
+@dataclasses.dataclass
+class FineTuned:
+    """A fine-tuned task model and what produced it (:func:`fine_tune`)."""
+
+    model: Any
+    record: dict[str, Any]
+    spec: tasks.TaskSpec
+    tokenizer: Any
+    head: _Head
+    info: dict[str, Any]
+
+
+def model_inputs(head: _Head, tokenizer, info: dict[str, Any], data: tasks.TaskData):
+    """``(x, y)`` for the checkpoint family: token types only where the family has them
+    (not RoBERTa or BART), BART's encoder/decoder pair."""
+    x, y = head.inputs(tokenizer, data)
+    if not models.uses_segment_ids(info["model"]):
+        x.pop("segment_ids", None)
+    if info["model"] == "bart":
+        x = bart_inputs(x, tokenizer.special_token_ids()["sep"])
+    return x, y
+
+
+def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
+              data_dir: str | None, *, random_init: bool = False,
+              max_train_examples: int | None = 2000, max_eval_examples: int | None = 1000,
+              epochs: int = 1, batch_size: int = 32, learning_rate: float = 2e-4,
+              max_seq_length: int = 64, seed: int = 0, patience: int = 1,
+              doc_stride: int | None = None, mixed_precision: bool = False,
+              weight_decay: float = WEIGHT_DECAY, warmup_ratio: float = WARMUP_RATIO,
+              augment: dict[str, Any] | None = None,
+              epoch_callback: Callable[[int, dict, float], None] | None = None) -> FineTuned:
+    """Fine-tune on ``task``'s train split with early stopping on its dev split and score
+    its test split. ``task``: a built-in name, a task YAML file or a
+    :class:`tasks.TaskSpec`. ``checkpoint_dir``: a korlm checkpoint or a korlm Hugging
+    Face export. ``augment``: settings for :func:`korlm.augment.augment_task_data`
+    (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
+    each epoch's dev scoring; what it raises (a pruned tuning trial) ends the run."""
     started = time.perf_counter()
     spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
@@ -389,6 +443,10 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
             raise KorlmError(f"{name} must be greater than 0, got {value}")
     if not 0 < learning_rate < 1:
         raise KorlmError(f"learning_rate must be between 0 and 1, got {learning_rate}")
+    if not 0 <= weight_decay < 1:
+        raise KorlmError(f"weight_decay must be in [0, 1), got {weight_decay}")
+    if not 0 <= warmup_ratio < 1:
+        raise KorlmError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
     info = models.checkpoint_info(checkpoint_dir)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
@@ -402,18 +460,17 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
     splits = tasks.load_task(spec, data_dir, max_train_examples=max_train_examples,
                              max_eval_examples=max_eval_examples)
     spec = splits.spec
+    train = splits.train
+    if augment:
+        from korlm import augment as augmentation
+
+        train = augmentation.augment_task_data(train, seed=seed, **augment)
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
     _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
     head = (_SpanHead(spec, tokenizer, max_seq_length, doc_stride)
             if spec.type == "extractive-qa" else _Head(spec))
     (x_train, y_train), (x_dev, _), (x_test, _) = (
-        head.inputs(tokenizer, s) for s in (splits.train, splits.dev, splits.test))
-    if not models.uses_segment_ids(info["model"]):  # RoBERTa and BART have no token types
-        for x in (x_train, x_dev, x_test):
-            x.pop("segment_ids", None)
-    if info["model"] == "bart":
-        decoder_start = tokenizer.special_token_ids()["sep"]
-        x_train, x_dev, x_test = (bart_inputs(x, decoder_start) for x in (x_train, x_dev, x_test))
+        model_inputs(head, tokenizer, info, s) for s in (train, splits.dev, splits.test))
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
@@ -429,8 +486,8 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
     total_steps = max(1, num_train // batch_size) * epochs
     optimizer = keras.optimizers.AdamW(
         learning_rate=pretrain.warmup_linear_decay(
-            learning_rate, max(1, int(WARMUP_RATIO * total_steps)), total_steps),
-        weight_decay=WEIGHT_DECAY, epsilon=1e-6, clipnorm=1.0)
+            learning_rate, max(1, int(warmup_ratio * total_steps)), total_steps),
+        weight_decay=weight_decay, epsilon=1e-6, clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_list=pretrain.no_weight_decay_variables(model))
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -438,9 +495,14 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
                 .batch(batch_size, drop_remainder=num_train >= batch_size)
                 .prefetch(tf.data.AUTOTUNE))
     eval_batch = max(batch_size, 128)
-    stopper = _dev_early_stopping(head, x_dev, splits.dev, eval_batch, patience)
+    stopper = _dev_early_stopping(head, x_dev, splits.dev, eval_batch, patience, epoch_callback)
     fit_started = time.perf_counter()
-    history = model.fit(train_ds, epochs=epochs, shuffle=False, verbose=0, callbacks=[stopper])
+    try:
+        history = model.fit(train_ds, epochs=epochs, shuffle=False, verbose=0,
+                            callbacks=[stopper])
+    finally:
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
     fit_seconds = time.perf_counter() - fit_started
     scores = head.score(splits.test, head.predict(model, x_test, splits.test, eval_batch))
 
@@ -462,17 +524,21 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
         "train_loss": float(history.history["loss"][-1]),
         "dev_history": stopper.history,
         "best_epoch": stopper.best_epoch,
+        "best_dev_score": None if stopper.best_epoch == 0 else stopper.best_score,
         "seconds": round(time.perf_counter() - started, 2),
         "fine_tune_seconds": round(fit_seconds, 2),
         "fine_tune": {
             "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-            "max_seq_length": max_seq_length, "seed": seed, "warmup_ratio": WARMUP_RATIO,
-            "weight_decay": WEIGHT_DECAY, "max_train_examples": max_train_examples,
+            "max_seq_length": max_seq_length, "seed": seed, "warmup_ratio": warmup_ratio,
+            "weight_decay": weight_decay, "max_train_examples": max_train_examples,
             "max_eval_examples": max_eval_examples, "optimizer": "adamw",
             "schedule": "linear warmup, linear decay",
             "early_stopping": f"dev {spec.metric}, patience {patience}",
             **({"doc_stride": doc_stride} if spec.type == "extractive-qa" else {}),
-            "mixed_precision": keras.mixed_precision.global_policy().name,
+            **({"augment": dict(augment), "num_train_augmented": len(train)}
+               if augment else {}),
+            "mixed_precision": ("mixed_float16" if mixed_precision
+                                and tf.config.list_physical_devices("GPU") else "float32"),
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
     }
@@ -481,12 +547,27 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tas
         record["label_names"] = list(spec.label_names)
         record["majority_class_accuracy"] = float(
             np.max(np.bincount(y_test, minlength=spec.num_classes)) / len(y_test))
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("float32")
-    with storage.atomic_output_dir(output_dir) as staging:
-        with open(os.path.join(staging, METRICS_JSON), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, ensure_ascii=False)
+    return FineTuned(model, record, spec, tokenizer, head, info)
+
+
+def write_metrics(record: dict[str, Any], directory: str) -> None:
+    with open(os.path.join(directory, METRICS_JSON), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, ensure_ascii=False)
+
+
+def describe(record: dict[str, Any]) -> str:
+    scores = record["metrics"]
     shown = ", ".join(f"{k} {'undefined' if v is None else f'{v:.4f}'}" for k, v in scores.items())
-    print(f"{spec.name} {name}: {shown} (train {len(splits.train)}, eval {len(splits.test)}, "
-          f"{record['seconds']:.1f} s)", flush=True)
+    return (f"{record['task']} {record['checkpoint']}: {shown} (train {record['num_train']}, "
+            f"eval {record['num_eval']}, {record['seconds']:.1f} s)")
+
+
+def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
+                        data_dir: str | None, output_dir: str, **settings) -> dict[str, Any]:
+    """:func:`fine_tune` (same keyword arguments), then write ``metrics.json`` to
+    ``output_dir``."""
+    record = fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings).record
+    with storage.atomic_output_dir(output_dir) as staging:
+        write_metrics(record, staging)
+    print(describe(record), flush=True)
     return record

@@ -285,11 +285,11 @@ def _bert_layout_encoder(state: dict, take: _Weights, prefix: str, blocks) -> No
         _layer_norm(state, take, f"{p}.output.LayerNorm", block._feedforward_layer_norm)
 
 
-def bert_state_dict(task) -> dict[str, Any]:
+def bert_state_dict(task, take: _Weights | None = None) -> dict[str, Any]:
     """Map a KerasHub ``BertMaskedLM`` to ``BertForMaskedLM`` state-dict numpy arrays."""
     backbone = task.backbone
     head = task.masked_lm_head
-    take = _Weights(task, "bert")
+    take = take or _Weights(task, "bert")
     state: dict[str, Any] = {}
 
     emb = "bert.embeddings"
@@ -352,7 +352,7 @@ def bert_config(task, pad_token_id: int = 0) -> dict[str, Any]:
     }
 
 
-def roberta_state_dict(task, pad_token_id: int) -> dict[str, Any]:
+def roberta_state_dict(task, pad_token_id: int, take: _Weights | None = None) -> dict[str, Any]:
     """Map a KerasHub ``RobertaMaskedLM`` to ``RobertaForMaskedLM`` state-dict arrays.
 
     The position table gains ``pad_token_id + 1`` zero rows first (see the module
@@ -365,7 +365,7 @@ def roberta_state_dict(task, pad_token_id: int) -> dict[str, Any]:
 
     backbone = task.backbone
     head = task.masked_lm_head
-    take = _Weights(task, "roberta")
+    take = take or _Weights(task, "roberta")
     state: dict[str, Any] = {}
 
     emb = "roberta.embeddings"
@@ -436,7 +436,7 @@ def _bart_feedforward(state: dict, take: _Weights, prefix: str, block) -> None:
     _layer_norm(state, take, f"{prefix}.final_layer_norm", block._feedforward_layer_norm)
 
 
-def bart_state_dict(task) -> dict[str, Any]:
+def bart_state_dict(task, take: _Weights | None = None) -> dict[str, Any]:
     """Map a KerasHub ``BartSeq2SeqLM`` to ``BartForConditionalGeneration`` state-dict arrays.
 
     One shared embedding (``model.shared``; the encoder's and decoder's ``embed_tokens`` and
@@ -447,7 +447,7 @@ def bart_state_dict(task) -> dict[str, Any]:
     import numpy as np
 
     backbone = task.backbone
-    take = _Weights(task, "bart")
+    take = take or _Weights(task, "bart")
     state: dict[str, Any] = {}
     shared = take(backbone.token_embedding.embeddings)
     state["model.shared.weight"] = shared

@@ -165,6 +165,10 @@ def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=No
 def checkpoint_info(checkpoint_dir: str) -> dict[str, Any]:
     path = storage.join(checkpoint_dir, CHECKPOINT_INFO)
     if not storage.exists(path):
+        from korlm import hf_import
+
+        if hf_import.is_export(checkpoint_dir):  # a korlm (or compatible) Hugging Face export
+            return hf_import.export_info(checkpoint_dir)
         raise KorlmError(f"{checkpoint_dir} is not a korlm checkpoint (no {CHECKPOINT_INFO})")
     try:
         info = json.loads(storage.read_text(path))
@@ -200,5 +204,9 @@ def load_masked_lm(checkpoint_dir: str):
 def load_backbone(checkpoint_dir: str, load_weights: bool = True):
     """The checkpoint's backbone; ``load_weights=False`` gives the same architecture
     freshly initialised (the random-init baseline)."""
-    model = checkpoint_info(checkpoint_dir)["model"]
-    return _from_preset(_backbone_class(model), checkpoint_dir, load_weights=load_weights)
+    info = checkpoint_info(checkpoint_dir)
+    if info.get("source") == "huggingface-export":
+        from korlm import hf_import
+
+        return hf_import.load_backbone(checkpoint_dir, load_weights=load_weights)
+    return _from_preset(_backbone_class(info["model"]), checkpoint_dir, load_weights=load_weights)

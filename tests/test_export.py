@@ -596,3 +596,51 @@ def test_bert_with_next_sentence_head_exports_bert_for_pretraining(tmp_path):
                     attention_mask=torch.ones(ids.shape, dtype=torch.long))
     assert np.abs(out.seq_relationship_logits.numpy() - keras_nsp).max() < 1e-4
     assert np.abs(keras_nsp).max() > 1e-3  # a real head, not zeros
+
+
+def _same_weights(a, b) -> None:
+    want = {w.path: w.numpy() for w in a.weights}
+    got = {w.path: w.numpy() for w in b.weights}
+    assert want.keys() == got.keys()
+    for path, value in want.items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("case", ["bert", "roberta-trained", "bart-trained",
+                                  "roberta-bartvocab", "bart-bartvocab"])
+def test_export_reads_back_into_the_same_keras_backbone(exported, families, case):
+    """korlm.hf_import inverts the export mapping: every backbone weight comes back bit
+    for bit (both position offsets: [PAD]=0 and <pad>=1), and the export dir serves as a
+    checkpoint (checkpoint_info)."""
+    from korlm import hf_import
+
+    paths = ({"ckpt": exported["ckpt"], "out": exported["out"]} if case == "bert"
+             else families[case])
+    info = models.checkpoint_info(paths["out"])
+    original = models.checkpoint_info(paths["ckpt"])
+    assert info["source"] == hf_import.SOURCE and info["model"] == original["model"]
+    assert (info["vocab_size"], info["max_seq_length"]) == (original["vocab_size"],
+                                                            original["max_seq_length"])
+    _same_weights(models.load_backbone(paths["ckpt"]), models.load_backbone(paths["out"]))
+    fresh = models.load_backbone(paths["out"], load_weights=False)
+    assert fresh.get_config()["num_layers"] == models.load_backbone(paths["ckpt"]).num_layers
+
+
+def test_export_that_keras_hub_cannot_compute_exactly_is_refused(exported, tmp_path):
+    from korlm import hf_import
+
+    out = tmp_path / "hf"
+    shutil.copytree(exported["out"], out)
+    config = json.loads((out / "config.json").read_text())
+    config["hidden_act"] = "relu"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KorlmError, match="hidden_act = 'relu'"):
+        models.load_backbone(str(out))
+    with open(os.path.join(exported["out"], "config.json"), encoding="utf-8") as f:
+        config["hidden_act"] = json.load(f)["hidden_act"]
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(KorlmError, match="model.safetensors cannot be read"):
+        models.load_backbone(str(out))
+    with pytest.raises(KorlmError, match="neither a korlm checkpoint nor"):
+        hf_import.export_info(str(tmp_path))

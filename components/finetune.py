@@ -1,0 +1,40 @@
+"""KFP component: fine-tune a checkpoint on one task and keep the servable model
+(korlm finetune)."""
+
+from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
+
+
+def finetune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str,
+             data_dir: str, params: dict, model: Output[Model], metrics: Output[Metrics],
+             card: Output[Markdown]):
+    """Fine-tune checkpoint `step` of the pretraining `run` (0: its last checkpoint) on
+    `task` (a built-in name or a task YAML file) with early stopping on dev; `model` is
+    the servable directory `korlm serve` loads, its test scores go to `metrics` and a
+    short Markdown summary to the pipeline UI."""
+    from korlm.config import section_params
+
+    params = section_params("evaluate", params)
+    from korlm import storage
+    from korlm.evaluate import settings_for_task
+    from korlm.export import select_checkpoint
+    from korlm.finetune import finetune as run_finetune
+
+    checkpoint = (select_checkpoint(run.path, "last") if step == 0
+                  else storage.join(run.path, "checkpoints", f"step-{step:06d}"))
+    settings = settings_for_task(params, task)
+    for key in ("tasks", "data_dir", "parallelism"):
+        settings.pop(key, None)
+    record = run_finetune(checkpoint, tokenizer.path, task, data_dir, model.path, **settings)
+    for metric, value in record["metrics"].items():
+        if value is not None:
+            metrics.log_metric(f"{record['task']}/{metric}", value)
+    model.metadata.update({"task": record["task"], "task_type": record["task_type"],
+                           "checkpoint": record["checkpoint"], "step": record["step"],
+                           "best_epoch": record["best_epoch"]})
+    rows = "\n".join(f"| {k} | {'undefined' if v is None else f'{v:.4f}'} |"
+                     for k, v in record["metrics"].items())
+    with open(card.path, "w", encoding="utf-8") as f:
+        f.write(f"## Fine-tuned {record['task']} ({record['task_type']}) from "
+                f"{record['checkpoint']}\n\n| metric (test) | value |\n|---|---|\n{rows}\n\n"
+                f"Best dev epoch {record['best_epoch']}; serve it with "
+                f"`korlm serve {model.uri}`.\n")
