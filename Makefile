@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 REGISTRY ?= localhost:5001/korlm
 TAG      ?= $(shell git rev-parse --short=12 HEAD)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
 DOCKER   ?= docker
-IMAGES   := korlm korlm-gpu korlm-tpu korlm-dataflow
+IMAGES   := korlm korlm-gpu korlm-tpu korlm-dataflow korlm-serve
 
 .PHONY: help install run test test-fast compile lint clean-runs build push-images
 
@@ -51,13 +51,14 @@ compile: install
 
 lint: install
 	$(BIN)/ruff check korlm corpus_beam components pipelines tests benchmarks data
-	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.dataflow
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.dataflow docker/Dockerfile.serve
 
 build:
 	$(DOCKER) build -f docker/Dockerfile --build-arg VARIANT=cpu -t $(REGISTRY)/korlm:$(TAG) .
 	$(DOCKER) build -f docker/Dockerfile --build-arg VARIANT=gpu -t $(REGISTRY)/korlm-gpu:$(TAG) .
 	$(DOCKER) build -f docker/Dockerfile --build-arg VARIANT=tpu -t $(REGISTRY)/korlm-tpu:$(TAG) .
 	$(DOCKER) build -f docker/Dockerfile.dataflow -t $(REGISTRY)/korlm-dataflow:$(TAG) .
+	$(DOCKER) build -f docker/Dockerfile.serve -t $(REGISTRY)/korlm-serve:$(TAG) .
 	@echo "images: $(foreach i,$(IMAGES),$(REGISTRY)/$(i):$(TAG))"
 
 push-images: build

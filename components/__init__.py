@@ -22,6 +22,7 @@ from components import (
     pretrain_data,
     push,
     report,
+    tune,
     vocab,
 )
 
@@ -35,6 +36,7 @@ STEPS = {
     "finetune": finetune.finetune,
     "export": export.export,
     "push": push.push,
+    "tune": tune.tune,
     "ablation_merge": ablation.ablation_merge,
     "run_manifest": manifest.run_manifest,
 }

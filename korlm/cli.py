@@ -136,6 +136,19 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
              "max_seq_length": args.max_seq_length,
              "learning_rate": getattr(args, "learning_rate", None)}
     params.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "augment", None) or getattr(args, "num_aug", None) is not None:
+        # --augment/--num-aug over evaluate.augment (docs/augmentation.md)
+        if not (args.augment or params.get("augment")):
+            raise KorlmError("--num-aug needs --augment eda (or evaluate.augment in the config)")
+        augment = dict(params.get("augment") or {})
+        augment.update({k: v for k, v in (("method", args.augment), ("num_aug", args.num_aug))
+                        if v is not None})
+        try:
+            params["augment"] = cfg.AugmentSettings(**augment).model_dump()
+        except ValueError as exc:  # pydantic's ValidationError
+            first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
+            raise KorlmError(f"--augment/--num-aug: {'.'.join(map(str, first['loc']))} "
+                             f"{first['msg']}".replace("  ", " ")) from None
     return params
 
 
@@ -153,6 +166,33 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                       args.output, **_fine_tune_params(args, conf))
     _print_result(f"finetune -> {args.output} (serve it: korlm serve {args.output})",
                   result["metrics"])
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    overrides = cfg.parse_set(args.set or [])
+    overrides.update({"tune.task": args.task, "tune.n_trials": args.n_trials,
+                      "tune.timeout_s": args.timeout, "tune.storage": args.storage,
+                      "tune.study_name": args.study_name, "tune.sampler": args.sampler,
+                      "tune.pruner": args.pruner, "evaluate.data_dir": args.data_dir})
+    conf = _load(args, overrides)
+    from korlm import storage
+    from korlm.tune import run_tuning, summary_markdown
+
+    checkpoint = args.checkpoint
+    if not args.report_only:
+        if not checkpoint:
+            raise KorlmError("tune needs --checkpoint DIR (or --report-only)")
+        if storage.exists(storage.join(checkpoint, "checkpoints.json")):
+            from korlm.export import select_checkpoint
+
+            checkpoint = select_checkpoint(checkpoint, "last")
+    # a Hugging Face export holds its tokenizer
+    tokenizer = args.tokenizer or checkpoint
+    summary = run_tuning(checkpoint, tokenizer, conf.evaluate.data_dir, args.output,
+                         tune=conf.tune, evaluate_params=conf.evaluate.model_dump(),
+                         worker_index=args.worker_index, report_only=args.report_only)
+    print(summary_markdown(summary))
+    print(f"tune -> {args.output}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -230,6 +270,16 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
         summary = submit(conf, dry_run=args.dry_run)
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    conf = _load(args, {f"serve.{k}": getattr(args, k) for k in (
+        "host", "port", "max_batch_size", "max_wait_ms", "max_items", "max_chars")}).serve
+    from korlm.serve import ServeSettings, serve
+
+    serve(args.model_dir, host=conf.host, port=conf.port,
+          settings=ServeSettings(max_batch_size=conf.max_batch_size, max_wait_ms=conf.max_wait_ms,
+                                 max_items=conf.max_items, max_chars=conf.max_chars))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, metavar="N")
     p.add_argument("--random-init", action="store_true",
                    help="baseline: same architecture, weights not loaded")
+    p.add_argument("--augment", choices=["eda"],
+                   help="add EDA-edited copies of the training examples (docs/augmentation.md)")
+    p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
 
     p = add("finetune", cmd_finetune,
             "Fine-tune a checkpoint on one task and keep the model for serving.")
@@ -355,6 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--learning-rate", type=float, metavar="LR")
     p.add_argument("--max-seq-length", type=int, metavar="N")
+    p.add_argument("--augment", choices=["eda"],
+                   help="add EDA-edited copies of the training examples (docs/augmentation.md)")
+    p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
+
+    p = add("tune", cmd_tune, "Search fine-tuning hyperparameters with Optuna (docs/tuning.md).")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="a checkpoint directory, a pretraining run (its last checkpoint) or a "
+                        "korlm Hugging Face export (required unless --report-only)")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="the vocab step's output (default: the checkpoint's own, for an export)")
+    p.add_argument("--task", metavar="NAME|FILE.yaml", help="the task to tune on (default tune.task)")
+    p.add_argument("--data-dir", metavar="DIR", help="holds the tasks' folders (default evaluate.data_dir)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="study.json, best_params.yaml, importance.md, summary.md and plots")
+    p.add_argument("--n-trials", type=int, metavar="N", help="trials this worker runs")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this long")
+    p.add_argument("--sampler", choices=["tpe", "random"])
+    p.add_argument("--pruner", choices=["median", "threshold", "none"])
+    p.add_argument("--storage", metavar="URL",
+                   help="shared Optuna storage for parallel workers: sqlite:///study.db, "
+                        "postgresql://..., or journal:///path/study.log (default: in memory)")
+    p.add_argument("--study-name", metavar="NAME", help="workers with the same storage and name "
+                                                        "share one study")
+    p.add_argument("--worker-index", type=int, default=0, metavar="K",
+                   help="this worker's number among parallel workers (offsets the sampler seed)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no trial: write the summary of the study in --storage as it stands")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value, repeatable (e.g. tune.n_trials=10)")
 
     p = add("report", cmd_report, "Collect evaluation results into tables and plots.")
     p.add_argument("--results", nargs="+", required=True, metavar="DIR",
@@ -382,10 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="really upload; the token comes from $HF_TOKEN (push.token_env), "
                         "push.token_file or push.token_secret")
 
+    p = add("serve", cmd_serve, "Serve a fine-tuned model directory over HTTP (FastAPI).")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="output of `korlm finetune`")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, metavar="N", help="default 8080")
+    p.add_argument("--max-batch-size", type=int, metavar="N",
+                   help="items of concurrent requests gathered into one model call (default 32; "
+                        "1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=float, metavar="MS",
+                   help="how long a batch waits for more items after its first (default 5)")
+    p.add_argument("--max-items", type=int, metavar="N",
+                   help="items per request; more answer 422 (default 64)")
+    p.add_argument("--max-chars", type=int, metavar="N",
+                   help="characters per text; longer answer 422 (default 2000)")
+
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
     p.add_argument("action", choices=["compile", "run", "submit", "run-step"])
     p.add_argument("step", nargs="?", choices=["clean", "vocab", "pretrain-data", "pretrain", "evaluate",
-                                               "export", "push"],
+                                               "tune", "export", "push"],
                    help="run-step: the step to re-run from an earlier run's artifacts")
     p.add_argument("--from-run", metavar="RUN_DIR", help="run-step: the earlier run (runs/<id> or its URI)")
     p.add_argument("--run-id", metavar="ID", help="run-step: id of the new run (default: a timestamp)")

@@ -252,6 +252,26 @@ class EvaluateTaskSettings(_Section):
     doc_stride: int | None = Field(None, ge=1, description="extractive QA window overlap")
 
 
+class AugmentSettings(_Section):
+    """EDA augmentation of the fine-tuning train split (korlm.augment; docs/augmentation.md)."""
+
+    method: Literal["eda"] = "eda"
+    num_aug: int = Field(4, ge=1, le=64, description="augmented copies per training example")
+    alpha_sr: float = Field(0.1, ge=0, le=1, description="synonym replacement rate")
+    alpha_ri: float = Field(0.1, ge=0, le=1, description="random insertion rate")
+    alpha_rs: float = Field(0.1, ge=0, le=1, description="random swap rate")
+    p_rd: float = Field(0.1, ge=0, le=1, description="random deletion probability")
+    pair_side: Literal["alternate", "a", "b", "both"] = Field(
+        "alternate", description="pair tasks: which text a copy edits")
+
+    @model_validator(mode="after")
+    def _some_operation(self):
+        if not (self.alpha_sr or self.alpha_ri or self.alpha_rs or self.p_rd):
+            raise ValueError("every rate (alpha_sr, alpha_ri, alpha_rs, p_rd) is 0: "
+                             "enable one or drop augment")
+        return self
+
+
 class EvaluateSection(_Section):
     tasks: list[str] = Field(default_factory=lambda: ["nsmc"], min_length=1,
                              description="built-in task names or task YAML files")
@@ -263,11 +283,15 @@ class EvaluateSection(_Section):
     patience: int = Field(1, ge=1, description="epochs without dev improvement before stopping")
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW decoupled weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warmup")
     max_seq_length: int = Field(64, ge=8)
     mixed_precision: bool = Field(False, description="float16 compute on a GPU; ignored on CPU")
     seed: int = 0
     per_task: dict[str, EvaluateTaskSettings] = Field(
         default_factory=dict, description="e.g. {korquad: {max_seq_length: 128, batch_size: 8}}")
+    augment: AugmentSettings | None = Field(
+        None, description="EDA augmentation of the train split; null: off")
 
 
 class ExportSection(_Section):
@@ -318,7 +342,129 @@ class AblationSection(_Section):
         return self
 
 
-PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push",
+# Hyperparameters `tune.search_space` may name (keyword arguments of
+# korlm.evaluate.fine_tune): kind and the range a value must fall in.
+TUNABLE_HYPERPARAMETERS: dict[str, tuple[str, float, float, str]] = {
+    # name: (int|float, lowest, highest, interval: "[]" both bounds allowed, "()" neither, "[)")
+    "learning_rate": ("float", 0.0, 1.0, "()"),
+    "weight_decay": ("float", 0.0, 1.0, "[)"),
+    "warmup_ratio": ("float", 0.0, 1.0, "[)"),
+    "epochs": ("int", 1, 1000, "[]"),
+    "batch_size": ("int", 1, 65536, "[]"),
+    "patience": ("int", 1, 1000, "[]"),
+    "max_seq_length": ("int", 8, 4096, "[]"),
+    "max_train_examples": ("int", 1, 10**9, "[]"),
+    "doc_stride": ("int", 1, 4096, "[]"),
+}
+
+
+class TuneParameter(_Section):
+    """One dimension of the search space: float/int ranges (``log`` for a log-uniform
+    scale, ``step`` for a grid) or a categorical list of ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0, description="float/int: sample on this grid")
+    choices: list[float | int | str | bool] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs choices")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical takes choices only (no low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not choices")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs low and high")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step do not combine")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()
+                                       and (self.step is None or float(self.step).is_integer())):
+            raise ValueError("int needs whole-number low, high and step")
+        return self
+
+
+def _default_search_space() -> dict[str, TuneParameter]:
+    return {
+        "learning_rate": TuneParameter(type="float", low=1e-5, high=1e-3, log=True),
+        "epochs": TuneParameter(type="int", low=1, high=4),
+        "batch_size": TuneParameter(type="categorical", choices=[16, 32, 64]),
+        "weight_decay": TuneParameter(type="float", low=0.0, high=0.1),
+        "warmup_ratio": TuneParameter(type="float", low=0.0, high=0.2),
+    }
+
+
+class TuneSection(_Section):
+    """Hyperparameter search over fine-tuning (`korlm tune`, docs/tuning.md). Settings not
+    in the search space come from the evaluate section (and its per_task entry)."""
+
+    task: str = Field("nsmc", description="built-in task name or task YAML file")
+    n_trials: int = Field(20, ge=1, description="trials this worker runs (each a fine-tuning)")
+    timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
+    direction: Literal["maximize", "minimize"] = Field(
+        "maximize", description="of the objective: the best dev value of `metric` over the epochs")
+    metric: str | None = Field(None, description="dev metric to optimise; default the task's primary")
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "threshold", "none"] = Field(
+        "median", description="median: stop a trial whose epoch-k dev value is below the median of "
+                              "earlier trials at epoch k; threshold: below prune_below (above for minimize)")
+    pruner_startup_trials: int = Field(2, ge=0, description="median: trials finished before any pruning")
+    pruner_warmup_epochs: int = Field(0, ge=0, description="epochs of each trial never pruned")
+    prune_below: float | None = Field(None, description="threshold pruner's bound on the dev value")
+    seed: int = Field(0, description="sampler seed (each worker adds its --worker-index)")
+    storage: str | None = Field(None, description="Optuna storage shared by parallel workers: an "
+                                                  "SQLAlchemy URL (sqlite:///study.db, "
+                                                  "postgresql://...) or journal:///path/file.log")
+    study_name: str = Field("korlm-tune", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    workers: int = Field(1, ge=1, le=64, description="pipeline run-step tune: parallel workers "
+                                                     "(ParallelFor), each running n_trials; > 1 "
+                                                     "needs storage")
+    search_space: dict[str, TuneParameter] = Field(default_factory=_default_search_space)
+
+    @model_validator(mode="after")
+    def _space(self):
+        if not self.search_space:
+            raise ValueError("search_space: needs at least one hyperparameter")
+        unknown = sorted(set(self.search_space) - set(TUNABLE_HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(f"search_space: unknown hyperparameter {', '.join(map(repr, unknown))}; "
+                             f"tunable: {', '.join(TUNABLE_HYPERPARAMETERS)}")
+        for name, p in self.search_space.items():
+            kind, lowest, highest, closed = TUNABLE_HYPERPARAMETERS[name]
+            if kind == "int" and p.type == "float":
+                raise ValueError(f"search_space.{name}: is a whole number; use type int or categorical")
+            if kind == "int" and p.type == "categorical" and all(
+                    isinstance(v, float) and v.is_integer() for v in p.choices):
+                p.choices = [int(v) for v in p.choices]  # KFP carries numbers as doubles
+            values = p.choices if p.type == "categorical" else [p.low, p.high]
+            for v in values:
+                whole = isinstance(v, int) and not isinstance(v, bool)
+                number = whole or (isinstance(v, float) and not isinstance(v, bool))
+                if not number or (kind == "int" and not float(v).is_integer()):
+                    raise ValueError(f"search_space.{name}: {v!r} is not a valid {kind} value")
+                inside = ((lowest <= v if closed[0] == "[" else lowest < v)
+                          and (v <= highest if closed[1] == "]" else v < highest))
+                if not inside:
+                    bound = f"{closed[0]}{lowest:g}, {highest:g}{closed[1]}"
+                    raise ValueError(f"search_space.{name}: {v:g} is outside {bound}")
+        if self.pruner == "threshold" and self.prune_below is None:
+            raise ValueError("pruner threshold needs prune_below")
+        if self.workers > 1 and not self.storage:
+            raise ValueError(f"workers: {self.workers} parallel workers need a shared storage "
+                             "(sqlite:///..., journal:///... or postgresql://...)")
+        return self
+
+
+PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push", "tune",
                   "ablation_merge", "run_manifest")
 _ACCELERATORS = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
                  "NVIDIA_H100_80GB", "NVIDIA_H200_141GB", "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
@@ -428,6 +574,17 @@ class KfpSection(_Section):
     poll_interval_s: float = Field(10.0, gt=0, description="seconds between run-state checks of --wait")
 
 
+class ServeSection(_Section):
+    """`korlm serve MODEL_DIR` (issue 10): the REST server's address and limits."""
+
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 in a container")
+    port: int = Field(8080, ge=1, le=65535)
+    max_batch_size: int = Field(32, ge=1, description="items per model call; 1: no batching")
+    max_wait_ms: float = Field(5.0, ge=0, description="wait for more items after a batch's first")
+    max_items: int = Field(64, ge=1, description="items per request; more answer 422")
+    max_chars: int = Field(2000, ge=1, description="characters per text; longer answer 422")
+
+
 class Config(_Section):
     run: RunSection = Field(default_factory=RunSection)
     clean: CleanSection = Field(default_factory=CleanSection)
@@ -441,6 +598,8 @@ class Config(_Section):
     vertex: VertexSection = Field(default_factory=VertexSection)
     ablation: AblationSection = Field(default_factory=AblationSection)
     kfp: KfpSection = Field(default_factory=KfpSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     @model_validator(mode="after")
     def _phase_data(self):

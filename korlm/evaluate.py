@@ -213,9 +213,12 @@ class _Head:
 
     def outputs(self, model, x, batch_size: int):
         """Regression scores, or class probabilities (softmax of the logits)."""
+        return self.from_logits(model.predict(x, batch_size=batch_size, verbose=0))
+
+    def from_logits(self, out):
         import numpy as np
 
-        out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+        out = np.asarray(out, dtype="float64")
         if self.spec.type == "regression":
             return out[:, 0]
         out = np.exp(out - out.max(axis=-1, keepdims=True))

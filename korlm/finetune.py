@@ -162,6 +162,18 @@ class FineTunedModel:
         x, _ = evaluate.model_inputs(self.head, self.tokenizer, self.info, data)
         return x
 
+    def _forward(self, x):
+        """The model's outputs, ``predict_on_batch`` per chunk of ``batch_size`` rows:
+        for the small batches of a server, Keras ``predict`` costs more in its own
+        machinery (iterator, callbacks) than in the model (65 vs 27 ms for one text)."""
+        import numpy as np
+
+        rows = len(next(iter(x.values())))
+        return np.concatenate([
+            np.asarray(self.model.predict_on_batch(
+                {k: v[i:i + self.batch_size] for k, v in x.items()}))
+            for i in range(0, rows, self.batch_size)])
+
     def classify(self, texts, texts_b=None) -> list[dict[str, Any]]:
         """Labels and class probabilities; ``texts_b`` for sentence-pair models."""
         self._expect("classification", "pair-classification")
@@ -175,7 +187,7 @@ class FineTunedModel:
             if len(texts_b) != len(texts):
                 raise KorlmError(f"{len(texts)} texts but {len(texts_b)} texts_b")
         data = tasks.TaskData(texts, [0] * len(texts), texts_b)
-        probabilities = self.head.outputs(self.model, self._run(data), self.batch_size)
+        probabilities = self.head.from_logits(self._forward(self._run(data)))
         out = []
         for row in probabilities:
             best = int(row.argmax())
@@ -191,7 +203,7 @@ class FineTunedModel:
         if len(texts_a) != len(texts_b):
             raise KorlmError(f"{len(texts_a)} texts_a but {len(texts_b)} texts_b")
         data = tasks.TaskData(texts_a, [0.0] * len(texts_a), texts_b)
-        return [float(v) for v in self.head.outputs(self.model, self._run(data), self.batch_size)]
+        return [float(v) for v in self.head.from_logits(self._forward(self._run(data)))]
 
     def answer(self, questions, contexts) -> list[dict[str, Any]]:
         """The best answer span of each (question, context): ``answer``, ``start``/``end``

@@ -40,6 +40,7 @@ def step_params(conf: Config) -> dict[str, dict[str, Any]]:
         "evaluate": section(conf.evaluate, {"tasks", "data_dir", "parallelism"}),
         "export": section(conf.export),
         "push": section(conf.push),
+        "tune": section(conf.tune),
     }
 
 

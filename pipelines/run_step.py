@@ -42,6 +42,7 @@ STEP_INPUTS: dict[str, dict[str, tuple[str, type]]] = {
     "pretrain-data": {"corpus": ("clean", dsl.Dataset), "tokenizer": ("vocab", dsl.Artifact)},
     "pretrain": {"examples": ("pretrain-data", dsl.Dataset), "tokenizer": ("vocab", dsl.Artifact)},
     "evaluate": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
+    "tune": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
     "export": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact),
                "report": ("report", dsl.Artifact)},
     "push": {"hf_model": ("export", dsl.Model)},
@@ -54,6 +55,7 @@ STEP_OUTPUTS = {
     "pretrain-data": [("pretrain-data", "pretrain-data", "examples")],
     "pretrain": [("pretrain", "pretrain", "run")],
     "evaluate": [("report", "report", "report")],
+    "tune": [("tune", "tune", "study")],
     "export": [("export", "export", "hf_model")],
     "push": [("push", "push", "plan")],
 }
@@ -117,6 +119,8 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             rep, evaluations = evaluate_and_report(op, conf, params, art["run"], art["tokenizer"], steps,
                                                    list(conf.evaluate.tasks), data_dir)
             placed += [("evaluate", ev) for ev in evaluations] + [("report", rep)]
+        elif step == "tune":
+            placed += tune_workers(op, conf, params, art["run"], art["tokenizer"], data_dir)
         elif step == "export":
             placed.append(("export", op["export"](run=art["run"], tokenizer=art["tokenizer"], report=art["report"],
                                                   params=params["export"])))
@@ -127,15 +131,34 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             placed.append(("push", task))
         for name, task in placed:
             _place(task, resources.get(name))
-        if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate
+        if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate/tune
             by_step = dict(placed)
-            data_tasks = [t for n, t in placed if n in ("clean", "evaluate")]
+            data_tasks = [t for n, t in placed if n in ("clean", "evaluate", "tune")]
             if "push" in by_step:
                 _mount_cluster_volumes(conf, by_step["push"], data_tasks)
             elif data_tasks and conf.kfp.data_pvc:
                 _mount_cluster_volumes(conf, None, data_tasks)
 
     return one_step
+
+
+def tune_workers(op: dict[str, Any], conf: Config, params: dict[str, dict[str, Any]], run, tokenizer,
+                 data_dir: str) -> list[tuple[str, Any]]:
+    """Inside a pipeline: the hyperparameter search on the run's last checkpoint. With
+    tune.workers > 1, that many workers share tune.storage in a ParallelFor, then one
+    report-only task (named tune, like the one-worker task) summarises the whole study."""
+    def tune_task(worker: Any, report_only: bool):
+        return op["tune"](run=run, tokenizer=tokenizer, step=0, task=conf.tune.task, data_dir=data_dir,
+                          tune_params=params["tune"], evaluate_params=params["evaluate"],
+                          worker_index=worker, report_only=report_only)
+
+    if conf.tune.workers == 1:
+        return [("tune", tune_task(0, False).set_display_name("tune"))]
+    with dsl.ParallelFor(list(range(conf.tune.workers)), name="tune-workers",
+                         parallelism=conf.tune.workers) as worker:
+        search = tune_task(worker, False).set_display_name("tune-worker")
+    summary = tune_task(0, True).set_display_name("tune").after(search)
+    return [("tune", search), ("tune", summary)]
 
 
 def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = None,
@@ -178,7 +201,10 @@ def run_step(step: str, from_run: str, *, overrides: dict[str, Any] | None = Non
 
     from pipelines import local_run
 
-    summary = local_run.run_local(conf, pipeline_factory=factory, outputs=STEP_OUTPUTS[step],
+    outputs = STEP_OUTPUTS[step]
+    if step == "tune" and conf.tune.workers > 1:  # the summary task follows the workers: tune-2
+        outputs = [("tune", "tune-2", "study")]
+    summary = local_run.run_local(conf, pipeline_factory=factory, outputs=outputs,
                                   check_clean_inputs=step == "clean",
                                   reused={k: v for k, v in upstream.items() if _upstream_of(step, k)},
                                   provenance={"from_run": from_run if storage.is_remote(from_run)

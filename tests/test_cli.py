@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-STEPS = ["clean", "vocab", "pretrain-data", "pretrain", "evaluate", "finetune", "report", "export",
+STEPS = ["clean", "vocab", "pretrain-data", "pretrain", "evaluate", "finetune", "serve", "report", "export",
          "push", "pipeline"]
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.dataflow"]
+DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.dataflow", "docker/Dockerfile.serve"]
 
 
 def test_dockerfiles_pass_hadolint():
@@ -42,7 +42,8 @@ def test_make_build_tags_images_with_the_commit():
                             text=True, check=True).stdout.strip()
     tags = re.findall(r"-t (\S+)", _make_n("build", "REGISTRY=us-docker.pkg.dev/p/korlm"))
     assert [t.rsplit(":", 1)[0] for t in tags] == [f"us-docker.pkg.dev/p/korlm/{n}" for n in
-                                                  ("korlm", "korlm-gpu", "korlm-tpu", "korlm-dataflow")]
+                                                  ("korlm", "korlm-gpu", "korlm-tpu", "korlm-dataflow",
+                                                   "korlm-serve")]
     assert all(re.fullmatch(rf"{commit}(-dirty)?", t.rsplit(":", 1)[1]) for t in tags), tags
     push = _make_n("push-images", "REGISTRY=r.example/k", "TAG=abc123")
-    assert push.count("docker push r.example/k/") == 4 and ":latest" not in push
+    assert push.count("docker push r.example/k/") == 5 and ":latest" not in push
