@@ -250,6 +250,8 @@ class EvaluateTaskSettings(_Section):
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     doc_stride: int | None = Field(None, ge=1, description="extractive QA window overlap")
+    weight_decay: float | None = Field(None, ge=0, lt=1)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
 
 
 class AugmentSettings(_Section):

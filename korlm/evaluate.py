@@ -39,7 +39,8 @@ WARMUP_RATIO = 0.1
 WEIGHT_DECAY = 0.01
 # Settings a config may set per task (evaluate.per_task.<task>.<key>).
 PER_TASK_KEYS = ("max_seq_length", "batch_size", "epochs", "learning_rate",
-                 "max_train_examples", "max_eval_examples", "doc_stride")
+                 "max_train_examples", "max_eval_examples", "doc_stride", "weight_decay",
+                 "warmup_ratio")
 MAX_ANSWER_TOKENS = 30
 # BartClassificationHead's dropout (before and after its tanh dense). Hugging Face's
 # default classifier_dropout is 0.0; 0.1 is what the BERT classifier here uses, so the
