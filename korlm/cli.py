@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
     p.add_argument("action", choices=["compile", "run", "submit", "run-step"])
     p.add_argument("step", nargs="?", choices=["clean", "vocab", "pretrain-data", "pretrain", "evaluate",
-                                               "tune", "export", "push"],
+                                               "tune", "finetune", "export", "push"],
                    help="run-step: the step to re-run from an earlier run's artifacts")
     p.add_argument("--from-run", metavar="RUN_DIR", help="run-step: the earlier run (runs/<id> or its URI)")
     p.add_argument("--run-id", metavar="ID", help="run-step: id of the new run (default: a timestamp)")

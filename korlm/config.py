@@ -466,8 +466,17 @@ class TuneSection(_Section):
         return self
 
 
+class FinetuneSection(_Section):
+    """`korlm pipeline run-step finetune`: the task and checkpoint a servable model is
+    fine-tuned from; the fine-tuning settings are the evaluate section's (and its per_task
+    entry), e.g. a tune study's best_params.yaml."""
+
+    task: str = Field("nsmc", description="built-in task name or task YAML file")
+    step: int = Field(0, ge=0, description="pretraining checkpoint step; 0: the last checkpoint")
+
+
 PIPELINE_STEPS = ("clean", "vocab", "pretrain_data", "pretrain", "evaluate", "report", "export", "push", "tune",
-                  "ablation_merge", "run_manifest")
+                  "finetune", "ablation_merge", "run_manifest")
 _ACCELERATORS = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
                  "NVIDIA_H100_80GB", "NVIDIA_H200_141GB", "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
 
@@ -601,6 +610,7 @@ class Config(_Section):
     ablation: AblationSection = Field(default_factory=AblationSection)
     kfp: KfpSection = Field(default_factory=KfpSection)
     tune: TuneSection = Field(default_factory=TuneSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     serve: ServeSection = Field(default_factory=ServeSection)
 
     @model_validator(mode="after")

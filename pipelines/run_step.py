@@ -43,6 +43,7 @@ STEP_INPUTS: dict[str, dict[str, tuple[str, type]]] = {
     "pretrain": {"examples": ("pretrain-data", dsl.Dataset), "tokenizer": ("vocab", dsl.Artifact)},
     "evaluate": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
     "tune": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
+    "finetune": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact)},
     "export": {"run": ("pretrain", dsl.Model), "tokenizer": ("vocab", dsl.Artifact),
                "report": ("report", dsl.Artifact)},
     "push": {"hf_model": ("export", dsl.Model)},
@@ -56,6 +57,7 @@ STEP_OUTPUTS = {
     "pretrain": [("pretrain", "pretrain", "run")],
     "evaluate": [("report", "report", "report")],
     "tune": [("tune", "tune", "study")],
+    "finetune": [("finetune", "finetune", "model")],
     "export": [("export", "export", "hf_model")],
     "push": [("push", "push", "plan")],
 }
@@ -121,6 +123,10 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             placed += [("evaluate", ev) for ev in evaluations] + [("report", rep)]
         elif step == "tune":
             placed += tune_workers(op, conf, params, art["run"], art["tokenizer"], data_dir)
+        elif step == "finetune":
+            placed.append(("finetune", op["finetune"](
+                run=art["run"], tokenizer=art["tokenizer"], step=conf.finetune.step,
+                task=conf.finetune.task, data_dir=data_dir, params=params["evaluate"])))
         elif step == "export":
             placed.append(("export", op["export"](run=art["run"], tokenizer=art["tokenizer"], report=art["report"],
                                                   params=params["export"])))
@@ -131,9 +137,9 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             placed.append(("push", task))
         for name, task in placed:
             _place(task, resources.get(name))
-        if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate/tune
+        if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate/tune/finetune
             by_step = dict(placed)
-            data_tasks = [t for n, t in placed if n in ("clean", "evaluate", "tune")]
+            data_tasks = [t for n, t in placed if n in ("clean", "evaluate", "tune", "finetune")]
             if "push" in by_step:
                 _mount_cluster_volumes(conf, by_step["push"], data_tasks)
             elif data_tasks and conf.kfp.data_pvc:

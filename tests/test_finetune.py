@@ -112,3 +112,29 @@ def test_finetune_from_a_hugging_face_export_through_the_cli(setup, tmp_path):  
     assert os.path.exists(tmp_path / "model" / "backbone" / "config.json")
     model = finetune.load_finetuned(str(tmp_path / "model"))
     assert model.classify(["정말 재밌어요"])[0]["label"] in ("0", "1")
+
+
+def test_run_step_finetune_pipeline_compiles(tmp_path):
+    """`korlm pipeline run-step finetune`: one finetune task on the earlier run's
+    pretraining and vocab, the evaluate section's settings, the data volume on KFP."""
+    import yaml
+    from kfp import compiler
+
+    from korlm import config
+    from pipelines.run_step import build_step_pipeline
+
+    conf = config.validate({"finetune": {"task": "korsts", "step": 400},
+                            "evaluate": {"learning_rate": 3e-5, "weight_decay": 0.02},
+                            "kfp": {"data_pvc": "korlm-data"}})
+    pipeline = build_step_pipeline(conf, "finetune", {"pretrain": "/runs/a/pretrain",
+                                                      "vocab": "/runs/a/vocab"}, target="kfp")
+    compiler.Compiler().compile(pipeline, str(tmp_path / "p.yaml"))
+    spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text(encoding="utf-8"))
+    params = spec["root"]["dag"]["tasks"]["finetune"]["inputs"]["parameters"]
+    assert params["task"]["runtimeValue"]["constant"] == "korsts"
+    assert params["step"]["runtimeValue"]["constant"] == 400
+    assert params["params"]["runtimeValue"]["constant"]["weight_decay"] == 0.02
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert [m["pvcMount"][0]["constant"] for m in mounts.values()] == ["korlm-data"]
+    with pytest.raises(config.ConfigError, match="finetune.step"):
+        config.validate({"finetune": {"step": -1}})
