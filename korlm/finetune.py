@@ -69,7 +69,9 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         "format_version": FORMAT_VERSION,
         "task": {"name": spec.name, "type": spec.type, "description": spec.description,
                  "metrics": list(spec.metrics),
-                 "label_names": None if spec.label_names is None else list(spec.label_names)},
+                 "label_names": None if spec.label_names is None else list(spec.label_names),
+                 "label_descriptions": (None if spec.label_descriptions is None
+                                        else list(spec.label_descriptions))},
         "model": {k: tuned.info.get(k) for k in ("model", "size", "vocab_size",
                                                   "max_seq_length", "step", "source")},
         "checkpoint_uri": checkpoint_dir,
@@ -94,8 +96,11 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
             json.dump(meta, f, indent=2, ensure_ascii=False)
         if spec.label_names is not None:
             with open(os.path.join(staging, LABEL_MAP_JSON), "w", encoding="utf-8") as f:
-                json.dump({str(i): name for i, name in enumerate(spec.label_names)}, f,
-                          indent=2, ensure_ascii=False)
+                descriptions = spec.label_descriptions or spec.label_names
+                json.dump({str(i): {"label": name, "description": about}
+                           for i, (name, about) in enumerate(
+                               zip(spec.label_names, descriptions, strict=True))},
+                          f, indent=2, ensure_ascii=False)
     print(evaluate.describe(record) + f" -> {output_dir}", flush=True)
     return record
 
@@ -120,13 +125,16 @@ class FineTunedModel:
         self.task_name: str = task["name"]
         self.task_type: str = task["type"]
         self.label_names: list[str] | None = task["label_names"]
+        self.label_descriptions: list[str] | None = task.get("label_descriptions")
         self.max_seq_length: int = int(meta["max_seq_length"])
         self.metrics: dict[str, Any] = meta["metrics"]
         self.batch_size = batch_size
         self.spec = tasks.TaskSpec(
             name=self.task_name, description=task.get("description", ""), type=self.task_type,
             metrics=tuple(task["metrics"]),
-            label_names=None if self.label_names is None else tuple(self.label_names))
+            label_names=None if self.label_names is None else tuple(self.label_names),
+            label_descriptions=(None if self.label_descriptions is None
+                                else tuple(self.label_descriptions)))
         local = _local_copy(model_dir)
         backbone_dir = os.path.join(local, BACKBONE_DIR)
         self.info = models.checkpoint_info(backbone_dir)
@@ -192,6 +200,8 @@ class FineTunedModel:
         for row in probabilities:
             best = int(row.argmax())
             out.append({"label": self.label_names[best], "label_id": best,
+                        **({"description": self.label_descriptions[best]}
+                           if self.label_descriptions else {}),
                         "probabilities": {name: float(p)
                                           for name, p in zip(self.label_names, row, strict=True)}})
         return out

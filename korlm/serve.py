@@ -180,6 +180,7 @@ class MicroBatcher:
 def model_info(model: Any) -> dict[str, Any]:
     return {"task": model.task_name, "task_type": model.task_type,
             "labels": list(model.label_names) if model.label_names is not None else None,
+            "label_descriptions": getattr(model, "label_descriptions", None),
             "max_seq_length": model.max_seq_length,
             "endpoint": f"/v1/{TASK_TYPE_ENDPOINT.get(model.task_type, '?')}"}
 
@@ -259,6 +260,8 @@ def _request_models(max_chars: int, max_items: int) -> dict[str, Any]:
     class ClassifyResult(BaseModel):
         label: str
         label_id: int
+        description: str | None = Field(
+            None, description="what the label means when it is a bare code (NSMC 1: positive)")
         probabilities: dict[str, float]
 
     class AnswerResult(BaseModel):

@@ -117,6 +117,8 @@ class TaskSpec:
     folder: str | None = None  # sub-folder of --data-dir; None: paths are used as given
     # Classification label names, in class-id order; None: taken from the train split.
     label_names: tuple[str, ...] | None = None
+    # What a class id means when its name is a bare code (NSMC's 0/1): shown by serving.
+    label_descriptions: tuple[str, ...] | None = None
 
     @property
     def built(self) -> bool:
@@ -452,7 +454,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
         # published NSMC number was computed on (pandas' default quoting).
         TableFormat("tsv", {"text": "document", "label": "label"}, quoting="csv"),
         (Layout({"train": "ratings_train.txt", "test": "ratings_test.txt"}),),
-        folder="nsmc", label_names=("0", "1")),
+        folder="nsmc", label_names=("0", "1"), label_descriptions=("negative", "positive")),
     TaskSpec(
         "klue-nli", "KLUE natural language inference, 3-way", "pair-classification",
         ("accuracy",),
@@ -518,7 +520,8 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
         ("accuracy",),
         TableFormat("csv", {"text_a": "Q", "text_b": "A", "label": "label"}),
         (Layout({"train": "ChatbotData.csv"}, "no official split"),),
-        folder="chatbot-data", label_names=("0", "1", "2")),
+        folder="chatbot-data", label_names=("0", "1", "2"),
+        label_descriptions=("daily", "breakup (negative)", "love (positive)")),
     TaskSpec(
         "korquad", "KorQuAD 1.0 extractive question answering", "extractive-qa",
         ("exact_match", "f1"),

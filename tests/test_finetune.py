@@ -33,8 +33,10 @@ def test_model_directory_and_its_predictions_reproduce_the_test_score(setup, nsm
         assert (out / name).exists(), name
     assert not (out / "backbone" / "model.weights.h5").exists()  # architecture only
     assert json.loads((out / "metrics.json").read_text()) == record
-    # NSMC's labels are the file's values: 0 negative, 1 positive
-    assert json.loads((out / finetune.LABEL_MAP_JSON).read_text()) == {"0": "0", "1": "1"}
+    # NSMC's labels are the file's values; what they mean travels with them
+    assert json.loads((out / finetune.LABEL_MAP_JSON).read_text()) == {
+        "0": {"label": "0", "description": "negative"},
+        "1": {"label": "1", "description": "positive"}}
     model = finetune.load_finetuned(str(out))
     assert (model.task_name, model.task_type) == ("nsmc", "classification")
     assert model.label_names == ["0", "1"] and model.max_seq_length == 32
@@ -44,6 +46,7 @@ def test_model_directory_and_its_predictions_reproduce_the_test_score(setup, nsm
     out_rows = model.classify(splits.test.texts)
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-6 for r in out_rows)
     assert all(r["label"] == model.label_names[r["label_id"]] for r in out_rows)
+    assert {r["description"] for r in out_rows} <= {"negative", "positive"}
     accuracy = metrics.compute(["accuracy"], splits.test.labels,
                                [r["label_id"] for r in out_rows], 2)["accuracy"]
     assert accuracy == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
