@@ -32,6 +32,8 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# koeda only for its Korean WordNet data file (korlm.augment); its code needs konlpy + Java
+	$(BIN)/python -m pip install --quiet --no-deps koeda==0.0.4
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 

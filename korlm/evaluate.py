@@ -468,7 +468,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
     if augment:
         from korlm import augment as augmentation
 
-        train = augmentation.augment_task_data(train, seed=seed, **augment)
+        train = augmentation.augment_task_data(train, seed=seed, spec=spec, **augment)
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
     _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
     head = (_SpanHead(spec, tokenizer, max_seq_length, doc_stride)
