@@ -134,7 +134,7 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
     flags = {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
              "max_eval_examples": args.max_eval_examples, "batch_size": args.batch_size,
              "max_seq_length": args.max_seq_length,
-             "learning_rate": getattr(args, "learning_rate", None)}
+             "learning_rate": args.learning_rate}
     params.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "augment", None) or getattr(args, "num_aug", None) is not None:
         # --augment/--num-aug over evaluate.augment (docs/augmentation.md)
@@ -150,6 +150,21 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
             raise KorlmError(f"--augment/--num-aug: {'.'.join(map(str, first['loc']))} "
                              f"{first['msg']}".replace("  ", " ")) from None
     return params
+
+
+def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning flags korlm evaluate and korlm finetune share (they beat the
+    evaluate section and its per_task entry)."""
+    p.add_argument("--max-train-examples", type=int, metavar="N")
+    p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="maximum epochs (early stopping on dev keeps the best epoch)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--max-seq-length", type=int, metavar="N")
+    p.add_argument("--augment", choices=["eda"],
+                   help="add EDA-edited copies of the training examples (docs/augmentation.md)")
+    p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -377,17 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR",
                    help="holds the built-in tasks' folders (nsmc/, klue/, korsts/, ...), "
                         "e.g. the shared data kit")
-    p.add_argument("--max-train-examples", type=int, metavar="N")
-    p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
-    p.add_argument("--epochs", type=int, metavar="N",
-                   help="maximum epochs (early stopping on dev may stop sooner)")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--max-seq-length", type=int, metavar="N")
+    _fine_tune_flags(p)
     p.add_argument("--random-init", action="store_true",
                    help="baseline: same architecture, weights not loaded")
-    p.add_argument("--augment", choices=["eda"],
-                   help="add EDA-edited copies of the training examples (docs/augmentation.md)")
-    p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
 
     p = add("finetune", cmd_finetune,
             "Fine-tune a checkpoint on one task and keep the model for serving.")
@@ -401,16 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR",
                    help="the vocab step's output (default: the checkpoint, for an export)")
     p.add_argument("--data-dir", metavar="DIR", help="holds the tasks' folders")
-    p.add_argument("--max-train-examples", type=int, metavar="N")
-    p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
-    p.add_argument("--epochs", type=int, metavar="N",
-                   help="maximum epochs (early stopping on dev keeps the best)")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--learning-rate", type=float, metavar="LR")
-    p.add_argument("--max-seq-length", type=int, metavar="N")
-    p.add_argument("--augment", choices=["eda"],
-                   help="add EDA-edited copies of the training examples (docs/augmentation.md)")
-    p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
+    _fine_tune_flags(p)
 
     p = add("tune", cmd_tune, "Search fine-tuning hyperparameters with Optuna (docs/tuning.md).")
     p.add_argument("--checkpoint", metavar="DIR",
