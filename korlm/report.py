@@ -23,11 +23,16 @@ EXTERNAL = " (external)"
 # Published fine-tuning scores of reference models, as printed by their source (percent);
 # only numbers copied from the cited table, mapped to korlm's task/metric columns. They
 # were fine-tuned on the full official train sets: compare with a korlm row only when the
-# task's split note says nothing. KLUE-paper numbers are not here: they could not be
-# checked against the paper from this machine.
+# task's split note says nothing. The KLUE rows are copied from the KLUE repository
+# README's "Baseline Scores" table (its later revision; an earlier one printed slightly
+# different numbers); the KLUE paper itself could not be read from this machine.
 _KOELECTRA = ("KoELECTRA finetune/README_EN.md, Result tables (github.com/monologg/KoELECTRA"
               " @ 61e2420e73f26bf8116496ad5a79c0108aa39d9f); KorNLI: trained on KorNLI "
               "MNLI+SNLI; KorQuAD: dev set")
+_KLUE = ("KLUE README.md, Baseline Scores (github.com/KLUE-benchmark/KLUE"
+         " @ 3efd98708a40ff49251fddde35453f8fbb11f536); the README does not say which split;"
+         " KLUE test labels are not public and the KLUE-baseline README (@ 443c38b) points"
+         " to dev-set comparisons with these baselines; STS F1: binary label at 3.0")
 REFERENCE_RESULTS: list[dict[str, Any]] = [
     {"model": "KoELECTRA-Small-v3", "source": _KOELECTRA, "scale": 100,
      "metrics": {"nsmc/accuracy": 89.36, "kornli/accuracy": 78.60, "korsts/spearman": 80.79,
@@ -41,6 +46,18 @@ REFERENCE_RESULTS: list[dict[str, Any]] = [
      "metrics": {"nsmc/accuracy": 89.59, "kornli/accuracy": 79.62, "korsts/spearman": 81.59,
                  "question-pair/accuracy": 94.85, "korquad/exact_match": 51.75,
                  "korquad/f1": 79.15}},
+    {"model": "KLUE-BERT-base", "source": _KLUE, "scale": 100,
+     "metrics": {"klue-nli/accuracy": 81.63, "klue-sts/pearson": 90.85,
+                 "klue-sts/f1_at_threshold": 82.84}},
+    {"model": "KLUE-RoBERTa-small", "source": _KLUE, "scale": 100,
+     "metrics": {"klue-nli/accuracy": 79.33, "klue-sts/pearson": 91.54,
+                 "klue-sts/f1_at_threshold": 85.16}},
+    {"model": "KLUE-RoBERTa-base", "source": _KLUE, "scale": 100,
+     "metrics": {"klue-nli/accuracy": 84.83, "klue-sts/pearson": 92.50,
+                 "klue-sts/f1_at_threshold": 85.40}},
+    {"model": "KLUE-RoBERTa-large", "source": _KLUE, "scale": 100,
+     "metrics": {"klue-nli/accuracy": 89.17, "klue-sts/pearson": 93.35,
+                 "klue-sts/f1_at_threshold": 86.63}},
 ]
 
 
@@ -59,7 +76,7 @@ def find_metrics(result_dirs: list[str]) -> list[dict[str, Any]]:
                 raise KorlmError(f"{p} is not valid JSON ({exc.msg})") from None
             if not {"task", "checkpoint", "metrics"} <= rec.keys():
                 raise KorlmError(f"{p} lacks task/checkpoint/metrics keys")
-            records.append(rec)
+            records.append({**rec, "path": p})
     if not records:
         raise KorlmError(f"no metrics.json found under {', '.join(result_dirs)}")
     return records
@@ -72,20 +89,50 @@ def _row_key(rec: dict[str, Any]) -> tuple[int, int]:
     return (0, int(rec.get("step") or 0))
 
 
-def build_table(records: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
-    rows: dict[str, dict[str, float | None]] = {}
+def _row_name(rec: dict[str, Any]) -> str:
+    return BASELINE if rec.get("random_init") else rec["checkpoint"]
+
+
+def _seed(rec: dict[str, Any]) -> Any:
+    return (rec.get("fine_tune") or {}).get("seed")
+
+
+def build_table(records: list[dict[str, Any]]) -> tuple[list[str], list[str], dict, dict]:
+    """Rows, columns, ``values[row][column]`` and ``spread[row][column] = (sd, seeds)``.
+
+    Results of one checkpoint and task fine-tuned with several seeds are averaged: the
+    cell is the mean, ``spread`` the sample standard deviation and the number of seeds
+    (a cell some seeds leave undefined averages the defined ones). The same checkpoint,
+    task and seed twice is an error naming both files, never a silent overwrite."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     order: dict[str, tuple[int, int]] = {}
-    columns: list[str] = []
     for rec in records:
-        name = BASELINE if rec.get("random_init") else rec["checkpoint"]
+        name = _row_name(rec)
         order[name] = _row_key(rec)
-        for metric, value in sorted(rec["metrics"].items()):
-            col = f"{rec['task']}/{metric}"
-            if col not in columns:
-                columns.append(col)
-            rows.setdefault(name, {})[col] = None if value is None else float(value)
+        group = groups.setdefault((name, rec["task"]), [])
+        for other in group:
+            if _seed(other) == _seed(rec):
+                raise KorlmError(
+                    f"two results for {name} on {rec['task']} with fine-tuning seed "
+                    f"{_seed(rec)}: {other.get('path', '?')} and {rec.get('path', '?')}; "
+                    "pass one of them (or fine-tune with another seed)")
+        group.append(rec)
+    rows: dict[str, dict[str, float | None]] = {}
+    spread: dict[str, dict[str, tuple[float, int]]] = {}
+    columns: set[str] = set()
+    for (name, task), group in groups.items():
+        for metric in sorted({m for rec in group for m in rec["metrics"]}):
+            col = f"{task}/{metric}"
+            columns.add(col)
+            values = [float(rec["metrics"][metric]) for rec in group
+                      if rec["metrics"].get(metric) is not None]
+            rows.setdefault(name, {})[col] = float(np.mean(values)) if values else None
+            if len(values) > 1:
+                spread.setdefault(name, {})[col] = (float(np.std(values, ddof=1)), len(values))
     row_names = sorted(rows, key=lambda n: order[n])
-    return row_names, sorted(columns), rows
+    return row_names, sorted(columns), rows, spread
 
 
 def add_references(row_names: list[str], columns: list[str], rows: dict,
@@ -115,10 +162,19 @@ def split_notes(records: list[dict[str, Any]]) -> dict[str, str]:
     return dict(sorted(notes.items()))
 
 
-def _cell(value: float | None, present: bool) -> str:
+def _cell(value: float | None, present: bool, spread: tuple[float, int] | None = None) -> str:
     if not present:
         return "—"
-    return "n/a" if value is None else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread[0]:.4f} ({spread[1]})"
+
+
+def _seeds_note(spread: dict | None) -> str:
+    if not spread:
+        return ""
+    return ("mean ± sample standard deviation (number of fine-tuning seeds) where a "
+            "checkpoint was fine-tuned with several seeds.")
 
 
 def _best(row_names, columns, rows) -> dict[str, float | None]:
@@ -128,7 +184,7 @@ def _best(row_names, columns, rows) -> dict[str, float | None]:
 
 
 def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = None,
-                    sources: list[str] | None = None) -> str:
+                    sources: list[str] | None = None, spread: dict | None = None) -> str:
     lines = ["| checkpoint | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     best = _best(row_names, columns, rows)
@@ -137,7 +193,7 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
         cells = []
         for c in columns:
             v = rows[r].get(c)
-            cell = _cell(v, c in rows[r])
+            cell = _cell(v, c in rows[r], (spread or {}).get(r, {}).get(c))
             if (v is not None and v == best[c] and len(own) > 1
                     and not r.endswith(EXTERNAL)):
                 cell = f"**{cell}**"
@@ -146,6 +202,8 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
     text = "\n".join(lines) + "\n"
     if any(v is None for r in row_names for v in rows[r].values()):
         text += "\nn/a: undefined (a correlation of constant predictions).\n"
+    if _seeds_note(spread):
+        text += "\n" + _seeds_note(spread).capitalize() + "\n"
     if notes:
         text += "\nSplits:\n" + "".join(f"- {t}: {n}\n" for t, n in notes.items())
     if sources:
@@ -156,7 +214,7 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
 
 
 def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str] | None = None,
-                sources: list[str] | None = None) -> str:
+                sources: list[str] | None = None, spread: dict | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     best = _best(row_names, columns, rows)
     body = []
@@ -166,11 +224,12 @@ def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str
             "<td{}>{}</td>".format(
                 " class='best'" if not external and rows[r].get(c) is not None
                 and rows[r][c] == best[c] else "",
-                _cell(rows[r].get(c), c in rows[r])) for c in columns)
+                _cell(rows[r].get(c), c in rows[r], (spread or {}).get(r, {}).get(c)))
+            for c in columns)
         style = " class='external'" if external else ""
         body.append(f"<tr{style}><th>{html.escape(r)}</th>{cells}</tr>")
     imgs = "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
-    extra = ""
+    extra = f"<p>{html.escape(_seeds_note(spread).capitalize())}</p>" if spread else ""
     if notes:
         extra += "<h2>Splits</h2><ul>" + "".join(
             f"<li><b>{html.escape(t)}</b>: {html.escape(n)}</li>" for t, n in notes.items()
@@ -206,12 +265,16 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
     names = []
     for col in columns:
         task, metric = col.split("/", 1)
-        pts = sorted((int(r["step"]), r["metrics"][metric]) for r in records
-                     if r["task"] == task and r["metrics"].get(metric) is not None
-                     and not r.get("random_init") and r.get("step") is not None)
-        base = [r["metrics"][metric] for r in records
-                if r["task"] == task and r.get("random_init")
-                and r["metrics"].get(metric) is not None]
+        by_step: dict[int, list[float]] = {}
+        for r in records:
+            if r["task"] == task and r["metrics"].get(metric) is not None \
+                    and not r.get("random_init") and r.get("step") is not None:
+                by_step.setdefault(int(r["step"]), []).append(float(r["metrics"][metric]))
+        pts = sorted((step, sum(v) / len(v)) for step, v in by_step.items())  # seed means
+        base_values = [float(r["metrics"][metric]) for r in records
+                       if r["task"] == task and r.get("random_init")
+                       and r["metrics"].get(metric) is not None]
+        base = [sum(base_values) / len(base_values)] if base_values else []
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="pretrained")
@@ -230,22 +293,24 @@ def build_report(result_dirs: list[str], output_dir: str,
                  references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``references``: external rows (default :data:`REFERENCE_RESULTS`; ``[]`` for none)."""
     records = find_metrics(result_dirs)
-    row_names, columns, rows = build_table(records)
+    row_names, columns, rows, spread = build_table(records)
     own_rows = list(row_names)
     row_names, sources = add_references(
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
     notes = split_notes(records)
-    markdown = render_markdown(row_names, columns, rows, notes, sources)
+    markdown = render_markdown(row_names, columns, rows, notes, sources, spread)
     with storage.atomic_output_dir(output_dir) as staging:
         plots = plot_metrics(records, columns, staging)
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"
                     + "".join(f"![{p}]({p})\n" for p in plots))
-        html_text = render_html(row_names, columns, rows, plots, notes, sources)
+        html_text = render_html(row_names, columns, rows, plots, notes, sources, spread)
         with open(os.path.join(staging, "results.html"), "w", encoding="utf-8") as f:
             f.write(html_text)
         with open(os.path.join(staging, "results.json"), "w", encoding="utf-8") as f:
             json.dump({"rows": row_names, "columns": columns, "values": rows,
+                       "spread": {r: {c: {"sd": sd, "seeds": n} for c, (sd, n) in cols.items()}
+                                  for r, cols in spread.items()},
                        "external_rows": [r for r in row_names if r not in own_rows],
                        "split_notes": notes, "sources": sources,
                        "records": records}, f, indent=2, ensure_ascii=False)

@@ -8,6 +8,11 @@ import pytest
 from korlm.errors import KorlmError
 from korlm.report import build_report
 
+KOELECTRA_ROWS = ["KoELECTRA-Small-v3 (external)", "KoELECTRA-Base-v3 (external)",
+                  "KoBERT (external)"]
+KLUE_ROWS = ["KLUE-BERT-base (external)", "KLUE-RoBERTa-small (external)",
+             "KLUE-RoBERTa-base (external)", "KLUE-RoBERTa-large (external)"]
+
 
 def _metrics(d, checkpoint, step, acc, random_init=False, task="nsmc", metrics=None,
              split_note=""):
@@ -49,17 +54,46 @@ def test_report_notes_undefined_values_and_reference_columns(tmp_path):
              random_init=True, metrics={"pearson": 0.12, "spearman": 0.1,
                                         "f1_at_threshold": 0.4}, split_note=note)
     summary = build_report([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"))
-    # no reference model reports klue-sts here: no external rows, no extra columns
-    assert summary["rows"] == ["step-000100", "random-init"]
+    # the KLUE rows report klue-sts Pearson and F1@3.0 but not Spearman: external rows
+    # after the run's rows, no extra columns, "—" where the source gives no number
+    assert summary["rows"] == ["step-000100", "random-init"] + KLUE_ROWS
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["external_rows"] == KLUE_ROWS
     assert summary["columns"] == ["klue-sts/f1_at_threshold", "klue-sts/pearson",
                                   "klue-sts/spearman"]
     md = summary["markdown"]
     assert "| step-000100 | **0.5000** | **0.3100** | n/a |" in md
+    assert "| KLUE-RoBERTa-base (external) | 0.8540 | 0.9250 | — |" in md
     assert "n/a: undefined" in md and f"- klue-sts: {note}" in md
     assert (tmp_path / "out" / "klue-sts_spearman.png").exists()
     assert summary["split_notes"] == {"klue-sts": note}
     empty = build_report([str(tmp_path / "a")], str(tmp_path / "out2"), references=[])
     assert empty["rows"] == ["step-000100"]
+
+
+def test_report_renders_klue_reference_rows_as_external(tmp_path):
+    _metrics(tmp_path / "e" / "klue-nli", "step-000100", 100, 0.41, task="klue-nli")
+    _metrics(tmp_path / "e" / "nsmc", "step-000100", 100, 0.62)
+    _metrics(tmp_path / "b" / "klue-nli", "random-init", None, 0.36, random_init=True,
+             task="klue-nli")
+    out = tmp_path / "report"
+    summary = build_report([str(tmp_path / "e"), str(tmp_path / "b")], str(out))
+    # KoELECTRA/KoBERT report nsmc, the KLUE models klue-nli: each row only where its
+    # source has a number, never bold even where it is the column's largest value
+    assert summary["rows"][2:] == KOELECTRA_ROWS + KLUE_ROWS
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["external_rows"] == KOELECTRA_ROWS + KLUE_ROWS
+    md = (out / "results.md").read_text()
+    assert "| step-000100 | **0.4100** | **0.6200** |" in md
+    assert "| KLUE-BERT-base (external) | 0.8163 | — |" in md
+    assert "| KLUE-RoBERTa-large (external) | 0.8917 | — |" in md
+    assert "| KoBERT (external) | — | 0.8959 |" in md
+    assert "github.com/KLUE-benchmark/KLUE @ 3efd98708a40ff49251fddde35453f8fbb11f536" in md
+    page = (out / "results.html").read_text()
+    assert page.count("class='external'") == len(KOELECTRA_ROWS + KLUE_ROWS)
+    assert "KLUE-RoBERTa-small (external)" in page
+    assert saved["values"]["KLUE-RoBERTa-base (external)"] == {
+        "klue-nli/accuracy": pytest.approx(0.8483)}
 
 
 def test_report_errors(tmp_path):
@@ -88,3 +122,33 @@ def test_report_component_writes_markdown_and_self_contained_html(tmp_path):
     html_page = (tmp_path / "page.html").read_text()
     assert 'src="data:image/png;base64,' in html_page and 'src="nsmc_accuracy.png"' not in html_page
     assert (tmp_path / "report" / "results.html").exists()
+
+
+def _seeded(d, checkpoint, step, acc, seed, random_init=False):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+        json.dump({"task": "nsmc", "checkpoint": checkpoint, "step": step,
+                   "random_init": random_init, "metrics": {"accuracy": acc},
+                   "fine_tune": {"seed": seed}}, f)
+
+
+def test_report_averages_fine_tuning_seeds_and_refuses_duplicates(tmp_path):
+    """Several seeds of one checkpoint and task: mean ± sample SD (seeds) in the cell,
+    never the last file read; the same seed twice is an error naming both files."""
+    for seed, (ckpt, base) in enumerate([(0.746, 0.727), (0.730, 0.743), (0.739, 0.752)]):
+        _seeded(tmp_path / f"s{seed}" / "step-000600" / "nsmc", "step-000600", 600, ckpt, seed)
+        _seeded(tmp_path / f"s{seed}" / "random-init" / "nsmc", "random-init", None, base, seed,
+                random_init=True)
+    dirs = [str(tmp_path / f"s{seed}") for seed in range(3)]
+    summary = build_report(dirs, str(tmp_path / "out"), references=[])
+    assert summary["values"]["step-000600"]["nsmc/accuracy"] == pytest.approx(0.738333, abs=1e-6)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| step-000600 | 0.7383 ± 0.0080 (3) |" in md
+    assert "| random-init | **0.7407 ± 0.0127 (3)** |" in md
+    assert "number of fine-tuning seeds" in md
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["spread"]["random-init"]["nsmc/accuracy"]["seeds"] == 3
+    _seeded(tmp_path / "again" / "nsmc", "step-000600", 600, 0.5, 1)
+    with pytest.raises(KorlmError, match=r"two results for step-000600 on nsmc with fine-tuning "
+                                         r"seed 1: .*s1.*metrics.json and .*again.*metrics.json"):
+        build_report([*dirs, str(tmp_path / "again")], str(tmp_path / "out2"), references=[])
