@@ -189,7 +189,12 @@ def _from_preset(cls, checkpoint_dir: str, **kwargs):
 
 def load_pretraining_task(checkpoint_dir: str):
     """The checkpoint's pretraining task with its trained weights."""
-    model = checkpoint_info(checkpoint_dir)["model"]
+    info = checkpoint_info(checkpoint_dir)
+    if info.get("source") == "huggingface-export":
+        raise KorlmError(f"{checkpoint_dir} is a Hugging Face export (its backbone can be "
+                         "fine-tuned or evaluated); pretraining heads are read from korlm "
+                         "checkpoints only")
+    model = info["model"]
     task = _from_preset(_task_class(model), checkpoint_dir, load_weights=True)
     return _after_build(model, task)
 

@@ -644,3 +644,9 @@ def test_export_that_keras_hub_cannot_compute_exactly_is_refused(exported, tmp_p
         models.load_backbone(str(out))
     with pytest.raises(KorlmError, match="neither a korlm checkpoint nor"):
         hf_import.export_info(str(tmp_path))
+
+
+def test_exporting_an_export_is_refused(exported, tmp_path):
+    with pytest.raises(KorlmError, match="is a Hugging Face export"):
+        export.export_checkpoint(exported["out"], exported["out"], str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
