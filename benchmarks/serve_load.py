@@ -178,7 +178,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=0,
                    help="requests per level and server (default max(100, 8 x concurrency))")
     p.add_argument("--batch-size", type=int, default=32, help="--max-batch-size of the batching server")
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--output", help="write the results as JSON here")
     a = p.parse_args()
 

@@ -470,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items of concurrent requests gathered into one model call (default 32; "
                         "1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, metavar="MS",
-                   help="how long a batch waits for more items after its first (default 5)")
+                   help="how long a batch waits for more items after its first (default 0: it "
+                        "takes what queued while the previous model call ran)")
     p.add_argument("--max-items", type=int, metavar="N",
                    help="items per request; more answer 422 (default 64)")
     p.add_argument("--max-chars", type=int, metavar="N",

@@ -591,7 +591,7 @@ class ServeSection(_Section):
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 in a container")
     port: int = Field(8080, ge=1, le=65535)
     max_batch_size: int = Field(32, ge=1, description="items per model call; 1: no batching")
-    max_wait_ms: float = Field(5.0, ge=0, description="wait for more items after a batch's first")
+    max_wait_ms: float = Field(0.0, ge=0, description="wait for more items after a batch's first; 0: take what queued while the last call ran")
     max_items: int = Field(64, ge=1, description="items per request; more answer 422")
     max_chars: int = Field(2000, ge=1, description="characters per text; longer answer 422")
 
