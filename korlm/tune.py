@@ -43,6 +43,8 @@ IMPORTANCE_PNG = "param_importances.png"
 IMPORTANCE_QUANTILE = 0.25
 IMPORTANCE_EVALUATOR = (f"PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile "
                         f"{IMPORTANCE_QUANTILE}: the best quarter of complete trials against all of them)")
+# What SQLAlchemy says when workers race to create a new study database's schema.
+_SCHEMA_RACE = ("UNIQUE constraint", "locked", "already exists")
 # evaluate-section keys that are not fine_tune keyword arguments
 _NOT_FINE_TUNE = ("tasks", "data_dir", "parallelism", "per_task")
 
@@ -101,10 +103,12 @@ def _storage(url: str | None):
                 return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
         except Exception as exc:  # noqa: BLE001 (SQLAlchemy raises many kinds; one line says which)
             error = exc
-            if "UNIQUE constraint" not in str(exc) and "locked" not in str(exc):
+            if not any(sign in str(exc) for sign in _SCHEMA_RACE):
                 break
             # Workers started together race to create the schema of a new database: the
-            # losers find it half made; a moment later it is complete.
+            # losers find it half made (a table another worker created between Optuna's
+            # check and its CREATE TABLE, a version row already inserted, the file locked);
+            # a moment later it is complete.
             time.sleep((attempt + 1) * (0.5 + random.random()))
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise KorlmError(f"tune.storage {redact_storage(url)!r} cannot be opened: {first}")
