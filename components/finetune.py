@@ -14,17 +14,13 @@ def finetune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str
     from korlm.config import section_params
 
     params = section_params("evaluate", params)
-    from korlm import storage
     from korlm.evaluate import settings_for_task
-    from korlm.export import select_checkpoint
+    from korlm.export import run_checkpoint
     from korlm.finetune import finetune as run_finetune
 
-    checkpoint = (select_checkpoint(run.path, "last") if step == 0
-                  else storage.join(run.path, "checkpoints", f"step-{step:06d}"))
-    settings = settings_for_task(params, task)
-    for key in ("tasks", "data_dir", "parallelism"):
-        settings.pop(key, None)
-    record = run_finetune(checkpoint, tokenizer.path, task, data_dir, model.path, **settings)
+    # params: the evaluate section without tasks/data_dir/parallelism (step_params)
+    record = run_finetune(run_checkpoint(run.path, step), tokenizer.path, task, data_dir,
+                          model.path, **settings_for_task(params, task))
     for metric, value in record["metrics"].items():
         if value is not None:
             metrics.log_metric(f"{record['task']}/{metric}", value)

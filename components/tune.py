@@ -17,13 +17,10 @@ def tune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str, da
 
     tune_params = section_params("tune", tune_params)
     evaluate_params = section_params("evaluate", evaluate_params)
-    from korlm import storage
-    from korlm.export import select_checkpoint
+    from korlm.export import run_checkpoint
     from korlm.tune import run_tuning, summary_markdown
 
-    checkpoint = (select_checkpoint(run.path, "last") if step <= 0
-                  else storage.join(run.path, "checkpoints", f"step-{step:06d}"))
-    result = run_tuning(checkpoint, tokenizer.path, data_dir or None, study.path,
+    result = run_tuning(run_checkpoint(run.path, step), tokenizer.path, data_dir or None, study.path,
                         tune=tune_params, evaluate_params=evaluate_params, task=task or None,
                         worker_index=worker_index, report_only=report_only)
     with open(summary.path, "w", encoding="utf-8") as f:

@@ -136,7 +136,7 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
              "max_seq_length": args.max_seq_length,
              "learning_rate": args.learning_rate}
     params.update({k: v for k, v in flags.items() if v is not None})
-    if getattr(args, "augment", None) or getattr(args, "num_aug", None) is not None:
+    if args.augment or args.num_aug is not None:
         # --augment/--num-aug over evaluate.augment (docs/augmentation.md)
         if not (args.augment or params.get("augment")):
             raise KorlmError("--num-aug needs --augment eda (or evaluate.augment in the config)")
@@ -169,15 +169,10 @@ def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     conf = _load(args, {"evaluate.data_dir": args.data_dir})
-    from korlm import storage
+    from korlm.export import resolve_checkpoint
     from korlm.finetune import finetune
 
-    checkpoint = args.checkpoint
-    if storage.exists(storage.join(checkpoint, "checkpoints.json")):  # a pretraining run
-        from korlm.export import select_checkpoint
-
-        checkpoint = select_checkpoint(checkpoint, "last")
-    result = finetune(checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir,
+    result = finetune(resolve_checkpoint(args.checkpoint), args.tokenizer, args.task, conf.evaluate.data_dir,
                       args.output, **_fine_tune_params(args, conf))
     _print_result(f"finetune -> {args.output} (serve it: korlm serve {args.output})",
                   result["metrics"])
@@ -190,17 +185,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       "tune.study_name": args.study_name, "tune.sampler": args.sampler,
                       "tune.pruner": args.pruner, "evaluate.data_dir": args.data_dir})
     conf = _load(args, overrides)
-    from korlm import storage
+    from korlm.export import resolve_checkpoint
     from korlm.tune import run_tuning, summary_markdown
 
     checkpoint = args.checkpoint
     if not args.report_only:
         if not checkpoint:
             raise KorlmError("tune needs --checkpoint DIR (or --report-only)")
-        if storage.exists(storage.join(checkpoint, "checkpoints.json")):
-            from korlm.export import select_checkpoint
-
-            checkpoint = select_checkpoint(checkpoint, "last")
+        checkpoint = resolve_checkpoint(checkpoint)
     # a Hugging Face export holds its tokenizer
     tokenizer = args.tokenizer or checkpoint
     summary = run_tuning(checkpoint, tokenizer, conf.evaluate.data_dir, args.output,
@@ -222,11 +214,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     conf = _load(args, {})
     from korlm import storage
-    from korlm.export import export_checkpoint, select_checkpoint
+    from korlm.export import export_checkpoint, resolve_checkpoint
 
-    checkpoint = args.checkpoint
-    if storage.exists(storage.join(checkpoint, "checkpoints.json")):
-        checkpoint = select_checkpoint(checkpoint, conf.export.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint, conf.export.checkpoint)
     if not args.tokenizer:
         raise KorlmError("export needs --tokenizer DIR (the vocab step's output)")
     results_md = storage.read_text(args.results) if args.results else None
@@ -293,8 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from korlm.serve import ServeSettings, serve
 
     serve(args.model_dir, host=conf.host, port=conf.port,
-          settings=ServeSettings(max_batch_size=conf.max_batch_size, max_wait_ms=conf.max_wait_ms,
-                                 max_items=conf.max_items, max_chars=conf.max_chars))
+          settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})))
 
 
 def build_parser() -> argparse.ArgumentParser:

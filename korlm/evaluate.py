@@ -37,10 +37,6 @@ METRICS_JSON = "metrics.json"
 RANDOM_INIT = "random-init"
 WARMUP_RATIO = 0.1
 WEIGHT_DECAY = 0.01
-# Settings a config may set per task (evaluate.per_task.<task>.<key>).
-PER_TASK_KEYS = ("max_seq_length", "batch_size", "epochs", "learning_rate",
-                 "max_train_examples", "max_eval_examples", "doc_stride", "weight_decay",
-                 "warmup_ratio")
 MAX_ANSWER_TOKENS = 30
 # BartClassificationHead's dropout (before and after its tanh dense). Hugging Face's
 # default classifier_dropout is 0.0; 0.1 is what the BERT classifier here uses, so the
@@ -348,6 +344,14 @@ class _SpanHead(_Head):
         return metric_fns.compute(self.spec.metrics, gold, predictions)
 
 
+def make_head(spec: tasks.TaskSpec, tokenizer, max_seq_length: int, doc_stride: int) -> _Head:
+    """The task type's head: start/end spans over context windows for extractive QA,
+    one output layer over the sequence representation otherwise."""
+    if spec.type == "extractive-qa":
+        return _SpanHead(spec, tokenizer, max_seq_length, doc_stride)
+    return _Head(spec)
+
+
 def _dev_early_stopping(head: _Head, dev_x, dev: tasks.TaskData, batch_size: int,
                         patience: int, epoch_callback=None):
     """A Keras callback that scores the dev split after each epoch, keeps the best
@@ -407,8 +411,6 @@ class FineTuned:
     model: Any
     record: dict[str, Any]
     spec: tasks.TaskSpec
-    tokenizer: Any
-    head: _Head
     info: dict[str, Any]
 
 
@@ -471,8 +473,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
         train = augmentation.augment_task_data(train, seed=seed, spec=spec, **augment)
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
     _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
-    head = (_SpanHead(spec, tokenizer, max_seq_length, doc_stride)
-            if spec.type == "extractive-qa" else _Head(spec))
+    head = make_head(spec, tokenizer, max_seq_length, doc_stride)
     (x_train, y_train), (x_dev, _), (x_test, _) = (
         model_inputs(head, tokenizer, info, s) for s in (train, splits.dev, splits.test))
 
@@ -481,7 +482,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
     import numpy as np
     import tensorflow as tf
 
-    if mixed_precision and tf.config.list_physical_devices("GPU"):
+    float16 = bool(mixed_precision and tf.config.list_physical_devices("GPU"))
+    if float16:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(seed)
     backbone = models.load_backbone(checkpoint_dir, load_weights=not random_init)
@@ -505,7 +507,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
         history = model.fit(train_ds, epochs=epochs, shuffle=False, verbose=0,
                             callbacks=[stopper])
     finally:
-        if mixed_precision:
+        if float16:
             keras.mixed_precision.set_global_policy("float32")
     fit_seconds = time.perf_counter() - fit_started
     scores = head.score(splits.test, head.predict(model, x_test, splits.test, eval_batch))
@@ -541,8 +543,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
             **({"doc_stride": doc_stride} if spec.type == "extractive-qa" else {}),
             **({"augment": dict(augment), "num_train_augmented": len(train)}
                if augment else {}),
-            "mixed_precision": ("mixed_float16" if mixed_precision
-                                and tf.config.list_physical_devices("GPU") else "float32"),
+            "mixed_precision": "mixed_float16" if float16 else "float32",
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
     }
@@ -551,7 +552,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
         record["label_names"] = list(spec.label_names)
         record["majority_class_accuracy"] = float(
             np.max(np.bincount(y_test, minlength=spec.num_classes)) / len(y_test))
-    return FineTuned(model, record, spec, tokenizer, head, info)
+    return FineTuned(model, record, spec, info)
 
 
 def write_metrics(record: dict[str, Any], directory: str) -> None:

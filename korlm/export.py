@@ -127,6 +127,21 @@ def select_checkpoint(run_dir: str, strategy: str = "last") -> str:
     return _checkpoint_uri(run_dir, str(chosen["uri"]))
 
 
+def resolve_checkpoint(path: str, strategy: str = "last") -> str:
+    """The checkpoint ``strategy`` selects when ``path`` is a pretraining run (it has
+    ``checkpoints.json``); otherwise ``path`` itself (a checkpoint or an HF export)."""
+    if storage.exists(storage.join(path, "checkpoints.json")):
+        return select_checkpoint(path, strategy)
+    return path
+
+
+def run_checkpoint(run_dir: str, step: int) -> str:
+    """Checkpoint ``step`` of the pretraining run ``run_dir``; step 0: its last one."""
+    if step <= 0:
+        return select_checkpoint(run_dir, "last")
+    return storage.join(run_dir, "checkpoints", f"step-{step:06d}")
+
+
 # --------------------------------------------------------------------------- checks
 
 

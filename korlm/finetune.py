@@ -140,9 +140,8 @@ class FineTunedModel:
         self.info = models.checkpoint_info(backbone_dir)
         self.tokenizer = evaluate.load_tokenizer(os.path.join(local, TOKENIZER_DIR),
                                                  self.max_seq_length)
-        self.head = (evaluate._SpanHead(self.spec, self.tokenizer, self.max_seq_length,
-                                        int(meta["doc_stride"]))
-                     if self.task_type == "extractive-qa" else evaluate._Head(self.spec))
+        self.head = evaluate.make_head(self.spec, self.tokenizer, self.max_seq_length,
+                                       meta["doc_stride"])
         backbone = models.load_backbone(backbone_dir, load_weights=False)
         self.model, _ = self.head.build(backbone)
         try:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+from korlm.config import ServeSection
 from korlm.errors import KorlmError
 
 # uvicorn configures this logger: the model-load messages show in the server log
@@ -50,16 +51,18 @@ ENDPOINT_TASK_TYPES = {
     "answer": ("extractive-qa",),
 }
 TASK_TYPE_ENDPOINT = {t: e for e, types in ENDPOINT_TASK_TYPES.items() for t in types}
+# the serve config section's defaults, so the library and `korlm serve` cannot drift apart
+_DEFAULTS = ServeSection()
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
-    max_batch_size: int = 32
+    max_batch_size: int = _DEFAULTS.max_batch_size
     # 0: no waiting; items that queue while a model call runs form the next batch
     # (measured better than 5 ms at every concurrency: benchmarks/README.md, run 5)
-    max_wait_ms: float = 0.0
-    max_items: int = 64
-    max_chars: int = 2000
+    max_wait_ms: float = _DEFAULTS.max_wait_ms
+    max_items: int = _DEFAULTS.max_items
+    max_chars: int = _DEFAULTS.max_chars
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_items", "max_chars"):
@@ -452,7 +455,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     return app
 
 
-def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8080,
+def serve(model_dir: str, *, host: str = _DEFAULTS.host, port: int = _DEFAULTS.port,
           settings: ServeSettings | None = None, log_level: str = "info") -> None:
     """Run the server until interrupted. A model that cannot be loaded stops it and
     raises KorlmError (``/readyz`` answers 503 with the reason meanwhile)."""
