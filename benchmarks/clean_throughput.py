@@ -83,7 +83,7 @@ def text_mb(path: str) -> float:
 def run_beam(corpus: str, out: str, splitter: str) -> dict:
     from corpus_beam.clean import run_clean
 
-    stats = run_clean([corpus], out, sentence_splitter=splitter)
+    stats = run_clean([corpus], out, sentence_splitter=splitter, overwrite=True)  # repeats: same out
     return {"kept": stats["kept_records"], "input": stats["input_records"]}
 
 

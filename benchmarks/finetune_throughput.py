@@ -58,7 +58,7 @@ def run_korlm(work: Path, examples: int, batch: int, seq: int) -> dict:
 
     record = evaluate.evaluate_checkpoint(
         str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
-        str(work / "korlm-out"), random_init=True, max_train_examples=examples,
+        str(work / "korlm-out"), random_init=True, overwrite=True, max_train_examples=examples,
         max_eval_examples=32, epochs=1, batch_size=batch, max_seq_length=seq)
     return {"examples": record["num_train"], "seconds": record["fine_tune_seconds"]}
 

@@ -86,7 +86,8 @@ def run_packer(packer, batches: list[dict], num_shards: int) -> int:
 def run_beam(corpus: str, tokenizer_dir: str, out: str, settings: dict, max_seq_length: int) -> int:
     from corpus_beam.pack import run_pretrain_data
 
-    return run_pretrain_data(corpus, tokenizer_dir, out, max_seq_length=max_seq_length, **settings)["num_examples"]
+    return run_pretrain_data(corpus, tokenizer_dir, out, max_seq_length=max_seq_length, overwrite=True,
+                             **settings)["num_examples"]  # repeats write the same out
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,9 @@ def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Met
     from korlm.storage import beam_artifact_path
 
     # Dataflow workers write to the gs:// URI, not to this task's /gcs mount
-    result = run_clean(inputs, beam_artifact_path(corpus.path, corpus.uri, params.get("beam_options")), **params)
+    # KFP owns the output path: a retried task replaces its own earlier artifact
+    result = run_clean(inputs, beam_artifact_path(corpus.path, corpus.uri, params.get("beam_options")),
+                       overwrite=True, **params)
     corpus.metadata.update({k: result[k] for k in
                             ("input_records", "kept_records", "rejected_records", "sentences")})
     for key in ("input_records", "kept_records", "rejected_records", "sentences",

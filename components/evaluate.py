@@ -24,6 +24,7 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
         folder = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
         rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, data_dir,
                                   os.path.join(results.path, folder), random_init=random_init,
+                                  overwrite=True,  # KFP owns the path: a retry replaces it
                                   **settings_for_task(params, task))
         for metric, value in rec["metrics"].items():
             if value is not None:  # undefined (e.g. correlation of constant predictions)

@@ -21,6 +21,7 @@ def export(run: Input[Model], tokenizer: Input[Artifact], report: Input[Artifact
             results_md = f.read()
     summary = export_checkpoint(checkpoint, tokenizer.path, hf_model.path,
                                 results_markdown=results_md,
-                                model_name=params.get("model_name"))  # None: korlm-<family>
+                                model_name=params.get("model_name"),  # None: korlm-<family>
+                                overwrite=True)  # KFP owns the path: a retry replaces it
     hf_model.metadata.update({"checkpoint": checkpoint, "framework": "transformers",
                               "files": summary.get("files")})

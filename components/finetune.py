@@ -20,7 +20,8 @@ def finetune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str
 
     # params: the evaluate section without tasks/data_dir/parallelism (step_params)
     record = run_finetune(run_checkpoint(run.path, step), tokenizer.path, task, data_dir,
-                          model.path, **settings_for_task(params, task))
+                          model.path, overwrite=True,  # KFP owns the path: a retry replaces it
+                          **settings_for_task(params, task))
     for metric, value in record["metrics"].items():
         if value is not None:
             metrics.log_metric(f"{record['task']}/{metric}", value)

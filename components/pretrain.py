@@ -11,6 +11,7 @@ def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
     params = section_params("pretrain", params)
     from korlm.pretrain import run_pretrain
 
+    # a retried or restarted (preempted) task resumes its own run folder
     checkpoints = run_pretrain(examples.path, tokenizer.path, run.path, **params)
     run.metadata.update({"checkpoints": [c["step"] for c in checkpoints],
                          "model": params.get("model"), "size": params.get("size")})

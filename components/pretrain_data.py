@@ -14,6 +14,7 @@ def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: di
 
     options = params.get("beam_options")  # Dataflow workers use gs:// URIs, not this task's /gcs mount
     meta = run_pretrain_data(beam_artifact_path(corpus.path, corpus.uri, options), tokenizer.path,
-                             beam_artifact_path(examples.path, examples.uri, options), **params)
+                             beam_artifact_path(examples.path, examples.uri, options),
+                             overwrite=True, **params)  # KFP owns the path: a retry replaces it
     examples.metadata.update({k: meta[k] for k in ("num_examples", "max_seq_length", "objective", "packing",
                                                    "masking", "nsp", "padding_fraction")})

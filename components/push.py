@@ -20,6 +20,7 @@ def push(hf_model: Input[Model], params: dict, run_id: str, config_hash: str, pl
                         revision=params.get("revision"), tag=params.get("tag_runs", True),
                         token_env=params.get("token_env", "HF_TOKEN"), token_file=params.get("token_file"),
                         token_secret=params.get("token_secret"), retries=params.get("retries", 4),
-                        run_id=run_id or None, config_hash=config_hash or None)
+                        run_id=run_id or None, config_hash=config_hash or None,
+                        overwrite=True)  # KFP owns the path: a retry replaces it
     plan.metadata.update({"repo_id": result["repo_id"], "dry_run": result["dry_run"],
                           "commit_message": result["commit_message"]})

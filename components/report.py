@@ -17,7 +17,7 @@ def report(results: Input[List[Artifact]], baseline: Input[Artifact],  # noqa: U
     from korlm.report import build_report
 
     dirs = [r.path for r in results] + [baseline.path]
-    summary = build_report(dirs, report.path)
+    summary = build_report(dirs, report.path, overwrite=True)  # KFP owns the path
     with open(table.path, "w", encoding="utf-8") as f:
         f.write(summary["markdown"])
 

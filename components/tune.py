@@ -22,7 +22,8 @@ def tune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str, da
 
     result = run_tuning(run_checkpoint(run.path, step), tokenizer.path, data_dir or None, study.path,
                         tune=tune_params, evaluate_params=evaluate_params, task=task or None,
-                        worker_index=worker_index, report_only=report_only)
+                        worker_index=worker_index, report_only=report_only,
+                        overwrite=True)  # KFP owns the path: a retry replaces it
     with open(summary.path, "w", encoding="utf-8") as f:
         f.write(summary_markdown(result))
     if result["best_value"] is not None:

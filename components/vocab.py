@@ -11,7 +11,8 @@ def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
     params = section_params("vocab", params)
     from korlm.vocab import build_vocab
 
-    result = build_vocab(corpus.path, tokenizer.path, **params)
+    # KFP owns the output path: a retried task replaces its own earlier artifact
+    result = build_vocab(corpus.path, tokenizer.path, overwrite=True, **params)
     tokenizer.metadata.update({"vocab_size": result["vocab_size"],
                                "algorithm": result["algorithm"],
                                "pre_tokenizer": result["pre_tokenizer"]})

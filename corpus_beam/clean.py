@@ -798,20 +798,23 @@ def build_clean_graph(p: beam.Pipeline, files: list, staging: str, settings: Cle
 
 
 def run_clean(inputs: list[str | dict], output_dir: str, *, beam_options: list[str] | None = None,
-              **options: Any) -> dict:
+              overwrite: bool = False, **options: Any) -> dict:
     """Clean raw corpora into ``output_dir`` (published atomically) and return stats.json's dict.
 
     ``options`` are :class:`CleanSettings` (``korlm.config.CleanSection``) fields
     (``min_sentence_chars=2``, ``pii="replace"``...). Writes ``part-*.txt`` (one sentence a
     line, a blank line after every document), ``rejected/rejected-*.jsonl`` (reason,
-    source, text) and ``stats.json``. Raises KorlmError for bad settings and for inputs
-    that match no file, before any pipeline starts.
+    source, text) and ``stats.json``. Raises KorlmError for bad settings, for inputs
+    that match no file and for an output korlm may not write (see
+    :func:`korlm.storage.check_output`; ``overwrite`` replaces an earlier clean output),
+    before any pipeline starts.
     """
     settings = clean_settings(**options)
     files = resolve_inputs(inputs)
     options_ = pipeline_options(beam_options)
     started = time.monotonic()
-    with storage.atomic_output_dir(output_dir, stage_remote=True) as staging:
+    with storage.atomic_output_dir(output_dir, "clean", inputs=[f.path for f in files],
+                                   overwrite=overwrite, stage_remote=True) as staging:
         # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=options_)
         build_clean_graph(p, files, staging, settings, in_memory=in_memory_runner(options_))

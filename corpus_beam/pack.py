@@ -37,7 +37,7 @@ from korlm import packing as pk
 from korlm import storage, tokenization
 from korlm.errors import KorlmError
 from korlm.pretrain_data_check import verify_shards
-from korlm.vocab import corpus_files, vocab_hash
+from korlm.vocab import corpus_files, first_non_utf8_line, vocab_hash
 
 _LOG = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def example_key(seed: int, file_name: str, document: int | str, example: int, du
     return hashlib.blake2b(text.encode(), digest_size=12).digest()
 
 
+class CorpusNotUtf8(KorlmError):
+    """A corpus part with bytes that are not UTF-8 (raised inside the Beam pipeline)."""
+
+
 class ReadDocuments(beam.DoFn):
     """A part file (read whole) -> batches ``{"file", "start", "documents"}`` of documents."""
 
@@ -106,7 +110,14 @@ class ReadDocuments(beam.DoFn):
 
     def process(self, path: str):
         with FileSystems.open(path) as f:
-            text = f.read().decode("utf-8", "replace")
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # replacement characters would be silent corruption: stop, naming the place
+            line = data[: exc.start].count(b"\n") + 1
+            raise CorpusNotUtf8(f"corpus file {path}, line {line}: not UTF-8 text; korlm "
+                                "clean writes UTF-8 (re-clean the raw files)") from None
         name = os.path.basename(path)
         batch: list[list[str]] = []
         start = chars = 0
@@ -320,6 +331,7 @@ def run_pretrain_data(
     whole_word: str | None = None,
     beam_options: list[str] | None = None,
     extra_seq_lengths: list[int] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenize and pack ``corpus_dir`` into TFRecord shards in ``output_dir``; return metadata.json's dict.
 
@@ -329,7 +341,8 @@ def run_pretrain_data(
 
     ``packing`` None picks the objective's default
     (``full-sentences`` for mlm, ``span`` for bart). Raises KorlmError for a bad tokenizer
-    directory, a corpus without documents or an invalid combination of settings.
+    directory, a corpus without documents, an invalid combination of settings or an
+    output korlm may not write (``overwrite`` replaces an earlier pretrain-data output).
     """
     settings = pk.resolve_settings(
         objective=objective, packing=packing, max_seq_length=max_seq_length, nsp=nsp,
@@ -369,9 +382,17 @@ def run_pretrain_data(
     files = corpus_files(corpus_dir)
     if not files:
         raise KorlmError(f"corpus {corpus_dir!r} has no part-*.txt files; run `korlm clean` into it first")
+    for path in files if not storage.is_remote(corpus_dir) else []:
+        # here, before Beam: a worker's error would come wrapped in its traceback
+        # (remote corpora are checked by the workers as they read, ReadDocuments)
+        line = first_non_utf8_line(path)
+        if line is not None:
+            raise CorpusNotUtf8(f"corpus file {path}, line {line}: not UTF-8 text; korlm clean "
+                                "writes UTF-8 (re-clean the raw files)")
 
     started = time.monotonic()
-    with storage.atomic_output_dir(output_dir, stage_remote=True) as staging:
+    with storage.atomic_output_dir(output_dir, "pretrain-data", inputs=[corpus_dir, tokenizer_dir],
+                                   overwrite=overwrite, stage_remote=True) as staging:
         # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=pipeline_options(beam_options))
         build_pretrain_data_graph(p, files, staging, tokenizer.to_json(), settings=settings,

@@ -57,7 +57,9 @@ def merge_comparison(previous_dir: str | None, report_dir: str, tokenizer_dir: s
     columns = sorted({c for r in comparison["rows"] for c in r["metrics"]})
     comparison["columns"] = columns
     markdown = render_markdown(comparison)
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "ablation",
+                                   inputs=[previous_dir, report_dir, tokenizer_dir],
+                                   overwrite=True) as staging:
         plots = plot_comparison(comparison, staging)
         with open(os.path.join(staging, COMPARISON_FILE), "w", encoding="utf-8") as f:
             json.dump(comparison, f, indent=2, ensure_ascii=False)

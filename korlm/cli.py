@@ -26,6 +26,13 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> cfg.Config:
     return cfg.apply_overrides(conf, overrides)
 
 
+def _overwrite(args: argparse.Namespace, conf: cfg.Config | None = None) -> bool:
+    """--overwrite, else run.overwrite of --config."""
+    if getattr(args, "overwrite", False):
+        return True
+    return bool((conf or cfg.load(args.config)).run.overwrite)
+
+
 def cmd_clean(args: argparse.Namespace) -> None:
     conf = _load(args, {})
     inputs: list[Any] = list(args.input) if args.input else [
@@ -46,7 +53,8 @@ def cmd_clean(args: argparse.Namespace) -> None:
     from corpus_beam.clean import run_clean
 
     stats = run_clean(inputs, args.output,
-                      beam_options=(args.beam_option or conf.clean.beam_options) or None, **options)
+                      beam_options=(args.beam_option or conf.clean.beam_options) or None,
+                      overwrite=_overwrite(args, conf), **options)
     _print_result(f"clean -> {args.output}", stats)
 
 
@@ -62,7 +70,7 @@ def cmd_vocab(args: argparse.Namespace) -> None:
                         pre_tokenizer=v.pre_tokenizer, vocab_size=v.vocab_size,
                         min_frequency=v.min_frequency, max_sentences=v.max_sentences,
                         max_bytes=v.max_bytes, heldout_every=v.heldout_every, coverage=v.coverage,
-                        special_tokens=v.special_tokens)
+                        special_tokens=v.special_tokens, overwrite=_overwrite(args, conf))
     _print_result(f"vocab -> {args.output}", stats)
 
 
@@ -86,7 +94,8 @@ def cmd_pretrain_data(args: argparse.Namespace) -> None:
 
     p = conf.pretrain_data
     meta = run_pretrain_data(args.corpus, args.tokenizer, args.output,
-                             **p.model_dump(exclude={"beam_options"}), beam_options=p.beam_options or None)
+                             **p.model_dump(exclude={"beam_options"}), beam_options=p.beam_options or None,
+                             overwrite=_overwrite(args, conf))
     _print_result(f"pretrain-data -> {args.output}", meta)
 
 
@@ -103,7 +112,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                         "pretrain.deterministic": args.deterministic})
     from korlm.pretrain import run_pretrain
 
-    checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump())
+    checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump(),
+                               overwrite=_overwrite(args, conf))
     _print_result(f"pretrain -> {args.output}", checkpoints)
 
 
@@ -120,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise KorlmError("evaluate needs --tokenizer DIR (the vocab step's output)")
     result = evaluate_checkpoint(
         args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
-        random_init=args.random_init, **_fine_tune_params(args, conf))
+        random_init=args.random_init, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
     _print_result(f"evaluate -> {args.output}", result)
 
 
@@ -173,7 +183,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from korlm.finetune import finetune
 
     result = finetune(resolve_checkpoint(args.checkpoint), args.tokenizer, args.task, conf.evaluate.data_dir,
-                      args.output, **_fine_tune_params(args, conf))
+                      args.output, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
     _print_result(f"finetune -> {args.output} (serve it: korlm serve {args.output})",
                   result["metrics"])
 
@@ -197,7 +207,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     tokenizer = args.tokenizer or checkpoint
     summary = run_tuning(checkpoint, tokenizer, conf.evaluate.data_dir, args.output,
                          tune=conf.tune, evaluate_params=conf.evaluate.model_dump(),
-                         worker_index=args.worker_index, report_only=args.report_only)
+                         worker_index=args.worker_index, report_only=args.report_only,
+                         overwrite=_overwrite(args, conf))
     print(summary_markdown(summary))
     print(f"tune -> {args.output}")
 
@@ -206,7 +217,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from korlm.report import build_report
 
     summary = build_report(args.results, args.output,
-                           references=[] if args.no_references else None)
+                           references=[] if args.no_references else None,
+                           overwrite=_overwrite(args))
     print(summary["markdown"])
     print(f"report -> {args.output}")
 
@@ -221,7 +233,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise KorlmError("export needs --tokenizer DIR (the vocab step's output)")
     results_md = storage.read_text(args.results) if args.results else None
     summary = export_checkpoint(checkpoint, args.tokenizer, args.output,
-                                results_markdown=results_md, model_name=conf.export.model_name)
+                                results_markdown=results_md, model_name=conf.export.model_name,
+                                overwrite=_overwrite(args, conf))
     _print_result(f"export -> {args.output}", summary)
 
 
@@ -231,10 +244,11 @@ def cmd_push(args: argparse.Namespace) -> None:
 
     p = conf.push
     dry_run = p.dry_run if args.dry_run is None else args.dry_run
-    plan = push_model(args.model, p.repo_id, args.output or args.model + "-push",
+    plan = push_model(args.model, p.repo_id, args.output or args.model.rstrip("/") + "-push",
                       dry_run=dry_run, private=p.private, revision=p.revision, tag=p.tag_runs,
                       token_env=p.token_env, token_file=p.token_file, token_secret=p.token_secret,
-                      retries=p.retries, run_id=args.run_id, config_hash=cfg.config_hash(conf))
+                      retries=p.retries, run_id=args.run_id, config_hash=cfg.config_hash(conf),
+                      overwrite=_overwrite(args, conf))
     _print_result("push" + (" (dry run)" if dry_run else ""), plan)
 
 
@@ -286,6 +300,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
           settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})))
 
 
+# Subcommands that write an artifact folder (--output): they take --overwrite.
+OUTPUT_STEPS = ("clean", "vocab", "pretrain-data", "pretrain", "evaluate", "finetune", "tune",
+                "report", "export", "push")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="korlm",
@@ -298,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE",
                        help="YAML run config (see configs/); flags override it")
         p.set_defaults(func=func)
+        if name in OUTPUT_STEPS:
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace an earlier korlm " + name + " output at --output (config "
+                                "run.overwrite); a path holding anything korlm did not write is "
+                                "always refused and left as it is")
         return p
 
     p = add("clean", cmd_clean, "Clean raw corpora with Apache Beam into one sentence per line.")
@@ -496,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KorlmError as exc:
         print(f"korlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a path the operating system refused (no permission, read-only, full disk):
+        # what and where in one line, not a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"korlm {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

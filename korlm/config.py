@@ -28,6 +28,9 @@ class _Section(BaseModel):
 class RunSection(_Section):
     id: str | None = Field(None, description="run id; default: a UTC timestamp")
     output_root: str = Field("runs", description="where runs/<run-id>/ folders are written")
+    overwrite: bool = Field(False, description="step commands (korlm clean, vocab, ...) replace an "
+                            "earlier korlm output of the same step at --output (as --overwrite); "
+                            "a folder holding anything korlm did not write is refused regardless")
 
     @model_validator(mode="after")
     def _id_is_a_folder_name(self):
@@ -654,9 +657,23 @@ def load(path: str | None) -> Config:
         return Config()
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file (see configs/)")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          "save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise ConfigError(f"config file {path} is empty; give at least one section (see configs/), "
+                          "or leave out --config for the defaults")
+    try:
+        data = yaml.safe_load(text.removeprefix("\ufeff"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -567,12 +567,21 @@ def describe(record: dict[str, Any]) -> str:
             f"eval {record['num_eval']}, {record['seconds']:.1f} s)")
 
 
+def task_file(task: str | tasks.TaskSpec) -> str | None:
+    """A YAML-declared task's file (an input the output must keep clear of), else None."""
+    return task if isinstance(task, str) and task.endswith((".yaml", ".yml")) else None
+
+
 def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
-                        data_dir: str | None, output_dir: str, **settings) -> dict[str, Any]:
+                        data_dir: str | None, output_dir: str, *, overwrite: bool = False,
+                        **settings) -> dict[str, Any]:
     """:func:`fine_tune` (same keyword arguments), then write ``metrics.json`` to
-    ``output_dir``."""
+    ``output_dir`` (checked first: new, empty or, with ``overwrite``, an earlier
+    evaluate output)."""
+    inputs = [checkpoint_dir, tokenizer_dir, data_dir, task_file(task)]
+    storage.check_output(output_dir, "evaluate", inputs=inputs, overwrite=overwrite)
     record = fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings).record
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "evaluate", inputs=inputs, overwrite=overwrite) as staging:
         write_metrics(record, staging)
     print(describe(record), flush=True)
     return record

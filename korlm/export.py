@@ -750,15 +750,19 @@ def _next_sentence_head(checkpoint_dir: str):
 
 def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, *,
                       results_markdown: str | None = None, model_name: str | None = None,
-                      corpus_stats: dict | None = None, license: str = "apache-2.0") -> dict:
+                      corpus_stats: dict | None = None, license: str = "apache-2.0",
+                      overwrite: bool = False) -> dict:
     """Write ``output_dir`` as a Hugging Face model directory for the checkpoint's family
     (``BertForMaskedLM``, ``RobertaForMaskedLM`` or ``BartForConditionalGeneration``).
 
     ``model_name`` (the card's title) defaults to ``korlm-<family>``. Returns a summary:
     ``output_dir``, ``files`` (name -> bytes), ``config``, ``step``, ``model``,
     ``architecture`` and ``num_parameters``. Everything is checked before anything is
-    written; the directory is published atomically.
+    written (``output_dir`` too: new, empty or, with ``overwrite``, an earlier export);
+    the directory is published atomically.
     """
+    inputs = [checkpoint_dir, tokenizer_dir]
+    storage.check_output(output_dir, "export", inputs=inputs, overwrite=overwrite)
     info = models.checkpoint_info(checkpoint_dir)
     family = _check_exportable_family(info, checkpoint_dir)
     tokenizer = _read_tokenizer(tokenizer_dir)
@@ -806,7 +810,7 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
 
     from safetensors.numpy import save_file
 
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "export", inputs=inputs, overwrite=overwrite) as staging:
         save_file(state, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(staging, CONFIG_FILE), config)
         if family == "bart":

@@ -54,11 +54,16 @@ def _copy_files(src: str, dst: str, names: tuple[str, ...]) -> list[str]:
 
 
 def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.TaskSpec,
-             data_dir: str | None, output_dir: str, **settings) -> dict[str, Any]:
+             data_dir: str | None, output_dir: str, *, overwrite: bool = False,
+             **settings) -> dict[str, Any]:
     """Fine-tune (``settings``: :func:`korlm.evaluate.fine_tune`'s keyword arguments) and
-    write the servable model directory. ``tokenizer_dir`` defaults to the checkpoint
-    directory (a Hugging Face export carries its tokenizer). Returns the metrics record."""
+    write the servable model directory (checked first: new, empty or, with
+    ``overwrite``, an earlier finetune output). ``tokenizer_dir`` defaults to the
+    checkpoint directory (a Hugging Face export carries its tokenizer). Returns the
+    metrics record."""
     tokenizer_dir = tokenizer_dir or checkpoint_dir
+    inputs = [checkpoint_dir, tokenizer_dir, data_dir, evaluate.task_file(task)]
+    storage.check_output(output_dir, "finetune", inputs=inputs, overwrite=overwrite)
     if settings.get("random_init"):
         raise KorlmError("finetune keeps a model for serving; random_init is for "
                          "evaluation baselines (korlm evaluate --random-init)")
@@ -82,7 +87,7 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         "best_epoch": record["best_epoch"],
         "best_dev_score": record["best_dev_score"],
     }
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "finetune", inputs=inputs, overwrite=overwrite) as staging:
         copied = _copy_files(checkpoint_dir, os.path.join(staging, BACKBONE_DIR),
                              _ARCHITECTURE_FILES)
         if "config.json" not in copied:

@@ -151,7 +151,8 @@ def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=No
     """Write a checkpoint directory atomically (a killed save leaves no half checkpoint).
     ``nsp_head``: the next-sentence layer, saved beside the preset as ``nsp_head.npz``
     (``kernel`` [hidden, 2], ``bias`` [2]) for a ``BertForPreTraining`` export."""
-    with storage.atomic_output_dir(checkpoint_dir) as staging:
+    # inside korlm's own run folder: a resumed run replaces a checkpoint of the same step
+    with storage.atomic_output_dir(checkpoint_dir, "checkpoint", overwrite=True) as staging:
         task.save_to_preset(staging)
         if nsp_head is not None:
             import numpy as np

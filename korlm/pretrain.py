@@ -42,6 +42,10 @@ STATE_DIR = "state"
 STATE_JSON = "state.json"
 STATE_WEIGHTS = "model.weights.h5"
 TENSORBOARD_DIR = "tensorboard"
+# What a run folder holds (fnmatch patterns of its top-level names, atomic-write temp
+# files included): the rest of a folder is the user's, and an --overwrite keeps clear of it.
+RUN_ENTRIES = (CHECKPOINTS_DIR, f"{CHECKPOINTS_JSON}*", f"{TRAIN_LOG}*", STATE_DIR, f".{STATE_DIR}.*",
+               TENSORBOARD_DIR)
 
 DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 # Settings a resumed run must share with the run it continues (weights would not fit or
@@ -653,7 +657,8 @@ def save_state(task, output_dir: str, state: dict[str, Any]) -> None:
     """``state/``: the compiled task's weights file, which holds the optimizer variables
     (step counter, moments, accumulated gradients) and the dropout seed states too, plus
     ``state.json`` (step, data position, settings)."""
-    with storage.atomic_output_dir(storage.join(output_dir, STATE_DIR)) as staging:
+    with storage.atomic_output_dir(storage.join(output_dir, STATE_DIR), "pretrain-state",
+                                   overwrite=True) as staging:
         task.save_weights(os.path.join(staging, STATE_WEIGHTS))
         seeds = _seed_states(task)
         with open(os.path.join(staging, STATE_JSON), "w", encoding="utf-8") as f:
@@ -1063,7 +1068,8 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                  keep_checkpoints: int | None = None, keep_checkpoint_every: int | None = None,
                  strategy: str = "auto", tpu: str | None = None, precision: str = "auto",
                  peak_tflops: float | None = None, deterministic: bool = False,
-                 progress: str = "auto", seed: int = 0, log_every: int = 10) -> list[dict]:
+                 progress: str = "auto", seed: int = 0, log_every: int = 10,
+                 overwrite: bool = False) -> list[dict]:
     """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
     ``model``: bert or roberta (masked LM) or bart (denoising: text infilling and optional
@@ -1080,6 +1086,9 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     token, the rest stay; ``whole_word`` (none|eojeol|morpheme) masks whole words. Static
     data brings its own masks. ``deterministic``: a killed and resumed run ends with the
     same weights as an uninterrupted one (op determinism, sequential input pipeline).
+
+    ``output_dir`` must be new, empty or korlm's own pretraining run (resumed; with
+    ``overwrite`` started again): a folder holding anything else is refused untouched.
     """
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
@@ -1131,6 +1140,16 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         if int(meta["vocab_size"]) != int(first_meta["vocab_size"]):
             raise KorlmError(f"{pdir} was made with another vocabulary than {phase_inputs[0][0]}")
 
+    # The run folder: new, empty or korlm's own run (see RUN_ENTRIES); before TensorFlow.
+    claim = storage.claim_run_dir(output_dir, "pretrain", RUN_ENTRIES,
+                                  inputs=[data_dir, tokenizer_dir], overwrite=overwrite)
+    if claim == "replace":
+        print(f"{output_dir}: --overwrite: the earlier run's checkpoints, state and logs were "
+              "removed; training starts again", flush=True)
+    # what a killed run of this folder was writing: staged state and checkpoints
+    storage.remove_stale_staging(output_dir, STATE_DIR)
+    storage.remove_stale_staging(storage.join(output_dir, CHECKPOINTS_DIR))
+
     # After the data checks: these import TensorFlow, which is slow and noisy on stderr.
     from korlm.masking import check_rates
     from korlm.noising import check_noising
@@ -1176,15 +1195,18 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     checkpoints = [c for c in _read_checkpoints(output_dir) if c["step"] <= start_step]
     if start_step >= steps:
         print(f"{output_dir} already trained to step {start_step}; nothing to do", flush=True)
+        storage.mark_complete(output_dir)
         return checkpoints
 
     import keras
 
     policy_before = keras.mixed_precision.global_policy().name
     try:
-        return _train(**locals())
+        checkpoints = _train(**locals())
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
+    storage.mark_complete(output_dir)
+    return checkpoints
 
 
 def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoint_every,

@@ -92,13 +92,16 @@ def _sha256(path: str) -> str:
 
 
 def list_upload_files(folder: str) -> list[dict[str, Any]]:
-    """``[{path, bytes, sha256}]`` of what ``upload_folder`` would send, sorted by path."""
+    """``[{path, bytes, sha256}]`` of what ``upload_folder`` would send, sorted by path
+    (without korlm's artifact markers)."""
     files = []
     for root, dirs, names in os.walk(folder):
         rel_root = os.path.relpath(root, folder)
         dirs[:] = sorted(d for d in dirs
                          if os.path.normpath(os.path.join(rel_root, d)) not in _SKIPPED_DIRS)
         for name in names:
+            if root == folder and name in storage.MARKER_FILES:
+                continue  # korlm's own bookkeeping of the export folder, not part of the model
             path = os.path.join(root, name)
             rel = os.path.normpath(os.path.join(rel_root, name)).replace(os.sep, "/")
             files.append({"path": rel, "bytes": os.path.getsize(path), "sha256": _sha256(path)})
@@ -115,8 +118,8 @@ def _check_model_dir(folder: str, model_dir: str) -> None:
         )
 
 
-def _write_plan(output_dir: str, plan: dict[str, Any]) -> None:
-    with storage.atomic_output_dir(output_dir) as staging:
+def _write_plan(output_dir: str, plan: dict[str, Any], inputs: list[str], overwrite: bool) -> None:
+    with storage.atomic_output_dir(output_dir, "push", inputs=inputs, overwrite=overwrite) as staging:
         with open(os.path.join(staging, PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan, f, indent=2, ensure_ascii=False)
             f.write("\n")
@@ -184,7 +187,7 @@ def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool =
                commit_message: str | None = None, token_env: str = "HF_TOKEN",
                token_file: str | None = None, token_secret: str | None = None,
                run_id: str | None = None, config_hash: str | None = None, tag: bool = True,
-               retries: int = 4, retry_delay: float = 2.0) -> dict:
+               retries: int = 4, retry_delay: float = 2.0, overwrite: bool = False) -> dict:
     """Push ``model_dir`` to the Hub repo ``repo_id`` (or only plan it, when ``dry_run``).
 
     Writes ``output_dir/push_plan.json`` and returns the same dict. ``revision`` names a
@@ -192,14 +195,12 @@ def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool =
     ``run_id`` and ``config_hash`` go into the commit message, and with ``tag`` the
     commit is tagged ``run-<run_id>``. Each Hub call is tried ``retries + 1`` times,
     waiting ``retry_delay * 2**attempt`` seconds between tries of a transient failure.
+    ``output_dir`` is checked before anything is uploaded: new, empty or (``overwrite``)
+    an earlier push plan, and not the model folder or around it.
     """
     validate_repo_id(repo_id)
     _validate_revision(revision)
-    if not storage.is_remote(output_dir) and not storage.is_remote(model_dir):
-        out, model = os.path.abspath(output_dir), os.path.abspath(model_dir)
-        if os.path.commonpath([out, model]) == out:
-            # output_dir is replaced as a whole; it must not hold the model being pushed.
-            raise KorlmError(f"output directory {output_dir} must not contain the model directory {model_dir}")
+    storage.check_output(output_dir, "push", inputs=[model_dir], overwrite=overwrite)
 
     with _local_model_dir(model_dir) as folder:
         _check_model_dir(folder, model_dir)
@@ -226,7 +227,7 @@ def push_model(model_dir: str, repo_id: str, output_dir: str, *, dry_run: bool =
             plan.update(_upload(folder, files, repo_id, message, private, revision, plan["tag"],
                                 token, source, retries, retry_delay))
 
-    _write_plan(output_dir, plan)
+    _write_plan(output_dir, plan, [model_dir], overwrite)
     return plan
 
 

@@ -290,8 +290,12 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
 
 
 def build_report(result_dirs: list[str], output_dir: str,
-                 references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``references``: external rows (default :data:`REFERENCE_RESULTS`; ``[]`` for none)."""
+                 references: list[dict[str, Any]] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """``references``: external rows (default :data:`REFERENCE_RESULTS`; ``[]`` for none).
+    ``output_dir`` may not be, hold or lie inside a results folder; ``overwrite``
+    replaces an earlier report."""
+    storage.check_output(output_dir, "report", inputs=result_dirs, overwrite=overwrite)
     records = find_metrics(result_dirs)
     row_names, columns, rows, spread = build_table(records)
     own_rows = list(row_names)
@@ -299,7 +303,8 @@ def build_report(result_dirs: list[str], output_dir: str,
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
     notes = split_notes(records)
     markdown = render_markdown(row_names, columns, rows, notes, sources, spread)
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "report", inputs=result_dirs,
+                                   overwrite=overwrite) as staging:
         plots = plot_metrics(records, columns, staging)
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"

@@ -187,13 +187,17 @@ def _finite(value: Any) -> bool:
 def run_tuning(checkpoint_dir: str, tokenizer_dir: str, data_dir: str | None, output_dir: str, *,
                tune: TuneSection | dict[str, Any], evaluate_params: dict[str, Any] | None = None,
                task: str | None = None, worker_index: int = 0,
-               report_only: bool = False) -> dict[str, Any]:
+               report_only: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``tune.n_trials`` trials (none with ``report_only``) of the study and write its
     summary (study.json, best_params.yaml, importance.md, summary.md, PNG plots) to
     ``output_dir``. ``evaluate_params``: the evaluate section's settings (fixed for every
-    trial unless searched); ``task`` overrides ``tune.task``. Returns study.json's content."""
+    trial unless searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked
+    before any trial (``overwrite`` replaces an earlier tune output). Returns study.json's
+    content."""
     from korlm import models, tasks
 
+    inputs = [checkpoint_dir, tokenizer_dir, data_dir]
+    storage.check_output(output_dir, "tune", inputs=inputs, overwrite=overwrite)
     section = _section(tune)
     if task:
         section = section.model_copy(update={"task": task})
@@ -267,7 +271,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str, data_dir: str | None, ou
         errors = [t.get("error") for t in summary["trials"] if t.get("error")]
         if errors or not summary["counts"].get("pruned"):
             raise KorlmError("no trial completed" + (f"; first error: {errors[0]}" if errors else ""))
-    write_outputs(study, summary, output_dir)
+    write_outputs(study, summary, output_dir, inputs=inputs, overwrite=overwrite)
     return summary
 
 
@@ -463,10 +467,11 @@ def _plots(summary: dict[str, Any], out_dir: str) -> None:
     fig.savefig(os.path.join(out_dir, IMPORTANCE_PNG), dpi=100)
 
 
-def write_outputs(study, summary: dict[str, Any], output_dir: str) -> None:
+def write_outputs(study, summary: dict[str, Any], output_dir: str, *,
+                  inputs: list[str | None] = (), overwrite: bool = False) -> None:
     """study.json, best_params.yaml (when a trial completed), importance.md, summary.md and
     the two plots, published together."""
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "tune", inputs=inputs, overwrite=overwrite) as staging:
         with open(os.path.join(staging, STUDY_JSON), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, ensure_ascii=False, default=str)
         if summary["best_params"] is not None:

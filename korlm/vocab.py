@@ -110,14 +110,36 @@ def corpus_files(corpus_dir: str) -> list[str]:
 
 
 def iter_sentences(corpus_dir: str) -> Iterator[str]:
-    """Every sentence of the corpus in file order (blank document separators skipped), streamed."""
+    """Every sentence of the corpus in file order (blank document separators skipped), streamed.
+    A part that is not UTF-8 (or a damaged ``.gz``) is a KorlmError naming the file and line."""
     for path in corpus_files(corpus_dir):
-        with storage.open_file(path, "rb") as raw:
-            stream = gzip.open(raw) if path.endswith(".gz") else raw
-            for line in io.TextIOWrapper(stream, encoding="utf-8"):
-                line = line.strip()
-                if line:
-                    yield line
+        number = 0
+        try:
+            with storage.open_file(path, "rb") as raw:
+                stream = gzip.open(raw) if path.endswith(".gz") else raw
+                for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):  # noqa: B007 (read in except)
+                    line = line.strip()
+                    if line:
+                        yield line
+        except UnicodeDecodeError:
+            raise KorlmError(f"corpus file {path}, line {first_non_utf8_line(path) or number + 1}: "
+                             "not UTF-8 text; korlm clean writes UTF-8 (re-clean the raw files)") from None
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise KorlmError(f"corpus file {path} cannot be read after line {number} "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+def first_non_utf8_line(path: str) -> int | None:
+    """The 1-based number of the first line of corpus part ``path`` that is not UTF-8,
+    or None when it all decodes (a whole-buffer decode first: the common case is fast)."""
+    with storage.open_file(path, "rb") as raw:
+        stream = gzip.open(raw) if path.endswith(".gz") else raw
+        data = stream.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return data[: exc.start].count(b"\n") + 1
+    return None
 
 
 _SAMPLE_HASH = hashlib.blake2b(digest_size=8, person=b"korlm-vocab")
@@ -701,6 +723,7 @@ def build_vocab(
     heldout_every: int = 20,
     coverage: str = "full",
     special_tokens: str = "bert",
+    overwrite: bool = False,
 ) -> dict:
     """Train a tokenizer on ``corpus_dir`` (clean's output) into ``output_dir``; return vocab_stats.
 
@@ -710,8 +733,10 @@ def build_vocab(
     sample, see :func:`sample_sentences`). ``special_tokens``: ``bert`` ([PAD] [UNK] [CLS]
     [SEP] [MASK] at ids 0-4) or ``bart`` (<s> <pad> </s> <unk> <mask>, fairseq order). Writes tokenizer.json, vocab.txt (WordPiece)
     or spm.model (SentencePiece), tokenizer_config.json, special_tokens_map.json and
-    vocab_stats.json atomically.
+    vocab_stats.json atomically. ``output_dir`` must be new, empty or (with ``overwrite``)
+    an earlier vocab output (:func:`korlm.storage.check_output`).
     """
+    storage.check_output(output_dir, "vocab", inputs=[corpus_dir], overwrite=overwrite)
     family = special_tokens
     _check_args(algorithm, pre_tokenizer, vocab_size, min_frequency, max_sentences, max_bytes, heldout_every,
                 coverage, family)
@@ -791,7 +816,8 @@ def build_vocab(
         from korlm import morpheme
 
         stats["kiwipiepy_version"] = morpheme.kiwi_version()
-    with storage.atomic_output_dir(output_dir) as staging:
+    with storage.atomic_output_dir(output_dir, "vocab", inputs=[corpus_dir],
+                                   overwrite=overwrite) as staging:
         storage.write_text(storage.join(staging, TOKENIZER_FILE), hf.to_str(pretty=True))
         if spm_blob is None:
             storage.write_text(storage.join(staging, VOCAB_FILE), vocab_txt)

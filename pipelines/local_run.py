@@ -34,6 +34,11 @@ STEP_OUTPUTS = [
 ]
 
 
+# What a run folder holds: the kfp.local root, the config, outputs.json and one link per step.
+RUN_ENTRIES = ("kfp", "config.yaml", "outputs.json", "evaluate", "ablation", "tune", "finetune",
+               *(folder for _, folder, _ in STEP_OUTPUTS))
+
+
 def _absolute_inputs(conf: Config) -> list[dict[str, Any]]:
     out = []
     for item in conf.clean.inputs:
@@ -147,9 +152,13 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
 
     run_id = conf.run.id or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.abspath(os.path.join(conf.run.output_root, run_id))
-    if os.path.exists(run_dir) and os.listdir(run_dir):
+    if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
         raise KorlmError(f"run directory {run_dir} already exists: set another run.id "
                          "(or --set run.id=NEW) or remove it")
+    from korlm import storage
+
+    # a run folder is never resumed or replaced: the marker only tells it apart as korlm's
+    storage.claim_run_dir(run_dir, "pipeline-run", RUN_ENTRIES)
     kfp_root = os.path.join(run_dir, "kfp")
     os.makedirs(kfp_root, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:

@@ -68,11 +68,25 @@ def earlier_run(run: str) -> tuple[dict[str, str], dict[str, Any]]:
     manifest = storage.join(run, "outputs.json")
     if not storage.exists(manifest):
         raise KorlmError(f"{run} is not a korlm run: it has no outputs.json (run `korlm pipeline run` first)")
-    outputs = json.loads(storage.read_text(manifest))["outputs"]
+    try:
+        outputs = json.loads(storage.read_text(manifest))["outputs"]
+        if not isinstance(outputs, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()):
+            raise TypeError("'outputs' is not a mapping of step folder to path")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        what = "no 'outputs' entry" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+        raise KorlmError(f"{manifest} is corrupt ({what}); re-run from another run folder") from None
     config_path = storage.join(run, "config.yaml")
     if not storage.exists(config_path):
         raise KorlmError(f"{run} has no config.yaml")
-    return outputs, yaml.safe_load(storage.read_text(config_path)) or {}
+    try:
+        config = yaml.safe_load(storage.read_text(config_path)) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise KorlmError(f"{config_path} is corrupt ({type(exc).__name__}); re-run from another "
+                         "run folder") from None
+    if not isinstance(config, dict):
+        raise KorlmError(f"{config_path} is corrupt (not a mapping of sections)")
+    return outputs, config
 
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:

@@ -54,8 +54,8 @@ def test_merge_folds_arms_into_one_table_with_vocab_stats_and_plots(tmp_path):
     assert "| morpheme-tiny @ step-000010 | **0.7000** |" in md  # best score in bold
     assert "external" not in md  # reference rows stay in the per-arm reports
     assert "| morpheme-tiny | wordpiece | morpheme | 2000 | 0.0004 |" in md
-    assert sorted(os.listdir(tmp_path / "c2")) == ["comparison.json", "nsmc_accuracy.png", "results.html",
-                                                  "results.md"]
+    assert sorted(os.listdir(tmp_path / "c2")) == ["_SUCCESS", "comparison.json", "korlm_artifact.json",
+                                                  "nsmc_accuracy.png", "results.html", "results.md"]
     with pytest.raises(KorlmError, match="appears twice"):
         merge_comparison(str(tmp_path / "c2"), str(tmp_path / "r2"), str(tmp_path / "v2-morph"),
                          "morpheme-tiny", str(tmp_path / "c3"))

@@ -71,3 +71,87 @@ def test_vertex_submit_of_a_local_config_names_what_is_missing(tmp_path):
 def test_override_flag_is_validated(tmp_path):
     _one_line_error(korlm("pretrain", "--data", "d", "--tokenizer", "t", "--output", "o",
                           "--steps", "0"), "pretrain.steps")
+
+
+# ---------------------------------------------------------------- the last tracebacks (issue 16)
+
+
+def test_config_that_is_not_utf8_empty_or_a_folder(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("pretrain:\n  steps: 10\n# caf\xe9\n".encode("latin-1"))
+    _one_line_error(korlm("pipeline", "compile", "--config", str(latin)), "not UTF-8 text",
+                    "byte 0xe9 on line 3")
+    empty = tmp_path / "empty.yaml"
+    for text in ("", "\n\n", "# only a comment\n"):
+        empty.write_text(text)
+        _one_line_error(korlm("pipeline", "compile", "--config", str(empty), "--output",
+                              str(tmp_path / "p.yaml")), "is empty")
+    assert not (tmp_path / "p.yaml").exists()
+    _one_line_error(korlm("vocab", "--config", str(tmp_path), "--corpus", "c", "--output", "o"),
+                    "is a folder")
+
+
+def test_a_config_without_inputs_compiles_no_pipeline(tmp_path):
+    conf = tmp_path / "no-inputs.yaml"
+    conf.write_text("pretrain:\n  steps: 100\n")
+    _one_line_error(korlm("pipeline", "compile", "--config", str(conf), "--output",
+                          str(tmp_path / "p.yaml")), "clean.inputs is empty")
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_compile_replaces_only_a_compiled_pipeline(tmp_path):
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("todo: [write thesis]\n")
+    _one_line_error(korlm("pipeline", "compile", "--config", "configs/local.yaml", "--output", str(notes)),
+                    "is not a compiled pipeline korlm wrote")
+    assert notes.read_text() == "todo: [write thesis]\n"
+    out = tmp_path / "p.yaml"
+    for _ in range(2):  # the second compile replaces the first
+        proc = korlm("pipeline", "compile", "--config", "configs/local.yaml", "--output", str(out))
+        assert proc.returncode == 0, proc.stderr
+    assert "pipelineInfo:" in out.read_text()
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "results" / "nsmc").mkdir(parents=True)
+    (tmp_path / "results" / "nsmc" / "metrics.json").write_text(
+        '{"task": "nsmc", "checkpoint": "step-000010", "step": 10, "metrics": {"accuracy": 0.5}}')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _one_line_error(korlm("report", "--results", str(tmp_path / "results"), "--output",
+                          str(blocker / "report")), "cannot write output", "Not a directory")
+    _one_line_error(korlm("pipeline", "compile", "--config", "configs/local.yaml", "--output",
+                          str(blocker / "p.yaml")), "a-file")
+    assert blocker.read_text() == "x"
+
+
+def _corpus_with_bad_part(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "part-00000-of-00002.txt").write_text("좋은 영화였다.\n\n" * 30, encoding="utf-8")
+    (corpus / "part-00001-of-00002.txt").write_bytes(
+        "첫 문장입니다.\n\n".encode() + b"\xbf\xb5\xc8\xad euc-kr\n\n")
+    return corpus
+
+
+def test_vocab_and_pretrain_data_name_a_non_utf8_corpus_line(tmp_path):
+    from tests.test_pretrain import build_tokenizer
+
+    corpus = _corpus_with_bad_part(tmp_path)
+    _one_line_error(korlm("vocab", "--corpus", str(corpus), "--output", str(tmp_path / "v"),
+                          "--vocab-size", "1000"),
+                    "part-00001-of-00002.txt, line 3: not UTF-8 text")
+    tok = build_tokenizer(tmp_path / "tok", num_sentences=50, vocab_size=300)
+    _one_line_error(korlm("pretrain-data", "--corpus", str(corpus), "--tokenizer", str(tok), "--output",
+                          str(tmp_path / "ex")), "part-00001-of-00002.txt, line 3: not UTF-8 text")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "ex").exists()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"outputs": ["a"]}', b"{}", b"\xff\xfe"])
+def test_run_step_names_a_corrupt_outputs_json(tmp_path, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "outputs.json").write_bytes(content)
+    (run / "config.yaml").write_text("pretrain:\n  steps: 10\n")
+    _one_line_error(korlm("pipeline", "run-step", "vocab", "--from-run", str(run)),
+                    "outputs.json is corrupt")

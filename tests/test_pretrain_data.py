@@ -142,7 +142,8 @@ def test_metadata_matches_what_was_written(pipeline):
     documents = sum(len(split_documents(open(p, encoding="utf-8").read()))
                     for p in glob.glob(str(corpus / "part-*.txt")))
     assert metadata["num_documents"] == documents
-    assert sorted(os.listdir(examples_dir)) == sorted([*metadata["shards"], "metadata.json"])
+    assert sorted(os.listdir(examples_dir)) == sorted([*metadata["shards"], "metadata.json",
+                                                       "_SUCCESS", "korlm_artifact.json"])
 
 
 def test_same_seed_same_bytes_other_seed_other_order(pipeline):

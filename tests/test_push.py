@@ -59,7 +59,7 @@ def test_dry_run_plan(model_dir, tmp_path, no_hub, monkeypatch):
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert plan["total_bytes"] == sum(f["bytes"] for f in plan["files"])
     assert SECRET not in (out / "push_plan.json").read_text()
-    assert os.listdir(out) == ["push_plan.json"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "korlm_artifact.json", "push_plan.json"]
 
 
 def test_dry_run_defaults(model_dir, tmp_path, no_hub, monkeypatch):
@@ -111,6 +111,6 @@ def test_bad_inputs(model_dir, tmp_path):
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(KorlmError, match="missing model.safetensors"):
         push.push_model(str(model_dir), "user/m", str(tmp_path / "push"))
-    with pytest.raises(KorlmError, match="must not contain"):
+    with pytest.raises(KorlmError, match="contains the input"):
         push.push_model(str(model_dir), "user/m", str(tmp_path))
     assert not (tmp_path / "push").exists()

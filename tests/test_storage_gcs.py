@@ -47,20 +47,70 @@ def test_files_round_trip(prefix):
 @pytest.mark.parametrize("stage_remote", [False, True])
 def test_atomic_output_dir_on_gcs(prefix, stage_remote):
     target = f"{prefix}/artifact"
-    with storage.atomic_output_dir(target, stage_remote=stage_remote) as staging:
+    with storage.atomic_output_dir(target, "vocab", stage_remote=stage_remote) as staging:
         storage.write_text(storage.join(staging, "sub", "a.json"), "{}")
         storage.write_text(storage.join(staging, "b.txt"), "가")
         assert not storage.exists(f"{target}/b.txt")
-    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "sub"]
+    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "korlm_artifact.json", "sub"]
     assert storage.read_text(f"{target}/sub/a.json") == "{}"
+    marker = json.loads(storage.read_text(f"{target}/korlm_artifact.json"))
+    assert marker["step"] == "vocab" and marker["files"] == ["b.txt", "sub/a.json"]
 
     with pytest.raises(RuntimeError, match="killed"), \
-            storage.atomic_output_dir(target, stage_remote=stage_remote) as staging:
+            storage.atomic_output_dir(target, "vocab", overwrite=True, stage_remote=stage_remote) as staging:
         storage.write_text(storage.join(staging, "half.txt"), "half")
         raise RuntimeError("killed")
     # the complete artifact is untouched and no staging prefix is left behind
-    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "sub"]
+    assert storage.listdir(target) == ["_SUCCESS", "b.txt", "korlm_artifact.json", "sub"]
     assert storage.listdir(prefix) == ["artifact"]
+
+    # without --overwrite an earlier artifact stays; with it, it is replaced whole
+    with pytest.raises(storage.OutputRefused, match="already holds a korlm vocab output"), \
+            storage.atomic_output_dir(target, "vocab", stage_remote=stage_remote):
+        pass
+    with storage.atomic_output_dir(target, "vocab", overwrite=True, stage_remote=stage_remote) as staging:
+        storage.write_text(storage.join(staging, "c.txt"), "다")
+    assert storage.listdir(target) == ["_SUCCESS", "c.txt", "korlm_artifact.json"]
+
+
+def _foreign_prefix(prefix: str) -> dict[str, str]:
+    objects = {f"{prefix}/out/notes.txt": "팀 메모", f"{prefix}/out/data/keep.csv": "a,b\n1,2\n"}
+    for path, text in objects.items():
+        storage.write_text(path, text)
+    return objects
+
+
+@pytest.mark.parametrize("stage_remote", [False, True])
+def test_a_prefix_holding_foreign_objects_is_never_touched(prefix, stage_remote):
+    objects = _foreign_prefix(prefix)
+    for overwrite in (False, True):
+        with pytest.raises(storage.OutputRefused, match="is not empty .*not a korlm clean output"), \
+                storage.atomic_output_dir(f"{prefix}/out", "clean", overwrite=overwrite,
+                                          stage_remote=stage_remote):
+            pass
+    assert {p: storage.read_text(p) for p in objects} == objects
+    assert storage.listdir(prefix) == ["out"]
+    # an object where the folder would go is not replaced either
+    storage.write_text(f"{prefix}/single", "x")
+    with pytest.raises(storage.OutputRefused, match="existing object"):
+        storage.check_output(f"{prefix}/single", "clean", overwrite=True)
+    assert storage.read_text(f"{prefix}/single") == "x"
+
+
+def test_gcs_output_keeps_clear_of_gcs_inputs(prefix):
+    storage.write_text(f"{prefix}/corpus/part-0.txt", "문장\n")
+    with pytest.raises(storage.OutputRefused, match="contains the input"):
+        storage.check_output(f"{prefix}/", "vocab", inputs=[f"{prefix}/corpus"])
+    with pytest.raises(storage.OutputRefused, match="lies inside"):
+        storage.check_output(f"{prefix}/corpus/tok", "vocab", inputs=[f"{prefix}/corpus/"])
+
+
+def test_stale_remote_staging_is_removed(prefix):
+    storage.write_text(f"{prefix}/.out.tmp-0123abcd/part-0.txt", "half")
+    storage.write_text(f"{prefix}/.outer.tmp-0123abcd/part-0.txt", "another output's")
+    with storage.atomic_output_dir(f"{prefix}/out", "clean", stage_remote=True) as staging:
+        storage.write_text(storage.join(staging, "part-1.txt"), "x")
+    assert storage.listdir(prefix) == [".outer.tmp-0123abcd", "out"]
 
 
 def test_vocab_step_reads_and_writes_gs(prefix, tmp_path):

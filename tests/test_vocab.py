@@ -45,8 +45,9 @@ def built(corpus, tmp_path_factory):
 
 def test_outputs_and_stats(built, corpus):
     out, stats = built
-    assert sorted(os.listdir(out)) == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
-                                       "vocab.txt", "vocab_stats.json"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "korlm_artifact.json", "special_tokens_map.json",
+                                       "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                       "vocab_stats.json"]
     assert json.loads((out / "vocab_stats.json").read_text(encoding="utf-8")) == stats
     sentences = list(iter_sentences(str(corpus)))
     total = len(sentences)

@@ -1,0 +1,205 @@
+"""Output safety through the CLI, for every command that writes an artifact folder: an
+--output that holds anything korlm did not write (a user's folder, a regular file, the
+folder around the command's own inputs, a gs:// prefix with other objects) is refused in
+one line with exit 2 and every byte left as it was; --overwrite replaces korlm's own
+artifact of the same step.
+
+The module builds one small real run through the CLI (clean -> vocab -> pretrain-data ->
+pretrain -> evaluate -> report -> export -> finetune -> tune -> push), whose folders are
+the inputs of the refused commands and the artifacts the --overwrite runs replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from korlm import storage
+from korlm.cli import main
+from tests import gcs_emulator
+from tests.conftest import SAMPLE_REVIEWS
+from tests.test_evaluate import write_nsmc_slice
+
+SETTINGS = {
+    "vocab": {"vocab_size": 1000},
+    "pretrain_data": {"max_seq_length": 32},
+    "pretrain": {"model": "bert", "size": "tiny", "steps": 2, "checkpoint_every": 2, "batch_size": 8},
+    "evaluate": {"max_train_examples": 16, "max_eval_examples": 16, "epochs": 1, "batch_size": 8,
+                 "max_seq_length": 32},
+    "tune": {"n_trials": 1, "pruner": "none", "sampler": "random",
+             "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3,
+                                                "log": True}}},
+}
+
+
+def _commands(w: dict[str, Path]) -> dict[str, list[str]]:
+    """Each command's argv without --output; the first input-ish path is the one whose
+    parent folder the 'parent of an input' case writes to."""
+    conf = ["--config", str(w["config"])]
+    checkpoint = str(w["run"] / "checkpoints" / "step-000002")
+    return {
+        "clean": ["clean", "--input", str(w["raw"]), *conf],
+        "vocab": ["vocab", "--corpus", str(w["corpus"]), *conf],
+        "pretrain-data": ["pretrain-data", "--corpus", str(w["corpus"]), "--tokenizer", str(w["tok"]), *conf],
+        "pretrain": ["pretrain", "--data", str(w["examples"]), "--tokenizer", str(w["tok"]), *conf],
+        "evaluate": ["evaluate", "--checkpoint", checkpoint, "--tokenizer", str(w["tok"]), "--task", "nsmc",
+                     "--data-dir", str(w["nsmc"]), *conf],
+        "report": ["report", "--results", str(w["evaluate"])],
+        "export": ["export", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]), *conf],
+        "finetune": ["finetune", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]),
+                     "--task", "nsmc", "--data-dir", str(w["nsmc"]), *conf],
+        "tune": ["tune", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]), "--task", "nsmc",
+                 "--data-dir", str(w["nsmc"]), *conf],
+        "push": ["push", "--model", str(w["export"]), "--repo-id", "korlm/test-tiny", "--dry-run", *conf],
+    }
+
+
+# the input whose enclosing folder the "parent of an input" case names as --output
+MAIN_INPUT = {"clean": "raw", "vocab": "corpus", "pretrain-data": "corpus", "pretrain": "examples",
+              "evaluate": "run", "report": "evaluate", "export": "run", "finetune": "run", "tune": "run",
+              "push": "export"}
+STEPS = list(MAIN_INPUT)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    w = {"root": root, "raw": root / "raw" / "reviews.txt", "config": root / "korlm.yaml",
+         "nsmc": write_nsmc_slice(root / "nsmc", num_train=60, num_test=30)}
+    w["raw"].parent.mkdir()
+    w["raw"].write_text(SAMPLE_REVIEWS_TEXT(400), encoding="utf-8")
+    w["config"].write_text(yaml.safe_dump(SETTINGS), encoding="utf-8")
+    outputs = {"clean": "corpus", "vocab": "tok", "pretrain-data": "examples", "pretrain": "run",
+               "evaluate": "evaluate", "report": "report", "export": "export", "finetune": "finetuned",
+               "tune": "tune", "push": "push"}
+    w.update({name: root / name for name in outputs.values()})
+    for step in STEPS:  # in DAG order: each command's inputs are the earlier ones' outputs
+        assert main([*_commands(w)[step], "--output", str(w[outputs[step]])]) == 0, step
+    w["outputs"] = {step: w[name] for step, name in outputs.items()}
+    return w
+
+
+def SAMPLE_REVIEWS_TEXT(n: int) -> str:  # noqa: N802 (reads like the constant it stands for)
+    import csv
+
+    with open(SAMPLE_REVIEWS, encoding="utf-8", newline="") as f:
+        reviews = [row["review"].strip() for row in csv.DictReader(f, delimiter="\t")]
+    return "".join(r + "\n" for r in reviews[:n] if r)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refused(argv: list[str], capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"korlm {argv[0]}: error: output "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    with gcs_emulator.running() as url:
+        yield url
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_users_folder_is_refused_untouched(world, step, tmp_path, capsys):
+    out = tmp_path / "notes"
+    (out / "drafts").mkdir(parents=True)
+    (out / "회의록.md").write_text("# 회의록\n예산 확정", encoding="utf-8")
+    (out / "drafts" / "plan.txt").write_bytes(b"\x00\x01 binary too")
+    before, inputs_before = _snapshot(tmp_path), _snapshot(world["root"])
+    for extra in ([], ["--overwrite"]):
+        err = _refused([*_commands(world)[step], "--output", str(out), *extra], capsys)
+        assert "is not empty" in err and "not a korlm" in err
+    assert _snapshot(tmp_path) == before and _snapshot(world["root"]) == inputs_before
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_regular_file_is_refused_untouched(world, step, tmp_path, capsys):
+    out = tmp_path / "thesis.pdf"
+    out.write_bytes(b"%PDF-1.7 my thesis")
+    for extra in ([], ["--overwrite"]):
+        assert "is an existing file" in _refused(
+            [*_commands(world)[step], "--output", str(out), *extra], capsys)
+    assert out.read_bytes() == b"%PDF-1.7 my thesis"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_the_folder_around_an_input_is_refused_untouched(world, step, capsys):
+    out = world[MAIN_INPUT[step]].parent  # the run's root: it holds every input
+    before = _snapshot(world["root"])
+    for extra in ([], ["--overwrite"]):
+        err = _refused([*_commands(world)[step], "--output", str(out), *extra], capsys)
+        assert "contains the input" in err, err
+    assert _snapshot(world["root"]) == before
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_gcs_prefix_with_other_objects_is_refused_untouched(world, bucket, step, capsys):
+    prefix = f"{bucket}/{uuid.uuid4().hex[:8]}"
+    objects = {f"{prefix}/models/README.md": "팀 공용 버킷", f"{prefix}/models/v1/config.json": "{}"}
+    for path, text in objects.items():
+        storage.write_text(path, text)
+    for extra in ([], ["--overwrite"]):
+        assert "is not empty" in _refused(
+            [*_commands(world)[step], "--output", f"{prefix}/models", *extra], capsys)
+    assert {p: storage.read_text(p) for p in objects} == objects
+    assert storage.listdir(prefix) == ["models"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_overwrite_replaces_only_the_same_steps_artifact(world, step, capsys):
+    out = world["outputs"][step]
+    argv = [*_commands(world)[step], "--output", str(out)]
+    marker = json.loads((out / storage.ARTIFACT_MARKER).read_text())
+    assert marker["step"] == step
+    if step != "pretrain":  # a pretraining run resumes (here: it is done) instead
+        assert "already holds a korlm " + step in _refused(argv, capsys)
+    # another step's artifact is never replaced, --overwrite or not
+    other = world["outputs"]["report" if step != "report" else "push"]
+    assert "holds a korlm" in _refused([*_commands(world)[step], "--output", str(other),
+                                        "--overwrite"], capsys)
+    before = _snapshot(world["root"] / "nsmc")
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    again = json.loads((out / storage.ARTIFACT_MARKER).read_text())
+    assert again["step"] == step and (out / storage.SUCCESS_MARKER).exists()
+    if step != "pretrain":
+        assert again["created"] >= marker["created"] and again["files"]
+    assert _snapshot(world["root"] / "nsmc") == before
+    assert not [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_config_key_run_overwrite_acts_as_the_flag(world, tmp_path, capsys):
+    conf = tmp_path / "overwrite.yaml"
+    conf.write_text(yaml.safe_dump({**SETTINGS, "run": {"overwrite": True}}), encoding="utf-8")
+    argv = ["push", "--model", str(world["export"]), "--repo-id", "korlm/test-tiny",
+            "--output", str(tmp_path / "plan")]
+    assert main(argv) == 0
+    assert "already holds" in _refused(argv, capsys)
+    assert main([*argv, "--config", str(conf)]) == 0
+
+
+def test_pretrain_resumes_its_own_run_and_starts_over_with_overwrite(world, capsys):
+    cmd = [*_commands(world)["pretrain"], "--output", str(world["run"])]
+    assert main(cmd) == 0
+    assert "already trained to step 2; nothing to do" in capsys.readouterr().out
+    # a user's file dropped into the run folder survives and blocks --overwrite
+    note = world["run"] / "my-notes.txt"
+    note.write_text("lr 실험 메모", encoding="utf-8")
+    assert "did not write (my-notes.txt)" in _refused([*cmd, "--overwrite"], capsys)
+    assert note.read_text(encoding="utf-8") == "lr 실험 메모"
+    assert main(cmd) == 0  # resuming leaves it alone too
+    assert note.exists()
+    note.unlink()
