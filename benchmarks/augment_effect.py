@@ -1,7 +1,7 @@
 """Does EDA augmentation help a small fine-tuning set? Accuracy with and without it.
 
     nice -n 10 .venv/bin/python benchmarks/augment_effect.py \
-        --checkpoint /tmp/qbar/pretrain/checkpoints/step-000600 --tokenizer /tmp/qbar/vocab \
+        --checkpoint /tmp/qbar/pretrain/checkpoints/step-000600 \
         --data-dir ../shared/data --task nsmc --train-sizes 200 --seeds 0 1 2 \
         --output /tmp/augment_effect.json
 
@@ -130,7 +130,7 @@ def summarise(results: list[dict], arms, train_sizes) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
-    parser.add_argument("--tokenizer")
+    parser.add_argument("--tokenizer", help="default: the tokenizer the checkpoint carries")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     parser.add_argument("--task", default="nsmc")
     parser.add_argument("--train-sizes", type=int, nargs="+", default=[200])
@@ -156,8 +156,8 @@ def main(argv=None) -> int:
         print(summarise(results, [a for a in ARMS if any(r["arm"] == a for r in results)], sizes))
         return 0
 
-    if not (args.checkpoint and args.tokenizer):
-        parser.error("--checkpoint and --tokenizer are required (unless --summarise)")
+    if not args.checkpoint:
+        parser.error("--checkpoint is required (unless --summarise)")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results: list[dict] = []

@@ -126,8 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         "evaluate.data_dir": args.data_dir})
     from korlm.evaluate import evaluate_checkpoint
 
-    if not args.tokenizer:
-        raise KorlmError("evaluate needs --tokenizer DIR (the vocab step's output)")
+    # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
     result = evaluate_checkpoint(
         args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
         random_init=args.random_init, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
@@ -203,9 +202,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
         if not checkpoint:
             raise KorlmError("tune needs --checkpoint DIR (or --report-only)")
         checkpoint = resolve_checkpoint(checkpoint)
-    # a Hugging Face export holds its tokenizer
-    tokenizer = args.tokenizer or checkpoint
-    summary = run_tuning(checkpoint, tokenizer, conf.evaluate.data_dir, args.output,
+    # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
+    summary = run_tuning(checkpoint, args.tokenizer, conf.evaluate.data_dir, args.output,
                          tune=conf.tune, evaluate_params=conf.evaluate.model_dump(),
                          worker_index=args.worker_index, report_only=args.report_only,
                          overwrite=_overwrite(args, conf))
@@ -229,8 +227,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from korlm.export import export_checkpoint, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint, conf.export.checkpoint)
-    if not args.tokenizer:
-        raise KorlmError("export needs --tokenizer DIR (the vocab step's output)")
+    # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
     results_md = storage.read_text(args.results) if args.results else None
     summary = export_checkpoint(checkpoint, args.tokenizer, args.output,
                                 results_markdown=results_md, model_name=conf.export.model_name,
@@ -303,6 +300,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # Subcommands that write an artifact folder (--output): they take --overwrite.
 OUTPUT_STEPS = ("clean", "vocab", "pretrain-data", "pretrain", "evaluate", "finetune", "tune",
                 "report", "export", "push")
+
+# --tokenizer of the commands that read a checkpoint (models.resolve_tokenizer).
+TOKENIZER_OVERRIDE_HELP = ("default: the tokenizer the checkpoint carries; a DIR given overrides "
+                           "it and is refused unless its vocab hash is the checkpoint's (needed "
+                           "only for checkpoints written before they carried one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "question-pair, hate-speech, hate-speech-bias, chatbot, korquad) or a "
                         "task YAML file (see docs/evaluate.md)")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--tokenizer", metavar="DIR", help="the vocab step's output")
+    p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--data-dir", metavar="DIR",
                    help="holds the built-in tasks' folders (nsmc/, klue/, korsts/, ...), "
                         "e.g. the shared data kit")
@@ -418,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in task or a task YAML file (as korlm evaluate)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="the servable model directory (weights, tokenizer, head, labels, metrics)")
-    p.add_argument("--tokenizer", metavar="DIR",
-                   help="the vocab step's output (default: the checkpoint, for an export)")
+    p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--data-dir", metavar="DIR", help="holds the tasks' folders")
     _fine_tune_flags(p)
 
@@ -427,8 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="DIR",
                    help="a checkpoint directory, a pretraining run (its last checkpoint) or a "
                         "korlm Hugging Face export (required unless --report-only)")
-    p.add_argument("--tokenizer", metavar="DIR",
-                   help="the vocab step's output (default: the checkpoint's own, for an export)")
+    p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--task", metavar="NAME|FILE.yaml", help="the task to tune on (default tune.task)")
     p.add_argument("--data-dir", metavar="DIR", help="holds the tasks' folders (default evaluate.data_dir)")
     p.add_argument("--output", required=True, metavar="DIR",
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint directory, or a run directory (its last checkpoint)")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--tokenizer", metavar="DIR")
+    p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--results", metavar="FILE", help="results.md from `korlm report`, for the card")
 
     p = add("push", cmd_push, "Upload an exported model to the Hugging Face Hub (dry run by default).")

@@ -392,16 +392,12 @@ def _dev_early_stopping(head: _Head, dev_x, dev: tasks.TaskData, batch_size: int
 
 def _check_tokenizer(tokenizer, tokenizer_dir: str, checkpoint_dir: str,
                      info: dict[str, Any]) -> None:
+    # The vocab hash was checked by models.resolve_tokenizer; the size also catches a
+    # checkpoint that records no hash.
     if tokenizer.get_vocab_size() != int(info["vocab_size"]):
         raise KorlmError(
             f"tokenizer {tokenizer_dir} has {tokenizer.get_vocab_size()} tokens, checkpoint "
             f"{checkpoint_dir} was trained with {info['vocab_size']}; pass the run's tokenizer")
-    trained_with, given = info.get("vocab_hash"), pretrain.tokenizer_vocab_hash(tokenizer_dir)
-    if trained_with and given and not pretrain._hashes_match(trained_with, given):
-        raise KorlmError(
-            f"tokenizer {tokenizer_dir} is not the vocabulary checkpoint {checkpoint_dir} was "
-            f"trained with (vocab hash {given[:12]} vs {str(trained_with)[:12]}); "
-            "pass the run's tokenizer")
 
 
 @dataclasses.dataclass
@@ -425,7 +421,7 @@ def model_inputs(head: _Head, tokenizer, info: dict[str, Any], data: tasks.TaskD
     return x, y
 
 
-def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
+def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.TaskSpec,
               data_dir: str | None, *, random_init: bool = False,
               max_train_examples: int | None = 2000, max_eval_examples: int | None = 1000,
               epochs: int = 1, batch_size: int = 32, learning_rate: float = 2e-4,
@@ -437,8 +433,9 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
     """Fine-tune on ``task``'s train split with early stopping on its dev split and score
     its test split. ``task``: a built-in name, a task YAML file or a
     :class:`tasks.TaskSpec`. ``checkpoint_dir``: a korlm checkpoint or a korlm Hugging
-    Face export. ``augment``: settings for :func:`korlm.augment.augment_task_data`
-    (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
+    Face export. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
+    override checked against the checkpoint's vocab hash (:func:`models.resolve_tokenizer`).
+    ``augment``: settings for :func:`korlm.augment.augment_task_data` (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
     each epoch's dev scoring; what it raises (a pruned tuning trial) ends the run."""
     started = time.perf_counter()
     spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
@@ -454,6 +451,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
     if not 0 <= warmup_ratio < 1:
         raise KorlmError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
     info = models.checkpoint_info(checkpoint_dir)
+    tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
                          f"{info['max_seq_length']}, got {max_seq_length}")
@@ -518,6 +516,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpe
         "task_type": spec.type,
         "checkpoint": name,
         "checkpoint_uri": checkpoint_dir,
+        "tokenizer_uri": tokenizer_dir,
         "step": None if random_init else info.get("step"),
         "random_init": bool(random_init),
         "metrics": scores,
@@ -572,7 +571,7 @@ def task_file(task: str | tasks.TaskSpec) -> str | None:
     return task if isinstance(task, str) and task.endswith((".yaml", ".yml")) else None
 
 
-def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str, task: str | tasks.TaskSpec,
+def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.TaskSpec,
                         data_dir: str | None, output_dir: str, *, overwrite: bool = False,
                         **settings) -> dict[str, Any]:
     """:func:`fine_tune` (same keyword arguments), then write ``metrics.json`` to

@@ -748,13 +748,15 @@ def _next_sentence_head(checkpoint_dir: str):
             raise KorlmError(f"{path} is corrupt ({exc})") from None
 
 
-def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, *,
+def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir: str, *,
                       results_markdown: str | None = None, model_name: str | None = None,
                       corpus_stats: dict | None = None, license: str = "apache-2.0",
                       overwrite: bool = False) -> dict:
     """Write ``output_dir`` as a Hugging Face model directory for the checkpoint's family
     (``BertForMaskedLM``, ``RobertaForMaskedLM`` or ``BartForConditionalGeneration``).
 
+    ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an override checked
+    against the checkpoint's vocab hash (:func:`korlm.models.resolve_tokenizer`).
     ``model_name`` (the card's title) defaults to ``korlm-<family>``. Returns a summary:
     ``output_dir``, ``files`` (name -> bytes), ``config``, ``step``, ``model``,
     ``architecture`` and ``num_parameters``. Everything is checked before anything is
@@ -765,6 +767,7 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str, output_dir: str, 
     storage.check_output(output_dir, "export", inputs=inputs, overwrite=overwrite)
     info = models.checkpoint_info(checkpoint_dir)
     family = _check_exportable_family(info, checkpoint_dir)
+    tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
     tokenizer = _read_tokenizer(tokenizer_dir)
     tok_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if tok_vocab != int(info["vocab_size"]):

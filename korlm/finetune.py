@@ -28,6 +28,7 @@ from typing import Any
 
 from korlm import evaluate, models, storage, tasks
 from korlm.errors import KorlmError
+from korlm.vocab import TOKENIZER_DIR_FILES
 
 FINETUNED_JSON = "korlm_finetuned.json"
 LABEL_MAP_JSON = "label_map.json"
@@ -37,8 +38,6 @@ TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 # Architecture files of a backbone: a korlm checkpoint (KerasHub preset) or an HF export.
 _ARCHITECTURE_FILES = ("config.json", "metadata.json", models.CHECKPOINT_INFO)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.txt", "spm.model", "vocab_stats.json")
 
 
 def _copy_files(src: str, dst: str, names: tuple[str, ...]) -> list[str]:
@@ -58,15 +57,16 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
              **settings) -> dict[str, Any]:
     """Fine-tune (``settings``: :func:`korlm.evaluate.fine_tune`'s keyword arguments) and
     write the servable model directory (checked first: new, empty or, with
-    ``overwrite``, an earlier finetune output). ``tokenizer_dir`` defaults to the
-    checkpoint directory (a Hugging Face export carries its tokenizer). Returns the
-    metrics record."""
-    tokenizer_dir = tokenizer_dir or checkpoint_dir
+    ``overwrite``, an earlier finetune output). ``tokenizer_dir``: None for the
+    checkpoint's own tokenizer (a korlm checkpoint's copy, a Hugging Face export's files),
+    else an override checked against the checkpoint's vocab hash
+    (:func:`korlm.models.resolve_tokenizer`). Returns the metrics record."""
     inputs = [checkpoint_dir, tokenizer_dir, data_dir, evaluate.task_file(task)]
     storage.check_output(output_dir, "finetune", inputs=inputs, overwrite=overwrite)
     if settings.get("random_init"):
         raise KorlmError("finetune keeps a model for serving; random_init is for "
                          "evaluation baselines (korlm evaluate --random-init)")
+    tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir)
     tuned = evaluate.fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings)
     record, spec = tuned.record, tuned.spec
     fine_tune = record["fine_tune"]
@@ -93,7 +93,7 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         if "config.json" not in copied:
             raise KorlmError(f"{checkpoint_dir} has no config.json to rebuild the backbone from")
         if not _copy_files(tokenizer_dir, os.path.join(staging, TOKENIZER_DIR),
-                           _TOKENIZER_FILES):
+                           TOKENIZER_DIR_FILES):
             raise KorlmError(f"no tokenizer files in {tokenizer_dir}")
         tuned.model.save_weights(os.path.join(staging, WEIGHTS_FILE))
         evaluate.write_metrics(record, staging)

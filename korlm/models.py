@@ -12,7 +12,11 @@ korlm writes no layers of its own):
 A korlm checkpoint is a KerasHub preset directory written by ``Task.save_to_preset``
 (``config.json``, ``model.weights.h5``, ``task.json``, ``task.weights.h5``,
 ``metadata.json``) plus ``korlm_checkpoint.json`` (step, family, size, vocab size,
-sequence length). Anything KerasHub can load, korlm can evaluate and export.
+sequence length, vocab hash) and ``tokenizer/``, a copy of the tokenizer directory it
+was trained with (``korlm_checkpoint.json``: ``tokenizer`` names it, ``tokenizer_vocab_hash``
+is its :func:`korlm.vocab.vocab_hash`). A checkpoint is thus self-contained: evaluate,
+export, finetune and tune take their tokenizer from it (:func:`resolve_tokenizer`).
+Anything KerasHub can load, korlm can evaluate and export.
 
 Heavy imports (keras, keras_hub) happen inside functions so that importing this module
 is cheap for the CLI's ``--help`` and for pipeline compilation.
@@ -27,9 +31,13 @@ from typing import Any
 from korlm import storage
 from korlm.errors import KorlmError
 from korlm.presets import MODEL_FAMILIES, model_config
+from korlm.vocab import TOKENIZER_DIR_FILES, TOKENIZER_FILE, hashes_match, short_hash, vocab_hash
 
 CHECKPOINT_INFO = "korlm_checkpoint.json"
 NSP_HEAD = "nsp_head.npz"
+# The checkpoint's copy of its tokenizer directory (a subdirectory: a tokenizer.json at
+# the top of a KerasHub preset would be read as a KerasHub tokenizer config).
+CHECKPOINT_TOKENIZER = "tokenizer"
 BUILT_FAMILIES = ("bert", "roberta", "bart")
 MASKED_LM_FAMILIES = ("bert", "roberta")
 # KerasHub class names per family: backbone, pretraining task.
@@ -147,18 +155,48 @@ def parameter_count(model: str, size: str, vocab_size: int, max_seq_length: int)
     return int(build_pretraining_task(model, size, vocab_size, max_seq_length).count_params())
 
 
-def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=None) -> None:
+def read_tokenizer_files(tokenizer_dir: str) -> dict[str, bytes]:
+    """The files of a tokenizer directory that a checkpoint carries (name -> bytes; the
+    ones of ``korlm.vocab.TOKENIZER_DIR_FILES`` present, ``tokenizer.json`` required).
+    Read once per run, written into every checkpoint."""
+    files = {}
+    for name in TOKENIZER_DIR_FILES:
+        path = storage.join(tokenizer_dir, name)
+        if storage.exists(path):
+            with storage.open_file(path, "rb") as f:
+                files[name] = f.read()
+    if TOKENIZER_FILE not in files:
+        raise KorlmError(f"{tokenizer_dir} is not a tokenizer directory (no {TOKENIZER_FILE}); "
+                         "pass the output directory of `korlm vocab`")
+    return files
+
+
+def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=None,
+                    tokenizer_files: dict[str, bytes] | None = None) -> None:
     """Write a checkpoint directory atomically (a killed save leaves no half checkpoint).
     ``nsp_head``: the next-sentence layer, saved beside the preset as ``nsp_head.npz``
-    (``kernel`` [hidden, 2], ``bias`` [2]) for a ``BertForPreTraining`` export."""
-    # inside korlm's own run folder: a resumed run replaces a checkpoint of the same step
-    with storage.atomic_output_dir(checkpoint_dir, "checkpoint", overwrite=True) as staging:
+    (``kernel`` [hidden, 2], ``bias`` [2]) for a ``BertForPreTraining`` export.
+    ``tokenizer_files`` (:func:`read_tokenizer_files`): written to ``tokenizer/`` inside
+    the same staging directory, so no checkpoint is published without its tokenizer;
+    ``korlm_checkpoint.json`` records the copy's vocab hash."""
+    info = dict(info)
+    # inside korlm's own run folder: a resume from an older state rewrites a checkpoint
+    with storage.atomic_output_dir(checkpoint_dir, "checkpoint", overwrite=True,
+                                   replace_any=True) as staging:
         task.save_to_preset(staging)
         if nsp_head is not None:
             import numpy as np
 
             np.savez(os.path.join(staging, NSP_HEAD), kernel=np.asarray(nsp_head.kernel.numpy()),
                      bias=np.asarray(nsp_head.bias.numpy()))
+        if tokenizer_files:
+            tokenizer_dir = os.path.join(staging, CHECKPOINT_TOKENIZER)
+            os.makedirs(tokenizer_dir)
+            for name, data in tokenizer_files.items():
+                with open(os.path.join(tokenizer_dir, name), "wb") as f:
+                    f.write(data)
+            # Hashed from the copy as written: what a reader will find.
+            info.update(tokenizer=CHECKPOINT_TOKENIZER, tokenizer_vocab_hash=vocab_hash(tokenizer_dir))
         with open(os.path.join(staging, CHECKPOINT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
 
@@ -177,6 +215,57 @@ def checkpoint_info(checkpoint_dir: str) -> dict[str, Any]:
         raise KorlmError(f"{path} is corrupt (not JSON: {exc})") from None
     check_family(info.get("model"))
     return info
+
+
+def checkpoint_tokenizer(checkpoint_dir: str, info: dict[str, Any] | None = None) -> str | None:
+    """The tokenizer directory a checkpoint carries, or None (a checkpoint written before
+    checkpoints held one). A Hugging Face export holds its tokenizer files itself."""
+    info = checkpoint_info(checkpoint_dir) if info is None else info
+    if info.get("source") == "huggingface-export":
+        own = checkpoint_dir
+    else:
+        own = storage.join(checkpoint_dir, info.get("tokenizer") or CHECKPOINT_TOKENIZER)
+    return own if storage.exists(storage.join(own, TOKENIZER_FILE)) else None
+
+
+def resolve_tokenizer(checkpoint_dir: str, tokenizer_dir: str | None = None,
+                      info: dict[str, Any] | None = None) -> str:
+    """The tokenizer directory to use with a checkpoint: the one for every command and
+    component that reads a checkpoint with a tokenizer (evaluate, export, finetune, tune).
+
+    ``tokenizer_dir`` given (``--tokenizer``, or a pipeline's vocab artifact): it is an
+    override, used when its vocab hash is the one the checkpoint records (refused in one
+    line naming both hashes otherwise; a checkpoint that records none is accepted with a
+    warning). Not given: the checkpoint's own copy (``tokenizer/``; an HF export's own
+    files); a checkpoint without one (written before checkpoints carried their
+    tokenizer) is a one-line error asking for ``--tokenizer``."""
+    info = checkpoint_info(checkpoint_dir) if info is None else info
+    own = checkpoint_tokenizer(checkpoint_dir, info)
+    if not tokenizer_dir:
+        if own is None:
+            raise KorlmError(f"checkpoint {checkpoint_dir} carries no tokenizer (written before "
+                             "checkpoints held theirs); pass --tokenizer DIR, the tokenizer it "
+                             "was trained with (the vocab step's output)")
+        return own
+    if not storage.exists(storage.join(tokenizer_dir, TOKENIZER_FILE)):
+        raise KorlmError(f"tokenizer {tokenizer_dir} is not a tokenizer directory (no "
+                         f"{TOKENIZER_FILE}); pass the output directory of `korlm vocab`"
+                         + (" or leave out --tokenizer to use the checkpoint's own" if own else ""))
+    recorded = info.get("tokenizer_vocab_hash") or info.get("vocab_hash")
+    if not recorded and own is not None:
+        recorded = vocab_hash(own)
+    if not recorded:
+        print(f"WARNING: checkpoint {checkpoint_dir} records no vocab hash: cannot check that "
+              f"tokenizer {tokenizer_dir} is the one it was trained with", flush=True)
+        return tokenizer_dir
+    given = vocab_hash(tokenizer_dir)
+    if not hashes_match(recorded, given):
+        hint = ("leave out --tokenizer to use the checkpoint's own" if own
+                else "pass the tokenizer it was trained with")
+        raise KorlmError(f"tokenizer {tokenizer_dir} is not the vocabulary checkpoint "
+                         f"{checkpoint_dir} was trained with (vocab hash {short_hash(given)}, "
+                         f"checkpoint {short_hash(recorded)}); {hint}")
+    return tokenizer_dir
 
 
 def _from_preset(cls, checkpoint_dir: str, **kwargs):

@@ -9,16 +9,22 @@ The model is ``models.build_masked_lm``; training is one ``model.fit`` call whos
 are checkpoint-sized chunks, with a callback that logs every ``log_every`` steps and
 writes a checkpoint every ``checkpoint_every`` steps and at the last step.
 
-Resume: with every checkpoint the callback also writes ``state/`` (model weights,
-optimizer variables including the step counter, the step itself). Re-running the same
-command continues from that step; a finished run re-run returns its checkpoint list
-without training. Log lines written after the saved step (the work a kill threw away)
-are dropped, so ``train_log.jsonl`` reads as one run.
+Every checkpoint carries a copy of the tokenizer (``checkpoints/step-N/tokenizer/``, its
+vocab hash in ``korlm_checkpoint.json``), so later steps need only the checkpoint.
+
+Resume: after every checkpoint the callback also writes ``state/step-N/`` (model weights,
+optimizer variables including the step counter, the step itself, the data position) and
+then deletes the older state. Re-running the same command continues from the newest
+complete state (:func:`choose_resume_state`: half-written ones are skipped, a newer
+checkpoint without a state is named and re-trained); a finished run re-run returns its
+checkpoint list without training. Log lines written after the saved step (the work a kill
+threw away) are dropped, so ``train_log.jsonl`` reads as one run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -33,7 +39,7 @@ from korlm import models, storage
 from korlm.errors import KorlmError
 from korlm.presets import size_config
 from korlm.pretrain_data_check import verify_shards
-from korlm.vocab import vocab_hash
+from korlm.vocab import hashes_match, normalize_hash, vocab_hash
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINTS_JSON = "checkpoints.json"
@@ -69,9 +75,7 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
         raise KorlmError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def _normalize_hash(value: str) -> str:
-    value = str(value).strip().lower()
-    return value.split(":", 1)[1] if ":" in value else value
+_normalize_hash = normalize_hash
 
 
 def tokenizer_vocab_hash(tokenizer_dir: str) -> str | None:
@@ -83,11 +87,7 @@ def tokenizer_vocab_hash(tokenizer_dir: str) -> str | None:
         return None
 
 
-def _hashes_match(a: str, b: str) -> bool:
-    # One side may store a shortened hash; 8 hex digits still tell vocabularies apart.
-    a, b = _normalize_hash(a), _normalize_hash(b)
-    short = min(len(a), len(b))
-    return short >= 8 and a[:short] == b[:short]
+_hashes_match = hashes_match
 
 
 def tokenizer_vocab_size(tokenizer_dir: str) -> int:
@@ -653,30 +653,201 @@ def _local_copy(remote_dir: str, names: list[str]) -> str:
     return local
 
 
+def state_dir(output_dir: str, step: int) -> str:
+    """Where the training state of ``step`` lives: ``state/step-NNNNNN/``."""
+    return storage.join(output_dir, STATE_DIR, checkpoint_name(step))
+
+
 def save_state(task, output_dir: str, state: dict[str, Any]) -> None:
-    """``state/``: the compiled task's weights file, which holds the optimizer variables
-    (step counter, moments, accumulated gradients) and the dropout seed states too, plus
-    ``state.json`` (step, data position, settings)."""
-    with storage.atomic_output_dir(storage.join(output_dir, STATE_DIR), "pretrain-state",
-                                   overwrite=True) as staging:
-        task.save_weights(os.path.join(staging, STATE_WEIGHTS))
+    """``state/step-NNNNNN/``: the compiled task's weights file, which holds the optimizer
+    variables (step counter, moments, accumulated gradients) and the dropout seed states
+    too, plus ``state.json`` (step, data position, settings, the weights file's size).
+    Written atomically under its own name; only then are the older states deleted, so a
+    save killed at any point leaves the previous state whole."""
+    target = state_dir(output_dir, int(state["step"]))
+    # inside korlm's own run folder: a half-uploaded state of the same step is replaced
+    with storage.atomic_output_dir(target, "pretrain-state", overwrite=True,
+                                   replace_any=True) as staging:
+        weights = os.path.join(staging, STATE_WEIGHTS)
+        task.save_weights(weights)
         seeds = _seed_states(task)
         with open(os.path.join(staging, STATE_JSON), "w", encoding="utf-8") as f:
-            json.dump({**state, "seed_states": seeds}, f, indent=2, sort_keys=True)
+            json.dump({**state, "seed_states": seeds, "files": {STATE_WEIGHTS: os.path.getsize(weights)}},
+                      f, indent=2, sort_keys=True)
+    _drop_other_states(output_dir, keep=checkpoint_name(int(state["step"])))
+
+
+def _is_staging(name: str, stem: str) -> bool:
+    # storage.atomic_output_dir's local staging directory: ".<name>.tmp-<hex>"
+    return name.startswith(f".{stem}") and ".tmp-" in name
+
+
+def _drop_other_states(output_dir: str, keep: str) -> None:
+    """After a state is saved: every other state korlm wrote in this run dir (older ones,
+    half-written newer ones, the single ``state/`` of runs before ``state/step-N/``, and
+    staging directories left by killed saves) is deleted."""
+    root = storage.join(output_dir, STATE_DIR)
+    for name in (STATE_JSON, STATE_WEIGHTS, "_SUCCESS"):  # the old layout; state.json first
+        if storage.exists(storage.join(root, name)):
+            storage.remove_tree(storage.join(root, name))
+    for name in storage.listdir(root):
+        if name != keep and (_step_of(name) is not None or _is_staging(name, "step-")):
+            storage.remove_tree(storage.join(root, name))
+    if not storage.is_remote(output_dir):  # the old layout's staging, beside state/
+        for name in storage.listdir(output_dir):
+            if _is_staging(name, STATE_DIR):
+                storage.remove_tree(storage.join(output_dir, name))
+
+
+def _step_of(name: str) -> int | None:
+    if name.startswith("step-") and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
+def _file_size(path: str) -> int:
+    with storage.open_file(path, "rb") as f:
+        return f.seek(0, 2)
+
+
+@dataclasses.dataclass
+class SavedState:
+    """A training state found in a run dir: ``state`` (``state.json``) and ``path`` when
+    it is complete, else ``problem`` says why it cannot be resumed from."""
+
+    path: str
+    step: int | None
+    state: dict[str, Any] | None = None
+    problem: str | None = None
+
+
+def _inspect_state(path: str, step: int | None) -> SavedState:
+    found = SavedState(path, step)
+    json_path = storage.join(path, STATE_JSON)
+    if not storage.exists(json_path):
+        found.problem = f"no {STATE_JSON} (its save did not finish)"
+        return found
+    try:
+        state = json.loads(storage.read_text(json_path))
+    except json.JSONDecodeError as exc:
+        found.problem = f"{STATE_JSON} is corrupt ({exc})"
+        return found
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        found.problem = f"{STATE_JSON} is corrupt (no step)"
+        return found
+    if step is not None and state["step"] != step:
+        found.problem = f"{STATE_JSON} says step {state['step']}"
+        return found
+    found.step = state["step"]
+    weights = storage.join(path, STATE_WEIGHTS)
+    if not storage.exists(weights):
+        found.problem = f"no {STATE_WEIGHTS} (its save did not finish)"
+        return found
+    if storage.is_remote(path) and not storage.exists(storage.join(path, "_SUCCESS")):
+        found.problem = "no _SUCCESS marker (its upload did not finish)"
+        return found
+    expected = (state.get("files") or {}).get(STATE_WEIGHTS)
+    if expected is not None and _file_size(weights) != int(expected):
+        found.problem = (f"{STATE_WEIGHTS} has {_file_size(weights)} bytes, {STATE_JSON} "
+                         f"records {expected} (truncated or torn)")
+        return found
+    found.state = state
+    return found
+
+
+def saved_states(output_dir: str) -> list[SavedState]:
+    """Every training state in a run dir, oldest first, complete or not: ``state/step-N/``
+    directories, the single ``state/`` of older runs, and the staging directories of
+    killed saves (never complete)."""
+    root = storage.join(output_dir, STATE_DIR)
+    found: list[SavedState] = []
+    if not storage.isdir(root):
+        return found
+    if storage.exists(storage.join(root, STATE_JSON)):  # a run from before state/step-N/
+        found.append(_inspect_state(root, None))
+    for name in storage.listdir(root):
+        step = _step_of(name)
+        if step is not None:
+            found.append(_inspect_state(storage.join(root, name), step))
+        elif _is_staging(name, "step-"):
+            found.append(SavedState(storage.join(root, name), None,
+                                    problem="a staging directory left by a killed save"))
+    return sorted(found, key=lambda s: -1 if s.step is None else s.step)
+
+
+def find_state(output_dir: str) -> tuple[SavedState | None, list[SavedState]]:
+    """``(newest complete state or None, the states skipped as incomplete)``."""
+    found = saved_states(output_dir)
+    complete = [s for s in found if s.problem is None]
+    return (complete[-1] if complete else None), [s for s in found if s.problem is not None]
 
 
 def load_state(output_dir: str) -> dict[str, Any] | None:
-    path = storage.join(output_dir, STATE_DIR, STATE_JSON)
-    if not storage.exists(path):
-        return None
-    try:
-        state = json.loads(storage.read_text(path))
-    except json.JSONDecodeError as exc:
-        raise KorlmError(f"{path} is corrupt ({exc}); resume from another copy or use a new "
-                         "--output") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise KorlmError(f"{path} is corrupt (no step); use a new --output")
-    return state
+    """``state.json`` of the newest complete training state, or None."""
+    chosen, _ = find_state(output_dir)
+    return None if chosen is None else chosen.state
+
+
+def newer_checkpoints(output_dir: str, step: int) -> list[tuple[str, bool]]:
+    """``(name, complete)`` of the checkpoint directories on disk past ``step``, oldest
+    first (a checkpoint is published before the state that follows it: a kill or a failed
+    state save in between leaves one)."""
+    root = storage.join(output_dir, CHECKPOINTS_DIR)
+    if not storage.isdir(root):
+        return []
+    found = []
+    for name in storage.listdir(root):
+        n = _step_of(name)
+        if n is not None and n > step:
+            path = storage.join(root, name)
+            complete = storage.exists(storage.join(path, models.CHECKPOINT_INFO)) and (
+                not storage.is_remote(path) or storage.exists(storage.join(path, "_SUCCESS")))
+            found.append((n, name, complete))
+    return [(name, complete) for _, name, complete in sorted(found)]
+
+
+def choose_resume_state(output_dir: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The state a (re-)run starts from, with one line printed for each thing skipped and
+    for a checkpoint newer than the state: ``(state.json, its directory)``, or
+    ``(None, None)`` to start at step 0.
+
+    The newest *complete* state wins; half-written ones (a staging directory, a missing or
+    truncated file, no ``_SUCCESS`` on an object store) are skipped. A checkpoint newer
+    than that state holds the weights but not the optimizer (moments, step counter,
+    accumulated gradients) nor the dropout seed states, so training resumes from the
+    state and re-trains the steps up to it, writing that checkpoint again: starting from
+    its weights with a fresh optimizer would break the deterministic-resume guarantee (a
+    killed and resumed run ends bit-identical to an uninterrupted one) and, with Adam's
+    moments reset to zero, take outsized first updates. At most ``checkpoint_every`` steps
+    are re-trained. With no complete state left while ``checkpoints.json`` lists
+    checkpoints (a damaged run dir, not a kill), starting over would throw their training
+    away: that is refused.
+    """
+    chosen, skipped = find_state(output_dir)
+    for s in skipped:
+        print(f"skipping training state {s.path}: {s.problem}", flush=True)
+    listed = _read_checkpoints(output_dir)
+    if chosen is None and listed:
+        last = max(int(c["step"]) for c in listed)
+        why = "; ".join(f"{s.path}: {s.problem}" for s in skipped) or f"no {STATE_DIR}/"
+        raise KorlmError(f"cannot resume {output_dir}: checkpoints.json lists checkpoints up to "
+                         f"step {last} but no complete training state is left ({why}); restore "
+                         "the state or use a new --output")
+    step = 0 if chosen is None else int(chosen.step)
+    newer = newer_checkpoints(output_dir, step)
+    for name, complete in newer:
+        if not complete:
+            print(f"checkpoint {name} is incomplete (its save did not finish): it is written "
+                  "again when training reaches its step", flush=True)
+    complete = [name for name, ok in newer if ok]
+    if complete:
+        last = _step_of(complete[-1])
+        which = (f"the training state at step {step} ({chosen.path})" if chosen is not None
+                 else "step 0 (no training state was saved)")
+        print(f"resuming from {which}: checkpoint {complete[-1]} is newer but holds no "
+              f"optimizer state, so steps {step + 1}-{last} are retrained and "
+              f"{', '.join(complete)} written again", flush=True)
+    return (None, None) if chosen is None else (chosen.state, chosen.path)
 
 
 def _seed_generators(task) -> list:
@@ -696,9 +867,9 @@ def _seed_states(task) -> list[list[int]]:
     return [[int(x) for x in g.state.numpy().reshape(-1)] for g in _seed_generators(task)]
 
 
-def restore_state(task, output_dir: str, step: int, seed_states: list | None = None) -> None:
-    """Load ``state/`` into a compiled task whose optimizer is built."""
-    state_dir = storage.join(output_dir, STATE_DIR)
+def restore_state(task, state_dir: str, step: int, seed_states: list | None = None) -> None:
+    """Load a training state directory (:func:`choose_resume_state`) into a compiled task
+    whose optimizer is built."""
     if not storage.exists(storage.join(state_dir, STATE_WEIGHTS)):
         raise KorlmError(f"cannot resume: {state_dir} has state.json but no {STATE_WEIGHTS}; "
                          "use a new --output")
@@ -712,7 +883,7 @@ def restore_state(task, output_dir: str, step: int, seed_states: list | None = N
         skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
         if skipped:
             raise KorlmError(f"cannot resume from {state_dir}: {skipped[0].strip()}")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:  # h5py: RuntimeError too
         raise KorlmError(f"cannot resume from {state_dir} (corrupt or incompatible: "
                          f"{str(exc).splitlines()[0][:200]}); use a new --output") from None
     finally:
@@ -802,8 +973,9 @@ def _monitor_class():
         def __init__(self, *, run: dict, phase: dict, start_step: int, micro_per_epoch: int,
                      log: _TrainLog, checkpoints: list[dict], writer, schedule, progress,
                      flops_per_token: float | None, peak_flops: float | None,
-                     task, nsp_head=None):
+                     task, nsp_head=None, tokenizer_files=None):
             super().__init__()
+            self.tokenizer_files = tokenizer_files
             # What a checkpoint holds: the pretraining task (+ NSP head); the trained
             # model may be a wrapper around them.
             self.task, self.nsp_head = task, nsp_head
@@ -902,9 +1074,11 @@ def _monitor_class():
             info = {k: run[k] for k in RESUME_KEYS}
             info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
             with _optimizer_detached(self.task) as task:
-                models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head)
+                models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head,
+                                       tokenizer_files=self.tokenizer_files)
             # The state follows the checkpoint: a kill between the two re-trains from the
-            # previous state and overwrites this checkpoint with the same step.
+            # previous state and overwrites this checkpoint with the same step
+            # (choose_resume_state says so).
             examples = self.phase["examples_before"] + (
                 step - self.phase["start_step"]) * self.phase["batch_size"]
             save_state(self.model, run["output_dir"],
@@ -1182,8 +1356,10 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         "log_every": int(log_every), "keep_checkpoints": keep_checkpoints,
         "keep_checkpoint_every": keep_checkpoint_every, "nsp": nsp,
     }
+    # Every checkpoint carries the tokenizer (read once here, written into each).
+    tokenizer_files = models.read_tokenizer_files(tokenizer_dir)
 
-    state = load_state(output_dir)
+    state, resume_dir = choose_resume_state(output_dir)
     start_step = 0
     if state is not None:
         for key in RESUME_KEYS:
@@ -1213,8 +1389,9 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
            batch_size, learning_rate, warmup_steps, weight_decay, optimizer, clip_norm,
            grad_accum_steps, mask_rate, mask_token_rate, random_token_rate, whole_word,
            max_predictions, infill_rate, poisson_lambda, permute_sentences, plan, prepared,
-           run, state, start_step, checkpoints, strategy, tpu, precision, peak_tflops,
-           deterministic, progress, seed, objective, model_seq_len, nsp, **_unused) -> list[dict]:
+           run, state, resume_dir, start_step, checkpoints, tokenizer_files, strategy, tpu,
+           precision, peak_tflops, deterministic, progress, seed, objective, model_seq_len,
+           nsp, **_unused) -> list[dict]:
     dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps))
     import keras
 
@@ -1237,7 +1414,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
             jit_compile=dist.jit_compile)
     _check_memory(dist, task, model, size, plan, int(grad_accum_steps), precision_choice.policy)
     if start_step:
-        restore_state(trained, output_dir, start_step,
+        restore_state(trained, resume_dir, start_step,
                       state.get("seed_states") if deterministic else None)
         print(f"resuming {output_dir} from step {start_step}", flush=True)
     if not deterministic:
@@ -1293,7 +1470,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 flops_per_token=_flops_per_token(model, size, run["vocab_size"], seq_len,
                                                  _label_slots(meta, masking, max_predictions)
                                                  if objective == "mlm" else None, mask_rate),
-                peak_flops=peak, task=task, nsp_head=nsp_head)
+                peak_flops=peak, task=task, nsp_head=nsp_head, tokenizer_files=tokenizer_files)
             _build_without_reading(trained, dataset, micro_batch)
             with warnings.catch_warnings():
                 # The pooler is part of BERT's backbone but not of the MLM loss.

@@ -396,7 +396,8 @@ def _unwritable(path: str, exc: OSError) -> StorageError:
 
 @contextlib.contextmanager
 def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = (),
-                      overwrite: bool = False, stage_remote: bool = False) -> Iterator[str]:
+                      overwrite: bool = False, stage_remote: bool = False,
+                      replace_any: bool = False) -> Iterator[str]:
     """Yield a staging directory that becomes ``path`` only if the block succeeds.
 
     ``step`` names the artifact kind (``clean``, ``vocab``...): :func:`check_output`
@@ -404,6 +405,9 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
     is not a korlm ``step`` artifact is never touched, and ``overwrite`` replaces only
     one that is. ``inputs`` are the step's inputs (an output may not equal, contain or
     lie inside one). Staging folders of killed runs of the same output are removed first.
+    ``replace_any``: for parts of an artifact korlm already owns (a checkpoint or training
+    state inside a run folder claimed with :func:`claim_run_dir`): whatever is at
+    ``path``, half-written or from an older korlm, is replaced without the checks.
 
     Local: a hidden sibling directory renamed into place. Remote (``gs://``): by default
     a local staging directory uploaded at the end, so any single-process writer (Keras,
@@ -414,7 +418,13 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
     written last, so a reader can tell a complete artifact from a killed step.
     """
     inputs = list(inputs)
-    check_output(path, step, inputs=inputs, overwrite=overwrite)
+
+    def decide() -> str:
+        if replace_any:
+            return "replace" if exists(path) else "new"
+        return check_output(path, step, inputs=inputs, overwrite=overwrite)
+
+    decide()
     if is_remote(path):
         fs = _fs(path)
         parent, _, name = path.rstrip("/").rpartition("/")
@@ -435,7 +445,7 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
                 files = _list_files(staging)
                 with open(os.path.join(staging, ARTIFACT_MARKER), "w", encoding="utf-8") as f:
                     json.dump(_marker(step, files), f, indent=2)
-            if check_output(path, step, inputs=inputs, overwrite=overwrite) == "replace":
+            if decide() == "replace":
                 fs.rm(path, recursive=True)
             if stage_remote:
                 # Object stores have no directory rename: copy server-side, then drop
@@ -464,7 +474,7 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
     try:
         yield staging
         _write_markers_local(staging, step)
-        state = check_output(path, step, inputs=inputs, overwrite=overwrite)
+        state = decide()
         if state == "new":
             os.rename(staging, final)
         elif state == "empty":
@@ -479,7 +489,7 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
             old = os.path.join(parent, _staging_name(name, "old"))
             os.rename(final, old)
             os.rename(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)

@@ -184,16 +184,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def run_tuning(checkpoint_dir: str, tokenizer_dir: str, data_dir: str | None, output_dir: str, *,
+def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | None, output_dir: str, *,
                tune: TuneSection | dict[str, Any], evaluate_params: dict[str, Any] | None = None,
                task: str | None = None, worker_index: int = 0,
                report_only: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``tune.n_trials`` trials (none with ``report_only``) of the study and write its
     summary (study.json, best_params.yaml, importance.md, summary.md, PNG plots) to
-    ``output_dir``. ``evaluate_params``: the evaluate section's settings (fixed for every
-    trial unless searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked
-    before any trial (``overwrite`` replaces an earlier tune output). Returns study.json's
-    content."""
+    ``output_dir``. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
+    override checked by vocab hash (:func:`korlm.models.resolve_tokenizer`).
+    ``evaluate_params``: the evaluate section's settings (fixed for every trial unless
+    searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked before any
+    trial (``overwrite`` replaces an earlier tune output). Returns study.json's content."""
     from korlm import models, tasks
 
     inputs = [checkpoint_dir, tokenizer_dir, data_dir]
@@ -215,7 +216,8 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str, data_dir: str | None, ou
     if report_only:  # the settings the trials ran with, not this command's
         fixed = study.user_attrs.get("fixed_settings", fixed)
     else:
-        models.checkpoint_info(checkpoint_dir)  # a missing checkpoint fails once, not per trial
+        # A missing checkpoint or a wrong tokenizer fails once, not per trial.
+        tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir)
         study.set_user_attr("fixed_settings", json.loads(json.dumps(fixed, default=str)))
         from korlm.evaluate import fine_tune
 

@@ -75,6 +75,11 @@ VOCAB_FILE = "vocab.txt"
 SPM_FILE = "spm.model"
 STATS_FILE = "vocab_stats.json"
 CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+# The files of a tokenizer directory (``build_vocab``'s output): what travels with a
+# checkpoint or a fine-tuned model so that it is self-contained.
+TOKENIZER_DIR_FILES = (TOKENIZER_FILE, VOCAB_FILE, SPM_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE,
+                       STATS_FILE)
 MODEL_MAX_LENGTH = 512
 MAX_HELDOUT_SENTENCES = 20_000
 CONTINUATION = "##"
@@ -707,7 +712,7 @@ def _transformers_files(staging: str, algorithm: str, pre_tokenizer: str, family
         # Read by korlm.tokenization: the text must be segmented before tokenizer.json sees it.
         config["korlm_pre_tokenizer"] = pre_tokenizer
     storage.write_text(storage.join(staging, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
-    storage.write_text(storage.join(staging, "special_tokens_map.json"), json.dumps(special, indent=2) + "\n")
+    storage.write_text(storage.join(staging, SPECIAL_TOKENS_MAP_FILE), json.dumps(special, indent=2) + "\n")
 
 
 def build_vocab(
@@ -860,6 +865,25 @@ def vocab_hash(tokenizer_dir: str) -> str:
         text = "".join(f"{t}\n" for t in sorted(vocab, key=vocab.get))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
     raise KorlmError(f"no {VOCAB_FILE} in {tokenizer_dir!r}; pass the output directory of `korlm vocab`")
+
+
+def normalize_hash(value: str) -> str:
+    """A vocab hash as lower-case hex, without an ``algorithm:`` prefix."""
+    value = str(value).strip().lower()
+    return value.split(":", 1)[1] if ":" in value else value
+
+
+def hashes_match(a: str, b: str) -> bool:
+    """Whether two vocab hashes name the same vocabulary. One side may store a shortened
+    hash; 8 hex digits still tell vocabularies apart."""
+    a, b = normalize_hash(a), normalize_hash(b)
+    short = min(len(a), len(b))
+    return short >= 8 and a[:short] == b[:short]
+
+
+def short_hash(value: str) -> str:
+    """The short form of a vocab hash shown in messages (12 hex digits)."""
+    return normalize_hash(value)[:12]
 
 
 def comparison_table(stats: list[dict]) -> str:

@@ -56,6 +56,10 @@ def test_missing_step_inputs(tmp_path):
                     "nope")
     _one_line_error(korlm("pretrain", "--data", str(tmp_path / "nope"), "--tokenizer",
                           str(tmp_path / "t"), "--output", str(tmp_path / "r")), "nope")
+    # --tokenizer is optional (a checkpoint carries its own): the checkpoint is what is missing
+    for step in (["evaluate", "--task", "nsmc"], ["export"]):
+        _one_line_error(korlm(*step, "--checkpoint", str(tmp_path / "nope"), "--output",
+                              str(tmp_path / "o")), "nope", "is not a korlm checkpoint")
 
 
 def test_kfp_submit_of_local_paths_without_a_data_volume_names_what_is_missing(tmp_path):

@@ -139,9 +139,36 @@ def test_evaluate_errors(setup, tmp_path):
     with pytest.raises(KorlmError, match="patience must be greater than 0"):
         run(patience=0)
     other_tokenizer = build_tokenizer(tmp_path / "tok", num_sentences=200, vocab_size=300)
-    with pytest.raises(KorlmError, match="tokens, checkpoint"):
+    with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
         run(tokenizer_dir=str(other_tokenizer))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
+    """evaluate, finetune and export: --tokenizer overrides the checkpoint's own copy
+    only with the same vocabulary; another one is one line naming both hashes, exit 2,
+    before anything is trained or written."""
+    from korlm.cli import main
+    from korlm.vocab import short_hash
+
+    tokenizer_dir, checkpoint, nsmc_dir = setup
+    other = build_tokenizer(tmp_path / "other", num_sentences=200, vocab_size=300)
+    given = short_hash(pretrain.tokenizer_vocab_hash(str(other)))
+    recorded = short_hash(pretrain.tokenizer_vocab_hash(str(tokenizer_dir)))
+    assert given != recorded
+    for command in (["evaluate", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
+                    ["finetune", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
+                    ["export"]):
+        out = tmp_path / command[0]
+        capsys.readouterr()
+        code = main([*command, "--checkpoint", checkpoint, "--tokenizer", str(other),
+                     "--output", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert (f"korlm {command[0]}: error: tokenizer {other} is not the vocabulary checkpoint "
+                f"{checkpoint} was trained with (vocab hash {given}, checkpoint {recorded}); "
+                "leave out --tokenizer to use the checkpoint's own") in err
+        assert not out.exists()
 
 
 def test_roberta_checkpoint_fine_tunes(setup, tmp_path):
@@ -367,12 +394,14 @@ def test_user_tasks_pair_regression_and_qa(setup, tmp_path, capsys):
 
     tokenizer_dir, checkpoint, _ = setup
     files = _write_user_tasks(tmp_path / "tasks")
-    # pair classification through the CLI (korlm evaluate --task FILE.yaml)
-    code = main(["evaluate", "--checkpoint", checkpoint, "--tokenizer", str(tokenizer_dir),
-                 "--task", str(files["pairs"]), "--output", str(tmp_path / "pairs"),
-                 "--max-seq-length", "32", "--batch-size", "16", "--epochs", "2"])
+    # pair classification through the CLI (korlm evaluate --task FILE.yaml), without
+    # --tokenizer: the checkpoint carries its own
+    code = main(["evaluate", "--checkpoint", checkpoint, "--task", str(files["pairs"]),
+                 "--output", str(tmp_path / "pairs"), "--max-seq-length", "32",
+                 "--batch-size", "16", "--epochs", "2"])
     assert code == 0
     pairs = json.loads((tmp_path / "pairs" / "metrics.json").read_text())
+    assert pairs["tokenizer_uri"] == str(Path(checkpoint) / "tokenizer")
     assert pairs["task"] == "my-pairs" and pairs["task_type"] == "pair-classification"
     assert set(pairs["metrics"]) == {"accuracy", "macro_f1"}
     assert pairs["label_names"] == ["other", "same"]

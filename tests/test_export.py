@@ -220,12 +220,16 @@ def test_model_card(exported):
     assert "| kept_records | 1234 |" in body and "too_short" in body
 
 
-def test_export_without_tokenizer_configs(exported, tmp_path):
+def test_export_without_tokenizer_configs(exported, tmp_path, capsys):
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     for name in ("tokenizer.json", "vocab.txt"):
         shutil.copy(os.path.join(exported["tok"], name), tok_dir / name)
+    capsys.readouterr()
     summary = export.export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
+    # A checkpoint from before they carried a tokenizer records no hash: taken, with a word.
+    assert (f"WARNING: checkpoint {exported['ckpt']} records no vocab hash: cannot check that "
+            f"tokenizer {tok_dir} is the one it was trained with") in capsys.readouterr().out
     assert "tokenizer_config.json" in summary["files"] and "special_tokens_map.json" not in summary["files"]
     from transformers import AutoTokenizer
 
@@ -280,6 +284,30 @@ def test_missing_inputs(exported, tmp_path):
     with pytest.raises(KorlmError, match="tokenizer.json"):
         export.export_checkpoint(exported["ckpt"], str(tmp_path), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
+
+
+def test_checkpoint_without_a_tokenizer_needs_one_and_an_export_carries_its_own(
+        exported, tmp_path, capsys):
+    from korlm.cli import main
+    from korlm.vocab import short_hash, vocab_hash
+
+    # Written before checkpoints carried their tokenizer: --tokenizer is needed, one line.
+    with pytest.raises(KorlmError, match="carries no tokenizer .*; pass --tokenizer DIR"):
+        export.export_checkpoint(exported["ckpt"], None, str(tmp_path / "hf"))
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", exported["ckpt"], "--output", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "carries no tokenizer" in err
+    assert not (tmp_path / "hf").exists()
+    # A Hugging Face export's own tokenizer files are its copy, with their hash.
+    assert models.resolve_tokenizer(exported["out"]) == exported["out"]
+    assert models.resolve_tokenizer(exported["out"], exported["tok"]) == exported["tok"]
+    other = tmp_path / "other"
+    _write_tokenizer(other, _reviews(5000, 60))
+    with pytest.raises(KorlmError, match=rf"vocab hash {short_hash(vocab_hash(str(other)))}, "
+                                         rf"checkpoint {short_hash(vocab_hash(exported['tok']))}\); "
+                                         "leave out --tokenizer"):
+        models.resolve_tokenizer(exported["out"], str(other))
 
 
 def test_select_checkpoint(tmp_path):

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from korlm import export, finetune, metrics, tasks
+from korlm import finetune, metrics, tasks
 from korlm.errors import KorlmError
 from tests.test_evaluate import _write_user_tasks, setup  # noqa: F401  (module fixture)
 
@@ -19,8 +19,8 @@ COMMON = dict(max_seq_length=32, batch_size=16, epochs=1, seed=2)
 def nsmc_model(setup, tmp_path_factory):  # noqa: F811
     tokenizer_dir, checkpoint, nsmc_dir = setup
     out = tmp_path_factory.mktemp("finetuned") / "nsmc"
-    record = finetune.finetune(checkpoint, str(tokenizer_dir), "nsmc", str(nsmc_dir), str(out),
-                               **COMMON)
+    # No tokenizer: the checkpoint's own copy goes into the model directory.
+    record = finetune.finetune(checkpoint, None, "nsmc", str(nsmc_dir), str(out), **COMMON)
     return out, record
 
 
@@ -31,6 +31,8 @@ def test_model_directory_and_its_predictions_reproduce_the_test_score(setup, nsm
                  "metrics.json", "backbone/config.json", "backbone/korlm_checkpoint.json",
                  "tokenizer/tokenizer.json"):
         assert (out / name).exists(), name
+    assert (out / "tokenizer" / "vocab.txt").read_bytes() == (
+        setup[0] / "vocab.txt").read_bytes()
     assert not (out / "backbone" / "model.weights.h5").exists()  # architecture only
     assert json.loads((out / "metrics.json").read_text()) == record
     # NSMC's labels are the file's values; what they mean travels with them
@@ -103,8 +105,9 @@ def test_finetune_from_a_hugging_face_export_through_the_cli(setup, tmp_path):  
 
     tokenizer_dir, checkpoint, nsmc_dir = setup
     hf = tmp_path / "hf"
-    export.export_checkpoint(checkpoint, str(tokenizer_dir), str(hf))
-    # no --tokenizer: the export carries its own
+    # no --tokenizer: the checkpoint carries its own, and the export then too
+    assert main(["export", "--checkpoint", checkpoint, "--output", str(hf)]) == 0
+    assert (hf / "vocab.txt").read_bytes() == (tokenizer_dir / "vocab.txt").read_bytes()
     code = main(["finetune", "--checkpoint", str(hf), "--task", "nsmc", "--data-dir",
                  str(nsmc_dir), "--output", str(tmp_path / "model"), "--max-seq-length", "32",
                  "--batch-size", "16", "--epochs", "1", "--learning-rate", "1e-4"])
@@ -115,6 +118,22 @@ def test_finetune_from_a_hugging_face_export_through_the_cli(setup, tmp_path):  
     assert os.path.exists(tmp_path / "model" / "backbone" / "config.json")
     model = finetune.load_finetuned(str(tmp_path / "model"))
     assert model.classify(["정말 재밌어요"])[0]["label"] in ("0", "1")
+
+
+def test_finetune_a_run_through_the_cli_without_a_tokenizer(setup, tmp_path):  # noqa: F811
+    from korlm.cli import main
+
+    _, checkpoint, nsmc_dir = setup
+    run_dir = os.path.dirname(os.path.dirname(checkpoint))  # its last checkpoint is used
+    code = main(["finetune", "--checkpoint", run_dir, "--task", "nsmc", "--data-dir",
+                 str(nsmc_dir), "--output", str(tmp_path / "model"), "--max-seq-length", "16",
+                 "--batch-size", "16", "--epochs", "1", "--max-train-examples", "48",
+                 "--max-eval-examples", "16"])
+    assert code == 0
+    record = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert record["checkpoint_uri"] == checkpoint
+    assert record["tokenizer_uri"] == os.path.join(checkpoint, "tokenizer")
+    assert finetune.load_finetuned(str(tmp_path / "model")).classify(["재밌어요"])[0]["label"] in ("0", "1")
 
 
 def test_run_step_finetune_pipeline_compiles(tmp_path):

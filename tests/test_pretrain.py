@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,14 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert first[1]["uri"] == str(out / "checkpoints" / "step-000020")
     info = models.checkpoint_info(first[1]["uri"])
     assert info["step"] == 20 and info["model"] == "bert" and info["size"] == "tiny"
+    # The checkpoint carries its tokenizer and the vocab hash of that copy.
+    copy = Path(first[1]["uri"]) / "tokenizer"
+    assert info["tokenizer"] == "tokenizer"
+    assert sorted(p.name for p in copy.iterdir()) == ["tokenizer.json", "vocab.txt"]
+    for name in ("tokenizer.json", "vocab.txt"):
+        assert (copy / name).read_bytes() == (tokenizer_dir / name).read_bytes()
+    assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tokenizer_dir))
+    assert models.resolve_tokenizer(first[1]["uri"]) == str(copy)
     assert info["max_seq_length"] == 32 and np.isfinite(info["train_loss"])
     task = models.load_masked_lm(first[1]["uri"])
     assert task.backbone.vocabulary_size == info["vocab_size"]
@@ -201,7 +210,9 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30, 35, 40]  # killed lines dropped
     # The step-20 weights and optimizer went on: loss keeps its level, not a fresh start.
     assert log[4]["loss"] < log[0]["loss"]
-    assert json.loads((out / "state" / "state.json").read_text())["step"] == 40
+    # One state is kept, the newest.
+    assert [p.name for p in (out / "state").iterdir()] == ["step-000040"]
+    assert json.loads((out / "state" / "step-000040" / "state.json").read_text())["step"] == 40
 
     mtime = (out / "checkpoints.json").stat().st_mtime_ns
     again = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out),
@@ -250,6 +261,79 @@ def test_resume_with_other_architecture_is_refused(corpus, tmp_path):
     with pytest.raises(KorlmError, match="max_seq_length=16"):
         pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=4)
+
+
+RESUME_ARGS = dict(checkpoint_every=2, batch_size=4, max_seq_length=16, log_every=2, seed=5)
+
+
+def _listed(run_dir: Path) -> list[int]:
+    return [c["step"] for c in json.loads((run_dir / "checkpoints.json").read_text())]
+
+
+def test_resume_from_the_newest_complete_state_past_a_newer_checkpoint(corpus, tmp_path,
+                                                                         monkeypatch, capsys):
+    """A run dir as kills leave it, built by hand: the step-4 checkpoint published but its
+    state half-written (a staging dir of a killed save; a state dir missing files), the
+    step-2 state still there. The run resumes from the newest complete state, says why
+    the newer checkpoint is not used, retrains steps 3-4 and finishes."""
+    tokenizer_dir, data_dir = corpus
+    out = tmp_path / "run"
+    run = lambda directory, steps: pretrain.run_pretrain(  # noqa: E731
+        str(data_dir), str(tokenizer_dir), str(directory), steps=steps, **RESUME_ARGS)
+    with monkeypatch.context() as m:  # killed before the step-2 state was deleted
+        m.setattr(pretrain, "_drop_other_states", lambda *a, **k: None)
+        run(out, 4)
+    states = out / "state"
+    assert sorted(p.name for p in states.iterdir()) == ["step-000002", "step-000004"]
+    # Killed while step 4's state was written: a local save leaves its staging dir.
+    (states / "step-000004").rename(states / ".step-000004.tmp-0badc0de")
+    staged = states / ".step-000004.tmp-0badc0de" / pretrain.STATE_WEIGHTS
+    staged.write_bytes(staged.read_bytes()[:500])
+    # An object store's killed upload leaves the files it got to, under the final name.
+    (states / "step-000006").mkdir()
+    (states / "step-000006" / pretrain.STATE_WEIGHTS).write_bytes(b"half")
+    (out / "checkpoints.json").write_text(json.dumps(
+        [{"step": 2, "uri": str(out / "checkpoints" / "step-000002")}]))  # as at the kill
+    newer = out / "checkpoints" / "step-000004"
+    inode = newer.stat().st_ino
+
+    chosen, skipped = pretrain.find_state(str(out))
+    assert chosen.step == 2 and chosen.path == str(states / "step-000002")
+    assert [s.path for s in skipped] == [str(states / ".step-000004.tmp-0badc0de"),
+                                         str(states / "step-000006")]
+    capsys.readouterr()
+    final = run(out, 4)
+    printed = capsys.readouterr().out
+    assert (f"skipping training state {states / '.step-000004.tmp-0badc0de'}: a staging "
+            "directory left by a killed save") in printed
+    assert (f"skipping training state {states / 'step-000006'}: no state.json (its save did "
+            "not finish)") in printed
+    assert (f"resuming from the training state at step 2 ({states / 'step-000002'}): checkpoint "
+            "step-000004 is newer but holds no optimizer state, so steps 3-4 are retrained and "
+            "step-000004 written again") in printed
+    assert "resuming " + str(out) + " from step 2" in printed
+    assert [c["step"] for c in final] == _listed(out) == [2, 4]
+    assert newer.stat().st_ino != inode  # retrained and written again
+    assert [p.name for p in states.iterdir()] == ["step-000004"]  # the rest deleted
+    assert [r["step"] for r in _read_log(out)] == [2, 4]
+
+    # Killed after the first checkpoint, before any state: trained again from step 0.
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / "step-000002", fresh / "checkpoints" / "step-000002")
+    (fresh / "checkpoints.json").write_text(json.dumps(
+        [{"step": 2, "uri": str(fresh / "checkpoints" / "step-000002")}]))
+    # ... but with checkpoints listed (only ever done after their state is saved) and no
+    # state, the state was lost, not cut short: starting over is refused.
+    with pytest.raises(KorlmError, match=r"cannot resume .*checkpoints up to step 2 but no "
+                                         r"complete training state is left \(no state/\)"):
+        run(fresh, 2)
+    (fresh / "checkpoints.json").write_text("[]")
+    capsys.readouterr()
+    assert pretrain.choose_resume_state(str(fresh)) == (None, None)
+    assert ("resuming from step 0 (no training state was saved): checkpoint step-000002 is "
+            "newer but holds no optimizer state, so steps 1-2 are retrained and step-000002 "
+            "written again") in capsys.readouterr().out
 
 
 def _copy_data(src: Path, dst: Path, **metadata) -> None:

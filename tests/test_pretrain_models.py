@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-000003", "step-000005", "step-000006"]
     assert json.loads((out / "checkpoints.json").read_text()) == checkpoints
-    state = json.loads((out / "state" / "state.json").read_text())
+    state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["step"] == 6 and state["examples_seen"] == 48 and state["grad_accum_steps"] == 4
     task = models.load_pretraining_task(checkpoints[-1]["uri"])
     assert task.backbone.vocabulary_size == state["vocab_size"]
@@ -121,16 +122,25 @@ def test_bad_settings_fail_before_training(corpus, tmp_path):
         run(strategy="gpu")
     assert not (tmp_path / "out").exists()
 
-    # A corrupt state (a torn copy from another disk) is named, not a stack trace.
+    # A corrupt state (a torn copy from another disk) is named, not a stack trace; with
+    # checkpoints listed, starting over instead would throw their training away.
     out = tmp_path / "corrupt"
     pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
                           checkpoint_every=2, batch_size=8)
-    weights = out / "state" / pretrain.STATE_WEIGHTS
-    weights.write_bytes(weights.read_bytes()[:1000])
+    state = out / "state" / "step-000002"
+    weights = state / pretrain.STATE_WEIGHTS
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:1000])
+    with pytest.raises(KorlmError, match=r"cannot resume .*checkpoints up to step 2 but no complete "
+                                         r"training state .*has 1000 bytes.*truncated or torn"):
+        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+                              checkpoint_every=2, batch_size=8)
+    # The same size but other bytes: found when it is read.
+    weights.write_bytes(whole[:1000] + b"\0" * (len(whole) - 1000))
     with pytest.raises(KorlmError, match="cannot resume from .*corrupt or incompatible"):
         pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=8)
-    (out / "state" / pretrain.STATE_JSON).write_text("{not json")
+    (state / pretrain.STATE_JSON).write_text("{not json")
     with pytest.raises(KorlmError, match="state.json is corrupt"):
         pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=8)
@@ -157,7 +167,7 @@ def test_two_phase_schedule_reads_each_phase_data(corpus, tmp_path, capsys):
     assert [r["learning_rate"] for r in log] == sorted(r["learning_rate"] for r in log)
     info = models.checkpoint_info(checkpoints[-1]["uri"])
     assert info["max_seq_length"] == 48  # the model is built for the longest phase
-    state = json.loads((out / "state" / "state.json").read_text())
+    state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["examples_seen"] == 4 * 8 + 2 * 4
 
 
@@ -185,15 +195,26 @@ def test_sigkilled_run_resumes_to_the_same_weights(corpus, tmp_path):
     killed = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "killed",
                            env={pretrain.PREEMPT_ENV: "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert json.loads((tmp_path / "killed" / "state" / "state.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "killed" / "state" / "step-000002" / "state.json")
+                      .read_text())["step"] == 2
+    # As if the kill had come after the step-4 checkpoint was published but before its
+    # state: the newer checkpoint has no optimizer state, so steps 3-4 are retrained (and
+    # the checkpoint rewritten) from the step-2 state.
+    newer = tmp_path / "killed" / "checkpoints" / "step-000004"
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-000004", newer)
+    copied = newer.stat().st_ino
     resumed = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout and "from step 2" in resumed.stdout
+    assert ("checkpoint step-000004 is newer but holds no optimizer state, so steps 3-4 are "
+            "retrained") in resumed.stdout
+    assert newer.stat().st_ino != copied  # written again by the resumed run
 
-    a = _weights(str(tmp_path / "whole" / "checkpoints" / "step-000006"))
-    b = _weights(str(tmp_path / "killed" / "checkpoints" / "step-000006"))
-    assert len(a) == len(b)
-    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
+    for step in ("step-000004", "step-000006"):  # bit for bit as the uninterrupted run
+        a = _weights(str(tmp_path / "whole" / "checkpoints" / step))
+        b = _weights(str(tmp_path / "killed" / "checkpoints" / step))
+        assert len(a) == len(b)
+        assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
     # The log reads as one run: step 3 of the killed process was dropped and redone.
     assert [r["loss"] for r in _log(tmp_path / "whole")] == [r["loss"] for r in _log(tmp_path / "killed")]
 
