@@ -1314,15 +1314,10 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         if int(meta["vocab_size"]) != int(first_meta["vocab_size"]):
             raise KorlmError(f"{pdir} was made with another vocabulary than {phase_inputs[0][0]}")
 
-    # The run folder: new, empty or korlm's own run (see RUN_ENTRIES); before TensorFlow.
-    claim = storage.claim_run_dir(output_dir, "pretrain", RUN_ENTRIES,
-                                  inputs=[data_dir, tokenizer_dir], overwrite=overwrite)
-    if claim == "replace":
-        print(f"{output_dir}: --overwrite: the earlier run's checkpoints, state and logs were "
-              "removed; training starts again", flush=True)
-    # what a killed run of this folder was writing: staged state and checkpoints
-    storage.remove_stale_staging(output_dir, STATE_DIR)
-    storage.remove_stale_staging(storage.join(output_dir, CHECKPOINTS_DIR))
+    # The run folder: new, empty or korlm's own run (see RUN_ENTRIES); checked before
+    # TensorFlow loads, claimed (marked) once every setting has been checked.
+    storage.check_run_dir(output_dir, "pretrain", RUN_ENTRIES, inputs=[data_dir, tokenizer_dir],
+                          overwrite=overwrite)
 
     # After the data checks: these import TensorFlow, which is slow and noisy on stderr.
     from korlm.masking import check_rates
@@ -1359,6 +1354,14 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     # Every checkpoint carries the tokenizer (read once here, written into each).
     tokenizer_files = models.read_tokenizer_files(tokenizer_dir)
 
+    claim = storage.claim_run_dir(output_dir, "pretrain", RUN_ENTRIES,
+                                  inputs=[data_dir, tokenizer_dir], overwrite=overwrite)
+    if claim == "replace":
+        print(f"{output_dir}: --overwrite: the earlier run's checkpoints, state and logs were "
+              "removed; training starts again", flush=True)
+    # what a killed run of this folder was writing (a checkpoint's or a state's staging
+    # folder is found and reported by choose_resume_state)
+    storage.remove_stale_staging(output_dir, STATE_DIR)
     state, resume_dir = choose_resume_state(output_dir)
     start_step = 0
     if state is not None:
@@ -1379,6 +1382,10 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     policy_before = keras.mixed_precision.global_policy().name
     try:
         checkpoints = _train(**locals())
+    except BaseException:
+        if claim in ("new", "empty"):  # e.g. no GPU for strategy gpu: leave no run folder
+            storage.release_run_dir(output_dir, remove_folder=claim == "new")
+        raise
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
     storage.mark_complete(output_dir)

@@ -507,18 +507,10 @@ def claim_run_dir(path: str, step: str, entries: Iterable[str], *,
     is one ``step`` writes is adopted and resumed. Anything else is refused.
     """
     entries = list(entries)
-    inputs = list(inputs)
-    try:
-        state = check_output(path, step, inputs=inputs, overwrite=overwrite, resume=True)
-    except OutputRefused:
-        if read_marker(path) is not None or not isdir(path):
-            raise
-        top = {f.split("/", 1)[0] for f in _list_files(path)}
-        if not top or any(not any(fnmatch.fnmatchcase(t, p) for p in entries) for t in top):
-            raise
+    state = check_run_dir(path, step, entries, inputs=inputs, overwrite=overwrite)
+    if read_marker(path) is None and state in ("resume", "replace"):
         print(f"korlm: {path} is a {step} folder from before korlm marked its outputs; "
               "adopting it", flush=True)
-        state = "resume" if not overwrite else "replace"
     if state == "resume" and exists(join(path, SUCCESS_MARKER)):
         remove_tree(join(path, SUCCESS_MARKER))  # written again when the run ends
     if state == "replace":
@@ -533,6 +525,39 @@ def claim_run_dir(path: str, step: str, entries: Iterable[str], *,
         except OSError as exc:
             raise _unwritable(path, exc) from None
     return state
+
+
+def check_run_dir(path: str, step: str, entries: Iterable[str], *,
+                  inputs: Iterable[str | None] = (), overwrite: bool = False) -> str:
+    """What :func:`claim_run_dir` would do (``"new"``, ``"empty"``, ``"resume"``,
+    ``"replace"``), or :class:`OutputRefused`; writes nothing, so a command can check
+    its run folder before any other work."""
+    entries = list(entries)
+    try:
+        return check_output(path, step, inputs=inputs, overwrite=overwrite, resume=True)
+    except OutputRefused:
+        if read_marker(path) is not None or not isdir(path):
+            raise
+        top = {f.split("/", 1)[0] for f in _list_files(path)}
+        if not top or any(not any(fnmatch.fnmatchcase(t, p) for p in entries) for t in top):
+            raise
+        return "resume" if not overwrite else "replace"
+
+
+def release_run_dir(path: str, *, remove_folder: bool) -> None:
+    """Undo :func:`claim_run_dir` for a run that failed before writing anything: the
+    marker goes (and the folder, when the claim created it); a folder holding anything
+    else is left as it is."""
+    try:
+        names = listdir(path)
+    except OSError:
+        return
+    if set(names) <= set(MARKER_FILES):
+        for name in names:
+            remove_tree(join(path, name))
+        if remove_folder and not is_remote(path):
+            with contextlib.suppress(OSError):
+                os.rmdir(_local(path))
 
 
 def mark_complete(path: str) -> None:

@@ -182,7 +182,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
 
     pretrain.save_state(task, run, {"step": 2})
     assert set(storage.listdir(f"{run}/state/step-000002")) == {
-        "_SUCCESS", "model.weights.h5", "state.json"}
+        "_SUCCESS", "korlm_artifact.json", "model.weights.h5", "state.json"}
     # step 4's state, its upload killed before _SUCCESS
     with storage.open_file(f"{run}/state/step-000004/model.weights.h5", "wb") as f:
         f.write(b"part")
