@@ -14,7 +14,16 @@ Without --model it builds one first (a random-init BERT of --size, WordPiece on 
 sample, fine-tuned one epoch on --train-examples NSMC reviews with `korlm.finetune`):
 serving speed does not depend on how good the weights are.
 
+With --poison FRACTION (e.g. 0.1) it measures bad input instead: one batching server,
+and at each level clean load and load where that share of the requests (evenly spread)
+carries text the tokenizer cannot encode (POISON: a lone surrogate, NUL-only, control-only,
+format-only, whitespace-only, U+FFFD/private-use only, in turn), alternated --rounds
+times, medians reported. Valid requests must all succeed and every poisoned one must get
+a 422 naming its item; latency and valid requests/s count the valid requests only.
+
     .venv/bin/python benchmarks/serve_load.py --size mini --levels 1,4,16,64
+    .venv/bin/python benchmarks/serve_load.py --model MODEL_DIR --poison 0.1 --levels 4,16 --rounds 3
+    .venv/bin/python benchmarks/serve_load.py --summarise RESULTS.json   # that table again
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # korlm from this checkout when run as a script
 NSMC = ROOT / "data" / "sample" / "eval" / "nsmc"
+# text the tokenizer cannot encode, each answered 422 by validation
+POISON = ["좋\ud800아요", "\x00\x00\x00", "\x01\x02\x1b\x7f", "\u200b\u200d\ufeff", " \u3000\t",
+          "\ufffd\ue000"]
 
 
 def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
@@ -114,28 +126,47 @@ class Server:
         self.log.close()
 
 
-async def drive(base: str, concurrency: int, num_requests: int, texts: list[str]) -> dict:
-    """C clients sending one-text requests back to back; latency per request."""
+def poisoned(i: int, fraction: float) -> bool:
+    """Whether request ``i`` is poisoned: ``fraction`` of them, evenly spread."""
+    return int((i + 1) * fraction) > int(i * fraction)
+
+
+async def drive(base: str, concurrency: int, num_requests: int, texts: list[str],
+                poison: float = 0.0) -> dict:
+    """C clients sending one-text requests back to back; latency per request. With
+    ``poison`` > 0 that share of the requests carries a POISON text instead; they must
+    answer 422 naming item 0 and are left out of the latency and valid requests/s."""
     import httpx
 
     latencies: list[float] = []
     failures: list[str] = []
+    poison_ok, poison_wrong = 0, []
     next_index = 0
 
     async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal next_index
+        nonlocal next_index, poison_ok
         while next_index < num_requests:
             i = next_index
             next_index += 1
-            body = {"items": [{"text": texts[i % len(texts)]}]}
+            bad = poison > 0 and poisoned(i, poison)
+            text = POISON[i % len(POISON)] if bad else texts[i % len(texts)]
+            # poison as ASCII JSON (\\u escapes): a lone surrogate cannot be sent as UTF-8
+            body = json.dumps({"items": [{"text": text}]}, ensure_ascii=bad).encode("utf-8")
             started = time.perf_counter()
             try:
-                r = await client.post("/v1/classify", json=body)
+                r = await client.post("/v1/classify", content=body,
+                                      headers={"content-type": "application/json"})
+                if bad:
+                    if r.status_code == 422 and r.json()["message"].startswith("items.0.text: "):
+                        poison_ok += 1
+                    else:
+                        poison_wrong.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    continue
                 ok = r.status_code == 200 and len(r.json()["results"]) == 1
                 if not ok:
                     failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
             except (httpx.HTTPError, ValueError, KeyError) as exc:
-                failures.append(f"{type(exc).__name__}: {exc}")
+                (poison_wrong if bad else failures).append(f"{type(exc).__name__}: {exc}")
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - started)
@@ -151,13 +182,17 @@ async def drive(base: str, concurrency: int, num_requests: int, texts: list[str]
     return {"requests": num_requests, "ok": len(latencies), "failed": len(failures),
             "first_failures": failures[:3], "seconds": round(elapsed, 3),
             "requests_per_s": round(len(latencies) / elapsed, 1),
+            "all_requests_per_s": round((len(latencies) + poison_ok) / elapsed, 1),
+            "poison": poison_ok + len(poison_wrong), "poison_answered_422": poison_ok,
+            "poison_wrong": poison_wrong[:3],
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
-def run_level(server: Server, concurrency: int, num_requests: int, texts: list[str]) -> dict:
+def run_level(server: Server, concurrency: int, num_requests: int, texts: list[str],
+              poison: float = 0.0) -> dict:
     before = server.counters()
-    result = asyncio.run(drive(server.base, concurrency, num_requests, texts))
+    result = asyncio.run(drive(server.base, concurrency, num_requests, texts, poison))
     after = server.counters()
     calls = after["model_calls"] - before["model_calls"]
     result["model_calls"] = calls
@@ -179,8 +214,18 @@ def main() -> None:
                    help="requests per level and server (default max(100, 8 x concurrency))")
     p.add_argument("--batch-size", type=int, default=32, help="--max-batch-size of the batching server")
     p.add_argument("--max-wait-ms", type=float, default=0.0)
+    p.add_argument("--poison", type=float, default=0.0, metavar="FRACTION",
+                   help="compare clean load with load where this share of the requests is "
+                        "poisoned (e.g. 0.1), on one batching server")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--poison: clean/poisoned runs per level, alternated; medians reported")
     p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--summarise", metavar="JSON",
+                   help="print the --poison table of an earlier run's --output and exit")
     a = p.parse_args()
+    if a.summarise:
+        print_poison_table(json.loads(Path(a.summarise).read_text(encoding="utf-8")))
+        return
 
     work = Path(a.work or tempfile.mkdtemp(prefix="serve-load-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -189,6 +234,9 @@ def main() -> None:
 
     texts = [t for t in pd.read_csv(NSMC / "ratings_test.txt", sep="\t")["document"]
              .fillna("").tolist() if t.strip()][:500]
+    if a.poison > 0:
+        poison_comparison(a, model, work, texts)
+        return
     servers = {"batching": Server(model, a.batch_size, a.max_wait_ms, work / "server-batching.log"),
                "no batching": Server(model, 1, a.max_wait_ms, work / "server-nobatch.log")}
     rows = []
@@ -233,6 +281,65 @@ def main() -> None:
     failed = sum(r["failed"] for r in rows)
     if failed:
         raise SystemExit(f"{failed} failed requests")
+
+
+def print_poison_table(rows: list[dict]) -> None:
+    """Per level and mix: totals of requests and failures, medians (and the range of
+    valid requests/s) over the alternated runs."""
+    import statistics
+
+    print("| concurrency | mix | runs | requests | valid failed | poisoned: 422 naming the item |"
+          " valid req/s, median (range) | all req/s | valid p50 ms | valid p99 ms | mean batch |"
+          " load avg |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["concurrency"], r["mix"]), []).append(r)
+    for (c, mix), runs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] != "clean")):
+        def med(key: str, runs=runs) -> float:
+            return round(statistics.median(r[key] for r in runs), 1)
+        rates, loads = [r["requests_per_s"] for r in runs], [r["loadavg_1m"] for r in runs]
+        print(f"| {c} | {mix} | {len(runs)} | {sum(r['requests'] for r in runs)} | "
+              f"{sum(r['failed'] for r in runs)} | "
+              f"{sum(r['poison_answered_422'] for r in runs)} / {sum(r['poison'] for r in runs)} | "
+              f"{med('requests_per_s')} ({min(rates)}–{max(rates)}) | "
+              f"{med('all_requests_per_s')} | {med('p50_ms')} | {med('p99_ms')} | "
+              f"{med('mean_batch')} | {min(loads)}–{max(loads)} |")
+
+
+def poison_comparison(a: argparse.Namespace, model: Path, work: Path, texts: list[str]) -> None:
+    """Clean vs. poisoned load on one server (--batch-size, --max-wait-ms), alternated
+    --rounds times per level; medians of requests/s and latency, all failures summed."""
+    server = Server(model, a.batch_size, a.max_wait_ms, work / "server-poison.log")
+    rows = []
+    try:
+        info = server.wait_ready()
+        print(f"model: {info}", flush=True)
+        run_level(server, 8, 64, texts)  # warm-up: graph tracing for the batch shapes
+        for c in (int(x) for x in a.levels.split(",")):
+            num = a.requests or max(100, 8 * c)
+            for k in range(a.rounds):
+                order = (0.0, a.poison) if k % 2 == 0 else (a.poison, 0.0)
+                for fraction in order:
+                    r = run_level(server, c, num, texts, fraction)
+                    r.update(mix="clean" if fraction == 0 else f"{fraction:.0%} poison",
+                             concurrency=c, round=k)
+                    rows.append(r)
+                    print(json.dumps(r, ensure_ascii=False), flush=True)
+    finally:
+        server.stop()
+
+    print(f"\nmodel {model} ({info['task']}, max_seq_length {info['max_seq_length']}); "
+          f"one-text /v1/classify requests; --max-batch-size {a.batch_size} --max-wait-ms "
+          f"{a.max_wait_ms}; medians of {a.rounds} alternated runs\n")
+    if a.output:
+        Path(a.output).write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+    print_poison_table(rows)
+    failed = sum(r["failed"] for r in rows)
+    wrong = sum(r["poison"] - r["poison_answered_422"] for r in rows)
+    if failed or wrong:
+        raise SystemExit(f"{failed} valid requests failed; {wrong} poisoned requests not "
+                         "answered 422 naming their item")
 
 
 if __name__ == "__main__":

@@ -290,7 +290,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     conf = _load(args, {f"serve.{k}": getattr(args, k) for k in (
-        "host", "port", "max_batch_size", "max_wait_ms", "max_items", "max_chars")}).serve
+        "host", "port", "max_batch_size", "max_wait_ms", "max_items", "max_chars",
+        "max_body_bytes")}).serve
     from korlm.serve import ServeSettings, serve
 
     serve(args.model_dir, host=conf.host, port=conf.port,
@@ -489,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items per request; more answer 422 (default 64)")
     p.add_argument("--max-chars", type=int, metavar="N",
                    help="characters per text; longer answer 422 (default 2000)")
+    p.add_argument("--max-body-bytes", type=int, metavar="N",
+                   help="request body size cap in bytes; a larger body answers 413, read no "
+                        "further than the cap (default 1048576)")
 
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
     p.add_argument("action", choices=["compile", "run", "submit", "run-step"])

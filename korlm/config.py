@@ -597,6 +597,8 @@ class ServeSection(_Section):
     max_wait_ms: float = Field(0.0, ge=0, description="wait for more items after a batch's first; 0: take what queued while the last call ran")
     max_items: int = Field(64, ge=1, description="items per request; more answer 422")
     max_chars: int = Field(2000, ge=1, description="characters per text; longer answer 422")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size cap in bytes; larger "
+                                "answer 413 (1 MiB holds 64 items of 2000 Korean characters, even \\u-escaped)")
 
 
 class Config(_Section):

@@ -170,6 +170,30 @@ class FineTunedModel:
                 raise KorlmError(f"{what}[{i}] must be a string, got {type(v).__name__}")
         return values
 
+    def untokenized(self, texts, probe_chars: int = 64) -> list[int]:
+        """Indexes of the ``texts`` that this model's tokenizer turns into no token at all:
+        every character is one its normalizer or pre-tokenizer drops (a WordPiece vocab's
+        BertNormalizer drops control, format, private-use and U+FFFD characters; all vocabs
+        drop whitespace). ``korlm serve`` rejects such text (the model would see only
+        ``[CLS] [SEP]``). Each text's first ``probe_chars`` characters are encoded first;
+        only a text whose prefix gave no token is encoded whole, so a check of long texts
+        costs about ``probe_chars`` characters each."""
+        texts = list(texts)
+        if not texts:
+            return []
+
+        def token_counts(values: list[str]) -> list[int]:  # padding positions are 0 in the mask
+            return [sum(e.attention_mask) for e in
+                    self.tokenizer.encode_batch(values, add_special_tokens=False)]
+
+        empty = [i for i, n in enumerate(token_counts([t[:probe_chars] for t in texts])) if n == 0]
+        longer = [i for i in empty if len(texts[i]) > probe_chars]
+        if longer:
+            kept = {i for i, n in zip(longer, token_counts([texts[i] for i in longer]),
+                                      strict=True) if n > 0}
+            empty = [i for i in empty if i not in kept]
+        return empty
+
     def _run(self, data: tasks.TaskData):
         x, _ = evaluate.model_inputs(self.head, self.tokenizer, self.info, data)
         return x
