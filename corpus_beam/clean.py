@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import struct
 import time
 import zlib
@@ -69,6 +70,7 @@ from corpus_beam.readers import (
     INVALID_UTF8,
     MALFORMED_RECORD,
     REJECTED_TAG,
+    TRUNCATED_FILE,
     UNREADABLE_FILE,
     FileReadSummary,
     ReadRecordBatches,
@@ -113,6 +115,7 @@ REPEATED_NGRAMS = "repeated_ngrams"
 NO_SENTENCES_LEFT = "no_sentences_left"
 REJECTION_REASONS = (
     UNREADABLE_FILE,
+    TRUNCATED_FILE,
     INVALID_UTF8,
     MALFORMED_RECORD,
     EMPTY_AFTER_NORMALIZATION,
@@ -595,7 +598,7 @@ def _new_source() -> dict[str, Any]:
             "rejected_by_reason": {}, "sentences": 0, "dropped_sentences": 0,
             "dropped_sentences_by_reason": {}, "pii_replaced": {},
             "input_bytes": 0, "output_bytes": 0, "input_files": 0, "empty_files": 0,
-            "unreadable_files": 0, "blank_lines": 0}
+            "unreadable_files": 0, "truncated_files": 0, "blank_lines": 0}
 
 
 def _merge_counts(target: dict[str, int], counts: dict[str, int]) -> None:
@@ -609,6 +612,17 @@ def _merge_source(target: dict[str, Any], counts: dict[str, Any]) -> None:
             _merge_counts(target[key], value)
         else:
             target[key] += value
+
+
+def _count_file(source: dict[str, Any], data: dict[str, Any]) -> None:
+    """One file's read summary (ReadRecordBatches' ``file_stats``) into ``source``."""
+    source["input_records"] += data["records"]
+    source["input_bytes"] += data["bytes"]
+    source["blank_lines"] += data["blank_lines"]
+    source["input_files"] += 1
+    source["empty_files"] += int(data["bytes"] == 0 and not data["unreadable"] and not data["truncated"])
+    source["unreadable_files"] += int(data["unreadable"])
+    source["truncated_files"] += int(data["truncated"])
 
 
 def add_kept(source: dict[str, Any], doc: dict[str, Any], text: str) -> None:
@@ -632,12 +646,7 @@ class SourceCountsFn(beam.CombineFn):
         kind, data = event
         source = acc.setdefault(data["input"], _new_source())
         if kind == "file":
-            source["input_records"] += data["records"]
-            source["input_bytes"] += data["bytes"]
-            source["blank_lines"] += data["blank_lines"]
-            source["input_files"] += 1
-            source["empty_files"] += int(data["bytes"] == 0 and not data["unreadable"])
-            source["unreadable_files"] += int(data["unreadable"])
+            _count_file(source, data)
             return acc
         dropped = data.get("dropped", {})
         source["dropped_sentences"] += sum(dropped.values())
@@ -808,13 +817,21 @@ def run_clean(inputs: list[str | dict], output_dir: str, *, beam_options: list[s
     that match no file and for an output korlm may not write (see
     :func:`korlm.storage.check_output`; ``overwrite`` replaces an earlier clean output),
     before any pipeline starts.
+
+    A run that keeps no document although its inputs had records raises KorlmError
+    naming the top rejection reasons, and publishes no corpus (an earlier corpus at
+    ``output_dir`` stays as it was): its ``stats.json`` and ``rejected/`` are written to
+    ``failed_output_dir(output_dir)`` (``OUTPUT.failed``, a korlm ``clean-failed``
+    artifact) to be inspected instead. A later successful run removes that folder.
     """
     settings = clean_settings(**options)
     files = resolve_inputs(inputs)
     options_ = pipeline_options(beam_options)
     started = time.monotonic()
-    with storage.atomic_output_dir(output_dir, "clean", inputs=[f.path for f in files],
-                                   overwrite=overwrite, stage_remote=True) as staging:
+    failed_dir = failed_output_dir(output_dir)
+    inputs = [f.path for f in files]
+    with storage.atomic_output_dir(output_dir, "clean", inputs=inputs, overwrite=overwrite,
+                                   stage_remote=True) as staging:
         # staged on the destination's filesystem: Dataflow workers write the shards
         p = beam.Pipeline(options=options_)
         build_clean_graph(p, files, staging, settings, in_memory=in_memory_runner(options_))
@@ -825,11 +842,61 @@ def run_clean(inputs: list[str | dict], output_dir: str, *, beam_options: list[s
         _LOG.info("clean counters: %s", json.dumps(counters, sort_keys=True))
         stats = json.loads(storage.read_text(storage.join(staging, "stats.json")))
         check_accounting(stats)
+        if (error := nothing_kept_error(stats, failed_dir)) is not None:
+            keep_diagnostics(staging, failed_dir, inputs)
+            raise error  # leaves output_dir unpublished
+    if (storage.read_marker(failed_dir) or {}).get("step") == FAILED_STEP:
+        storage.remove_tree(failed_dir)  # the diagnostics of an earlier failed run
     _LOG.info("clean: %d of %d records kept, %d sentences, %.1f s", stats["kept_records"],
               stats["input_records"], stats["sentences"], time.monotonic() - started)
     if stats["kept_records"] == 0:
-        _LOG.warning("clean kept no documents; see %s for why", storage.join(output_dir, "rejected"))
+        _LOG.warning("clean kept no documents: the inputs hold no records")
+    if stats["truncated_files"]:
+        _LOG.warning("clean: %d truncated or corrupt file(s); their records before the damage are kept "
+                     "(truncated_file in %s)", stats["truncated_files"], storage.join(output_dir, "rejected"))
     return stats
+
+
+# the artifact kind of OUTPUT.failed (a run's diagnostics when it kept no document)
+FAILED_STEP = "clean-failed"
+
+
+def failed_output_dir(output_dir: str) -> str:
+    """Where a run that kept nothing leaves its stats.json and rejected/ (OUTPUT.failed)."""
+    return str(output_dir).rstrip("/") + ".failed"
+
+
+def top_reasons(stats: dict, n: int = 3) -> str:
+    """``malformed_record 12,000, too_short_document 3``: the ``n`` commonest rejection reasons."""
+    reasons = sorted(((count, reason) for reason, count in stats["rejected_by_reason"].items() if count),
+                     key=lambda cr: (-cr[0], cr[1]))
+    return ", ".join(f"{reason} {count:,}" for count, reason in reasons[:n]) or "none"
+
+
+def nothing_kept_error(stats: dict, diagnostics: str | None = None) -> KorlmError | None:
+    """The error for a run that kept no document from inputs that had records (else None):
+    one line with the top three rejection reasons and where to look."""
+    if stats["kept_records"] or not stats["input_records"]:
+        return None
+    where = f"; stats.json and rejected/ are in {diagnostics}, no corpus was written" if diagnostics else ""
+    return KorlmError(
+        f"clean kept no documents: all {stats['input_records']:,} input records were rejected "
+        f"(top reasons: {top_reasons(stats)}){where}")
+
+
+def keep_diagnostics(staging: str, target: str, inputs: list[str] = ()) -> None:
+    """Copy ``stats.json`` and ``rejected/`` from a staging directory to ``target``
+    (replacing an earlier run's diagnostics, never anything korlm did not write)."""
+    names = ["stats.json"]
+    rejected = storage.join(staging, "rejected")
+    if storage.exists(rejected):
+        names += [f"rejected/{name}" for name in storage.listdir(rejected)]
+    with storage.atomic_output_dir(target, FAILED_STEP, inputs=inputs, overwrite=True,
+                                   stage_remote=True) as out:
+        for name in names:
+            with storage.open_file(storage.join(staging, *name.split("/")), "rb") as src, \
+                    storage.open_file(storage.join(out, *name.split("/")), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def check_accounting(stats: dict) -> None:
@@ -917,6 +984,8 @@ def clean_in_process(inputs: list[str | dict], *, max_records_per_file: int | No
             stats["input_records"] += seen
             stats["input_bytes"] += summary.bytes_read
             stats["input_files"] += 1
+            stats["unreadable_files"] += int(summary.unreadable)
+            stats["truncated_files"] += int(summary.truncated)
         losses = index.resolve()
         waiting.seek(0)
         out = storage.open_file(corpus_path, "w") if corpus_path else None

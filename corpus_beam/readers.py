@@ -5,9 +5,21 @@ block of lines between blank lines), a JSON object of a ``.jsonl`` file, a row o
 ``.csv``/``.tsv`` file (header required), an element of an ``.xml`` file (``field`` is
 the element path, e.g. ``text`` or ``doc/body``), or a document of a Modu-corpus
 (국립국어원 모두의 말뭉치) ``.json`` file (its ``paragraph`` or ``utterance`` forms
-joined by line breaks). ``.gz``/``.bz2`` are read transparently. Reading never raises on bad content: every record comes out either as
-text or as a rejection with a reason, and an unreadable file becomes one
-``unreadable_file`` rejection, so the clean step can account for every record.
+joined by line breaks). ``.gz``/``.bz2`` are decompressed here (not by Beam), so a
+stream that is cut short or corrupt is noticed instead of ending quietly.
+
+Reading never raises on bad content: every record comes out either as text or as a
+rejection with a reason, so the clean step can account for every record. A file that
+cannot be opened or whose first bytes are not what its name says becomes one
+``unreadable_file`` rejection; a file that breaks off after some data (a truncated or
+corrupt ``.gz``/``.bz2``, an I/O error mid-way) keeps the records read before the
+damage and ends with one ``truncated_file`` rejection (and a warning naming the file).
+
+CSV/TSV use pandas-compatible quoting (NSMC's tripled-quote fields read as everyone reads
+them), except that a quote which does not close on its line may only run on over later
+lines when that looks like a real multi-line field (see ``_csv_records``): an unbalanced
+quote becomes one ``malformed_record`` for its line and reading resumes on the next line,
+instead of swallowing the rows after it.
 
 Files are opened with Beam's ``FileSystems.open``, so the same reader works on local
 paths and on ``gs://`` inside Dataflow workers.
@@ -15,15 +27,20 @@ paths and on ``gs://`` inside Dataflow workers.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import json
 import logging
 import os
+import re
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from korlm import storage
@@ -43,6 +60,7 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2")
 MALFORMED_RECORD = "malformed_record"
 INVALID_UTF8 = "invalid_utf8"
 UNREADABLE_FILE = "unreadable_file"
+TRUNCATED_FILE = "truncated_file"
 
 REJECTED_TAG = "rejected"
 FILE_STATS_TAG = "file_stats"
@@ -66,6 +84,7 @@ class FileReadSummary:
     records: int = 0
     blank_lines: int = 0
     unreadable: bool = False
+    truncated: bool = False
 
 
 def infer_format(path: str) -> str | None:
@@ -139,30 +158,299 @@ def resolve_inputs(inputs: Iterable[str | dict[str, Any]]) -> list[InputFile]:
             seen.add(path)
             files.append(InputFile(pattern, path, file_fmt,
                                    field or DEFAULT_FIELD[file_fmt]))
+    check_fields(files)
     return files
 
 
+_PEEK_RECORDS = 50
+
+
+def _peek_lines(path: str, n: int, open_fn: Callable[[str], IO[bytes]]) -> list[str]:
+    """Up to ``n`` non-blank lines from the start of a file; [] when it cannot be read
+    (the reader then reports it as unreadable or truncated, with its reason)."""
+    out: list[str] = []
+    try:
+        handle = open_fn(path)
+    except Exception:
+        return out
+    kind = _compression(path)
+    if kind:
+        handle = _Decompressed(handle, kind)
+    try:
+        for line in _lines(handle, FileReadSummary()):
+            if line.strip():
+                out.append(line)
+                if len(out) >= n:
+                    break
+    except _FileError:
+        pass
+    finally:
+        handle.close()
+    return out
+
+
+def check_fields(files: list[InputFile], open_fn: Callable[[str], IO[bytes]] | None = None) -> None:
+    """Fail early when an input's ``field`` is clearly not in its data: a CSV/TSV header
+    without that column, or JSONL whose first objects all lack that key. The first file
+    of every input is looked at (the rest are read as they are, a row or object without
+    the field being a ``malformed_record``). Raises a one-line KorlmError naming the
+    columns or keys that are there."""
+    open_fn = open_fn or open_raw
+    seen: set[tuple[str, str]] = set()
+    hint = "name the text field (--field on the command line, field: in the config's clean.inputs)"
+    for spec in files:
+        if spec.format not in ("csv", "tsv", "jsonl") or (spec.input, spec.format) in seen:
+            continue
+        seen.add((spec.input, spec.format))
+        if spec.format == "jsonl":
+            objects = []
+            for line in _peek_lines(spec.path, _PEEK_RECORDS, open_fn):
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    objects.append(obj)
+            if objects and not any(spec.field in obj for obj in objects):
+                keys = list(dict.fromkeys(k for obj in objects for k in obj))
+                raise KorlmError(
+                    f"input {spec.input!r}: none of the first {len(objects)} JSON objects of {spec.path} has "
+                    f"the field {spec.field!r} (keys: {_listing(keys)}); {hint}")
+            continue
+        lines = _peek_lines(spec.path, 1, open_fn)
+        row = _parse_row(lines, "\t" if spec.format == "tsv" else ",") if lines else None
+        if not row:
+            continue
+        header = [name.strip() for name in row]
+        if spec.field not in header:
+            raise KorlmError(
+                f"input {spec.input!r}: the header of {spec.path} has no column {spec.field!r} "
+                f"(columns: {_listing(header)}); {hint}")
+
+
+def _listing(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(printable(str(n), 60) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 class _FileError(Exception):
-    """An I/O or decompression error while reading a file's bytes."""
+    """An I/O or decompression error while reading a file's bytes. ``truncated``: the
+    compressed stream was cut short or corrupt after its start (not merely unreadable)."""
+
+    def __init__(self, message: str, truncated: bool = False):
+        super().__init__(message)
+        self.truncated = truncated
+
+
+class _DamagedStream(Exception):
+    """A compressed stream that ends before its end marker or holds corrupt data.
+    ``truncated``: cut short, or corrupt after some data decoded; False for a file
+    whose very first bytes do not decode (not gzip/bzip2 at all: unreadable)."""
+
+    def __init__(self, message: str, truncated: bool):
+        super().__init__(message)
+        self.truncated = truncated
+
+
+def _file_error(exc: Exception) -> _FileError:
+    if isinstance(exc, _FileError):
+        return exc
+    if isinstance(exc, _DamagedStream):
+        return _FileError(str(exc), truncated=exc.truncated)
+    return _FileError(f"{type(exc).__name__}: {exc}")
+
+
+_CHUNK = 1 << 16  # compressed bytes read at a time
+_MAX_OUT = 1 << 20  # decompressed bytes produced per step (a 64 KiB zip bomb chunk stays bounded)
+
+
+class _Decompressed:
+    """A read-only binary stream over a ``.gz`` or ``.bz2`` file's raw bytes.
+
+    Unlike Beam's ``CompressedFile`` (which ends quietly where a truncated gzip or bzip2
+    stream ends), the end of the raw bytes before the stream's end marker, and corrupt
+    data, raise :class:`_DamagedStream`, but only once every byte decoded before the
+    damage has been returned. Concatenated members/streams (``cat a.gz b.gz``, pbzip2)
+    are read one after another; zero bytes after the last gzip member (tape padding)
+    are ignored.
+    """
+
+    def __init__(self, raw: IO[bytes], kind: str):
+        self.raw = raw
+        self.kind = kind
+        self._dec = self._new()
+        self._out = bytearray()
+        self._pending = b""  # compressed input not yet consumed
+        self._done = False
+        self._seen_input = False
+        self.decoded = 0
+        self.damage: str | None = None
+        self.cut = False
+
+    def _new(self):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS) if self.kind == "gz" else bz2.BZ2Decompressor()
+
+    def _more(self) -> bool:
+        """Decode one more piece into the output buffer; False at the end (clean or damaged)."""
+        while not self._done:
+            if self._dec is None or self._dec.eof:
+                if self._dec is not None:  # a member ended: what follows may be another one
+                    self._pending = self._dec.unused_data + self._pending
+                    self._dec = None
+                if not self._pending:
+                    self._pending = self.raw.read(_CHUNK)
+                    if not self._pending:
+                        self._done = True
+                        return False
+                if self.kind == "gz":
+                    self._pending = self._pending.lstrip(b"\0")
+                    if not self._pending:
+                        continue  # padding so far: read on
+                self._dec = self._new()
+            elif self.kind == "bz2" and not self._dec.needs_input:
+                pass  # output is waiting inside the decompressor
+            elif not self._pending:
+                self._pending = self.raw.read(_CHUNK)
+                if not self._pending:
+                    if self.kind == "gz" and self._seen_input and self._flush_gz():
+                        return True
+                    if self._dec.eof:
+                        continue
+                    self._done = True
+                    if self._seen_input:
+                        self.damage = "the compressed stream ends before its end marker"
+                        self.cut = True
+                    return False
+            self._seen_input = True
+            data, self._pending = self._pending, b""
+            before = self._dec.copy() if self.kind == "gz" else None
+            try:
+                out = self._dec.decompress(data, _MAX_OUT)
+            except (OSError, EOFError, ValueError, zlib.error) as exc:
+                self._done = True
+                self.damage = f"corrupt compressed data ({type(exc).__name__}: {exc})"
+                salvaged = _salvage(before, data) if before is not None else b""
+                self._out += salvaged
+                self.decoded += len(salvaged)
+                return bool(salvaged)
+            if self.kind == "gz":
+                self._pending = self._dec.unconsumed_tail
+            if out:
+                self._out += out
+                self.decoded += len(out)
+                return True
+        return False
+
+    def _flush_gz(self) -> bool:
+        """At the end of the raw bytes: output zlib may still hold back (a stopped
+        max_length), which also lets it reach the end marker."""
+        try:
+            out = self._dec.decompress(b"", _MAX_OUT)
+        except zlib.error:
+            return False
+        self._pending = self._dec.unconsumed_tail
+        if out:
+            self._out += out
+            self.decoded += len(out)
+        return bool(out)
+
+    def _raise_damage(self) -> None:
+        if self.damage is not None:
+            raise _DamagedStream(f"{self.kind} stream damaged after {self.decoded:,} decompressed bytes: "
+                                 f"{self.damage}", truncated=self.cut or self.decoded > 0)
+
+    def read(self, size: int = -1) -> bytes:
+        while (size is None or size < 0 or len(self._out) < size) and self._more():
+            pass
+        if not self._out:
+            self._raise_damage()
+        n = len(self._out) if size is None or size < 0 else min(size, len(self._out))
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def readline(self) -> bytes:
+        searched = 0
+        while (i := self._out.find(b"\n", searched)) < 0:
+            searched = len(self._out)
+            if not self._more():
+                break
+        if i < 0:
+            if not self._out:
+                self._raise_damage()
+            i = len(self._out) - 1
+        line = bytes(self._out[: i + 1])
+        del self._out[: i + 1]
+        return line
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _salvage(dec, data: bytes) -> bytes:
+    """What a zlib decompressor (in its state before ``data``) outputs from ``data`` up to
+    the byte where the data turns corrupt: a failed ``decompress`` call returns nothing,
+    so the good part of the chunk is found by halving (at most ~16 retries, and only
+    once per damaged file)."""
+    out = []
+    while len(data) > 1:
+        half, rest = data[: len(data) // 2], data[len(data) // 2:]
+        trial = dec.copy()
+        try:
+            piece = trial.decompress(half)
+        except zlib.error:
+            data = half
+            continue
+        out.append(piece)
+        dec, data = trial, rest
+    return b"".join(out)
+
+
+def _compression(path: str) -> str | None:
+    name = str(path).lower()
+    return next((suffix[1:] for suffix in COMPRESSED_SUFFIXES if name.endswith(suffix)), None)
+
+
+def open_raw(path: str) -> IO[bytes]:
+    """The file's bytes as stored: ``.gz``/``.bz2`` are decompressed by the reader itself."""
+    if _compression(path):
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return FileSystems.open(path)
 
 
 def _lines(handle: IO[bytes], summary: FileReadSummary) -> Iterator[str]:
     """Decoded lines (terminators kept). Bytes that are not UTF-8 survive as surrogate
-    escapes, so one bad line becomes one ``invalid_utf8`` record, not a dead file."""
+    escapes, so one bad line becomes one ``invalid_utf8`` record, not a dead file.
+
+    A line is handed on only once the next read succeeded: when the stream breaks, a
+    last line without its terminator is the piece the damage cut off, and is not a
+    record (it is named in the error instead)."""
     first = True
+    held: bytes | None = None
     while True:
         try:
             raw = handle.readline()
         except Exception as exc:  # gzip/bz2/zlib/IO errors all mean the rest is unreadable
-            raise _FileError(f"{type(exc).__name__}: {exc}") from exc
+            error = _file_error(exc)
+            if held is not None and not held.endswith(b"\n"):
+                error = _FileError(f"{error}; the {len(held):,}-byte line it cut off was dropped",
+                                   error.truncated)
+                held = None
+            if held is not None:
+                yield _decode_line(held, first)
+            raise error from exc
+        if held is not None:
+            yield _decode_line(held, first)
+            first = False
         if not raw:
             return
         summary.bytes_read += len(raw)
-        line = raw.decode("utf-8", "surrogateescape")
-        if first:
-            line = line.removeprefix("\ufeff")
-            first = False
-        yield line
+        held = raw
+
+
+def _decode_line(raw: bytes, first: bool) -> str:
+    line = raw.decode("utf-8", "surrogateescape")
+    return line.removeprefix("\ufeff") if first else line
 
 
 Record = tuple[int, str, str | None]  # (line number, text, rejection reason or None)
@@ -195,39 +483,201 @@ def _jsonl_records(lines: Iterable[str], field: str, summary: FileReadSummary) -
             yield number, value, INVALID_UTF8 if has_invalid_utf8(value) else None
 
 
+# How far a quoted CSV/TSV field may run on over line breaks before its opening line
+# is taken for an unbalanced quote. Real multi-line fields (a review or petition with
+# paragraphs) are far shorter; the cap bounds what one bad quote can hold back.
+MAX_QUOTED_LINES = 500
+
+_START, _IN_FIELD, _IN_QUOTED, _QUOTE_IN_QUOTED = range(4)
+
+
+def _scan_quotes(text: str, delimiter: str, quoted: bool) -> tuple[bool, bool]:
+    """The csv module's quote state machine (pandas-compatible: doubled quotes, no
+    strict mode) over one physical line without its terminator, starting inside a
+    quoted field when ``quoted``. Returns ``(open at the end, bad close)``: the line
+    ends inside a quoted field; the field carried in from the line before closed with a
+    quote followed by something other than the delimiter or the line's end (a real
+    multi-line field closes like ``...끝."`` or ``...끝.",다음 칸``; an unbalanced quote
+    meets the next row's opening quote, ``"좋은 영화"``, mid-field)."""
+    if '"' not in text:
+        return quoted, False
+    state = _IN_QUOTED if quoted else _START
+    carried = quoted
+    for c in text:
+        if state == _START:
+            if c == '"':
+                state = _IN_QUOTED
+            elif c != delimiter:
+                state = _IN_FIELD
+        elif state == _IN_FIELD:
+            if c == delimiter:
+                state = _START
+        elif state == _IN_QUOTED:
+            if c == '"':
+                state = _QUOTE_IN_QUOTED
+        elif c == '"':
+            state = _IN_QUOTED  # a doubled quote inside quotes
+        elif c == delimiter:
+            state, carried = _START, False
+        elif carried:
+            return False, True
+        else:
+            state = _IN_FIELD  # "좋아요"ㅋㅋ on one line: pandas reads 좋아요ㅋㅋ
+    return state == _IN_QUOTED, False
+
+
+def _parse_row(lines: list[str], delimiter: str) -> list[str] | None:
+    """One record's physical lines -> its fields ([] for a blank line), None when the csv
+    module does not read them as exactly one row."""
+    if len(lines) == 1:
+        text = lines[0].rstrip("\r\n")
+        if '"' not in text and "\r" not in text and "\n" not in text:
+            return text.split(delimiter) if text else []
+    try:
+        rows = list(csv.reader(lines, delimiter=delimiter))
+    except csv.Error:
+        return None
+    if not rows:
+        return []
+    return rows[0] if len(rows) == 1 else None
+
+
+_NUMBER = re.compile(r"\s*[-+]?\d+(?:[.,]\d+)*\s*")
+
+
+class _RowShape:
+    """What the rows read so far look like: the header's width, and per column whether
+    every value was a number (an id, a rating). A line that on its own has that width,
+    and a number in each such column, looks like the next row, not like the middle of
+    a quoted field."""
+
+    def __init__(self, width: int, text_column: int | None):
+        self.width = width
+        self.text_column = text_column
+        self.numeric: list[bool] | None = None  # unknown until a row was read
+
+    def add(self, row: list[str]) -> None:
+        if len(row) != self.width:
+            return
+        if self.numeric is None:
+            self.numeric = [True] * self.width
+            if self.text_column is not None:
+                self.numeric[self.text_column] = False
+        for i, value in enumerate(row):
+            if self.numeric[i] and not _NUMBER.fullmatch(value):
+                self.numeric[i] = False
+
+    def matches(self, text: str, delimiter: str, opening: list[str]) -> bool:
+        """``text`` (one physical line) looks like a row of its own: the header's number
+        of fields with a number wherever the rows so far had one; or the start of a row
+        whose own quote opens and does not close on the line (fields before that quote
+        include a number column, and all fit). Before any row was read, the fields
+        ``opening`` (those before the open quote on the line that opened it) stand in
+        for the rows."""
+        numeric = self.numeric
+        if numeric is None:
+            numeric = [i != self.text_column and bool(_NUMBER.fullmatch(v)) for i, v in enumerate(opening)]
+        if '"' not in text:
+            if text.count(delimiter) + 1 != self.width:
+                return False
+            row, opens = text.split(delimiter), False
+        else:
+            opens = _scan_quotes(text, delimiter, False)[0]
+            row = _parse_row([text], delimiter)
+            if row is None:
+                return False
+            if opens:
+                row = row[:-1]  # the fields before its own open quote
+        if opens:
+            checked = [i for i in range(min(len(row), len(numeric))) if numeric[i]]
+            return 0 < len(row) < self.width and bool(checked) and all(
+                _NUMBER.fullmatch(row[i]) for i in checked)
+        return len(row) == self.width and all(
+            not n or _NUMBER.fullmatch(value) for n, value in zip(numeric, row, strict=False))
+
+
 def _csv_records(
     lines: Iterable[str], field: str, delimiter: str, summary: FileReadSummary
 ) -> Iterator[Record]:
-    # pandas-compatible quoting (NSMC-style files rely on it); the csv module counts
-    # physical lines, so a quoted multi-line field still gets its first line number.
+    """Rows of a CSV/TSV file with a header, pandas-compatible quoting.
+
+    A quoted field that does not close on its line is read on over the next lines (a
+    legitimate multi-line field) only if all of these hold:
+
+    - it closes within ``MAX_QUOTED_LINES`` lines, and its closing quote is followed by
+      the delimiter or the end of the line (an unbalanced quote usually meets the
+      opening quote of a later field, ``"좋은 영화"``, and closes mid-field);
+    - with two or more columns, none of the lines it runs over looks like a row of its
+      own (``_RowShape``: the header's number of columns, and a number in every column
+      that held only numbers so far; or such a row's start with a quote of its own that
+      stays open; the line where a field of the first column closes is not asked, as it
+      always has the full number of columns);
+    - the record it makes has exactly the header's number of columns.
+
+    Otherwise the line that opened the quote is one ``malformed_record`` (its line
+    number, text prefixed ``unclosed quote:``) and reading resumes on the next line,
+    which is read again as a row of its own. A record's line number is its first
+    physical line.
+    """
     # The default 128 KiB field limit would reject long documents as malformed.
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
-    reader = csv.reader(lines, delimiter=delimiter)
     header: list[str] | None = None
+    shape: _RowShape | None = None
     column: int | None = None
-    start = 1
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield start, f"csv error: {exc}", MALFORMED_RECORD
-            start = reader.line_num + 1
-            continue
-        number, start = start, reader.line_num + 1
+    again: deque[tuple[int, str]] = deque()  # lines to read again after a rejected span
+    numbered = enumerate(lines, start=1)
+
+    def next_line() -> tuple[int, str] | None:
+        return again.popleft() if again else next(numbered, None)
+
+    while (item := next_line()) is not None:
+        number, line = item
+        span = [item]
+        first = line.rstrip("\r\n")
+        row: list[str] | None = None
+        if _scan_quotes(first, delimiter, False)[0]:
+            # the fields before the open quote (none when the quoted field is the first column)
+            opening = (_parse_row([first], delimiter) or [""])[:-1]
+            closed = False
+            while len(span) < MAX_QUOTED_LINES and (nxt := next_line()) is not None:
+                span.append(nxt)
+                text = nxt[1].rstrip("\r\n")
+                still_open, bad_close = _scan_quotes(text, delimiter, True)
+                if bad_close:
+                    break
+                if (shape is not None and shape.width > 1 and (still_open or opening)
+                        and shape.matches(text, delimiter, opening)):
+                    break
+                if not still_open:
+                    closed = True
+                    break
+            if closed:
+                row = _parse_row([text for _, text in span], delimiter)
+                if row is not None and header is not None and len(row) != len(header):
+                    row = None
+            if row is None:
+                yield number, "unclosed quote: " + first, MALFORMED_RECORD
+                again.extendleft(reversed(span[1:]))
+                continue
+        else:
+            row = _parse_row([line], delimiter)
+            if row is None:
+                yield number, "csv error: " + first, MALFORMED_RECORD
+                continue
         if not row:
             summary.blank_lines += 1
             continue
         if header is None:
             header = [name.strip() for name in row]
             column = header.index(field) if field in header else None
+            shape = _RowShape(len(header), column)
             if column is None:
                 _LOG.warning("column %r missing from header %s; every row is a malformed_record", field, header)
             continue
         if column is None or len(row) != len(header):
             yield number, delimiter.join(row), MALFORMED_RECORD
             continue
+        shape.add(row)
         text = row[column]
         yield number, text, INVALID_UTF8 if has_invalid_utf8(text) else None
 
@@ -269,7 +719,7 @@ class _CountingReader:
         try:
             data = self.handle.read(size)
         except Exception as exc:
-            raise _FileError(f"{type(exc).__name__}: {exc}") from exc
+            raise _file_error(exc) from exc
         self.summary.bytes_read += len(data)
         return data
 
@@ -391,12 +841,15 @@ def read_records(
     fmt: str,
     field: str | None,
     summary: FileReadSummary,
-    open_fn: Callable[[str], IO[bytes]] = FileSystems.open,
+    open_fn: Callable[[str], IO[bytes]] = open_raw,
 ) -> Iterator[Record]:
     """Every record of one file as ``(line, text, reason)``; reason None means a good record.
 
-    Never raises for bad content. An unreadable file (cannot open, bad compression)
-    yields one ``(0, error message, "unreadable_file")`` after the records read so far.
+    ``open_fn`` gives the file's stored bytes; ``.gz``/``.bz2`` (by name) are decompressed
+    here. Never raises for bad content. A file that cannot be opened, or whose first
+    bytes cannot be decoded, yields one ``(0, error message, "unreadable_file")``; one
+    that breaks off after some data (truncated or corrupt compressed stream, I/O error)
+    yields the records before the damage, then one ``(0, message, "truncated_file")``.
     """
     try:
         handle = open_fn(path)
@@ -405,6 +858,9 @@ def read_records(
         summary.records += 1
         yield 0, f"{type(exc).__name__}: {exc}", UNREADABLE_FILE
         return
+    kind = _compression(path)
+    if kind:
+        handle = _Decompressed(handle, kind)
     try:
         lines = _lines(handle, summary)
         if fmt == "txt":
@@ -422,10 +878,22 @@ def read_records(
         for record in records:
             summary.records += 1
             yield record
+        if fmt in ("xml", "modu"):
+            # a parse error ends these early: read on, so that a truncated or corrupt
+            # stream behind it is still noticed (and counted) instead of hidden
+            rest = _CountingReader(handle, summary)
+            while rest.read(_CHUNK):
+                pass
     except _FileError as exc:
-        summary.unreadable = True
         summary.records += 1
-        yield 0, str(exc), UNREADABLE_FILE
+        if exc.truncated or summary.bytes_read > 0:
+            summary.truncated = True
+            _LOG.warning("%s is truncated or corrupt; its %d records before the damage are read, "
+                         "the rest is counted as truncated_file (%s)", path, summary.records - 1, exc)
+            yield 0, str(exc), TRUNCATED_FILE
+        else:
+            summary.unreadable = True
+            yield 0, str(exc), UNREADABLE_FILE
     finally:
         handle.close()
 
@@ -485,5 +953,6 @@ class ReadRecordBatches(beam.DoFn):
                 "bytes": summary.bytes_read,
                 "blank_lines": summary.blank_lines,
                 "unreadable": summary.unreadable,
+                "truncated": summary.truncated,
             },
         )

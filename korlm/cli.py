@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from korlm import config as cfg
 from korlm.errors import KorlmError
 
@@ -33,20 +35,48 @@ def _overwrite(args: argparse.Namespace, conf: cfg.Config | None = None) -> bool
     return bool((conf or cfg.load(args.config)).run.overwrite)
 
 
+def _clean_inputs(args: argparse.Namespace, conf: cfg.Config) -> list[Any]:
+    """The inputs of ``korlm clean``, in the config's terms (``{path, format, field}``):
+    each ``--input`` is a path/glob (taking ``--format``/``--field``) or a YAML mapping
+    ``{path: ..., format: ..., field: ...}``; without ``--input``, ``clean.inputs``."""
+    if not args.input:
+        if args.format or args.field:
+            raise KorlmError("--format and --field apply to --input paths; in a config set them per "
+                             "input (clean.inputs: [{path: ..., format: ..., field: ...}])")
+        return [i.model_dump(exclude_none=True) for i in conf.clean.inputs]
+    inputs = []
+    for item in args.input:
+        if item.lstrip().startswith("{"):
+            try:
+                data = yaml.safe_load(item)
+            except yaml.YAMLError:
+                data = None
+            if not isinstance(data, dict):
+                raise KorlmError(f"--input {item}: not a YAML mapping; quote the whole input, "
+                                 "e.g. --input '{path: data/a.tsv, field: review}'")
+            spec = cfg.clean_input(data, source=f"--input {item}")
+        else:
+            spec = cfg.clean_input({"path": item, "format": args.format, "field": args.field},
+                                   source=f"--input {item}")
+        inputs.append(spec.model_dump(exclude_none=True))
+    return inputs
+
+
 def cmd_clean(args: argparse.Namespace) -> None:
     conf = _load(args, {})
-    inputs: list[Any] = list(args.input) if args.input else [
-        i.model_dump(exclude_none=True) for i in conf.clean.inputs]
+    inputs = _clean_inputs(args, conf)
     if not inputs:
         raise KorlmError("clean needs inputs: pass --input PATH... or list clean.inputs in --config")
     options = conf.clean.model_dump(exclude={"inputs", "beam_options"}, exclude_none=True)
     if args.dry_run:
-        from corpus_beam.clean import clean_in_process
+        from corpus_beam.clean import clean_in_process, nothing_kept_error
 
         report = clean_in_process(inputs, max_records_per_file=args.dry_run_records,
                                   examples_per_reason=3, **options)
         _print_result(f"clean --dry-run (first {args.dry_run_records} records of each file; "
                       "nothing written)", report)
+        if (error := nothing_kept_error(report)) is not None:
+            raise error
         return
     if not args.output:
         raise KorlmError("clean needs --output DIR (or --dry-run)")
@@ -328,10 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("clean", cmd_clean, "Clean raw corpora with Apache Beam into one sentence per line.")
-    p.add_argument("--input", nargs="+", metavar="PATH",
+    p.add_argument("--input", nargs="+", metavar="INPUT",
                    help="raw files, globs or gs:// URIs (.txt/.jsonl/.csv/.tsv/.xml, .json = Modu corpus; "
-                        ".gz/.bz2); "
-                        "default: clean.inputs of --config")
+                        ".gz/.bz2), or one input in the config's terms as a YAML mapping, e.g. "
+                        "'{path: data/a.tsv, field: review}'; default: clean.inputs of --config")
+    p.add_argument("--format", metavar="FORMAT",
+                   help="format of the --input paths: txt, paragraphs (documents between blank lines), "
+                        "jsonl, csv, tsv, xml or modu (default: from each file name)")
+    p.add_argument("--field", metavar="NAME",
+                   help="where the text is in the --input paths: JSON key, CSV/TSV column, XML element "
+                        "path or Modu unit list (default: text; e.g. --field review for "
+                        "data/sample/raw/movie_reviews.tsv)")
     p.add_argument("--output", metavar="DIR", help="corpus directory to write (required unless --dry-run)")
     p.add_argument("--beam-option", action="append", metavar="ARG",
                    help="Beam pipeline argument, repeatable (e.g. --beam-option=--runner=DataflowRunner)")

@@ -48,6 +48,17 @@ class CleanInput(_Section):
                                                 "or Modu unit list (paragraph/utterance) holding the text")
 
 
+def clean_input(data: Any, source: str = "input") -> CleanInput:
+    """One ``clean.inputs`` entry from plain data (``{"path": ..., "format": ..., "field":
+    ...}``), with a one-line ConfigError naming the key for a bad one."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: an input is a mapping like {{path: FILE, format: tsv, field: review}}")
+    try:
+        return CleanInput.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
 class CleanSection(_Section):
     inputs: list[CleanInput] = Field(default_factory=list)
     normalization: Literal["NFC", "NFKC"] = Field("NFC", description="Unicode normalization form")

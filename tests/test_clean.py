@@ -161,14 +161,12 @@ def _write_dirty_corpus(root):
     (root / "reviews.csv").write_text(
         'id,text\n1,"영화가 정말 재미있었어요. 또 보고 싶네요."\n2\n'
         '3,"따옴표 안에\n줄바꿈이 있는 리뷰입니다."\n4,"열이, 너무, 많은",extra\n', encoding="utf-8")
-    (root / "nocol.tsv").write_text("id\treview\n1\t리뷰 텍스트가 여기 있습니다\n", encoding="utf-8")
     (root / "empty.txt").write_bytes(b"")
     (root / "broken.jsonl.gz").write_bytes(b"this is not gzip data at all")
     (root / "extra.txt.gz").write_bytes(gzip.compress("압축된 파일도 투명하게 읽습니다.\n".encode()))
     (root / "extra.txt.bz2").write_bytes(bz2.compress("bz2 압축 파일의 문서입니다.\n".encode()))
     return [str(root / "docs.txt"), str(root / "docs.jsonl"), {"path": str(root / "reviews.csv")},
-            str(root / "nocol.tsv"), str(root / "empty.txt"), str(root / "broken.jsonl.gz"),
-            str(root / "extra.txt.*")]
+            str(root / "empty.txt"), str(root / "broken.jsonl.gz"), str(root / "extra.txt.*")]
 
 
 @pytest.fixture(scope="module")
@@ -200,28 +198,29 @@ def _rejections(out):
 
 def test_every_record_is_accounted_for(dirty_run):
     _, _, stats = dirty_run
-    assert stats["input_records"] == 24
+    assert stats["input_records"] == 23
     assert stats["kept_records"] == 9
-    assert stats["rejected_records"] == 15
+    assert stats["rejected_records"] == 14
     assert stats["input_records"] == stats["kept_records"] + stats["rejected_records"]
     assert {k: v for k, v in stats["rejected_by_reason"].items() if v} == {
         "unreadable_file": 1,
         "invalid_utf8": 1,
-        "malformed_record": 7,
+        "malformed_record": 6,
         "empty_after_normalization": 2,
         "too_short_document": 1,
         "no_sentences_left": 1,
         "duplicate_document": 2,
     }
     assert stats["dropped_sentences"] == 2
-    assert stats["input_files"] == 8 and stats["empty_files"] == 1 and stats["unreadable_files"] == 1
+    assert stats["input_files"] == 7 and stats["empty_files"] == 1 and stats["unreadable_files"] == 1
+    assert stats["truncated_files"] == 0 and stats["rejected_by_reason"]["truncated_file"] == 0
     assert stats["blank_lines"] == 3
 
 
 def test_per_source_counts(dirty_run):
     root, _, stats = dirty_run
     per = stats["per_source"]
-    assert set(per) == {str(root / n) for n in ("docs.txt", "docs.jsonl", "reviews.csv", "nocol.tsv",
+    assert set(per) == {str(root / n) for n in ("docs.txt", "docs.jsonl", "reviews.csv",
                                                 "empty.txt", "broken.jsonl.gz", "extra.txt.*")}
     txt = per[str(root / "docs.txt")]
     assert (txt["input_records"], txt["kept_records"]) == (8, 3)
@@ -231,7 +230,6 @@ def test_per_source_counts(dirty_run):
     assert per[str(root / "docs.jsonl")]["rejected_by_reason"] == {
         "duplicate_document": 1, "malformed_record": 4, "empty_after_normalization": 1}
     assert per[str(root / "reviews.csv")]["rejected_by_reason"] == {"malformed_record": 2}
-    assert per[str(root / "nocol.tsv")]["rejected_by_reason"] == {"malformed_record": 1}
     assert per[str(root / "empty.txt")]["input_records"] == 0
     assert per[str(root / "extra.txt.*")]["kept_records"] == 2
     for counts in per.values():
@@ -332,3 +330,54 @@ def test_bundled_law_sample(tmp_path):
     assert stats["kept_records"] > 0 and stats["sentences"] >= stats["kept_records"]
     assert stats["output_bytes"] == sum(os.path.getsize(p) for p in glob.glob(str(tmp_path / "law" / "part-*.txt")))
     assert "제1조 ① 대한민국은 민주공화국이다." in {s for d in _documents(tmp_path / "law") for s in d}
+
+
+# ---------------------------------------------------------------- no silent loss: truncated files, nothing kept
+
+def test_truncated_gzip_is_counted_and_its_first_records_kept(tmp_path, caplog):
+    lines = [f"{i}번째 문서는 잘린 압축 파일 앞부분에 있습니다." for i in range(400)]
+    blob = gzip.compress(("\n".join(lines) + "\n").encode())
+    (tmp_path / "cut.txt.gz").write_bytes(blob[: len(blob) * 2 // 3])
+    (tmp_path / "whole.txt").write_text("온전한 파일의 문서 하나입니다.\n", encoding="utf-8")
+    caplog.set_level(logging.WARNING)
+    stats = run_clean([str(tmp_path / "cut.txt.gz"), str(tmp_path / "whole.txt")], str(tmp_path / "out"),
+                      sentence_splitter="regex", near_dedup=False)
+    assert stats["input_records"] == stats["kept_records"] + stats["rejected_records"]
+    assert stats["truncated_files"] == 1 and stats["unreadable_files"] == 0
+    assert stats["rejected_by_reason"]["truncated_file"] == 1
+    cut = stats["per_source"][str(tmp_path / "cut.txt.gz")]
+    assert 0 < cut["kept_records"] < len(lines) and cut["rejected_by_reason"] == {"truncated_file": 1}
+    kept = {d[0] for d in _documents(tmp_path / "out")}
+    assert {lines[0], lines[cut["kept_records"] - 1]} <= kept
+    rows = [r for r in _rejections(tmp_path / "out") if r["reason"] == "truncated_file"]
+    assert [r["source"] for r in rows] == [str(tmp_path / "cut.txt.gz")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("cut.txt.gz is truncated or corrupt" in w for w in warnings)
+
+
+def test_a_run_that_keeps_nothing_fails_and_keeps_the_earlier_corpus(tmp_path):
+    (tmp_path / "en.txt").write_text("English only review number one\nAnother English line here\n"
+                                     "짧음\nThird one in English\n", encoding="utf-8")
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "part-00000-of-00001.txt").write_text("이전 실행의 코퍼스\n\n", encoding="utf-8")
+    with pytest.raises(KorlmError) as err:
+        run_clean([str(tmp_path / "en.txt")], str(out), sentence_splitter="regex")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "kept no documents: all 4 input records were rejected" in message
+    assert "top reasons: low_hangul_ratio 3, too_short_document 1" in message
+    failed = tmp_path / "corpus.failed"
+    assert str(failed) in message
+    assert (out / "part-00000-of-00001.txt").read_text(encoding="utf-8") == "이전 실행의 코퍼스\n\n"
+    stats = json.loads((failed / "stats.json").read_text(encoding="utf-8"))
+    assert stats["kept_records"] == 0 and stats["rejected_records"] == 4
+    assert len(_rejections(failed)) == 4
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    # a later run that keeps documents publishes its corpus and removes the diagnostics
+    (tmp_path / "ko.txt").write_text("한국어 문서는 이제 남습니다.\n", encoding="utf-8")
+    stats = run_clean([str(tmp_path / "ko.txt")], str(out), sentence_splitter="regex")
+    assert stats["kept_records"] == 1 and not failed.exists()
+    # inputs without any record are not a failure: nothing to keep
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    assert run_clean([str(tmp_path / "empty.txt")], str(tmp_path / "e"))["input_records"] == 0

@@ -1,9 +1,14 @@
 """CLI contract: --help for every step, one-line errors for bad config and missing inputs."""
 
+import json
+import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = ["clean", "vocab", "pretrain-data", "pretrain", "evaluate", "finetune", "serve", "report", "export",
          "push", "pipeline"]
@@ -159,3 +164,47 @@ def test_run_step_names_a_corrupt_outputs_json(tmp_path, content):
     (run / "config.yaml").write_text("pretrain:\n  steps: 10\n")
     _one_line_error(korlm("pipeline", "run-step", "vocab", "--from-run", str(run)),
                     "outputs.json is corrupt")
+
+
+# ---------------------------------------------------------------- clean: inputs named in the config's terms
+
+def _readme_clean_examples():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    return [line.strip() for line in readme.splitlines() if line.strip().startswith("korlm clean --input data/")]
+
+
+def test_the_readme_clean_examples_run():
+    examples = _readme_clean_examples()
+    assert any("movie_reviews.tsv" in e for e in examples)
+    for example in examples:
+        args = shlex.split(example.split("#")[0])[2:]
+        i = args.index("--output")
+        args[i: i + 2] = ["--dry-run", "--dry-run-records", "50"]
+        proc = subprocess.run([sys.executable, "-m", "korlm.cli", "clean", *args], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.returncode == 0, example + "\n" + proc.stderr
+        report = json.loads(proc.stdout[proc.stdout.index("{"):])
+        assert report["kept_records"] > 0.8 * report["input_records"] > 0, example
+
+
+def test_clean_input_errors_are_one_line():
+    reviews = "data/sample/raw/movie_reviews.tsv"
+    _one_line_error(korlm("clean", "--input", reviews, "--output", "x"),
+                    "has no column 'text'", "columns: id, movie_id, rating, review", "--field")
+    _one_line_error(korlm("clean", "--input", reviews, "--format", "parquet", "--output", "x"),
+                    "format: input should be 'txt'")
+    _one_line_error(korlm("clean", "--input", f"{{path: {reviews}, colum: review}}", "--output", "x"),
+                    "colum: unknown key")
+    _one_line_error(korlm("clean", "--input", "{path:", reviews, "--output", "x"), "quote the whole input")
+    _one_line_error(korlm("clean", "--field", "review", "--output", "x"), "--input paths")
+
+
+def test_clean_that_keeps_nothing_exits_2_with_the_top_reasons(tmp_path):
+    (tmp_path / "en.tsv").write_text("id\treview\n1\tEnglish only\n2\tStill English here\n3\t짧음\n",
+                                     encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("clean:\n  sentence_splitter: regex\n")
+    proc = korlm("clean", "--config", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "en.tsv"),
+                 "--field", "review", "--dry-run")
+    _one_line_error(proc, "kept no documents: all 3 input records were rejected",
+                    "low_hangul_ratio 2, too_short_document 1")
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["rejected_records"] == 3

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import datetime
 
-from korlm.pii import find_pii, luhn_valid, placeholders, rrn_checksum_ok, scrub_pii
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from korlm.pii import (
+    find_pii,
+    fold_width,
+    luhn_valid,
+    placeholders,
+    rrn_birth_date,
+    rrn_checksum_ok,
+    scrub_pii,
+)
 
 CAUGHT = [
     # (text, kind, the span that must disappear)
@@ -25,6 +37,17 @@ CAUGHT = [
     ("0212345678", "phone", "0212345678"),
     ("인터넷전화 070-1234-5678", "phone", "070-1234-5678"),
     ("안심번호 0504-123-4567", "phone", "0504-123-4567"),
+    # area code in parentheses, or closed by one
+    ("경기 031)123-4567 사무실", "phone", "031)123-4567"),
+    ("부산 (051) 234-5678 문의", "phone", "(051) 234-5678"),
+    ("서울(02)123-4567로", "phone", "(02)123-4567"),
+    ("대표 02) 6744-4222", "phone", "02) 6744-4222"),
+    ("휴대폰 (010)1234-5678", "phone", "(010)1234-5678"),
+    # full-width forms (detected on the NFKC-folded view, replaced in the original)
+    ("연락처 ０１０－１２３４－５６７８ 입니다", "phone", "０１０－１２３４－５６７８"),
+    ("TEL ０４４－２０１－４７５2)에게", "phone", "０４４－２０１－４７５2"),
+    ("메일 ｈｏｎｇ＠ｎａｖｅｒ．ｃｏｍ 로", "email", "ｈｏｎｇ＠ｎａｖｅｒ．ｃｏｍ"),
+    ("메일 kim＠daum．net 로", "email", "kim＠daum．net"),
     ("메일은 hong.gildong@naver.com 으로.", "email", "hong.gildong@naver.com"),
     ("문의:kim_1+tag@korea.ac.kr로", "email", "kim_1+tag@korea.ac.kr"),
     ("메일hong@daum.net로 보내세요", "email", "hong@daum.net"),
@@ -33,6 +56,10 @@ CAUGHT = [
     ("www.naver.com 에서 검색", "url", "www.naver.com"),
     ("주민번호 900101-1234567", "rrn", "900101-1234567"),
     ("주민등록번호는9001011234568이고", "rrn", "9001011234568"),  # bare digits: check digit valid
+    ("9001011234567", "rrn", "9001011234567"),  # bare digits, check digit wrong: still a date + sex digit
+    ("2021년생 2101014987654 번호", "rrn", "2101014987654"),  # issued since 2020: no check digit
+    ("주민번호 000229-3123456", "rrn", "000229-3123456"),  # 2000 was a leap year
+    ("주민번호 ９００１０１－１２３４５６７", "rrn", "９００１０１－１２３４５６７"),
     ("외국인 851231-5123456", "rrn", "851231-5123456"),
     ("900101-1****** 로 가렸지만", "rrn", "900101-1******"),
     ("카드 4111-1111-1111-1111 결제", "card", "4111-1111-1111-1111"),
@@ -83,8 +110,17 @@ UNTOUCHED = [
     "주문번호 1234567890123",  # month 34: not a resident number
     "ISBN 978-89-1234-567-8",
     "람보1.2.3.4 씨리즈",
-    "1010101010110",  # 13 bare digits with a date-like head but a wrong check digit
-    "9001011234567",
+    "1010101010110",  # 13 bare digits with a valid date head, but only two symbols: a pattern
+    "1010101010101",
+    "주민번호 900230-1234567",  # 30 February
+    "주민번호 010229-3123456",  # 2001 was not a leap year
+    "주민번호 300101-3123456",  # born in 2030: the future
+    "주민번호 900101-9234567",  # sex digit 9 (born in the 1800s): not counted
+    "바코드 8801234567890",  # month 12, day 34
+    "2019082702943",  # a petition number: month 19
+    "3.9001011234567",  # digits after a decimal point
+    "031-1234",  # too short for a phone
+    "제0조 ① 031) 이하 생략",
     "김성열은 2::8 3::7 얼굴",  # a score, not IPv6
     "재밌음0.0.0.0",
     "평점 10.0.0",
@@ -125,3 +161,40 @@ def test_luhn_and_rrn_check_digit():
 def test_text_without_digits_or_at_skips_the_regexes():
     text = "숫자도 골뱅이도 없는 평범한 문장입니다"
     assert scrub_pii(text) is text
+
+
+def test_full_width_text_around_a_match_keeps_its_characters():
+    text = "연락처：０１０－１２３４－５６７８，메일 ｈｏｎｇ＠ｎａｖｅｒ．ｃｏｍ（사무실）"
+    counts: dict[str, int] = {}
+    assert scrub_pii(text, counts=counts) == "연락처：<PHONE>，메일 <EMAIL>（사무실）"
+    assert counts == {"phone": 1, "email": 1}
+    # characters that NFKC expands (… ㈜ ℡) are left as they are: the view keeps the length
+    assert scrub_pii("㈜한국… ℡ ０２－１２３－４５６７") == "㈜한국… ℡ <PHONE>"
+    assert fold_width("０１０．＠Ａ①") == "010.@A1" and len(fold_width("㈜…")) == 2
+
+
+def test_rrn_birth_date():
+    assert rrn_birth_date("900101", "1") == datetime.date(1990, 1, 1)
+    assert rrn_birth_date("900101", "6") == datetime.date(1990, 1, 1)  # foreigner, 1900s
+    assert rrn_birth_date("200229", "4") == datetime.date(2020, 2, 29)
+    assert rrn_birth_date("210229", "4") is None and rrn_birth_date("901301", "1") is None
+    assert rrn_birth_date("900101", "9") is None and rrn_birth_date("900101", "0") is None
+    assert rrn_birth_date("990101", "3") is None  # 2099: not born yet
+
+
+_FULL_WIDTH = {c: chr(ord(c) + 0xFEE0) for c in "0123456789@.-()abcdefghijklmnopqrstuvwxyz"}
+_PIECES = st.sampled_from(["010-1234-5678", "031)123-4567", "(02) 788-4649", "900101-1234567",
+                           "hong@naver.com", "https://a.kr/x", "4111-1111-1111-1111", "192.168.10.20",
+                           "1,234,567원", "2020-01-15", " ", "은", "의 ", "전화", "：", "，", "…", "㈜", "\n"])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_PIECES, st.lists(st.booleans(), min_size=20, max_size=20)), max_size=12))
+def test_scrubbing_commutes_with_width_folding(parts):
+    """Detection on the folded view means a full-width spelling is scrubbed exactly
+    where its ASCII spelling is, and nothing else in the text changes."""
+    text = "".join("".join(_FULL_WIDTH.get(c, c) if wide[i % 20] else c for i, c in enumerate(piece))
+                   for piece, wide in parts)
+    assert fold_width(scrub_pii(text)) == scrub_pii(fold_width(text))
+    assert [k for k, _ in find_pii(text)] == [k for k, _ in find_pii(fold_width(text))]
+    assert len(fold_width(text)) == len(text)
