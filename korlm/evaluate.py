@@ -577,10 +577,11 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, task: st
     """:func:`fine_tune` (same keyword arguments), then write ``metrics.json`` to
     ``output_dir`` (checked first: new, empty or, with ``overwrite``, an earlier
     evaluate output)."""
-    inputs = [checkpoint_dir, tokenizer_dir, data_dir, task_file(task)]
-    storage.check_output(output_dir, "evaluate", inputs=inputs, overwrite=overwrite)
+    models.checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
+    where = {"inputs": [checkpoint_dir, tokenizer_dir, task_file(task)], "containers": [data_dir]}
+    storage.check_output(output_dir, "evaluate", overwrite=overwrite, **where)
     record = fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings).record
-    with storage.atomic_output_dir(output_dir, "evaluate", inputs=inputs, overwrite=overwrite) as staging:
+    with storage.atomic_output_dir(output_dir, "evaluate", overwrite=overwrite, **where) as staging:
         write_metrics(record, staging)
     print(describe(record), flush=True)
     return record

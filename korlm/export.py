@@ -763,8 +763,6 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
     written (``output_dir`` too: new, empty or, with ``overwrite``, an earlier export);
     the directory is published atomically.
     """
-    inputs = [checkpoint_dir, tokenizer_dir]
-    storage.check_output(output_dir, "export", inputs=inputs, overwrite=overwrite)
     info = models.checkpoint_info(checkpoint_dir)
     family = _check_exportable_family(info, checkpoint_dir)
     tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
@@ -776,6 +774,8 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
             f"was trained with vocab_size {info['vocab_size']}; export it with its own tokenizer"
         )
     vocab_family, roles, special_ids = _special_tokens(tokenizer, tokenizer_dir)
+    inputs = [checkpoint_dir, tokenizer_dir]  # the inputs are fine: now the output
+    storage.check_output(output_dir, "export", inputs=inputs, overwrite=overwrite)
 
     task = models.load_pretraining_task(checkpoint_dir)
     if int(task.backbone.vocabulary_size) != tok_vocab:

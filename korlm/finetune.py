@@ -61,8 +61,10 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
     checkpoint's own tokenizer (a korlm checkpoint's copy, a Hugging Face export's files),
     else an override checked against the checkpoint's vocab hash
     (:func:`korlm.models.resolve_tokenizer`). Returns the metrics record."""
-    inputs = [checkpoint_dir, tokenizer_dir, data_dir, evaluate.task_file(task)]
-    storage.check_output(output_dir, "finetune", inputs=inputs, overwrite=overwrite)
+    models.checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
+    where = {"inputs": [checkpoint_dir, tokenizer_dir, evaluate.task_file(task)],
+             "containers": [data_dir]}
+    storage.check_output(output_dir, "finetune", overwrite=overwrite, **where)
     if settings.get("random_init"):
         raise KorlmError("finetune keeps a model for serving; random_init is for "
                          "evaluation baselines (korlm evaluate --random-init)")
@@ -87,7 +89,7 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         "best_epoch": record["best_epoch"],
         "best_dev_score": record["best_dev_score"],
     }
-    with storage.atomic_output_dir(output_dir, "finetune", inputs=inputs, overwrite=overwrite) as staging:
+    with storage.atomic_output_dir(output_dir, "finetune", overwrite=overwrite, **where) as staging:
         copied = _copy_files(checkpoint_dir, os.path.join(staging, BACKBONE_DIR),
                              _ARCHITECTURE_FILES)
         if "config.json" not in copied:

@@ -274,9 +274,14 @@ def _sample(names: list[str], n: int = 3) -> str:
 
 
 def check_output(path: str, step: str, *, inputs: Iterable[str | None] = (),
-                 overwrite: bool = False, resume: bool = False) -> str:
+                 containers: Iterable[str | None] = (), overwrite: bool = False,
+                 resume: bool = False) -> str:
     """Decide whether ``step`` may write its artifact at ``path``; raise
     :class:`OutputRefused` (one line, nothing touched) when it may not.
+
+    ``path`` may not equal, contain or lie inside one of ``inputs``; nor equal or contain
+    one of ``containers``: folders the step reads only some named parts of, such as an
+    evaluation's ``--data-dir`` of task folders, which an output may sit inside.
 
     Returns ``"new"`` (nothing there), ``"empty"`` (an empty folder, e.g. one KFP
     created), ``"replace"`` (a korlm ``step`` artifact and ``overwrite``) or, with
@@ -295,6 +300,14 @@ def check_output(path: str, step: str, *, inputs: Iterable[str | None] = (),
                                 f"that holds none of {step}'s inputs")
         if _inside(target, source):
             raise OutputRefused(f"output {shown} lies inside the input {given}; write outside it")
+    for given in containers:
+        if not given:
+            continue
+        source = _comparable(given)
+        if _inside(source, target):
+            raise OutputRefused(f"output {shown} {'is' if source == target else 'contains'} the "
+                                f"input folder {given}; write to a folder that holds none of "
+                                f"{step}'s inputs")
     try:
         if not exists(path):
             return "new"
@@ -396,15 +409,15 @@ def _unwritable(path: str, exc: OSError) -> StorageError:
 
 @contextlib.contextmanager
 def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = (),
-                      overwrite: bool = False, stage_remote: bool = False,
-                      replace_any: bool = False) -> Iterator[str]:
+                      containers: Iterable[str | None] = (), overwrite: bool = False,
+                      stage_remote: bool = False, replace_any: bool = False) -> Iterator[str]:
     """Yield a staging directory that becomes ``path`` only if the block succeeds.
 
     ``step`` names the artifact kind (``clean``, ``vocab``...): :func:`check_output`
     runs before anything is written and again just before publishing, so an output that
     is not a korlm ``step`` artifact is never touched, and ``overwrite`` replaces only
-    one that is. ``inputs`` are the step's inputs (an output may not equal, contain or
-    lie inside one). Staging folders of killed runs of the same output are removed first.
+    one that is. ``inputs`` and ``containers`` are the step's inputs, as
+    :func:`check_output` takes them. Staging folders of killed runs of the same output are removed first.
     ``replace_any``: for parts of an artifact korlm already owns (a checkpoint or training
     state inside a run folder claimed with :func:`claim_run_dir`): whatever is at
     ``path``, half-written or from an older korlm, is replaced without the checks.
@@ -417,12 +430,12 @@ def atomic_output_dir(path: str, step: str, *, inputs: Iterable[str | None] = ()
     ``korlm_artifact.json`` (step, version, run, files) and then ``_SUCCESS`` are
     written last, so a reader can tell a complete artifact from a killed step.
     """
-    inputs = list(inputs)
+    inputs, containers = list(inputs), list(containers)
 
     def decide() -> str:
         if replace_any:
             return "replace" if exists(path) else "new"
-        return check_output(path, step, inputs=inputs, overwrite=overwrite)
+        return check_output(path, step, inputs=inputs, containers=containers, overwrite=overwrite)
 
     decide()
     if is_remote(path):

@@ -197,8 +197,8 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
     trial (``overwrite`` replaces an earlier tune output). Returns study.json's content."""
     from korlm import models, tasks
 
-    inputs = [checkpoint_dir, tokenizer_dir, data_dir]
-    storage.check_output(output_dir, "tune", inputs=inputs, overwrite=overwrite)
+    where = {"inputs": [checkpoint_dir, tokenizer_dir], "containers": [data_dir]}
+    storage.check_output(output_dir, "tune", overwrite=overwrite, **where)
     section = _section(tune)
     if task:
         section = section.model_copy(update={"task": task})
@@ -273,7 +273,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
         errors = [t.get("error") for t in summary["trials"] if t.get("error")]
         if errors or not summary["counts"].get("pruned"):
             raise KorlmError("no trial completed" + (f"; first error: {errors[0]}" if errors else ""))
-    write_outputs(study, summary, output_dir, inputs=inputs, overwrite=overwrite)
+    write_outputs(study, summary, output_dir, overwrite=overwrite, **where)
     return summary
 
 
@@ -470,10 +470,12 @@ def _plots(summary: dict[str, Any], out_dir: str) -> None:
 
 
 def write_outputs(study, summary: dict[str, Any], output_dir: str, *,
-                  inputs: list[str | None] = (), overwrite: bool = False) -> None:
+                  inputs: list[str | None] = (), containers: list[str | None] = (),
+                  overwrite: bool = False) -> None:
     """study.json, best_params.yaml (when a trial completed), importance.md, summary.md and
     the two plots, published together."""
-    with storage.atomic_output_dir(output_dir, "tune", inputs=inputs, overwrite=overwrite) as staging:
+    with storage.atomic_output_dir(output_dir, "tune", inputs=inputs, containers=containers,
+                                   overwrite=overwrite) as staging:
         with open(os.path.join(staging, STUDY_JSON), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, ensure_ascii=False, default=str)
         if summary["best_params"] is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from corpus_beam.clean import pipeline_args, pipeline_options, run_clean
 from corpus_beam.readers import FileReadSummary, infer_format, read_records, resolve_inputs
+from korlm import storage
 from korlm.errors import KorlmError
 from korlm.text import (
     collapse_whitespace,
@@ -174,9 +175,10 @@ def dirty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dirty")
     inputs = _write_dirty_corpus(root)
     out = root / "corpus"
-    out.mkdir()
-    (out / "stale.txt").write_text("left over from an earlier run")
-    stats = run_clean(inputs, str(out), max_sentence_chars=200)
+    # an earlier clean output at the same place (korlm's own: --overwrite replaces it whole)
+    with storage.atomic_output_dir(str(out), "clean") as staging:
+        storage.write_text(storage.join(staging, "stale.txt"), "left over from an earlier run")
+    stats = run_clean(inputs, str(out), max_sentence_chars=200, overwrite=True)
     return root, out, stats
 
 
@@ -359,10 +361,10 @@ def test_a_run_that_keeps_nothing_fails_and_keeps_the_earlier_corpus(tmp_path):
     (tmp_path / "en.txt").write_text("English only review number one\nAnother English line here\n"
                                      "짧음\nThird one in English\n", encoding="utf-8")
     out = tmp_path / "corpus"
-    out.mkdir()
-    (out / "part-00000-of-00001.txt").write_text("이전 실행의 코퍼스\n\n", encoding="utf-8")
+    with storage.atomic_output_dir(str(out), "clean") as staging:  # an earlier run's corpus
+        storage.write_text(storage.join(staging, "part-00000-of-00001.txt"), "이전 실행의 코퍼스\n\n")
     with pytest.raises(KorlmError) as err:
-        run_clean([str(tmp_path / "en.txt")], str(out), sentence_splitter="regex")
+        run_clean([str(tmp_path / "en.txt")], str(out), sentence_splitter="regex", overwrite=True)
     message = str(err.value)
     assert "\n" not in message
     assert "kept no documents: all 4 input records were rejected" in message
@@ -376,7 +378,7 @@ def test_a_run_that_keeps_nothing_fails_and_keeps_the_earlier_corpus(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
     # a later run that keeps documents publishes its corpus and removes the diagnostics
     (tmp_path / "ko.txt").write_text("한국어 문서는 이제 남습니다.\n", encoding="utf-8")
-    stats = run_clean([str(tmp_path / "ko.txt")], str(out), sentence_splitter="regex")
+    stats = run_clean([str(tmp_path / "ko.txt")], str(out), sentence_splitter="regex", overwrite=True)
     assert stats["kept_records"] == 1 and not failed.exists()
     # inputs without any record are not a failure: nothing to keep
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")

@@ -564,8 +564,21 @@ def test_family_tokenizer_without_special_tokens_writes_nothing(families, tmp_pa
     bad = tmp_path / "tok"
     bad.mkdir()
     tok.save(str(bad / "tokenizer.json"))
-    with pytest.raises(KorlmError, match=r"lacks the special tokens \[PAD\]"):
+    # the checkpoint records its vocabulary's hash: another vocabulary is refused by it
+    with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
         export.export_checkpoint(exp["ckpt"], str(bad), str(tmp_path / "hf"))
+    # a checkpoint from before hashes were recorded: the special tokens are checked
+    import shutil
+
+    old = tmp_path / "old-ckpt"
+    shutil.copytree(exp["ckpt"], old)
+    info = json.loads((old / models.CHECKPOINT_INFO).read_text())
+    for key in ("tokenizer_vocab_hash", "tokenizer", "vocab_hash"):
+        info.pop(key, None)
+    (old / models.CHECKPOINT_INFO).write_text(json.dumps(info))
+    shutil.rmtree(old / "tokenizer")
+    with pytest.raises(KorlmError, match=r"lacks the special tokens \[PAD\]"):
+        export.export_checkpoint(str(old), str(bad), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
 

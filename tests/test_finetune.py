@@ -120,22 +120,6 @@ def test_finetune_from_a_hugging_face_export_through_the_cli(setup, tmp_path):  
     assert model.classify(["정말 재밌어요"])[0]["label"] in ("0", "1")
 
 
-def test_finetune_a_run_through_the_cli_without_a_tokenizer(setup, tmp_path):  # noqa: F811
-    from korlm.cli import main
-
-    _, checkpoint, nsmc_dir = setup
-    run_dir = os.path.dirname(os.path.dirname(checkpoint))  # its last checkpoint is used
-    code = main(["finetune", "--checkpoint", run_dir, "--task", "nsmc", "--data-dir",
-                 str(nsmc_dir), "--output", str(tmp_path / "model"), "--max-seq-length", "16",
-                 "--batch-size", "16", "--epochs", "1", "--max-train-examples", "48",
-                 "--max-eval-examples", "16"])
-    assert code == 0
-    record = json.loads((tmp_path / "model" / "metrics.json").read_text())
-    assert record["checkpoint_uri"] == checkpoint
-    assert record["tokenizer_uri"] == os.path.join(checkpoint, "tokenizer")
-    assert finetune.load_finetuned(str(tmp_path / "model")).classify(["재밌어요"])[0]["label"] in ("0", "1")
-
-
 def test_run_step_finetune_pipeline_compiles(tmp_path):
     """`korlm pipeline run-step finetune`: one finetune task on the earlier run's
     pretraining and vocab, the evaluate section's settings, the data volume on KFP."""

@@ -4,9 +4,8 @@ folder around the command's own inputs, a gs:// prefix with other objects) is re
 one line with exit 2 and every byte left as it was; --overwrite replaces korlm's own
 artifact of the same step.
 
-The module builds one small real run through the CLI (clean -> vocab -> pretrain-data ->
-pretrain -> evaluate -> report -> export -> finetune -> tune -> push), whose folders are
-the inputs of the refused commands and the artifacts the --overwrite runs replace.
+The module makes the commands' inputs once (a real 2-step pretraining run and its export
+among them); the --overwrite test runs every command once, for real.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import yaml
 from korlm import storage
 from korlm.cli import main
 from tests import gcs_emulator
-from tests.conftest import SAMPLE_REVIEWS
 from tests.test_evaluate import write_nsmc_slice
 
 SETTINGS = {
@@ -47,14 +45,14 @@ def _commands(w: dict[str, Path]) -> dict[str, list[str]]:
         "vocab": ["vocab", "--corpus", str(w["corpus"]), *conf],
         "pretrain-data": ["pretrain-data", "--corpus", str(w["corpus"]), "--tokenizer", str(w["tok"]), *conf],
         "pretrain": ["pretrain", "--data", str(w["examples"]), "--tokenizer", str(w["tok"]), *conf],
-        "evaluate": ["evaluate", "--checkpoint", checkpoint, "--tokenizer", str(w["tok"]), "--task", "nsmc",
+        "evaluate": ["evaluate", "--checkpoint", checkpoint, "--task", "nsmc",
                      "--data-dir", str(w["nsmc"]), *conf],
         "report": ["report", "--results", str(w["evaluate"])],
-        "export": ["export", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]), *conf],
-        "finetune": ["finetune", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]),
-                     "--task", "nsmc", "--data-dir", str(w["nsmc"]), *conf],
-        "tune": ["tune", "--checkpoint", str(w["run"]), "--tokenizer", str(w["tok"]), "--task", "nsmc",
-                 "--data-dir", str(w["nsmc"]), *conf],
+        "export": ["export", "--checkpoint", str(w["run"]), *conf],
+        "finetune": ["finetune", "--checkpoint", str(w["run"]), "--task", "nsmc",
+                     "--data-dir", str(w["nsmc"]), *conf],
+        "tune": ["tune", "--checkpoint", str(w["run"]), "--task", "nsmc", "--data-dir", str(w["nsmc"]),
+                 *conf],
         "push": ["push", "--model", str(w["export"]), "--repo-id", "korlm/test-tiny", "--dry-run", *conf],
     }
 
@@ -68,28 +66,28 @@ STEPS = list(MAIN_INPUT)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    """The commands' inputs, made as cheaply as they can be real: a corpus and data in the
+    steps' formats (tests' writers), a real 2-step pretraining run and its real export."""
+    from tests.conftest import write_review_corpus
+    from tests.test_pretrain import build_tokenizer, sample_reviews, write_pretraining_data
+
     root = tmp_path_factory.mktemp("safety")
     w = {"root": root, "raw": root / "raw" / "reviews.txt", "config": root / "korlm.yaml",
          "nsmc": write_nsmc_slice(root / "nsmc", num_train=60, num_test=30)}
     w["raw"].parent.mkdir()
-    w["raw"].write_text(SAMPLE_REVIEWS_TEXT(400), encoding="utf-8")
+    w["raw"].write_text("".join(f"{r}\n" for r in sample_reviews(300)), encoding="utf-8")
     w["config"].write_text(yaml.safe_dump(SETTINGS), encoding="utf-8")
-    outputs = {"clean": "corpus", "vocab": "tok", "pretrain-data": "examples", "pretrain": "run",
-               "evaluate": "evaluate", "report": "report", "export": "export", "finetune": "finetuned",
-               "tune": "tune", "push": "push"}
-    w.update({name: root / name for name in outputs.values()})
-    for step in STEPS:  # in DAG order: each command's inputs are the earlier ones' outputs
-        assert main([*_commands(w)[step], "--output", str(w[outputs[step]])]) == 0, step
-    w["outputs"] = {step: w[name] for step, name in outputs.items()}
+    w["corpus"] = write_review_corpus(root / "corpus", 300)
+    w["tok"] = build_tokenizer(root / "tok")
+    w["examples"] = write_pretraining_data(root / "examples", w["tok"], num_examples=64)
+    results = root / "evaluate" / "nsmc"
+    results.mkdir(parents=True)
+    (results / "metrics.json").write_text(json.dumps(
+        {"task": "nsmc", "checkpoint": "step-000002", "step": 2, "metrics": {"accuracy": 0.5}}))
+    w["evaluate"], w["run"], w["export"] = root / "evaluate", root / "run", root / "export"
+    for step, out in (("pretrain", "run"), ("export", "export")):
+        assert main([*_commands(w)[step], "--output", str(w[out])]) == 0, step
     return w
-
-
-def SAMPLE_REVIEWS_TEXT(n: int) -> str:  # noqa: N802 (reads like the constant it stands for)
-    import csv
-
-    with open(SAMPLE_REVIEWS, encoding="utf-8", newline="") as f:
-        reviews = [row["review"].strip() for row in csv.DictReader(f, delimiter="\t")]
-    return "".join(r + "\n" for r in reviews[:n] if r)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -158,27 +156,46 @@ def test_a_gcs_prefix_with_other_objects_is_refused_untouched(world, bucket, ste
     assert storage.listdir(prefix) == ["models"]
 
 
+def _stub_artifact(path: Path, step: str) -> None:
+    """An earlier korlm ``step`` output at ``path`` (its marker as the step writes it)."""
+    with storage.atomic_output_dir(str(path), step) as staging:
+        storage.write_text(storage.join(staging, "earlier.txt"), f"an earlier {step} output")
+
+
 @pytest.mark.parametrize("step", STEPS)
-def test_overwrite_replaces_only_the_same_steps_artifact(world, step, capsys):
-    out = world["outputs"][step]
+def test_overwrite_replaces_only_the_same_steps_artifact(world, step, tmp_path, capsys):
+    """Each command once, for real, with --overwrite over an earlier output of its own
+    step (the real pretraining run for pretrain); without --overwrite it is refused, and
+    another step's output is refused either way. evaluate, finetune, tune and export
+    read the checkpoint's own tokenizer (no --tokenizer)."""
+    out = world["run"] if step == "pretrain" else tmp_path / "out"
+    if step != "pretrain":
+        _stub_artifact(out, step)
     argv = [*_commands(world)[step], "--output", str(out)]
-    marker = json.loads((out / storage.ARTIFACT_MARKER).read_text())
-    assert marker["step"] == step
     if step != "pretrain":  # a pretraining run resumes (here: it is done) instead
         assert "already holds a korlm " + step in _refused(argv, capsys)
-    # another step's artifact is never replaced, --overwrite or not
-    other = world["outputs"]["report" if step != "report" else "push"]
-    assert "holds a korlm" in _refused([*_commands(world)[step], "--output", str(other),
-                                        "--overwrite"], capsys)
-    before = _snapshot(world["root"] / "nsmc")
-    assert main([*argv, "--overwrite"]) == 0
+    other = tmp_path / "other"
+    _stub_artifact(other, "report" if step != "report" else "push")
+    before = _snapshot(other)
+    assert "holds a korlm" in _refused([*argv[:-1], str(other), "--overwrite"], capsys)
+    assert _snapshot(other) == before
+    inputs = _snapshot(world["nsmc"])
+    assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
     capsys.readouterr()
-    again = json.loads((out / storage.ARTIFACT_MARKER).read_text())
-    assert again["step"] == step and (out / storage.SUCCESS_MARKER).exists()
-    if step != "pretrain":
-        assert again["created"] >= marker["created"] and again["files"]
-    assert _snapshot(world["root"] / "nsmc") == before
+    marker = json.loads((out / storage.ARTIFACT_MARKER).read_text())
+    assert marker["step"] == step and (out / storage.SUCCESS_MARKER).exists()
+    assert not (out / "earlier.txt").exists()
+    assert step == "pretrain" or marker["files"]
+    assert _snapshot(world["nsmc"]) == inputs
     assert not [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    if step == "finetune":  # the run's last checkpoint and its own tokenizer were used
+        from korlm import finetune
+
+        record = json.loads((out / "metrics.json").read_text())
+        checkpoint = str(world["run"] / "checkpoints" / "step-000002")
+        assert record["checkpoint_uri"] == checkpoint
+        assert record["tokenizer_uri"] == str(Path(checkpoint) / "tokenizer")
+        assert finetune.load_finetuned(str(out)).classify(["재밌어요"])[0]["label"] in ("0", "1")
 
 
 def test_config_key_run_overwrite_acts_as_the_flag(world, tmp_path, capsys):

@@ -147,8 +147,9 @@ def test_sentencepiece(corpus, tmp_path_factory, algorithm):
     from transformers import AutoTokenizer
 
     out, stats = _build(corpus, tmp_path_factory, algorithm=algorithm)
-    assert sorted(os.listdir(out)) == ["special_tokens_map.json", "spm.model", "tokenizer.json",
-                                       "tokenizer_config.json", "vocab_stats.json"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "korlm_artifact.json", "special_tokens_map.json",
+                                       "spm.model", "tokenizer.json", "tokenizer_config.json",
+                                       "vocab_stats.json"]
     assert stats["vocab_size"] == 4000 and stats["unk_rate"] == 0.0
     tok = tokenization.load(str(out))
     assert [tok.hf.id_to_token(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
