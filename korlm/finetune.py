@@ -61,13 +61,13 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
     checkpoint's own tokenizer (a korlm checkpoint's copy, a Hugging Face export's files),
     else an override checked against the checkpoint's vocab hash
     (:func:`korlm.models.resolve_tokenizer`). Returns the metrics record."""
+    if settings.get("random_init"):
+        raise KorlmError("finetune keeps a model for serving; random_init is for "
+                         "evaluation baselines (korlm evaluate --random-init)")
     models.checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
     where = {"inputs": [checkpoint_dir, tokenizer_dir, evaluate.task_file(task)],
              "containers": [data_dir]}
     storage.check_output(output_dir, "finetune", overwrite=overwrite, **where)
-    if settings.get("random_init"):
-        raise KorlmError("finetune keeps a model for serving; random_init is for "
-                         "evaluation baselines (korlm evaluate --random-init)")
     tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir)
     tuned = evaluate.fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings)
     record, spec = tuned.record, tuned.spec
