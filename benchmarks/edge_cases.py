@@ -71,7 +71,7 @@ def write_reviews(folder: Path) -> Path:
 def counted(stats_file: Path) -> str:
     stats = json.loads(stats_file.read_text())
     n_in, kept, rej = stats["input_records"], stats["kept_records"], stats["rejected_records"]
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("rejections", {}).items()) if v)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("rejected_by_reason", {}).items()) if v)
     return f"in {n_in} = kept {kept} + rejected {rej} ({reasons})" + ("" if n_in == kept + rej else " MISMATCH")
 
 
@@ -183,7 +183,8 @@ def cases(work: Path, gcs: str | None):
 
     def compile_over_file(d):
         (d / "pipeline.yaml").write_text("my: own yaml\n", encoding="utf-8")
-        return ["pipeline", "compile", "--output", "pipeline.yaml"], d, d
+        return ["pipeline", "compile", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                "--output", "pipeline.yaml"], d, d
 
     yield "clean --output . (cwd holds the input)", clean_dot
     yield "clean --output a folder of notes", clean_notes
