@@ -31,9 +31,9 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from corpus_beam.readers import FileReadSummary, read_records  # noqa: E402
-from korlm import pii as pii_after  # noqa: E402
-from korlm.text import normalize_text  # noqa: E402
+from korlm.clean import pii as pii_after  # noqa: E402
+from korlm.clean.readers import FileReadSummary, read_records  # noqa: E402
+from korlm.clean.text import normalize_text  # noqa: E402
 
 # The last commit before issue 16's PII changes (width-folded view, parenthesized area
 # codes, resident numbers without check digit).

@@ -32,9 +32,9 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from corpus_beam.clean import beam_counters, pipeline_options
 from korlm import packing as pk
 from korlm import storage, tokenization
+from korlm.beam_options import beam_counters, pipeline_options
 from korlm.errors import KorlmError
 from korlm.pretrain_data_check import verify_shards
 from korlm.vocab import corpus_files, first_non_utf8_line, vocab_hash

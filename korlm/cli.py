@@ -69,7 +69,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
         raise KorlmError("clean needs inputs: pass --input PATH... or list clean.inputs in --config")
     options = conf.clean.model_dump(exclude={"inputs", "beam_options"}, exclude_none=True)
     if args.dry_run:
-        from corpus_beam.clean import clean_in_process, nothing_kept_error
+        from korlm.clean.beam import clean_in_process, nothing_kept_error
 
         report = clean_in_process(inputs, max_records_per_file=args.dry_run_records,
                                   examples_per_reason=3, **options)
@@ -80,7 +80,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
         return
     if not args.output:
         raise KorlmError("clean needs --output DIR (or --dry-run)")
-    from corpus_beam.clean import run_clean
+    from korlm.clean.beam import run_clean
 
     stats = run_clean(inputs, args.output,
                       beam_options=(args.beam_option or conf.clean.beam_options) or None,

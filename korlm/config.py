@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from korlm.clean.filters import compile_patterns
 from korlm.errors import KorlmError
-from korlm.filters import compile_patterns
 
 
 class ConfigError(KorlmError):
@@ -56,7 +56,7 @@ def clean_input(data: Any, source: str = "input") -> CleanInput:
     try:
         return CleanInput.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise ConfigError(f"{source}: " + "; ".join(describe_error(e) for e in exc.errors())) from None
 
 
 class CleanSection(_Section):
@@ -639,7 +639,7 @@ class Config(_Section):
         return self
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -660,7 +660,7 @@ def validate(data: dict[str, Any] | None, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(describe_error(e) for e in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 
@@ -742,6 +742,6 @@ def section_params(section: str, params: dict[str, Any]) -> dict[str, Any]:
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(_describe({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
+        problems = "; ".join(describe_error({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
         raise ConfigError(f"step parameters: {problems}") from None
     return {k: v for k, v in validated.model_dump().items() if k in params}

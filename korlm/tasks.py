@@ -637,14 +637,14 @@ def task_from_dict(data: Any, source: str = "task file", base_dir: str | None = 
     are taken relative to ``base_dir`` (the YAML file's folder)."""
     from pydantic import ValidationError
 
-    from korlm.config import _describe
+    from korlm.config import describe_error
 
     if not isinstance(data, dict):
         raise KorlmError(f"{source}: a task file is a mapping (name, type, format, ...)")
     try:
         declared = _task_file_model().model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(e) if e["loc"] else e["msg"].removeprefix("Value error, ")
+        problems = [describe_error(e) if e["loc"] else e["msg"].removeprefix("Value error, ")
                     for e in exc.errors()]
         raise KorlmError(f"{source}: " + "; ".join(problems)) from None
 

@@ -52,8 +52,8 @@ from collections import Counter
 from collections.abc import Iterator
 
 from korlm import storage
+from korlm.clean.text import count_eojeol
 from korlm.errors import KorlmError
-from korlm.text import count_eojeol
 
 _LOG = logging.getLogger(__name__)
 

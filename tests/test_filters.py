@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from korlm.filters import (
+from korlm.clean.filters import (
     DEFAULT_BOILERPLATE_PATTERNS,
     compile_patterns,
     digit_ratio,
@@ -16,7 +16,7 @@ from korlm.filters import (
     symbol_ratio,
     top_ngram_fraction,
 )
-from korlm.text import (
+from korlm.clean.text import (
     cap_repeats,
     normalize_extras,
     remove_emoji,

@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 
-from corpus_beam.clean import run_clean
 from corpus_beam.pack import pack_document, run_pretrain_data, split_documents, verify_shards
 from korlm import tokenization
+from korlm.clean.beam import run_clean
 from korlm.errors import KorlmError
 from korlm.pretrain_data_check import CorruptShardError
 from korlm.vocab import build_vocab, load_tokenizer, vocab_hash
