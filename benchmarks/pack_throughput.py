@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 def _batches(corpus_dir: str) -> list[dict]:
     from corpus_beam.pack import ReadDocuments
-    from korlm.vocab import corpus_files
+    from korlm.clean.corpus import corpus_files
 
     reader = ReadDocuments()
     return [batch for path in corpus_files(corpus_dir) for batch in reader.process(path)]
@@ -105,8 +105,9 @@ def main(argv=None) -> None:
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     from corpus_beam.pack import ExamplePacker
-    from korlm import packing, tokenization
-    from korlm.vocab import corpus_files
+    from korlm import packing
+    from korlm.clean.corpus import corpus_files
+    from korlm.tokenizer import tokenization
 
     settings = json.loads(args.settings)
     work = tempfile.mkdtemp(prefix="pack-bench-")

@@ -132,7 +132,7 @@ def main() -> None:
               f"overhead ratio (korlm / direct): {med['korlm'] / med['direct']:.2f} time (median of {args.repeat}), "
               f"{rss['korlm'] / rss['direct']:.2f} memory (max peak RSS)")
 
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     sample = sentences[:args.morpheme_sentences]
     morpheme.segment_batch(sample[:10])  # load Kiwi's model outside the timing

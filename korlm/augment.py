@@ -329,9 +329,9 @@ def augment_task_data(data: TaskData, *, seed: int, method: str = "eda", num_aug
             return ("a",) if k % 2 == 0 else ("b",)
         return ("a", "b") if pair_side == "both" else (pair_side,)
 
-    from korlm.morpheme import _kiwi
+    from korlm.tokenizer.morpheme import shared_kiwi
 
-    kiwi = _kiwi()
+    kiwi = shared_kiwi()
     analysed_a = list(kiwi.tokenize(data.texts)) if n else []
     analysed_b = list(kiwi.tokenize(data.texts_b)) if pair and n else []
     rate_of = dict(zip(OPERATIONS, rates.values(), strict=True))

@@ -93,7 +93,7 @@ def cmd_vocab(args: argparse.Namespace) -> None:
                         "vocab.pre_tokenizer": args.pre_tokenizer,
                         "vocab.vocab_size": args.vocab_size,
                         "vocab.special_tokens": args.special_tokens})
-    from korlm.vocab import build_vocab
+    from korlm.tokenizer.vocab import build_vocab
 
     v = conf.vocab
     stats = build_vocab(args.corpus, args.output, algorithm=v.algorithm,

@@ -51,7 +51,7 @@ def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
     and adding ``[CLS] ... [SEP]`` (also when tokenizer.json has no post-processor)."""
     from tokenizers.processors import TemplateProcessing
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     path = storage.join(tokenizer_dir, "tokenizer.json")
     if not storage.exists(path):

@@ -164,8 +164,8 @@ def _read_tokenizer(tokenizer_dir: str):
 def _special_tokens(tokenizer, tokenizer_dir: str) -> tuple[str, dict[str, str], dict[str, int]]:
     """The vocab's special-token family (``bert``|``bart``), role -> token and role -> id
     (pad, unk, cls, sep, mask); a KorlmError naming the tokens the vocab lacks."""
-    from korlm import tokenization
-    from korlm.vocab import SPECIAL_TOKEN_FAMILIES
+    from korlm.tokenizer import tokenization
+    from korlm.tokenizer.files import SPECIAL_TOKEN_FAMILIES
 
     family = tokenization.special_tokens_of(tokenizer_dir) or tokenization.special_tokens_family_of(tokenizer)
     ids = tokenization.KorlmTokenizer(tokenizer, special_tokens=family).special_token_ids()

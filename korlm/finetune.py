@@ -28,7 +28,7 @@ from typing import Any
 
 from korlm import evaluate, models, storage, tasks
 from korlm.errors import KorlmError
-from korlm.vocab import TOKENIZER_DIR_FILES
+from korlm.tokenizer.files import TOKENIZER_DIR_FILES
 
 FINETUNED_JSON = "korlm_finetuned.json"
 LABEL_MAP_JSON = "label_map.json"

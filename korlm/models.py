@@ -31,7 +31,13 @@ from typing import Any
 from korlm import storage
 from korlm.errors import KorlmError
 from korlm.presets import MODEL_FAMILIES, model_config
-from korlm.vocab import TOKENIZER_DIR_FILES, TOKENIZER_FILE, hashes_match, short_hash, vocab_hash
+from korlm.tokenizer.files import (
+    TOKENIZER_DIR_FILES,
+    TOKENIZER_FILE,
+    hashes_match,
+    short_hash,
+    vocab_hash,
+)
 
 CHECKPOINT_INFO = "korlm_checkpoint.json"
 NSP_HEAD = "nsp_head.npz"

@@ -39,7 +39,7 @@ from korlm import models, storage
 from korlm.errors import KorlmError
 from korlm.presets import size_config
 from korlm.pretrain_data_check import verify_shards
-from korlm.vocab import hashes_match, normalize_hash, vocab_hash
+from korlm.tokenizer.files import hashes_match, normalize_hash, vocab_hash
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINTS_JSON = "checkpoints.json"
@@ -414,9 +414,9 @@ def inspect_examples(data_dir: str, tokenizer_dir: str, *, num_examples: int = 3
     if num_examples < 1:
         raise KorlmError(f"--examples must be at least 1, got {num_examples}")
     meta, files = inspect_data(data_dir, tokenizer_dir)
-    from korlm import tokenization
     from korlm.masking import check_rates
     from korlm.noising import check_noising
+    from korlm.tokenizer import tokenization
 
     check_rates(mask_rate, mask_token_rate, random_token_rate)
     check_noising(infill_rate, poisson_lambda)

@@ -10,8 +10,8 @@ import pytest
 from korlm import augment
 from korlm.augment import AugmentStats, augment_task_data, noun_synonyms
 from korlm.errors import KorlmError
-from korlm.morpheme import _kiwi
 from korlm.tasks import TaskData, get_task
+from korlm.tokenizer.morpheme import shared_kiwi
 
 REVIEWS = [
     "배우들의 연기가 정말 돋보였던 영화였다.",
@@ -30,7 +30,7 @@ def _reviews(n_copies: int = 1) -> TaskData:
 
 
 def _tags(text: str) -> list[tuple[str, str]]:
-    return [(t.form, t.tag) for t in _kiwi().tokenize(text)]
+    return [(t.form, t.tag) for t in shared_kiwi().tokenize(text)]
 
 
 def test_counts_labels_ids_and_originals_first():

@@ -149,7 +149,7 @@ def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
     only with the same vocabulary; another one is one line naming both hashes, exit 2,
     before anything is trained or written."""
     from korlm.cli import main
-    from korlm.vocab import short_hash
+    from korlm.tokenizer.files import short_hash
 
     tokenizer_dir, checkpoint, nsmc_dir = setup
     other = build_tokenizer(tmp_path / "other", num_sentences=200, vocab_size=300)

@@ -289,7 +289,7 @@ def test_missing_inputs(exported, tmp_path):
 def test_checkpoint_without_a_tokenizer_needs_one_and_an_export_carries_its_own(
         exported, tmp_path, capsys):
     from korlm.cli import main
-    from korlm.vocab import short_hash, vocab_hash
+    from korlm.tokenizer.files import short_hash, vocab_hash
 
     # Written before checkpoints carried their tokenizer: --tokenizer is needed, one line.
     with pytest.raises(KorlmError, match="carries no tokenizer .*; pass --tokenizer DIR"):
@@ -344,7 +344,8 @@ CASES = ("roberta-trained", "bart-trained", "roberta-bartvocab", "bart-bartvocab
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    from korlm import pretrain, vocab
+    from korlm import pretrain
+    from korlm.tokenizer import vocab
     from tests.test_pretrain import build_tokenizer, sample_reviews, write_pretraining_data
 
     root = tmp_path_factory.mktemp("families")
@@ -488,7 +489,7 @@ def test_roberta_and_bart_tokenizer_and_card(families, case):
     import yaml
     from transformers import AutoTokenizer
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     exp = families[case]
     family = case.split("-")[0]

@@ -16,9 +16,9 @@ import pytest
 
 from korlm import config as cfg
 from korlm import packing as pk
-from korlm import tokenization
 from korlm.errors import KorlmError
-from korlm.vocab import build_vocab
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import SAMPLE_REVIEWS
 
 PETITIONS = os.path.join(os.path.dirname(SAMPLE_REVIEWS), "petitions.jsonl.gz")
@@ -264,7 +264,7 @@ def test_word_starts_follow_whitespace(corpus):
 
 
 def test_morpheme_vocab_marks_morpheme_and_eojeol_starts(tmp_path):
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

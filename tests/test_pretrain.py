@@ -433,7 +433,7 @@ def test_inspect_cli_decodes_masks_and_labels(contract_data, tmp_path):
     import subprocess
     import sys
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     tokenizer_dir, words, _ = contract_data
     conf = tmp_path / "c.yaml"

@@ -14,11 +14,12 @@ import shutil
 import pytest
 
 from corpus_beam.pack import pack_document, run_pretrain_data, split_documents, verify_shards
-from korlm import tokenization
 from korlm.clean.beam import run_clean
 from korlm.errors import KorlmError
 from korlm.pretrain_data_check import CorruptShardError
-from korlm.vocab import build_vocab, load_tokenizer, vocab_hash
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.files import load_tokenizer, vocab_hash
+from korlm.tokenizer.vocab import build_vocab
 
 SAMPLE_RAW = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw")
 MAX_LEN = 32

@@ -124,7 +124,7 @@ def test_vocab_step_reads_and_writes_gs(prefix, tmp_path):
     stats = json.loads(storage.read_text(f"{prefix}/tokenizer/vocab_stats.json"))
     assert stats["vocab_size"] == 1000
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     tok = tokenization.load(f"{prefix}/tokenizer")
     assert tok.get_vocab_size() == 1000
@@ -158,8 +158,9 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     """A gs:// run dir: a checkpoint holds its tokenizer (read back through the resolver),
     a state whose upload was cut short (no _SUCCESS) is skipped for the complete one, a
     checkpoint newer than the state is named, and the next save replaces them."""
-    from korlm import models, pretrain, tokenization
+    from korlm import models, pretrain
     from korlm.errors import KorlmError
+    from korlm.tokenizer import tokenization
     from tests.test_pretrain import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok", num_sentences=100, vocab_size=300)

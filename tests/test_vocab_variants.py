@@ -7,14 +7,14 @@ import os
 
 import pytest
 
-from korlm import morpheme, tokenization
-from korlm.vocab import (
+from korlm.clean.corpus import iter_sentences
+from korlm.tokenizer import morpheme, tokenization
+from korlm.tokenizer.files import HANGUL_SYLLABLES
+from korlm.tokenizer.vocab import (
     COMPATIBILITY_JAMO,
     CONJOINING_JAMO,
-    HANGUL_SYLLABLES,
     PRINTABLE_ASCII,
     build_vocab,
-    iter_sentences,
     sample_sentences,
 )
 from tests.conftest import write_review_corpus

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.vocab import (
+from korlm.tokenizer.files import (
     CONFIG_FILE,
     CONTINUATION,
     SPECIAL_TOKEN_FAMILIES,
@@ -37,8 +37,8 @@ from korlm.vocab import (
     VOCAB_FILE,
     jamo_fallback_map,
     load_tokenizer,
-    spm_without_dummy_prefix,
 )
+from korlm.tokenizer.spm_model import spm_without_dummy_prefix
 
 UNK_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]]
 MAX_INPUT_CHARS_PER_WORD = 100  # as models.WordPiece in korlm.vocab
@@ -90,7 +90,7 @@ class KorlmTokenizer:
     def prepare(self, texts: Sequence[str]) -> list[str]:
         """The text ``tokenizer.json`` expects: morpheme-segmented for a morpheme vocab."""
         if self.pre_tokenizer == "morpheme":
-            from korlm import morpheme
+            from korlm.tokenizer import morpheme
 
             if self._wordpiece:
                 return morpheme.segment_batch(texts)
@@ -193,7 +193,7 @@ def graph_tokenizer(tokenizer_dir: str):
     is_spm = storage.exists(spm_path)
     segment = None
     if pre_tokenizer == "morpheme":
-        from korlm import morpheme
+        from korlm.tokenizer import morpheme
 
         # The same segmentation as KorlmTokenizer.prepare.
         boundary = morpheme.BOUNDARY if is_spm else None

@@ -53,7 +53,8 @@ def kiwi_version() -> str:
     return kiwipiepy.__version__
 
 
-def _kiwi():
+def shared_kiwi():
+    """The process's one Kiwi analyser, loaded on first use."""
     global _KIWI
     with _LOCK:
         if _KIWI is None:
@@ -108,7 +109,7 @@ def segment_batch(texts: Iterable[str], mark: str = CONTINUATION, boundary: str 
         return []
     if boundary is not None:
         texts = [t.replace(boundary, "") for t in texts]
-    analysed = _kiwi().tokenize(texts)
+    analysed = shared_kiwi().tokenize(texts)
     if boundary is not None:
         return [_join_bounded(split_eojeols(text, tokens), boundary)
                 for text, tokens in zip(texts, analysed, strict=True)]

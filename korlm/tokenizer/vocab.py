@@ -37,54 +37,45 @@ pre-tokenizer where the vocab needs it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import heapq
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 
 from korlm import storage
+from korlm.clean.corpus import corpus_files, iter_sentences
 from korlm.clean.text import count_eojeol
 from korlm.errors import KorlmError
+from korlm.tokenizer.files import (
+    CONFIG_FILE,
+    CONTINUATION,
+    HANGUL_SYLLABLES,
+    SPECIAL_TOKEN_FAMILIES,
+    SPECIAL_TOKENS,
+    SPECIAL_TOKENS_MAP_FILE,
+    SPM_FILE,
+    STATS_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    jamo_fallback_map,
+    special_token_ids,
+    special_tokens,
+)
+from korlm.tokenizer.spm_model import compile_charsmap, quantize_unigram_scores
 
 _LOG = logging.getLogger(__name__)
 
 ALGORITHMS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
 PRE_TOKENIZERS = ("none", "morpheme")
 COVERAGES = ("full", "corpus")
-# Special tokens by model family, role -> token in id order (ids 0-4): BERT's, and
-# fairseq / Hugging Face RoBERTa and BART's (<s> plays cls, </s> plays sep).
-SPECIAL_TOKEN_FAMILIES = {
-    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    "bart": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
-}
-# The BERT family (the default); family-aware code uses special_tokens(family).
-SPECIAL_TOKENS = SPECIAL_TOKEN_FAMILIES["bert"]
-SPECIAL_TOKEN_IDS = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
 _ALL_SPECIAL = {t for family in SPECIAL_TOKEN_FAMILIES.values() for t in family.values()}
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILE = "vocab.txt"
-SPM_FILE = "spm.model"
-STATS_FILE = "vocab_stats.json"
-CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-# The files of a tokenizer directory (``build_vocab``'s output): what travels with a
-# checkpoint or a fine-tuned model so that it is self-contained.
-TOKENIZER_DIR_FILES = (TOKENIZER_FILE, VOCAB_FILE, SPM_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE,
-                       STATS_FILE)
 MODEL_MAX_LENGTH = 512
 MAX_HELDOUT_SENTENCES = 20_000
-CONTINUATION = "##"
-
-HANGUL_SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4)]
 # Modern conjoining jamo (choseong, jungseong, jongseong): what a syllable decomposes to.
 CONJOINING_JAMO = [chr(c) for c in (*range(0x1100, 0x1113), *range(0x1161, 0x1176), *range(0x11A8, 0x11C3))]
 COMPATIBILITY_JAMO = [chr(c) for c in range(0x3131, 0x318F)]
@@ -92,59 +83,7 @@ PRINTABLE_ASCII = [chr(c) for c in range(0x21, 0x7F)]
 COVERAGE_ALPHABET = CONJOINING_JAMO + COMPATIBILITY_JAMO + PRINTABLE_ASCII
 
 
-def special_tokens(family: str) -> dict[str, str]:
-    """Role (pad, unk, cls, sep, mask) -> token of a special-token family, in id order."""
-    if family not in SPECIAL_TOKEN_FAMILIES:
-        raise KorlmError(f"special_tokens {family!r} is unknown; choose one of {', '.join(SPECIAL_TOKEN_FAMILIES)}")
-    return SPECIAL_TOKEN_FAMILIES[family]
-
-
-def special_token_ids(family: str) -> dict[str, int]:
-    """Role -> id of a special-token family (its tokens sit at ids 0-4 in every variant)."""
-    return {role: i for i, role in enumerate(special_tokens(family))}
-
-
 # --------------------------------------------------------------------------- corpus
-
-
-def corpus_files(corpus_dir: str) -> list[str]:
-    """The clean corpus's part files (``part-*.txt`` or ``part-*.txt.gz``), sorted."""
-    files = storage.glob(storage.join(corpus_dir, "part-*.txt")) + storage.glob(
-        storage.join(corpus_dir, "part-*.txt.gz"))
-    return sorted(files)
-
-
-def iter_sentences(corpus_dir: str) -> Iterator[str]:
-    """Every sentence of the corpus in file order (blank document separators skipped), streamed.
-    A part that is not UTF-8 (or a damaged ``.gz``) is a KorlmError naming the file and line."""
-    for path in corpus_files(corpus_dir):
-        number = 0
-        try:
-            with storage.open_file(path, "rb") as raw:
-                stream = gzip.open(raw) if path.endswith(".gz") else raw
-                for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):  # noqa: B007 (read in except)
-                    line = line.strip()
-                    if line:
-                        yield line
-        except UnicodeDecodeError:
-            raise KorlmError(f"corpus file {path}, line {first_non_utf8_line(path) or number + 1}: "
-                             "not UTF-8 text; korlm clean writes UTF-8 (re-clean the raw files)") from None
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise KorlmError(f"corpus file {path} cannot be read after line {number} "
-                             f"({type(exc).__name__}: {exc})") from None
-
-
-def first_non_utf8_line(path: str) -> int | None:
-    """The 1-based number of the first line of corpus part ``path`` that is not UTF-8,
-    or None when it all decodes (a whole-buffer decode first: the common case is fast)."""
-    with storage.open_file(path, "rb") as raw:
-        stream = gzip.open(raw) if path.endswith(".gz") else raw
-        data = stream.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return data[: exc.start].count(b"\n") + 1
-    return None
 
 
 _SAMPLE_HASH = hashlib.blake2b(digest_size=8, person=b"korlm-vocab")
@@ -284,145 +223,6 @@ def wordpiece_pre_tokenizer(pre_tokenizer: str):
     return pre_tokenizers.WhitespaceSplit() if pre_tokenizer == "morpheme" else pre_tokenizers.BertPreTokenizer()
 
 
-def jamo_fallback_map(vocab) -> dict[str, str]:
-    """Syllable -> conjoining jamo for each syllable the vocab lacks in either form."""
-    return {s: unicodedata.normalize("NFD", s) for s in HANGUL_SYLLABLES
-            if s not in vocab or CONTINUATION + s not in vocab}
-
-
-def _protobuf_spans(buf: bytes):
-    """(field number, wire type, start, payload start, end) of each field of a serialized
-    protobuf message: enough to read and rewrite sentencepiece's ModelProto without its
-    generated module (whose protobuf runtime pin conflicts with TensorFlow's)."""
-    i = 0
-
-    def varint():
-        nonlocal i
-        value = shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value
-
-    while i < len(buf):
-        start = i
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            payload = i
-            varint()
-        elif wire == 2:
-            n = varint()
-            payload = i
-            i += n
-        elif wire in (1, 5):
-            payload = i
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, start, payload, i
-
-
-def _protobuf_fields(buf: bytes):
-    """(field number, bytes of a length-delimited field or None) of a serialized message."""
-    for number, wire, _, payload, end in _protobuf_spans(buf):
-        yield number, (buf[payload:end] if wire == 2 else None)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-# Unigram piece scores are rounded to this grid (see quantize_unigram_scores).
-SCORE_GRID = 2.0 ** -8
-
-
-def quantize_unigram_scores(blob: bytes, grid: float = SCORE_GRID) -> bytes:
-    """The SentencePiece model ``blob`` with every piece score rounded to a multiple of ``grid``.
-
-    Why: the Viterbi search of sentencepiece (C++, tf-text) adds float32 scores along the
-    whole string it is given, ``tokenizers`` (Rust) adds float64 scores word by word.
-    Float addition is not associative, so two segmentations with the same pieces in
-    another order (runs like ``ㅋㅋㅋㅋㅋ`` = ``ㅋㅋㅋ``+``ㅋㅋ`` or ``ㅋㅋ``+``ㅋㅋㅋ``)
-    compare as unequal, in a different direction in each library: 1.4% of news comments
-    got different ids before. On a dyadic grid with scores of small magnitude every
-    partial sum is exact in float32 (while |sum| < 2**24 * grid = 65,536, thousands of
-    pieces) and in float64, so both compare the same numbers, and both break exact ties
-    by the same rule (strict ``>`` while the start position grows: of equal-scoring
-    paths to a position, the one whose last piece starts earliest wins; sentencepiece's
-    ``unigram_model.cc`` and ``tokenizers``' ``encode_optimized``). The graph tokenizer
-    feeds sentencepiece one word at a time, so the bound is per word, not per text (a
-    whole 89,532-character text, 58,578 pieces, diverged after a running sum of
-    -279,549 when fed at once). The rounding moves a score by at most 0.002 nats.
-    """
-    import struct
-
-    out = bytearray()
-    for number, _, start, payload, end in _protobuf_spans(blob):
-        if number != 1:  # ModelProto.pieces
-            out += blob[start:end]
-            continue
-        piece = blob[payload:end]
-        fields = bytearray()
-        for pnumber, pwire, pstart, ppayload, pend in _protobuf_spans(piece):
-            if pnumber == 2 and pwire == 5:  # SentencePiece.score (float)
-                (score,) = struct.unpack("<f", piece[ppayload:pend])
-                fields += piece[pstart:ppayload] + struct.pack("<f", round(score / grid) * grid)
-            else:
-                fields += piece[pstart:pend]
-        out += _length_delimited(1, bytes(fields))
-    return bytes(out)
-
-
-def spm_without_dummy_prefix(blob: bytes) -> bytes:
-    """The SentencePiece model ``blob`` with ``normalizer_spec.add_dummy_prefix = false``:
-    encodes a continuation morpheme without the word-initial ``▁``."""
-    out = bytearray()
-    for number, _, start, payload, end in _protobuf_spans(blob):
-        if number != 3:  # ModelProto.normalizer_spec
-            out += blob[start:end]
-            continue
-        spec = blob[payload:end]
-        fields = b"".join(spec[s:e] for n, _, s, _, e in _protobuf_spans(spec) if n != 3)
-        out += _length_delimited(3, fields + _varint(3 << 3 | 0) + _varint(0))  # add_dummy_prefix = false
-    return bytes(out)
-
-
-def compile_charsmap(mapping: dict[str, str]) -> bytes:
-    """``mapping`` compiled to a SentencePiece precompiled charsmap (the input of
-    ``tokenizers.normalizers.Precompiled``), by sentencepiece's own rule compiler."""
-    import sentencepiece as spm
-
-    rules = "".join(" ".join(f"{ord(c):X}" for c in k) + "\t" + " ".join(f"{ord(c):X}" for c in v) + "\n"
-                    for k, v in sorted(mapping.items()))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "rules.tsv")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(rules)
-        model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(["가 a"] * 4), model_writer=model, vocab_size=8, model_type="char",
-            normalization_rule_tsv=path, add_dummy_prefix=False, remove_extra_whitespaces=False,
-            hard_vocab_limit=False, minloglevel=2)
-    normalizer = next(v for n, v in _protobuf_fields(model.getvalue()) if n == 3)
-    return next(v for n, v in _protobuf_fields(normalizer) if n == 2)
-
-
 def _fit_vocab(tokens: list[str], required: list[str], size: int) -> list[str]:
     """``tokens`` (id order) plus the missing ``required`` ones, dropping the latest
     multi-character tokens (the rarest merges) so the result has at most ``size``."""
@@ -472,7 +272,7 @@ def _train_wordpiece(train: list[str], *, pre_tokenizer: str, vocab_size: int, m
                      coverage: str, family: str = "bert") -> tuple[object, dict]:
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     specials = special_tokens(family)
 
@@ -581,7 +381,7 @@ def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, c
                          pre_tokenizer: str = "none", family: str = "bert") -> tuple[bytes, object, dict]:
     import sentencepiece as spm
 
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     model = io.BytesIO()
     extra = {}
@@ -629,7 +429,7 @@ def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str, *, family: str = "be
     import sentencepiece as spm
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     specials = special_tokens(family)
     sp = spm.SentencePieceProcessor(model_proto=blob)
@@ -782,7 +582,7 @@ def build_vocab(
                                                  coverage=coverage, pre_tokenizer=pre_tokenizer, family=family)
     trained_at = time.monotonic()
 
-    from korlm.tokenization import KorlmTokenizer
+    from korlm.tokenizer.tokenization import KorlmTokenizer
 
     tokenizer = KorlmTokenizer(hf, pre_tokenizer, special_tokens=family)
     by_id = sorted(hf.get_vocab().items(), key=lambda item: item[1])
@@ -818,7 +618,7 @@ def build_vocab(
         "vocab_hash": hashlib.sha256(vocab_txt.encode("utf-8")).hexdigest(),
     }
     if pre_tokenizer == "morpheme":
-        from korlm import morpheme
+        from korlm.tokenizer import morpheme
 
         stats["kiwipiepy_version"] = morpheme.kiwi_version()
     with storage.atomic_output_dir(output_dir, "vocab", inputs=[corpus_dir],
@@ -834,56 +634,6 @@ def build_vocab(
     _LOG.info("vocab: %d tokens from %d sentences, held-out unk_rate %s, %.1f s", len(by_id), len(train),
               metrics["unk_rate"], stats["build_seconds"])
     return stats
-
-
-def load_tokenizer(tokenizer_dir: str):
-    """The ``tokenizers.Tokenizer`` saved by :func:`build_vocab` in ``tokenizer_dir``.
-
-    It expects morpheme-segmented input for a morpheme vocab; use
-    ``korlm.tokenization.load`` to tokenize raw text.
-    """
-    from tokenizers import Tokenizer
-
-    path = storage.join(tokenizer_dir, TOKENIZER_FILE)
-    if not storage.exists(path):
-        raise KorlmError(f"no {TOKENIZER_FILE} in {tokenizer_dir!r}; pass the output directory of `korlm vocab`")
-    try:
-        return Tokenizer.from_str(storage.read_text(path))
-    except Exception as exc:
-        raise KorlmError(f"{path} is not a valid tokenizer file ({exc}); rebuild it with `korlm vocab`") from None
-
-
-def vocab_hash(tokenizer_dir: str) -> str:
-    """sha256 of the vocabulary (vocab.txt, or the tokens of tokenizer.json in id order):
-    ties examples and checkpoints to the vocabulary they were made with."""
-    path = storage.join(tokenizer_dir, VOCAB_FILE)
-    if storage.exists(path):
-        with storage.open_file(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    if storage.exists(storage.join(tokenizer_dir, TOKENIZER_FILE)):
-        vocab = load_tokenizer(tokenizer_dir).get_vocab()
-        text = "".join(f"{t}\n" for t in sorted(vocab, key=vocab.get))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    raise KorlmError(f"no {VOCAB_FILE} in {tokenizer_dir!r}; pass the output directory of `korlm vocab`")
-
-
-def normalize_hash(value: str) -> str:
-    """A vocab hash as lower-case hex, without an ``algorithm:`` prefix."""
-    value = str(value).strip().lower()
-    return value.split(":", 1)[1] if ":" in value else value
-
-
-def hashes_match(a: str, b: str) -> bool:
-    """Whether two vocab hashes name the same vocabulary. One side may store a shortened
-    hash; 8 hex digits still tell vocabularies apart."""
-    a, b = normalize_hash(a), normalize_hash(b)
-    short = min(len(a), len(b))
-    return short >= 8 and a[:short] == b[:short]
-
-
-def short_hash(value: str) -> str:
-    """The short form of a vocab hash shown in messages (12 hex digits)."""
-    return normalize_hash(value)[:12]
 
 
 def comparison_table(stats: list[dict]) -> str:
