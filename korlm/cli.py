@@ -120,7 +120,7 @@ def cmd_pretrain_data(args: argparse.Namespace) -> None:
                         "pretrain_data.masking": args.masking,
                         "pretrain_data.dupe_factor": args.dupe_factor,
                         "pretrain_data.whole_word": args.whole_word})
-    from corpus_beam.pack import run_pretrain_data
+    from korlm.pretrain_data.beam import run_pretrain_data
 
     p = conf.pretrain_data
     meta = run_pretrain_data(args.corpus, args.tokenizer, args.output,

@@ -165,7 +165,7 @@ class PretrainDataSection(_Section):
 
     @model_validator(mode="after")
     def _settings_combine(self):
-        from korlm.packing import resolve_settings
+        from korlm.pretrain_data.packing import resolve_settings
 
         try:
             resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options",

@@ -38,7 +38,7 @@ from typing import Any
 from korlm import models, storage
 from korlm.errors import KorlmError
 from korlm.presets import size_config
-from korlm.pretrain_data_check import verify_shards
+from korlm.pretrain_data.shards import verify_shards
 from korlm.tokenizer.files import hashes_match, normalize_hash, vocab_hash
 
 CHECKPOINTS_DIR = "checkpoints"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from korlm import config as cfg
-from korlm import packing as pk
 from korlm.errors import KorlmError
+from korlm.pretrain_data import packing as pk
 from korlm.tokenizer import tokenization
 from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import SAMPLE_REVIEWS

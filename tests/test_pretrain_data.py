@@ -13,10 +13,15 @@ import shutil
 
 import pytest
 
-from corpus_beam.pack import pack_document, run_pretrain_data, split_documents, verify_shards
 from korlm.clean.beam import run_clean
 from korlm.errors import KorlmError
-from korlm.pretrain_data_check import CorruptShardError
+from korlm.pretrain_data.beam import (
+    pack_document,
+    run_pretrain_data,
+    split_documents,
+    verify_shards,
+)
+from korlm.pretrain_data.shards import CorruptShardError
 from korlm.tokenizer import tokenization
 from korlm.tokenizer.files import load_tokenizer, vocab_hash
 from korlm.tokenizer.vocab import build_vocab

@@ -32,12 +32,12 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from korlm import packing as pk
 from korlm import storage
 from korlm.beam_options import beam_counters, pipeline_options
 from korlm.clean.corpus import corpus_files, first_non_utf8_line
 from korlm.errors import KorlmError
-from korlm.pretrain_data_check import verify_shards
+from korlm.pretrain_data import packing as pk
+from korlm.pretrain_data.shards import verify_shards
 from korlm.tokenizer import tokenization
 from korlm.tokenizer.files import vocab_hash
 
