@@ -44,11 +44,12 @@ def prepare(work: Path, size: str, vocab_size: int, max_seq_length: int) -> None
     tokenizer.save(str(work / "tokenizer" / "tokenizer.json"))
     tokenizer.save_model(str(work / "tokenizer"))
 
-    from korlm import models
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     actual_vocab = tokenizer.get_vocab_size()
-    task = models.build_masked_lm("bert", size, actual_vocab, max_seq_length)
-    models.save_checkpoint(task, str(work / "checkpoint"), {
+    task = build_masked_lm("bert", size, actual_vocab, max_seq_length)
+    save_checkpoint(task, str(work / "checkpoint"), {
         "model": "bert", "size": size, "vocab_size": actual_vocab,
         "max_seq_length": max_seq_length, "step": 0})
 
@@ -69,7 +70,7 @@ def run_transformers(work: Path, examples: int, batch: int, seq: int, size: str)
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
     from korlm import tasks
-    from korlm.presets import size_config
+    from korlm.modeling.presets import size_config
 
     splits = tasks.load_task(tasks.get_task("nsmc"), str(NSMC.parent),
                              max_train_examples=examples, max_eval_examples=32)

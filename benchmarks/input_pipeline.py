@@ -98,10 +98,11 @@ def pipeline_rate(files, name, *, batch_size, seq_len, vocab, batches) -> float:
 def build_trainer(files, *, size, batch_size, seq_len, vocab):
     import keras
 
-    from korlm import models, pretrain
+    from korlm import pretrain
+    from korlm.modeling.build import build_masked_lm
 
     keras.utils.set_random_seed(0)
-    task = models.build_masked_lm("bert", size, vocab, seq_len)
+    task = build_masked_lm("bert", size, vocab, seq_len)
     pretrain.compile_masked_lm(task, learning_rate=1e-4, warmup_steps=10, total_steps=10_000,
                                weight_decay=0.01)
     batch = next(iter(pretrain.make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,

@@ -54,8 +54,9 @@ def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from tokenizers.processors import BertProcessing
 
-    from korlm import models
     from korlm.finetune import finetune
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     texts = pd.read_csv(NSMC / "ratings_train.txt", sep="\t")["document"].fillna("").tolist()
     tokenizer = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
@@ -66,8 +67,8 @@ def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
     tokenizer.save(str(work / "tokenizer" / "tokenizer.json"))
     tokenizer.save_model(str(work / "tokenizer"))
     vocab = tokenizer.get_vocab_size()
-    task = models.build_masked_lm("bert", size, vocab, seq)
-    models.save_checkpoint(task, str(work / "checkpoint"), {
+    task = build_masked_lm("bert", size, vocab, seq)
+    save_checkpoint(task, str(work / "checkpoint"), {
         "model": "bert", "size": size, "vocab_size": vocab, "max_seq_length": seq, "step": 0})
     record = finetune(str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
                       str(work / "model"), max_train_examples=train_examples,

@@ -98,7 +98,7 @@ def _korlm_task(args):
     """The korlm-side task and one batch of its inputs (x, y, sample_weight)."""
     import numpy as np
 
-    from korlm import models
+    from korlm.modeling.build import uses_segment_ids
 
     rng = np.random.default_rng(0)
     ids = rng.integers(5, args.vocab_size, size=(args.batch_size, args.seq_len)).astype("int32")
@@ -113,23 +113,24 @@ def _korlm_task(args):
                                   for _ in range(args.batch_size)]), axis=1).astype("int32")
     labels = np.take_along_axis(ids, positions, axis=1)
     x = {"token_ids": ids, "padding_mask": mask, "mask_positions": positions}
-    if models.uses_segment_ids(args.model):
+    if uses_segment_ids(args.model):
         x["segment_ids"] = np.zeros_like(ids)
     return task, x, labels, np.ones(labels.shape, dtype="float32")
 
 
 def _build_korlm_task(args):
-    from korlm import models
+    from korlm.modeling.build import build_pretraining_task
 
-    return models.build_pretraining_task(args.model, args.size, args.vocab_size, args.seq_len)
+    return build_pretraining_task(args.model, args.size, args.vocab_size, args.seq_len)
 
 
 def _compile_korlm(task, args):
     """korlm's compile: AdamW, global-norm clipping 1.0, weight decay without
     LayerNorm/bias, loss averaged over the real label slots."""
-    from korlm import models, pretrain
+    from korlm import pretrain
+    from korlm.modeling.build import objective_of
 
-    pretrain.compile_pretraining(task, objective=models.objective_of(args.model), learning_rate=LR,
+    pretrain.compile_pretraining(task, objective=objective_of(args.model), learning_rate=LR,
                                  warmup_steps=WARMUP_LR_STEPS, total_steps=TOTAL_LR_STEPS, weight_decay=WEIGHT_DECAY)
 
 
@@ -187,7 +188,7 @@ def run_korlm(args, settings: dict[str, str]) -> dict:
 def _torch_model(args):
     import transformers as tr
 
-    from korlm.presets import model_config
+    from korlm.modeling.presets import model_config
 
     size = model_config(args.model, args.size)  # BART: num_layers per stack
     common = {"vocab_size": args.vocab_size, "attn_implementation": "sdpa"}

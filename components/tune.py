@@ -17,7 +17,7 @@ def tune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str, da
 
     tune_params = section_params("tune", tune_params)
     evaluate_params = section_params("evaluate", evaluate_params)
-    from korlm.export import run_checkpoint
+    from korlm.modeling.checkpoints import run_checkpoint
     from korlm.tune import run_tuning, summary_markdown
 
     result = run_tuning(run_checkpoint(run.path, step), tokenizer.path, data_dir or None, study.path,

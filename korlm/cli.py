@@ -208,8 +208,8 @@ def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     conf = _load(args, {"evaluate.data_dir": args.data_dir})
-    from korlm.export import resolve_checkpoint
     from korlm.finetune import finetune
+    from korlm.modeling.checkpoints import resolve_checkpoint
 
     result = finetune(resolve_checkpoint(args.checkpoint), args.tokenizer, args.task, conf.evaluate.data_dir,
                       args.output, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
@@ -224,7 +224,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       "tune.study_name": args.study_name, "tune.sampler": args.sampler,
                       "tune.pruner": args.pruner, "evaluate.data_dir": args.data_dir})
     conf = _load(args, overrides)
-    from korlm.export import resolve_checkpoint
+    from korlm.modeling.checkpoints import resolve_checkpoint
     from korlm.tune import run_tuning, summary_markdown
 
     checkpoint = args.checkpoint
@@ -254,7 +254,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     conf = _load(args, {})
     from korlm import storage
-    from korlm.export import export_checkpoint, resolve_checkpoint
+    from korlm.hub.export import export_checkpoint
+    from korlm.modeling.checkpoints import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint, conf.export.checkpoint)
     # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
@@ -267,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     conf = _load(args, {"push.repo_id": args.repo_id})
-    from korlm.push import push_model
+    from korlm.hub.push import push_model
 
     p = conf.push
     dry_run = p.dry_run if args.dry_run is None else args.dry_run

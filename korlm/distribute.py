@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from korlm.errors import KorlmError
-from korlm.presets import model_config as _preset
+from korlm.modeling.presets import model_config as _preset
 
 STRATEGY_KINDS = ("auto", "tpu", "gpu", "cpu", "jax-data-parallel")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")

@@ -30,8 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from korlm import metrics as metric_fns
-from korlm import models, pretrain, storage, tasks
+from korlm import pretrain, storage, tasks
 from korlm.errors import KorlmError, NotBuiltError
+from korlm.modeling.build import uses_segment_ids
+from korlm.modeling.checkpoints import checkpoint_info, load_backbone, resolve_tokenizer
 
 METRICS_JSON = "metrics.json"
 RANDOM_INIT = "random-init"
@@ -414,7 +416,7 @@ def model_inputs(head: _Head, tokenizer, info: dict[str, Any], data: tasks.TaskD
     """``(x, y)`` for the checkpoint family: token types only where the family has them
     (not RoBERTa or BART), BART's encoder/decoder pair."""
     x, y = head.inputs(tokenizer, data)
-    if not models.uses_segment_ids(info["model"]):
+    if not uses_segment_ids(info["model"]):
         x.pop("segment_ids", None)
     if info["model"] == "bart":
         x = bart_inputs(x, tokenizer.special_token_ids()["sep"])
@@ -450,8 +452,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         raise KorlmError(f"weight_decay must be in [0, 1), got {weight_decay}")
     if not 0 <= warmup_ratio < 1:
         raise KorlmError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    info = models.checkpoint_info(checkpoint_dir)
-    tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
+    info = checkpoint_info(checkpoint_dir)
+    tokenizer_dir = resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
                          f"{info['max_seq_length']}, got {max_seq_length}")
@@ -484,7 +486,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     if float16:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(seed)
-    backbone = models.load_backbone(checkpoint_dir, load_weights=not random_init)
+    backbone = load_backbone(checkpoint_dir, load_weights=not random_init)
     model, loss = head.build(backbone)
     num_train = len(y_train)
     total_steps = max(1, num_train // batch_size) * epochs
@@ -577,7 +579,7 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, task: st
     """:func:`fine_tune` (same keyword arguments), then write ``metrics.json`` to
     ``output_dir`` (checked first: new, empty or, with ``overwrite``, an earlier
     evaluate output)."""
-    models.checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
+    checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
     where = {"inputs": [checkpoint_dir, tokenizer_dir, task_file(task)], "containers": [data_dir]}
     storage.check_output(output_dir, "evaluate", overwrite=overwrite, **where)
     record = fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings).record

@@ -26,8 +26,14 @@ import json
 import os
 from typing import Any
 
-from korlm import evaluate, models, storage, tasks
+from korlm import evaluate, storage, tasks
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import (
+    CHECKPOINT_INFO,
+    checkpoint_info,
+    load_backbone,
+    resolve_tokenizer,
+)
 from korlm.tokenizer.files import TOKENIZER_DIR_FILES
 
 FINETUNED_JSON = "korlm_finetuned.json"
@@ -37,7 +43,7 @@ BACKBONE_DIR = "backbone"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 # Architecture files of a backbone: a korlm checkpoint (KerasHub preset) or an HF export.
-_ARCHITECTURE_FILES = ("config.json", "metadata.json", models.CHECKPOINT_INFO)
+_ARCHITECTURE_FILES = ("config.json", "metadata.json", CHECKPOINT_INFO)
 
 
 def _copy_files(src: str, dst: str, names: tuple[str, ...]) -> list[str]:
@@ -64,11 +70,11 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
     if settings.get("random_init"):
         raise KorlmError("finetune keeps a model for serving; random_init is for "
                          "evaluation baselines (korlm evaluate --random-init)")
-    models.checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
+    checkpoint_info(checkpoint_dir)  # not a checkpoint: that first, not the output
     where = {"inputs": [checkpoint_dir, tokenizer_dir, evaluate.task_file(task)],
              "containers": [data_dir]}
     storage.check_output(output_dir, "finetune", overwrite=overwrite, **where)
-    tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir)
+    tokenizer_dir = resolve_tokenizer(checkpoint_dir, tokenizer_dir)
     tuned = evaluate.fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, **settings)
     record, spec = tuned.record, tuned.spec
     fine_tune = record["fine_tune"]
@@ -144,12 +150,12 @@ class FineTunedModel:
                                 else tuple(self.label_descriptions)))
         local = _local_copy(model_dir)
         backbone_dir = os.path.join(local, BACKBONE_DIR)
-        self.info = models.checkpoint_info(backbone_dir)
+        self.info = checkpoint_info(backbone_dir)
         self.tokenizer = evaluate.load_tokenizer(os.path.join(local, TOKENIZER_DIR),
                                                  self.max_seq_length)
         self.head = evaluate.make_head(self.spec, self.tokenizer, self.max_seq_length,
                                        meta["doc_stride"])
-        backbone = models.load_backbone(backbone_dir, load_weights=False)
+        backbone = load_backbone(backbone_dir, load_weights=False)
         self.model, _ = self.head.build(backbone)
         try:
             self.model.load_weights(os.path.join(local, WEIGHTS_FILE))

@@ -5,7 +5,7 @@ The input pipeline is pure ``tf.data``: read shards, batch, parse, mask dynamica
 token-level or whole-word by eojeol/morpheme, 80/10/10 configurable) or read the masks of
 statically masked data, pad to the sequence length. ``make_dataset(objective="bart")``
 gives BART's text infilling / sentence permutation batches (``korlm.noising``) instead.
-The model is ``models.build_masked_lm``; training is one ``model.fit`` call whose epochs
+The model is ``build.build_masked_lm``; training is one ``model.fit`` call whose epochs
 are checkpoint-sized chunks, with a callback that logs every ``log_every`` steps and
 writes a checkpoint every ``checkpoint_every`` steps and at the last step.
 
@@ -35,9 +35,11 @@ import time
 import warnings
 from typing import Any
 
-from korlm import models, storage
+from korlm import storage
 from korlm.errors import KorlmError
-from korlm.presets import size_config
+from korlm.modeling import build
+from korlm.modeling import checkpoints as ckpt
+from korlm.modeling.presets import size_config
 from korlm.pretrain_data.shards import verify_shards
 from korlm.tokenizer.files import hashes_match, normalize_hash, vocab_hash
 
@@ -574,7 +576,7 @@ def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, w
     linear decay, clipping by the *global* gradient norm (``clip_norm``; 0/None: off),
     LayerNorm and bias excluded from weight decay, and ``grad_accum_steps`` micro-batches
     averaged per update (Keras's ``gradient_accumulation_steps``). ``nsp``: the model has
-    outputs ``{"mlm", "nsp"}`` (``models.add_next_sentence_head``); the loss is their sum,
+    outputs ``{"mlm", "nsp"}`` (``build.add_next_sentence_head``); the loss is their sum,
     as in BERT, and both are logged.
 
     The loss is the mean over the real label slots only (``mean_with_sample_weight``):
@@ -800,7 +802,7 @@ def newer_checkpoints(output_dir: str, step: int) -> list[tuple[str, bool]]:
         n = _step_of(name)
         if n is not None and n > step:
             path = storage.join(root, name)
-            complete = storage.exists(storage.join(path, models.CHECKPOINT_INFO)) and (
+            complete = storage.exists(storage.join(path, ckpt.CHECKPOINT_INFO)) and (
                 not storage.is_remote(path) or storage.exists(storage.join(path, "_SUCCESS")))
             found.append((n, name, complete))
     return [(name, complete) for _, name, complete in sorted(found)]
@@ -1074,7 +1076,7 @@ def _monitor_class():
             info = {k: run[k] for k in RESUME_KEYS}
             info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
             with _optimizer_detached(self.task) as task:
-                models.save_checkpoint(task, uri, info, nsp_head=self.nsp_head,
+                ckpt.save_checkpoint(task, uri, info, nsp_head=self.nsp_head,
                                        tokenizer_files=self.tokenizer_files)
             # The state follows the checkpoint: a kill between the two re-trains from the
             # previous state and overwrites this checkpoint with the same step
@@ -1203,7 +1205,7 @@ def _check_memory(dist, task, model: str, size: str, plan: list[dict], micro: in
                   policy: str) -> None:
     """Refuse a per-replica batch that certainly does not fit the device's memory."""
     from korlm import distribute
-    from korlm.presets import model_config
+    from korlm.modeling.presets import model_config
 
     dims = model_config(model, size)
     layers = dims["num_layers"] * (2 if model == "bart" else 1)
@@ -1223,7 +1225,7 @@ def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
     predictions = None
     if model != "bart":
         predictions = slots or default_max_predictions(seq_len, mask_rate)
-    from korlm.presets import model_config
+    from korlm.modeling.presets import model_config
 
     return distribute.model_flops_per_token(model, model_config(model, size), vocab_size, seq_len,
                                             mlm_predictions=predictions)
@@ -1266,7 +1268,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     """
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
-    models.check_family(model)
+    build.check_family(model)
     for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every),
                         ("batch_size", batch_size), ("log_every", log_every),
                         ("grad_accum_steps", grad_accum_steps)):
@@ -1290,7 +1292,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
             raise KorlmError(f"batch size {phase['batch_size']} does not split into "
                              f"grad_accum_steps={grad_accum_steps} equal micro-batches")
 
-    objective = models.objective_of(model)
+    objective = build.objective_of(model)
     # Each phase's data, checked before anything imports TensorFlow or writes.
     phase_inputs = []
     for phase in plan:
@@ -1352,7 +1354,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         "keep_checkpoint_every": keep_checkpoint_every, "nsp": nsp,
     }
     # Every checkpoint carries the tokenizer (read once here, written into each).
-    tokenizer_files = models.read_tokenizer_files(tokenizer_dir)
+    tokenizer_files = ckpt.read_tokenizer_files(tokenizer_dir)
 
     claim = storage.claim_run_dir(output_dir, "pretrain", RUN_ENTRIES,
                                   inputs=[data_dir, tokenizer_dir], overwrite=overwrite)
@@ -1408,10 +1410,10 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     with dist.scope():
-        task = models.build_pretraining_task(model, size, run["vocab_size"], model_seq_len)
+        task = build.build_pretraining_task(model, size, run["vocab_size"], model_seq_len)
         # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
         # (and the NSP layer beside it), the state the whole trained model.
-        trained, nsp_head = models.add_next_sentence_head(task) if nsp else (task, None)
+        trained, nsp_head = build.add_next_sentence_head(task) if nsp else (task, None)
         schedule = compile_pretraining(
             trained, objective=objective, nsp=nsp, learning_rate=learning_rate, warmup_steps=warmup_steps,
             total_steps=steps, weight_decay=weight_decay, optimizer=optimizer,
@@ -1466,7 +1468,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 whole_word=whole_word, max_predictions=_label_slots(meta, masking, max_predictions),
                 static_mask_rate=meta.get("mask_rate"), infill_rate=infill_rate,
                 poisson_lambda=poisson_lambda, permute_sentences=permute_sentences,
-                segment_ids=models.uses_segment_ids(model), sequential=deterministic, nsp=nsp,
+                segment_ids=build.uses_segment_ids(model), sequential=deterministic, nsp=nsp,
                 skip_examples=(first - phase["start_step"]) * batch)
             remaining = phase["end_step"] - first
             chunk = min(int(checkpoint_every), remaining)

@@ -195,7 +195,8 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
     ``evaluate_params``: the evaluate section's settings (fixed for every trial unless
     searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked before any
     trial (``overwrite`` replaces an earlier tune output). Returns study.json's content."""
-    from korlm import models, tasks
+    from korlm import tasks
+    from korlm.modeling.checkpoints import resolve_tokenizer
 
     where = {"inputs": [checkpoint_dir, tokenizer_dir], "containers": [data_dir]}
     storage.check_output(output_dir, "tune", overwrite=overwrite, **where)
@@ -217,7 +218,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
         fixed = study.user_attrs.get("fixed_settings", fixed)
     else:
         # A missing checkpoint or a wrong tokenizer fails once, not per trial.
-        tokenizer_dir = models.resolve_tokenizer(checkpoint_dir, tokenizer_dir)
+        tokenizer_dir = resolve_tokenizer(checkpoint_dir, tokenizer_dir)
         study.set_user_attr("fixed_settings", json.loads(json.dumps(fixed, default=str)))
         from korlm.evaluate import fine_tune
 

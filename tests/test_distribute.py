@@ -265,10 +265,10 @@ def test_flops_per_token_hand_count():
 def test_matmul_params_match_built_keras_hub_models():
     import keras_hub
 
-    from korlm import models
+    from korlm.modeling.build import build_backbone, build_masked_lm
 
     vocab, seq = 1000, 64
-    task = models.build_masked_lm("bert", "tiny", vocab, seq)
+    task = build_masked_lm("bert", "tiny", vocab, seq)
     backbone = task.backbone
     layers, d, f = 2, 128, 512
 
@@ -296,7 +296,7 @@ def test_matmul_params_match_built_keras_hub_models():
             + kernel_sum(bart, "transformer_decoder_layer_")) == distribute.matmul_params(
         "bart", TINY)
     # korlm's BART "tiny" splits the 2 layers: 1 encoder + 1 decoder layer.
-    korlm_bart = models.build_backbone("bart", "tiny", vocab, seq)
+    korlm_bart = build_backbone("bart", "tiny", vocab, seq)
     assert (kernel_sum(korlm_bart, "transformer_encoder_layer_")
             + kernel_sum(korlm_bart, "transformer_decoder_layer_")) == distribute.matmul_params(
         "bart", "tiny") == distribute.matmul_params("bart", TINY) // 2

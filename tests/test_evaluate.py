@@ -109,11 +109,11 @@ def test_evaluate_checkpoint_and_random_init(setup, tmp_path):
 
 
 def test_random_init_has_the_checkpoints_architecture(setup):
-    from korlm import models
+    from korlm.modeling.checkpoints import load_backbone
 
     _, checkpoint, _ = setup
-    trained = models.load_backbone(checkpoint)
-    fresh = models.load_backbone(checkpoint, load_weights=False)
+    trained = load_backbone(checkpoint)
+    fresh = load_backbone(checkpoint, load_weights=False)
     assert trained.get_config() == fresh.get_config()
     assert [w.shape for w in trained.weights] == [w.shape for w in fresh.weights]
     assert any((a.numpy() != b.numpy()).any() for a, b in zip(trained.weights, fresh.weights,
@@ -210,10 +210,10 @@ def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
     import keras
     import numpy as np
 
-    from korlm import models
+    from korlm.modeling.build import build_backbone
 
     keras.utils.set_random_seed(0)
-    backbone = models.build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
+    backbone = build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
     model = evaluate.build_bart_classifier(backbone, num_outputs=3)
     rng = np.random.default_rng(0)
     lengths = np.array([5, 9, 16, 2])
@@ -250,13 +250,14 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
     import torch
     from transformers import BartConfig, BartForQuestionAnswering, BartForSequenceClassification
 
-    from korlm import export, models
+    from korlm.modeling.build import build_pretraining_task
+    from korlm.modeling.hf_mapping import bart_config, bart_state_dict
 
     keras.utils.set_random_seed(0)
-    task = models.build_pretraining_task("bart", "tiny", vocab_size=60, max_seq_length=16)
+    task = build_pretraining_task("bart", "tiny", vocab_size=60, max_seq_length=16)
     special = {"pad": 0, "cls": 2, "sep": 3}
-    config = export.bart_config(task, special)
-    body = {k: torch.tensor(v) for k, v in export.bart_state_dict(task).items()
+    config = bart_config(task, special)
+    body = {k: torch.tensor(v) for k, v in bart_state_dict(task).items()
             if k.startswith("model.")}
     lengths = np.array([5, 9, 16, 3])
     rng = np.random.default_rng(1)
@@ -302,7 +303,7 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
 @pytest.mark.slow  # three BART fine-tunes (~15 s each idle, ~45 s on a loaded machine: tracing)
 def test_bart_checkpoint_fine_tunes_classification_regression_and_qa(setup, bart_checkpoint,
                                                                     tmp_path):
-    from korlm import models
+    from korlm.modeling.checkpoints import load_backbone
 
     tokenizer_dir, _, nsmc_dir = setup
     common = dict(max_seq_length=32, batch_size=16, epochs=1, seed=1)
@@ -320,8 +321,8 @@ def test_bart_checkpoint_fine_tunes_classification_regression_and_qa(setup, bart
     assert set(sts["metrics"]) == {"pearson", "spearman", "f1_at_threshold"}
     for name, value in sts["metrics"].items():
         assert value is None and name in sts["undefined_metrics"] or -1 <= value <= 1
-    trained = models.load_backbone(bart_checkpoint)
-    fresh = models.load_backbone(bart_checkpoint, load_weights=False)
+    trained = load_backbone(bart_checkpoint)
+    fresh = load_backbone(bart_checkpoint, load_weights=False)
     assert type(fresh).__name__ == "BartBackbone" and trained.get_config() == fresh.get_config()
     assert any((a.numpy() != b.numpy()).any()
                for a, b in zip(trained.weights, fresh.weights, strict=True))

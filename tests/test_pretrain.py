@@ -11,8 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from korlm import models, pretrain
+from korlm import pretrain
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import (
+    NSP_HEAD,
+    checkpoint_info,
+    load_masked_lm,
+    load_pretraining_task,
+    resolve_tokenizer,
+    save_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REVIEWS = REPO / "data" / "sample" / "raw" / "movie_reviews.tsv"
@@ -164,7 +172,7 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert [c["step"] for c in first] == [10, 20]
     assert json.loads((out / "checkpoints.json").read_text()) == first
     assert first[1]["uri"] == str(out / "checkpoints" / "step-000020")
-    info = models.checkpoint_info(first[1]["uri"])
+    info = checkpoint_info(first[1]["uri"])
     assert info["step"] == 20 and info["model"] == "bert" and info["size"] == "tiny"
     # The checkpoint carries its tokenizer and the vocab hash of that copy.
     copy = Path(first[1]["uri"]) / "tokenizer"
@@ -173,9 +181,9 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     for name in ("tokenizer.json", "vocab.txt"):
         assert (copy / name).read_bytes() == (tokenizer_dir / name).read_bytes()
     assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tokenizer_dir))
-    assert models.resolve_tokenizer(first[1]["uri"]) == str(copy)
+    assert resolve_tokenizer(first[1]["uri"]) == str(copy)
     assert info["max_seq_length"] == 32 and np.isfinite(info["train_loss"])
-    task = models.load_masked_lm(first[1]["uri"])
+    task = load_masked_lm(first[1]["uri"])
     assert task.backbone.vocabulary_size == info["vocab_size"]
     log = _read_log(out)
     assert [r["step"] for r in log] == [5, 10, 15, 20]
@@ -185,17 +193,17 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert "step 20/20 loss" in capsys.readouterr().out
 
     # Extend to 40 steps, killed after step 30's log line but before its checkpoint.
-    real_save = models.save_checkpoint
+    real_save = save_checkpoint
 
     def killed_at_30(task, checkpoint_dir, info, **kwargs):
         if info["step"] == 30:
             raise KeyboardInterrupt("preempted")
         real_save(task, checkpoint_dir, info, **kwargs)
 
-    monkeypatch.setattr(models, "save_checkpoint", killed_at_30)
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", killed_at_30)
     with pytest.raises(KeyboardInterrupt):
         pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **{**args, "steps": 40})
-    monkeypatch.setattr(models, "save_checkpoint", real_save)
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", real_save)
     assert [r["step"] for r in _read_log(out)][-1] == 30
     assert not (out / "checkpoints" / "step-000030").exists()
 
@@ -389,7 +397,7 @@ def test_pretrain_on_pair_data_with_whole_words_and_nsp_labels(contract_data, tm
     checkpoints = run(pairs, "c", whole_word="eojeol", max_predictions=8, ignore_nsp_labels=True)
     assert [c["step"] for c in checkpoints] == [2]
     assert "training MLM ONLY, the NSP labels are ignored" in capsys.readouterr().out
-    assert not (Path(checkpoints[0]["uri"]) / models.NSP_HEAD).exists()
+    assert not (Path(checkpoints[0]["uri"]) / NSP_HEAD).exists()
 
 
 def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys):
@@ -410,9 +418,9 @@ def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys
         # The total is the sum of the two objectives (Keras means per batch, same weights).
         assert record["loss"] == pytest.approx(record["mlm_loss"] + record["nsp_loss"], rel=0.02)
         assert record["nsp_loss"] == pytest.approx(np.log(2), abs=0.35)  # two classes
-    head = np.load(Path(checkpoints[-1]["uri"]) / models.NSP_HEAD)
+    head = np.load(Path(checkpoints[-1]["uri"]) / NSP_HEAD)
     assert head["kernel"].shape == (128, 2) and head["bias"].shape == (2,)
-    assert type(models.load_pretraining_task(checkpoints[-1]["uri"])).__name__ == "BertMaskedLM"
+    assert type(load_pretraining_task(checkpoints[-1]["uri"])).__name__ == "BertMaskedLM"
     with pytest.raises(KorlmError, match="nsp=True"):  # a run with the head resumes with it
         pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out),
                               **{**args, "steps": 10, "ignore_nsp_labels": True})

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from korlm import models, pretrain
+from korlm import pretrain
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import checkpoint_info, load_pretraining_task
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 def _weights(checkpoint: str) -> list[np.ndarray]:
-    return [w.numpy() for w in models.load_pretraining_task(checkpoint).weights]
+    return [w.numpy() for w in load_pretraining_task(checkpoint).weights]
 
 
 @pytest.mark.parametrize("family,task_class,accuracy", [
@@ -49,9 +50,9 @@ def test_roberta_and_bart_pretrain_and_reload(corpus, tmp_path, family, task_cla
         batch_size=8, learning_rate=2e-3, warmup_steps=1, log_every=1, seed=1,
         permute_sentences=family == "bart")
     assert [c["step"] for c in checkpoints] == [3, 6]
-    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    info = checkpoint_info(checkpoints[-1]["uri"])
     assert info["model"] == family and info["objective"] == ("bart" if family == "bart" else "mlm")
-    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    task = load_pretraining_task(checkpoints[-1]["uri"])
     assert type(task).__name__ == task_class
     log = _log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
@@ -82,7 +83,7 @@ def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
     assert json.loads((out / "checkpoints.json").read_text()) == checkpoints
     state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["step"] == 6 and state["examples_seen"] == 48 and state["grad_accum_steps"] == 4
-    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    task = load_pretraining_task(checkpoints[-1]["uri"])
     assert task.backbone.vocabulary_size == state["vocab_size"]
     log = _log(out)
     assert [r["step"] for r in log] == [2, 4, 6]
@@ -165,7 +166,7 @@ def test_two_phase_schedule_reads_each_phase_data(corpus, tmp_path, capsys):
     assert [r["max_seq_length"] for r in log] == [16, 16, 16, 16, 48, 48]
     # One learning-rate schedule across both phases (warmup 30 > 6 steps: still rising).
     assert [r["learning_rate"] for r in log] == sorted(r["learning_rate"] for r in log)
-    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    info = checkpoint_info(checkpoints[-1]["uri"])
     assert info["max_seq_length"] == 48  # the model is built for the longest phase
     state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["examples_seen"] == 4 * 8 + 2 * 4
@@ -243,7 +244,7 @@ def test_jax_backend_trains_and_resumes_bart(corpus, tmp_path):
     assert "resuming" in second.stdout and "from step 2" in second.stdout
     assert [c["step"] for c in json.loads((out / "checkpoints.json").read_text())] == [2, 4]
     assert np.isfinite(_log(out)[-1]["loss"])
-    assert models.checkpoint_info(str(out / "checkpoints" / "step-000004"))["model"] == "bart"
+    assert checkpoint_info(str(out / "checkpoints" / "step-000004"))["model"] == "bart"
 
 
 @pytest.mark.parametrize("objective", ["mlm", "bart"])

@@ -20,8 +20,8 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
-from korlm import push
 from korlm.errors import KorlmError
+from korlm.hub import push
 from tests.hub_standin import HubStandIn
 
 TOKEN = "hf_standin_secret_token_0123456789"

@@ -43,13 +43,14 @@ def base(tmp_path_factory):
     """A tiny random-init BERT checkpoint, its tokenizer and the task data."""
     from tokenizers import Tokenizer
 
-    from korlm import models
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("serve")
     tokenizer_dir = build_tokenizer(root / "tokenizer", num_sentences=300, vocab_size=600)
     vocab_size = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
-    task = models.build_masked_lm("bert", "tiny", vocab_size, 32)
-    models.save_checkpoint(task, str(root / "checkpoint"), {
+    task = build_masked_lm("bert", "tiny", vocab_size, 32)
+    save_checkpoint(task, str(root / "checkpoint"), {
         "model": "bert", "size": "tiny", "vocab_size": vocab_size, "max_seq_length": 32, "step": 0})
     nsmc = write_nsmc_slice(root / "data" / "nsmc", num_train=80, num_test=24)
     return root, tokenizer_dir, nsmc, _write_user_tasks(root / "tasks")

@@ -158,28 +158,35 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     """A gs:// run dir: a checkpoint holds its tokenizer (read back through the resolver),
     a state whose upload was cut short (no _SUCCESS) is skipped for the complete one, a
     checkpoint newer than the state is named, and the next save replaces them."""
-    from korlm import models, pretrain
+    from korlm import pretrain
     from korlm.errors import KorlmError
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import (
+        checkpoint_info,
+        read_tokenizer_files,
+        resolve_tokenizer,
+        save_checkpoint,
+    )
     from korlm.tokenizer import tokenization
     from tests.test_pretrain import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok", num_sentences=100, vocab_size=300)
     vocab = tokenization.load(str(tok)).get_vocab_size()
-    task = models.build_masked_lm("bert", "tiny", vocab, 16)
+    task = build_masked_lm("bert", "tiny", vocab, 16)
     run = f"{prefix}/run"
     ckpt = f"{run}/checkpoints/step-000004"
-    models.save_checkpoint(task, ckpt, {"step": 4, "model": "bert", "size": "tiny",
+    save_checkpoint(task, ckpt, {"step": 4, "model": "bert", "size": "tiny",
                                         "vocab_size": vocab, "max_seq_length": 16},
-                           tokenizer_files=models.read_tokenizer_files(str(tok)))
+                           tokenizer_files=read_tokenizer_files(str(tok)))
     assert set(storage.listdir(f"{ckpt}/tokenizer")) == {"tokenizer.json", "vocab.txt"}
-    info = models.checkpoint_info(ckpt)
+    info = checkpoint_info(ckpt)
     assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tok))
-    assert models.resolve_tokenizer(ckpt) == f"{ckpt}/tokenizer"
-    assert tokenization.load(models.resolve_tokenizer(ckpt)).get_vocab_size() == vocab
-    assert models.resolve_tokenizer(ckpt, str(tok)) == str(tok)
+    assert resolve_tokenizer(ckpt) == f"{ckpt}/tokenizer"
+    assert tokenization.load(resolve_tokenizer(ckpt)).get_vocab_size() == vocab
+    assert resolve_tokenizer(ckpt, str(tok)) == str(tok)
     other = build_tokenizer(tmp_path / "other", num_sentences=60, vocab_size=200)
     with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
-        models.resolve_tokenizer(ckpt, str(other))
+        resolve_tokenizer(ckpt, str(other))
 
     pretrain.save_state(task, run, {"step": 2})
     assert set(storage.listdir(f"{run}/state/step-000002")) == {

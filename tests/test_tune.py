@@ -15,7 +15,7 @@ import yaml
 from korlm import config, pretrain, tune
 from korlm.cli import main
 from korlm.errors import KorlmError
-from korlm.export import select_checkpoint
+from korlm.modeling.checkpoints import select_checkpoint
 from tests.test_evaluate import write_nsmc_slice
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
@@ -137,8 +137,8 @@ def test_median_pruner_stops_a_trial_below_earlier_trials(monkeypatch, tmp_path)
         return Result()
 
     monkeypatch.setattr(evaluate, "fine_tune", scripted_fine_tune)
-    monkeypatch.setattr("korlm.models.checkpoint_info", lambda path: {})
-    monkeypatch.setattr("korlm.models.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
+    monkeypatch.setattr("korlm.modeling.checkpoints.checkpoint_info", lambda path: {})
+    monkeypatch.setattr("korlm.modeling.checkpoints.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
     settings = {"n_trials": 3, "pruner": "median", "pruner_startup_trials": 2,
                 "search_space": {"learning_rate": SPACE["learning_rate"]}}
     summary = tune.run_tuning("ckpt", "tok", "data", str(tmp_path / "out"), tune=settings,
@@ -317,8 +317,8 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(monkeypatch, tmp_path)
         return Result()
 
     monkeypatch.setattr(evaluate, "fine_tune", scripted_fine_tune)
-    monkeypatch.setattr("korlm.models.checkpoint_info", lambda path: {})
-    monkeypatch.setattr("korlm.models.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
+    monkeypatch.setattr("korlm.modeling.checkpoints.checkpoint_info", lambda path: {})
+    monkeypatch.setattr("korlm.modeling.checkpoints.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
     settings = {"n_trials": 2, "pruner": "none", "search_space": {"learning_rate": SPACE["learning_rate"]}}
     summary = tune.run_tuning("ckpt", "tok", "data", str(tmp_path / "out"), tune=settings, task="nsmc")
     assert summary["counts"] == {"fail": 1, "complete": 1} and summary["best_value"] == 0.7

@@ -1,22 +1,17 @@
-"""Model construction and the checkpoint format, shared by pretrain, evaluate and export.
+"""The checkpoint format and the run layout, in one place: shared by pretrain (writes),
+evaluate, finetune, tune and export (read).
 
-Three families, each a KerasHub backbone + pretraining task (keras-hub composes them;
-korlm writes no layers of its own):
-
-| family  | backbone          | pretraining task   | objective                              |
-|---------|-------------------|--------------------|----------------------------------------|
-| bert    | ``BertBackbone``    | ``BertMaskedLM``     | masked LM (segment ids, pooler)         |
-| roberta | ``RobertaBackbone`` | ``RobertaMaskedLM``  | masked LM (no segment ids, no pooler)   |
-| bart    | ``BartBackbone``    | ``BartSeq2SeqLM``    | denoising seq2seq (text infilling)     |
-
-A korlm checkpoint is a KerasHub preset directory written by ``Task.save_to_preset``
-(``config.json``, ``model.weights.h5``, ``task.json``, ``task.weights.h5``,
-``metadata.json``) plus ``korlm_checkpoint.json`` (step, family, size, vocab size,
-sequence length, vocab hash) and ``tokenizer/``, a copy of the tokenizer directory it
-was trained with (``korlm_checkpoint.json``: ``tokenizer`` names it, ``tokenizer_vocab_hash``
-is its :func:`korlm.vocab.vocab_hash`). A checkpoint is thus self-contained: evaluate,
-export, finetune and tune take their tokenizer from it (:func:`resolve_tokenizer`).
-Anything KerasHub can load, korlm can evaluate and export.
+A pretraining run folder holds ``checkpoints/step-NNNNNN/`` (:func:`checkpoint_path`,
+:func:`checkpoint_name`) and ``checkpoints.json``, a list of ``{"step": N, "uri": ...}``
+(:func:`select_checkpoint` picks one). A korlm checkpoint is a KerasHub preset directory
+written by ``Task.save_to_preset`` (``config.json``, ``model.weights.h5``, ``task.json``,
+``task.weights.h5``, ``metadata.json``) plus ``korlm_checkpoint.json`` (step, family,
+size, vocab size, sequence length, vocab hash) and ``tokenizer/``, a copy of the tokenizer
+directory it was trained with (``korlm_checkpoint.json``: ``tokenizer`` names it,
+``tokenizer_vocab_hash`` is its :func:`korlm.tokenizer.files.vocab_hash`). A checkpoint
+is thus self-contained: evaluate, export, finetune and tune take their tokenizer from it
+(:func:`resolve_tokenizer`). Anything KerasHub can load, korlm can evaluate and export; a
+korlm Hugging Face export reads back through ``korlm.modeling.hf_import``.
 
 Heavy imports (keras, keras_hub) happen inside functions so that importing this module
 is cheap for the CLI's ``--help`` and for pipeline compilation.
@@ -30,7 +25,13 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.presets import MODEL_FAMILIES, model_config
+from korlm.modeling.build import (
+    MASKED_LM_FAMILIES,
+    after_build,
+    backbone_class,
+    check_family,
+    task_class,
+)
 from korlm.tokenizer.files import (
     TOKENIZER_DIR_FILES,
     TOKENIZER_FILE,
@@ -39,131 +40,36 @@ from korlm.tokenizer.files import (
     vocab_hash,
 )
 
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_JSON = "checkpoints.json"
 CHECKPOINT_INFO = "korlm_checkpoint.json"
 NSP_HEAD = "nsp_head.npz"
 # The checkpoint's copy of its tokenizer directory (a subdirectory: a tokenizer.json at
 # the top of a KerasHub preset would be read as a KerasHub tokenizer config).
 CHECKPOINT_TOKENIZER = "tokenizer"
-BUILT_FAMILIES = ("bert", "roberta", "bart")
-MASKED_LM_FAMILIES = ("bert", "roberta")
-# KerasHub class names per family: backbone, pretraining task.
-_CLASSES = {
-    "bert": ("BertBackbone", "BertMaskedLM"),
-    "roberta": ("RobertaBackbone", "RobertaMaskedLM"),
-    "bart": ("BartBackbone", "BartSeq2SeqLM"),
-}
+STEP_PREFIX = "step-"
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
-    import keras_hub
-
-    return keras, keras_hub
+def checkpoint_name(step: int) -> str:
+    """``step-NNNNNN``: the folder name of a step's checkpoint (and of its training state)."""
+    return f"{STEP_PREFIX}{step:06d}"
 
 
-def check_family(model: str) -> None:
-    if model not in MODEL_FAMILIES:
-        raise KorlmError(f"unknown model {model!r}; choose one of {', '.join(MODEL_FAMILIES)}")
+def step_of(name: str) -> int | None:
+    """The step a ``step-NNNNNN`` folder name stands for, or None for any other name."""
+    if name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX):].isdigit():
+        return int(name[len(STEP_PREFIX):])
+    return None
 
 
-def objective_of(model: str) -> str:
-    """``mlm`` for the encoder families, ``bart`` (denoising seq2seq) for BART."""
-    check_family(model)
-    return "bart" if model == "bart" else "mlm"
-
-
-def uses_segment_ids(model: str) -> bool:
-    """Only BERT has token-type (segment) embeddings."""
-    return model == "bert"
-
-
-def _backbone_class(model: str):
-    check_family(model)
-    return getattr(_keras()[1].models, _CLASSES[model][0])
-
-
-def _task_class(model: str):
-    check_family(model)
-    return getattr(_keras()[1].models, _CLASSES[model][1])
-
-
-def _match_hf_bert_head(task) -> None:
-    # KerasHub's BERT encoder uses tanh-approximated GELU and LayerNorm epsilon 1e-12,
-    # but its MLM head uses exact GELU and epsilon 1e-5; Hugging Face BERT has one
-    # `hidden_act` and one `layer_norm_eps` for all layers. Using the encoder's values in
-    # the head makes the exported model compute exactly what was trained (max logit
-    # difference ~2e-6 instead of ~2e-4). The head is rebuilt from code on load, so
-    # this runs on every build and load. (RoBERTa and BART use exact GELU and 1e-5
-    # everywhere, as Hugging Face does: nothing to match.)
-    from keras_hub.src.models.bert.bert_backbone import gelu_approximate
-
-    head = task.masked_lm_head
-    head._intermediate_dense.activation = gelu_approximate
-    head.intermediate_activation = gelu_approximate
-    head._intermediate_layer_norm.epsilon = task.backbone.embeddings_layer_norm.epsilon
-
-
-def _after_build(model: str, task):
-    if model == "bert":
-        _match_hf_bert_head(task)
-    return task
-
-
-def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
-                   dropout: float = 0.1):
-    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.presets``; BART's
-    encoder and decoder each get half the size's layers)."""
-    return _backbone_class(model)(
-        vocabulary_size=vocab_size,
-        max_sequence_length=max_seq_length,
-        dropout=dropout,
-        **model_config(model, size),
-    )
-
-
-def build_pretraining_task(model: str, size: str, vocab_size: int, max_seq_length: int,
-                           dropout: float = 0.1):
-    """A freshly initialised pretraining task (backbone + LM head), no preprocessor:
-    a masked LM for bert/roberta, ``BartSeq2SeqLM`` for bart."""
-    backbone = build_backbone(model, size, vocab_size, max_seq_length, dropout)
-    return _after_build(model, _task_class(model)(backbone, preprocessor=None))
-
-
-def build_masked_lm(model: str, size: str, vocab_size: int, max_seq_length: int,
-                    dropout: float = 0.1):
-    """A freshly initialised masked-LM task (bert or roberta)."""
-    if model not in MASKED_LM_FAMILIES:
-        raise KorlmError(f"{model} is not a masked LM; use build_pretraining_task")
-    return build_pretraining_task(model, size, vocab_size, max_seq_length, dropout)
-
-
-def add_next_sentence_head(task):
-    """BERT's two pretraining objectives in one model (Hugging Face ``BertForPreTraining``):
-    the ``BertMaskedLM`` task's backbone and MLM head, plus a next-sentence classifier
-    (dense, 2 logits; 1 = segment B is random) over the pooled [CLS] output. KerasHub has
-    no such task; this composes its layers, so the MLM task ``task`` shares every weight
-    and is what checkpoints save. Returns ``(model, nsp_layer)``; the model's outputs are
-    ``{"mlm": ..., "nsp": ...}``."""
-    keras, _ = _keras()
-    backbone = task.backbone
-    inputs = dict(task.input)
-    outputs = backbone({name: inputs[name] for name in backbone.input})
-    mlm = task.masked_lm_head(outputs["sequence_output"], inputs["mask_positions"])
-    head = keras.layers.Dense(2, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-                              dtype=backbone.dtype_policy, name="nsp_head")
-    nsp = head(outputs["pooled_output"])
-    return keras.Model(inputs, {"mlm": mlm, "nsp": nsp}, name="bert_pretraining"), head
-
-
-def parameter_count(model: str, size: str, vocab_size: int, max_seq_length: int) -> int:
-    """Parameters of the pretraining task (built and counted, not estimated)."""
-    return int(build_pretraining_task(model, size, vocab_size, max_seq_length).count_params())
+def checkpoint_path(run_dir: str, step: int) -> str:
+    """``RUN/checkpoints/step-NNNNNN``: where a pretraining run writes step ``step``."""
+    return storage.join(run_dir, CHECKPOINTS_DIR, checkpoint_name(step))
 
 
 def read_tokenizer_files(tokenizer_dir: str) -> dict[str, bytes]:
     """The files of a tokenizer directory that a checkpoint carries (name -> bytes; the
-    ones of ``korlm.vocab.TOKENIZER_DIR_FILES`` present, ``tokenizer.json`` required).
+    ones of ``korlm.tokenizer.files.TOKENIZER_DIR_FILES`` present, ``tokenizer.json`` required).
     Read once per run, written into every checkpoint."""
     files = {}
     for name in TOKENIZER_DIR_FILES:
@@ -210,7 +116,7 @@ def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=No
 def checkpoint_info(checkpoint_dir: str) -> dict[str, Any]:
     path = storage.join(checkpoint_dir, CHECKPOINT_INFO)
     if not storage.exists(path):
-        from korlm import hf_import
+        from korlm.modeling import hf_import
 
         if hf_import.is_export(checkpoint_dir):  # a korlm (or compatible) Hugging Face export
             return hf_import.export_info(checkpoint_dir)
@@ -291,8 +197,8 @@ def load_pretraining_task(checkpoint_dir: str):
                          "fine-tuned or evaluated); pretraining heads are read from korlm "
                          "checkpoints only")
     model = info["model"]
-    task = _from_preset(_task_class(model), checkpoint_dir, load_weights=True)
-    return _after_build(model, task)
+    task = _from_preset(task_class(model), checkpoint_dir, load_weights=True)
+    return after_build(model, task)
 
 
 def load_masked_lm(checkpoint_dir: str):
@@ -307,7 +213,75 @@ def load_backbone(checkpoint_dir: str, load_weights: bool = True):
     freshly initialised (the random-init baseline)."""
     info = checkpoint_info(checkpoint_dir)
     if info.get("source") == "huggingface-export":
-        from korlm import hf_import
+        from korlm.modeling import hf_import
 
         return hf_import.load_backbone(checkpoint_dir, load_weights=load_weights)
-    return _from_preset(_backbone_class(info["model"]), checkpoint_dir, load_weights=load_weights)
+    return _from_preset(backbone_class(info["model"]), checkpoint_dir, load_weights=load_weights)
+
+
+SELECTION_STRATEGIES = ("last", "first", "step:N")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _checkpoint_uri(run_dir: str, uri: str) -> str:
+    if storage.is_remote(uri) or os.path.isabs(uri):
+        return uri
+    return storage.join(run_dir, uri)
+
+
+def select_checkpoint(run_dir: str, strategy: str = "last") -> str:
+    """The checkpoint directory of a pretraining run chosen by ``strategy``.
+
+    ``run_dir/checkpoints.json`` lists ``{"step": N, "uri": ...}``. Strategies: ``last``
+    (highest step), ``first`` (lowest step), ``step:N`` (exactly step N). A relative
+    ``uri`` is resolved against ``run_dir``.
+    """
+    path = storage.join(run_dir, CHECKPOINTS_JSON)
+    if not storage.exists(path):
+        raise KorlmError(f"{run_dir} is not a pretraining run (no {CHECKPOINTS_JSON})")
+    try:
+        entries = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise KorlmError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(entries, list) or not entries:
+        raise KorlmError(f"{path} lists no checkpoints")
+    for entry in entries:
+        if not isinstance(entry, dict) or "step" not in entry or "uri" not in entry:
+            raise KorlmError(f"{path}: every entry needs 'step' and 'uri', got {entry!r}")
+
+    if strategy == "last":
+        chosen = max(entries, key=lambda e: int(e["step"]))
+    elif strategy == "first":
+        chosen = min(entries, key=lambda e: int(e["step"]))
+    elif strategy.startswith("step:"):
+        try:
+            step = int(strategy.split(":", 1)[1])
+        except ValueError:
+            raise KorlmError(f"bad checkpoint strategy {strategy!r}; use step:N with an integer N") from None
+        matches = [e for e in entries if int(e["step"]) == step]
+        if not matches:
+            steps = ", ".join(str(e["step"]) for e in sorted(entries, key=lambda e: int(e["step"])))
+            raise KorlmError(f"no checkpoint at step {step} in {path}; steps: {steps}")
+        chosen = matches[-1]
+    else:
+        raise KorlmError(
+            f"unknown checkpoint strategy {strategy!r}; choose one of {', '.join(SELECTION_STRATEGIES)}"
+        )
+    return _checkpoint_uri(run_dir, str(chosen["uri"]))
+
+
+def resolve_checkpoint(path: str, strategy: str = "last") -> str:
+    """The checkpoint ``strategy`` selects when ``path`` is a pretraining run (it has
+    ``checkpoints.json``); otherwise ``path`` itself (a checkpoint or an HF export)."""
+    if storage.exists(storage.join(path, CHECKPOINTS_JSON)):
+        return select_checkpoint(path, strategy)
+    return path
+
+
+def run_checkpoint(run_dir: str, step: int) -> str:
+    """Checkpoint ``step`` of the pretraining run ``run_dir``; step 0: its last one."""
+    if step <= 0:
+        return select_checkpoint(run_dir, "last")
+    return checkpoint_path(run_dir, step)

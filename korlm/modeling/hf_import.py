@@ -1,7 +1,7 @@
 """Read a korlm Hugging Face export back into the KerasHub backbone it came from.
 
 ``korlm export`` writes PyTorch-layout safetensors through the weight mappers of
-:mod:`korlm.export`. Loading runs the *same* mappers against a freshly built KerasHub
+:mod:`korlm.modeling.hf_mapping`. Loading runs the *same* mappers against a freshly built KerasHub
 task of the architecture ``config.json`` describes, recording which Keras variable (and
 which layout transform) each tensor name stands for, and inverts each transform (a
 transpose, a reshape, leading zero rows of a position table). So export and import cannot
@@ -23,11 +23,11 @@ import json
 import math
 from typing import Any
 
-from korlm import models, storage
+from korlm import storage
 from korlm.errors import KorlmError
+from korlm.modeling.build import after_build, backbone_class, import_keras, task_class
+from korlm.modeling.hf_mapping import CONFIG_FILE, HF_CONVERTERS, WEIGHTS_FILE
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 SOURCE = "huggingface-export"
 FAMILIES = ("bert", "roberta", "bart")
 # config.json keys that fix the computation (the rest are metadata: architectures,
@@ -65,13 +65,13 @@ def is_export(directory: str) -> bool:
 def _max_seq_length(config: dict[str, Any]) -> int:
     family = config["model_type"]
     positions = int(config["max_position_embeddings"])
-    if family == "roberta":  # positions run from pad + 1 (korlm.export's module docstring)
+    if family == "roberta":  # positions run from pad + 1 (korlm.modeling.hf_mapping's module docstring)
         return positions - int(config.get("pad_token_id", 1)) - 1
     return positions
 
 
 def export_info(directory: str) -> dict[str, Any]:
-    """What :func:`korlm.models.checkpoint_info` gives for a korlm checkpoint."""
+    """What :func:`korlm.modeling.checkpoints.checkpoint_info` gives for a korlm checkpoint."""
     config = read_config(directory)
     if config is None:
         raise KorlmError(f"{directory} is neither a korlm checkpoint nor a Hugging Face "
@@ -86,7 +86,7 @@ def export_info(directory: str) -> dict[str, Any]:
 def _fresh_task(config: dict[str, Any]):
     """A KerasHub pretraining task with the architecture ``config`` describes."""
     family = config["model_type"]
-    _, keras_hub = models._keras()
+    _, keras_hub = import_keras()
     if family == "bart":
         if config["encoder_layers"] != config["decoder_layers"]:
             raise KorlmError("KerasHub BART has as many decoder as encoder layers; "
@@ -101,10 +101,10 @@ def _fresh_task(config: dict[str, Any]):
                     num_heads=config["num_attention_heads"], hidden_dim=config["hidden_size"],
                     intermediate_dim=config["intermediate_size"],
                     dropout=float(config.get("hidden_dropout_prob", 0.1)))
-    backbone = models._backbone_class(family)(
+    backbone = backbone_class(family)(
         vocabulary_size=int(config["vocab_size"]),
         max_sequence_length=_max_seq_length(config), **dims)
-    return models._after_build(family, models._task_class(family)(backbone, preprocessor=None))
+    return after_build(family, task_class(family)(backbone, preprocessor=None))
 
 
 class _Slot:
@@ -115,7 +115,7 @@ class _Slot:
 
 
 class _Plan:
-    """Stands in for :class:`korlm.export._Weights`: records, for each tensor name, the
+    """Stands in for :class:`korlm.modeling.hf_mapping._Weights`: records, for each tensor name, the
     Keras variable and the export transform instead of reading the value."""
 
     def __call__(self, variable, transform=None):
@@ -132,22 +132,13 @@ def _special_ids(config: dict[str, Any]) -> dict[str, int]:
 
 
 def _plan(family: str, task, config: dict[str, Any]) -> dict[str, Any]:
-    from korlm import export
-
-    plan = _Plan()
-    if family == "bert":
-        return export.bert_state_dict(task, take=plan)
-    if family == "roberta":
-        return export.roberta_state_dict(task, int(config.get("pad_token_id", 1)), take=plan)
-    return export.bart_state_dict(task, take=plan)
+    state_dict, _ = HF_CONVERTERS[family]
+    return state_dict(task, config, take=_Plan())
 
 
 def _check_config(family: str, task, config: dict[str, Any], directory: str) -> None:
-    from korlm import export
-
-    described = export.state_dict_and_config.__globals__[f"{family}_config"]
-    ours = (described(task, pad_token_id=_special_ids(config)["pad"]) if family == "bert"
-            else described(task, _special_ids(config)))
+    _, hf_config = HF_CONVERTERS[family]
+    ours = hf_config(task, _special_ids(config))
     for key in _ARCHITECTURE_KEYS[family]:
         given, built = config.get(key), ours.get(key)
         if isinstance(given, float) or isinstance(built, float):
