@@ -54,8 +54,8 @@ def repeat_rows(data, *, seed: int, method: str, num_aug: int):
 def run_one(args, arm: str, train_size: int, seed: int) -> dict:
     import keras
 
-    from korlm import augment as augmentation
-    from korlm.evaluate import fine_tune
+    from korlm.evaluation import augment as augmentation
+    from korlm.evaluation.evaluate import fine_tune
 
     epochs = args.epochs * (1 + args.num_aug) if arm == "baseline-steps" else args.epochs
     augment = ({"method": arm, "num_aug": args.num_aug} if arm in ("eda", "duplicate")

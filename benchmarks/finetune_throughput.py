@@ -55,7 +55,7 @@ def prepare(work: Path, size: str, vocab_size: int, max_seq_length: int) -> None
 
 
 def run_korlm(work: Path, examples: int, batch: int, seq: int) -> dict:
-    from korlm import evaluate
+    from korlm.evaluation import evaluate
 
     record = evaluate.evaluate_checkpoint(
         str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
@@ -69,7 +69,7 @@ def run_transformers(work: Path, examples: int, batch: int, seq: int, size: str)
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    from korlm import tasks
+    from korlm.evaluation import tasks
     from korlm.modeling.presets import size_config
 
     splits = tasks.load_task(tasks.get_task("nsmc"), str(NSMC.parent),

@@ -54,7 +54,7 @@ def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from tokenizers.processors import BertProcessing
 
-    from korlm.finetune import finetune
+    from korlm.evaluation.finetune import finetune
     from korlm.modeling.build import build_masked_lm
     from korlm.modeling.checkpoints import save_checkpoint
 

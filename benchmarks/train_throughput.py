@@ -127,10 +127,10 @@ def _build_korlm_task(args):
 def _compile_korlm(task, args):
     """korlm's compile: AdamW, global-norm clipping 1.0, weight decay without
     LayerNorm/bias, loss averaged over the real label slots."""
-    from korlm import pretrain
     from korlm.modeling.build import objective_of
+    from korlm.pretrain.optimizer import compile_pretraining
 
-    pretrain.compile_pretraining(task, objective=objective_of(args.model), learning_rate=LR,
+    compile_pretraining(task, objective=objective_of(args.model), learning_rate=LR,
                                  warmup_steps=WARMUP_LR_STEPS, total_steps=TOTAL_LR_STEPS, weight_decay=WEIGHT_DECAY)
 
 

@@ -77,12 +77,13 @@ started = time.perf_counter()
 phases = {{}}
 if kind == "korlm":
     import shutil
-    from korlm.vocab import build_vocab
+    from korlm.tokenizer.vocab import build_vocab
     shutil.rmtree(corpus + "-korlm-out", ignore_errors=True)
     phases = build_vocab(corpus, corpus + "-korlm-out", vocab_size=vocab_size, heldout_every=0)["seconds"]
 else:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from korlm.vocab import iter_sentences, SPECIAL_TOKENS
+    from korlm.clean.corpus import iter_sentences
+    from korlm.tokenizer.files import SPECIAL_TOKENS
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.BertNormalizer(
         strip_accents=False, lowercase=False)])

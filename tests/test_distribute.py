@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from korlm import distribute
-from korlm.distribute import GIB
 from korlm.errors import KorlmError
+from korlm.pretrain import distribute
+from korlm.pretrain.distribute import GIB
 
 REPO = Path(__file__).resolve().parents[1]
 TPU_ENV = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "COLAB_TPU_ADDR",
@@ -391,8 +391,10 @@ JAX_TRAINING = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     import keras
-    from korlm import distribute, models, pretrain
     from korlm.errors import KorlmError
+    from korlm.modeling.build import build_masked_lm
+    from korlm.pretrain import distribute
+    from korlm.pretrain.optimizer import compile_masked_lm
 
     try:
         distribute.resolve_strategy("gpu")
@@ -404,9 +406,9 @@ JAX_TRAINING = textwrap.dedent("""
     choice = distribute.set_precision("auto", devices)
     per_replica = distribute.check_batch(8, devices.num_replicas, 1)
     with devices.scope():
-        task = models.build_masked_lm("bert", "tiny", 120, 16)
-        pretrain.compile_masked_lm(task, learning_rate=2e-3, warmup_steps=0,
-                                   total_steps=100, weight_decay=0.01)
+        task = build_masked_lm("bert", "tiny", 120, 16)
+        compile_masked_lm(task, learning_rate=2e-3, warmup_steps=0,
+                          total_steps=100, weight_decay=0.01)
     task.jit_compile = devices.jit_compile  # True under JAX: one XLA program a step
     rng = np.random.default_rng(0)
     batch, seq, slots = 8, 16, 3

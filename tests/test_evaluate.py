@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from korlm import evaluate, pretrain, tasks
 from korlm.errors import KorlmError
+from korlm.evaluation import evaluate, tasks
+from korlm.pretrain.dataset import tokenizer_vocab_hash
+from korlm.pretrain.train import run_pretrain
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 NSMC = Path(__file__).resolve().parents[1] / "data" / "sample" / "eval" / "nsmc"
@@ -32,7 +34,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     tokenizer_dir = build_tokenizer(root / "tokenizer")
     data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
-    checkpoints = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
                                         steps=6, checkpoint_every=6, batch_size=8)
     nsmc_dir = write_nsmc_slice(root / "nsmc")
     return tokenizer_dir, checkpoints[-1]["uri"], nsmc_dir
@@ -153,8 +155,8 @@ def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
 
     tokenizer_dir, checkpoint, nsmc_dir = setup
     other = build_tokenizer(tmp_path / "other", num_sentences=200, vocab_size=300)
-    given = short_hash(pretrain.tokenizer_vocab_hash(str(other)))
-    recorded = short_hash(pretrain.tokenizer_vocab_hash(str(tokenizer_dir)))
+    given = short_hash(tokenizer_vocab_hash(str(other)))
+    recorded = short_hash(tokenizer_vocab_hash(str(tokenizer_dir)))
     assert given != recorded
     for command in (["evaluate", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
                     ["finetune", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
@@ -174,7 +176,7 @@ def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
 def test_roberta_checkpoint_fine_tunes(setup, tmp_path):
     tokenizer_dir, _, nsmc_dir = setup
     data_dir = write_pretraining_data(tmp_path / "examples", tokenizer_dir, max_seq_length=48)
-    roberta = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
+    roberta = run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
                                     model="roberta", steps=2, checkpoint_every=2, batch_size=8)
     record = evaluate.evaluate_checkpoint(
         roberta[-1]["uri"], str(tokenizer_dir), "nsmc", str(nsmc_dir), str(tmp_path / "out"),
@@ -188,7 +190,7 @@ def bart_checkpoint(setup, tmp_path_factory):
     tokenizer_dir = setup[0]
     root = tmp_path_factory.mktemp("bart")
     data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
-    checkpoints = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
                                         model="bart", steps=2, checkpoint_every=2, batch_size=8)
     return checkpoints[-1]["uri"]
 

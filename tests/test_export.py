@@ -362,7 +362,7 @@ CASES = ("roberta-trained", "bart-trained", "roberta-bartvocab", "bart-bartvocab
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    from korlm import pretrain
+    from korlm.pretrain.train import run_pretrain
     from korlm.tokenizer import vocab
     from tests.test_pretrain import build_tokenizer, sample_reviews, write_pretraining_data
 
@@ -378,7 +378,7 @@ def families(tmp_path_factory):
                       coverage="corpus", min_frequency=1)
     cases = {}
     for family in ("roberta", "bart"):
-        checkpoints = pretrain.run_pretrain(
+        checkpoints = run_pretrain(
             str(data), str(bert_tok), str(root / f"run-{family}"), model=family, steps=2,
             checkpoint_every=2, batch_size=8, log_every=1, progress="lines")
         cases[f"{family}-trained"] = (checkpoints[-1]["uri"], str(bert_tok))
@@ -624,13 +624,13 @@ def test_bert_with_next_sentence_head_exports_bert_for_pretraining(tmp_path):
     import torch
     from transformers import AutoModelForPreTraining
 
-    from korlm import pretrain
+    from korlm.pretrain.train import run_pretrain
     from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
     tok = build_tokenizer(tmp_path / "tok")
     pairs = write_pretraining_data(tmp_path / "pairs", tok, num_examples=64, max_seq_length=32,
                                    pairs=True)
-    checkpoints = pretrain.run_pretrain(str(pairs), str(tok), str(tmp_path / "run"), steps=2,
+    checkpoints = run_pretrain(str(pairs), str(tok), str(tmp_path / "run"), steps=2,
                                         checkpoint_every=2, batch_size=8, learning_rate=5e-3,
                                         warmup_steps=0, progress="lines")
     ckpt = checkpoints[-1]["uri"]

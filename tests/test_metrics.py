@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from korlm import metrics
 from korlm.errors import KorlmError
+from korlm.evaluation import metrics
 
 
 def test_accuracy_and_macro_f1_by_hand():

@@ -285,7 +285,7 @@ def test_corrupt_or_truncated_shards_are_named(pipeline, tmp_path):
 
 
 def test_training_refuses_a_corrupt_shard(pipeline, tmp_path):
-    from korlm.pretrain import inspect_data
+    from korlm.pretrain.dataset import inspect_data
 
     _, _, tokenizer_dir, examples_dir, metadata = pipeline
     data = tmp_path / "data"
@@ -328,7 +328,7 @@ def test_extra_seq_lengths_pack_each_phase_length_and_feed_a_two_phase_run(pipel
     at each length into seq<N>/, listed in the root metadata once written; a two-phase
     run then reads each phase's own data."""
     from korlm import config as cfg
-    from korlm.pretrain import run_pretrain
+    from korlm.pretrain.train import run_pretrain
 
     _, corpus, tokenizer, _, _ = pipeline
     conf = cfg.Config.model_validate({

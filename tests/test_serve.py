@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from korlm.errors import KorlmError
-from korlm.serve import (
+from korlm.serve.server import (
     MicroBatcher,
     ModelCallError,
     ServeCounters,
@@ -60,7 +60,7 @@ def base(tmp_path_factory):
 def models_dir(base):
     """A classification (NSMC slice) and a regression (sentence pairs, 0-5) model directory
     fine-tuned for one epoch with `korlm finetune`."""
-    from korlm.finetune import finetune
+    from korlm.evaluation.finetune import finetune
 
     root, tokenizer_dir, nsmc, task_files = base
     out = {}
@@ -95,7 +95,7 @@ def _wait_ready(client, timeout: float = 60.0) -> dict:
 
 
 def test_classify_endpoint_matches_the_model(classify_client, models_dir):
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     model = load_finetuned(str(models_dir["classify"]))
     info = classify_client.get("/readyz").json()
@@ -239,7 +239,7 @@ def test_openapi_lists_the_endpoints(classify_client):
 def test_similarity_endpoint_clips_and_thresholds(models_dir):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     model = load_finetuned(str(models_dir["similarity"]))
     assert model.task_type == "regression"
@@ -305,7 +305,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(models_dir):
     model calls, and each gets the predictions for its own texts."""
     import httpx
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     app = create_app(str(models_dir["classify"]),
                      settings=ServeSettings(max_batch_size=16, max_wait_ms=200))
@@ -452,7 +452,7 @@ def test_a_lone_failing_item_is_blamed_on_the_model_only_when_the_probe_fails_to
 def test_readyz_is_503_until_the_model_is_loaded(models_dir):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     release = threading.Event()
 
@@ -500,7 +500,7 @@ def test_a_directory_that_is_not_a_model(tmp_path, capsys):
 def test_answer_endpoint_returns_spans_of_the_context(base):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import finetune, load_finetuned
+    from korlm.evaluation.finetune import finetune, load_finetuned
 
     root, tokenizer_dir, _, task_files = base
     finetune(str(root / "checkpoint"), str(tokenizer_dir), str(task_files["qa"]), None,
@@ -567,7 +567,7 @@ class PoisonedModel:
 @pytest.fixture(scope="module")
 def poison_server(models_dir):
     """The classification model behind a real uvicorn server on loopback, poisonable."""
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     loaded = {}
 

@@ -158,7 +158,6 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     """A gs:// run dir: a checkpoint holds its tokenizer (read back through the resolver),
     a state whose upload was cut short (no _SUCCESS) is skipped for the complete one, a
     checkpoint newer than the state is named, and the next save replaces them."""
-    from korlm import pretrain
     from korlm.errors import KorlmError
     from korlm.modeling.build import build_masked_lm
     from korlm.modeling.checkpoints import (
@@ -167,6 +166,8 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
         resolve_tokenizer,
         save_checkpoint,
     )
+    from korlm.pretrain.dataset import tokenizer_vocab_hash
+    from korlm.pretrain.state import choose_resume_state, find_state, save_state
     from korlm.tokenizer import tokenization
     from tests.test_pretrain import build_tokenizer
 
@@ -180,7 +181,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
                            tokenizer_files=read_tokenizer_files(str(tok)))
     assert set(storage.listdir(f"{ckpt}/tokenizer")) == {"tokenizer.json", "vocab.txt"}
     info = checkpoint_info(ckpt)
-    assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tok))
+    assert info["tokenizer_vocab_hash"] == tokenizer_vocab_hash(str(tok))
     assert resolve_tokenizer(ckpt) == f"{ckpt}/tokenizer"
     assert tokenization.load(resolve_tokenizer(ckpt)).get_vocab_size() == vocab
     assert resolve_tokenizer(ckpt, str(tok)) == str(tok)
@@ -188,7 +189,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
         resolve_tokenizer(ckpt, str(other))
 
-    pretrain.save_state(task, run, {"step": 2})
+    save_state(task, run, {"step": 2})
     assert set(storage.listdir(f"{run}/state/step-000002")) == {
         "_SUCCESS", "korlm_artifact.json", "model.weights.h5", "state.json"}
     # step 4's state, its upload killed before _SUCCESS
@@ -196,7 +197,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
         f.write(b"part")
     storage.write_text(f"{run}/state/step-000004/state.json", json.dumps({"step": 4}))
     capsys.readouterr()
-    state, where = pretrain.choose_resume_state(run)
+    state, where = choose_resume_state(run)
     printed = capsys.readouterr().out
     assert state["step"] == 2 and where == f"{run}/state/step-000002"
     assert (f"skipping training state {run}/state/step-000004: no _SUCCESS marker (its upload "
@@ -204,7 +205,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     assert ("checkpoint step-000004 is newer but holds no optimizer state, so steps 3-4 are "
             "retrained") in printed
 
-    pretrain.save_state(task, run, {"step": 4})
+    save_state(task, run, {"step": 4})
     assert storage.listdir(f"{run}/state") == ["step-000004"]
-    chosen, skipped = pretrain.find_state(run)
+    chosen, skipped = find_state(run)
     assert chosen.step == 4 and not skipped

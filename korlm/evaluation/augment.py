@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from korlm.errors import KorlmError
-from korlm.tasks import TaskData
+from korlm.evaluation.tasks import TaskData
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.report import save_plot
+from korlm.evaluation.report import save_plot
 
 COMPARISON_FILE = "comparison.json"
 VOCAB_KEYS = ("algorithm", "pre_tokenizer", "vocab_size", "unk_rate", "tokens_per_eojeol", "coverage")

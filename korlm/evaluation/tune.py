@@ -173,7 +173,7 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 def fine_tune_settings(evaluate_params: dict[str, Any], task: str) -> dict[str, Any]:
     """The fixed fine-tuning keyword arguments of every trial: the evaluate section's
     values with ``per_task[task]`` applied, limited to what ``fine_tune`` takes."""
-    from korlm.evaluate import fine_tune, settings_for_task
+    from korlm.evaluation.evaluate import fine_tune, settings_for_task
 
     accepted = set(inspect.signature(fine_tune).parameters) - {"epoch_callback"}
     params = settings_for_task(evaluate_params, task)
@@ -195,7 +195,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
     ``evaluate_params``: the evaluate section's settings (fixed for every trial unless
     searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked before any
     trial (``overwrite`` replaces an earlier tune output). Returns study.json's content."""
-    from korlm import tasks
+    from korlm.evaluation import tasks
     from korlm.modeling.checkpoints import resolve_tokenizer
 
     where = {"inputs": [checkpoint_dir, tokenizer_dir], "containers": [data_dir]}
@@ -220,7 +220,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
         # A missing checkpoint or a wrong tokenizer fails once, not per trial.
         tokenizer_dir = resolve_tokenizer(checkpoint_dir, tokenizer_dir)
         study.set_user_attr("fixed_settings", json.loads(json.dumps(fixed, default=str)))
-        from korlm.evaluate import fine_tune
+        from korlm.evaluation.evaluate import fine_tune
 
         def objective(trial) -> float:
             params = suggest(trial, section.search_space)

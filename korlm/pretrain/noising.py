@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from korlm.errors import KorlmError
-from korlm.masking import RandomDraws, special_id_list
+from korlm.pretrain.masking import RandomDraws, special_id_list
 
 
 def _special_mask(ids, special_ids: list[int]):

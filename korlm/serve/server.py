@@ -517,7 +517,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
 
     settings = settings or ServeSettings()
     if loader is None:
-        from korlm.finetune import load_finetuned
+        from korlm.evaluation.finetune import load_finetuned
 
         def loader(path: str) -> Any:  # one predict call per gathered batch
             return load_finetuned(path, batch_size=max(32, settings.max_batch_size))

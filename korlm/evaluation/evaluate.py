@@ -29,11 +29,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from korlm import metrics as metric_fns
-from korlm import pretrain, storage, tasks
+from korlm import storage
 from korlm.errors import KorlmError, NotBuiltError
+from korlm.evaluation import metrics as metric_fns
+from korlm.evaluation import tasks
 from korlm.modeling.build import uses_segment_ids
 from korlm.modeling.checkpoints import checkpoint_info, load_backbone, resolve_tokenizer
+from korlm.pretrain.optimizer import no_weight_decay_variables, warmup_linear_decay
 
 METRICS_JSON = "metrics.json"
 RANDOM_INIT = "random-init"
@@ -468,7 +470,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     spec = splits.spec
     train = splits.train
     if augment:
-        from korlm import augment as augmentation
+        from korlm.evaluation import augment as augmentation
 
         train = augmentation.augment_task_data(train, seed=seed, spec=spec, **augment)
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
@@ -491,10 +493,10 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     num_train = len(y_train)
     total_steps = max(1, num_train // batch_size) * epochs
     optimizer = keras.optimizers.AdamW(
-        learning_rate=pretrain.warmup_linear_decay(
+        learning_rate=warmup_linear_decay(
             learning_rate, max(1, int(warmup_ratio * total_steps)), total_steps),
         weight_decay=weight_decay, epsilon=1e-6, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_list=pretrain.no_weight_decay_variables(model))
+    optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
                 .shuffle(num_train, seed=seed, reshuffle_each_iteration=True)

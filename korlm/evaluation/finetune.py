@@ -26,8 +26,9 @@ import json
 import os
 from typing import Any
 
-from korlm import evaluate, storage, tasks
+from korlm import storage
 from korlm.errors import KorlmError
+from korlm.evaluation import evaluate, tasks
 from korlm.modeling.checkpoints import (
     CHECKPOINT_INFO,
     checkpoint_info,
