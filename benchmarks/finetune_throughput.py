@@ -1,4 +1,4 @@
-"""Fine-tuning throughput on NSMC: korlm (Keras/TF, `korlm.evaluate`) vs transformers +
+"""Fine-tuning throughput on NSMC: korlm (Keras/TF, `korlm.evaluation.evaluate`) vs transformers +
 PyTorch `Trainer`, same model size, batch, sequence length and examples, on this CPU.
 
 Both fine-tune a randomly initialised BERT of the same size (throughput does not depend

@@ -1,9 +1,9 @@
 """Input pipeline vs training step: can tf.data feed the model?
 
-Examples/s of ``korlm.pretrain.make_dataset`` (read TFRecord shards + parse + mask/noise +
+Examples/s of ``korlm.pretrain.dataset.make_dataset`` (read TFRecord shards + parse + mask/noise +
 pad + batch) for token-level MLM, whole-eojeol MLM and BART text infilling (+ sentence
 permutation), against the training step rate (examples/s) of the ``mini`` BERT masked LM
-(``korlm.presets``) on the same machine, fed from a batch cached in memory so the step
+(``korlm.modeling.presets``) on the same machine, fed from a batch cached in memory so the step
 rate is the model's alone. Runs are interleaved round by round (train, mlm, wwm, bart, ...)
 and the medians reported; the load average is printed with every run, since this
 machine's 2 cores are shared.

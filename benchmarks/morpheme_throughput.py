@@ -5,7 +5,7 @@
 
 The same ``--mb`` MB of shared-corpus sentences (NSMC extra reviews, then petitions, as
 ``benchmarks/vocab_build.py``; data from ``--data``, default ``<repo>/../shared/data``)
-are segmented by ``korlm.morpheme.segment_batch`` (the function ``KorlmTokenizer.prepare``
+are segmented by ``korlm.tokenizer.morpheme.segment_batch`` (the function ``KorlmTokenizer.prepare``
 calls) and written to a file:
 
 * ``loop``: one process, batches of ``--batch`` sentences, in order.

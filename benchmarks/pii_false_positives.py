@@ -1,4 +1,4 @@
-"""PII detections on the shared raw corpora: an earlier korlm.pii against this checkout's.
+"""PII detections on the shared raw corpora: an earlier korlm.pii (korlm.clean.pii since the stage layout) against this checkout's.
 
 For every corpus, each record is read by the clean step's reader and normalized as the
 clean step does (``normalize_text``, NFC), then ``find_pii`` of both versions runs on it.

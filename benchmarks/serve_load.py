@@ -11,7 +11,7 @@ The load average is printed with every row: the client, both servers and whateve
 runs on this machine share its cores.
 
 Without --model it builds one first (a random-init BERT of --size, WordPiece on the NSMC
-sample, fine-tuned one epoch on --train-examples NSMC reviews with `korlm.finetune`):
+sample, fine-tuned one epoch on --train-examples NSMC reviews with `korlm.evaluation.finetune`):
 serving speed does not depend on how good the weights are.
 
 With --poison FRACTION (e.g. 0.1) it measures bad input instead: one batching server,

@@ -1,6 +1,6 @@
 """Pretraining step throughput: korlm's models (KerasHub, TF backend) vs transformers + PyTorch.
 
-The same architecture (``korlm.presets``: mini by default), vocabulary size, batch and
+The same architecture (``korlm.modeling.presets``: mini by default), vocabulary size, batch and
 sequence length, float32 on both sides, the same number of CPU threads; each side trains
 on one batch cached in memory (so the figure is the model's alone, not the input
 pipeline's) for ``--steps`` timed steps after ``--warmup`` untimed ones. The optimizer work
@@ -14,11 +14,11 @@ Models (``--model``):
 - ``bert``: KerasHub ``BertMaskedLM`` vs ``BertForMaskedLM``.
 - ``roberta``: KerasHub ``RobertaMaskedLM`` vs ``RobertaForMaskedLM``.
 - ``bart``: KerasHub ``BartSeq2SeqLM`` vs ``BartForConditionalGeneration``, encoder and
-  decoder each ``num_layers / 2`` deep (``korlm.presets.model_config``: BART splits the
+  decoder each ``num_layers / 2`` deep (``korlm.modeling.presets.model_config``: BART splits the
   depth of the BERT of the same size name); the decoder is as long as the encoder.
 
-The korlm side is what ``korlm pretrain`` trains: ``korlm.models.build_pretraining_task``
-compiled by ``korlm.pretrain.compile_pretraining``.
+The korlm side is what ``korlm pretrain`` trains: ``korlm.modeling.build.build_pretraining_task``
+compiled by ``korlm.pretrain.optimizer.compile_pretraining``.
 
 What differs by design: KerasHub's masked LMs compute the MLM head only at the masked
 positions (``mask_selection_length`` of them), while ``*ForMaskedLM`` computes logits at

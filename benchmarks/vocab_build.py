@@ -6,11 +6,11 @@
 1. Writes ``--mb`` MB of shared-corpus sentences (NSMC extra reviews, then petitions)
    as a clean-format corpus. The data is read from ``--data``, default
    ``<repo>/../shared/data`` (the shared data checkout beside the repository).
-2. Builds a WordPiece vocab with ``korlm.vocab.build_vocab`` (heldout_every=0, so it
+2. Builds a WordPiece vocab with ``korlm.tokenizer.vocab.build_vocab`` (heldout_every=0, so it
    trains on exactly the same sentences) and with ``tokenizers.WordPieceTrainer`` called
    directly, each in a fresh process, ``--repeat`` times alternating; prints each run's
    wall time, peak RSS and korlm's phase split, and the overhead ratio of the medians.
-3. Morpheme pre-tokenization (``korlm.morpheme.segment_batch``) throughput,
+3. Morpheme pre-tokenization (``korlm.tokenizer.morpheme.segment_batch``) throughput,
    single process, in sentences/s and MB/s (a quick figure; the single-process vs
    Beam 2-worker comparison is ``benchmarks/morpheme_throughput.py``).
 """

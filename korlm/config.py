@@ -227,7 +227,7 @@ class PretrainSection(_Section):
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "auto", description="auto: bf16 on TPU and bf16-capable GPUs, float32 on CPU")
     peak_tflops: float | None = Field(None, gt=0, description="peak TFLOP/s per device for the MFU "
-                                                              "estimate (default: korlm.distribute's table)")
+                                                              "estimate (default: korlm.pretrain.distribute's table)")
     deterministic: bool = Field(False, description="op determinism + sequential input: a resumed run "
                                                    "ends with the same weights as an uninterrupted one")
     progress: Literal["auto", "bar", "lines"] = Field("auto", description="auto: a bar on a terminal")
@@ -269,7 +269,7 @@ class EvaluateTaskSettings(_Section):
 
 
 class AugmentSettings(_Section):
-    """EDA augmentation of the fine-tuning train split (korlm.augment; docs/augmentation.md)."""
+    """EDA augmentation of the fine-tuning train split (korlm.evaluation.augment; docs/augmentation.md)."""
 
     method: Literal["eda"] = "eda"
     num_aug: int = Field(4, ge=1, le=64, description="augmented copies per training example")
@@ -359,7 +359,7 @@ class AblationSection(_Section):
 
 
 # Hyperparameters `tune.search_space` may name (keyword arguments of
-# korlm.evaluate.fine_tune): kind and the range a value must fall in.
+# korlm.evaluation.evaluate.fine_tune): kind and the range a value must fall in.
 TUNABLE_HYPERPARAMETERS: dict[str, tuple[str, float, float, str]] = {
     # name: (int|float, lowest, highest, interval: "[]" both bounds allowed, "()" neither, "[)")
     "learning_rate": ("float", 0.0, 1.0, "()"),

@@ -1,4 +1,4 @@
-"""EDA augmentation over Korean morphemes (korlm.augment): counts, determinism, the
+"""EDA augmentation over Korean morphemes (korlm.evaluation.augment): counts, determinism, the
 morpheme rules, edge cases and errors. Real Kiwi, real koeda WordNet."""
 
 from __future__ import annotations

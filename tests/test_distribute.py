@@ -1,4 +1,4 @@
-"""Tests of korlm.distribute: strategies, precision, FLOPs/MFU, batch and memory checks,
+"""Tests of korlm.pretrain.distribute: strategies, precision, FLOPs/MFU, batch and memory checks,
 and a tiny BERT trained under the JAX backend with keras.distribution.DataParallel."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _one_line(exc: KorlmError) -> str:
 
 
 def test_module_imports_no_framework():
-    code = ("import sys, korlm.distribute; "
+    code = ("import sys, korlm.pretrain.distribute; "
             "print([m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout

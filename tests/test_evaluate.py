@@ -1,4 +1,4 @@
-"""Unit tests of korlm.tasks and korlm.evaluate on a tiny NSMC slice."""
+"""Unit tests of korlm.evaluation.tasks and korlm.evaluation.evaluate on a tiny NSMC slice."""
 
 from __future__ import annotations
 

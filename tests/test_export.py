@@ -190,7 +190,7 @@ def test_transformers_logits_match_keras(exported):
     assert keras_logits.shape == hf.shape == (len(SENTENCES), enc["input_ids"].shape[1], exported["vocab"])
     assert np.abs(keras_logits).max() > 1.0  # not trivially near-zero logits
 
-    # The model exactly as pretrain/evaluate load it (korlm.models matches the MLM
+    # The model exactly as pretrain/evaluate load it (korlm.modeling.checkpoints matches the MLM
     # head's activation and LayerNorm epsilon to HF BERT's single settings).
     diff = float(np.abs(keras_logits - hf).max())
     print(f"max |logit diff| keras vs transformers: {diff:.3g}")
@@ -438,7 +438,7 @@ def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
                                             "mask_positions": positions}, training=False))
         else:
             assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
-            # korlm's decoder input: </s> then the target shifted right (korlm.noising).
+            # korlm's decoder input: </s> then the target shifted right (korlm.pretrain.noising).
             dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
             dec[~real] = tokenizer.pad_token_id
             hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -669,7 +669,7 @@ def _same_weights(a, b) -> None:
 @pytest.mark.parametrize("case", ["bert", "roberta-trained", "bart-trained",
                                   "roberta-bartvocab", "bart-bartvocab"])
 def test_export_reads_back_into_the_same_keras_backbone(exported, families, case):
-    """korlm.hf_import inverts the export mapping: every backbone weight comes back bit
+    """korlm.modeling.hf_import inverts the export mapping: every backbone weight comes back bit
     for bit (both position offsets: [PAD]=0 and <pad>=1), and the export dir serves as a
     checkpoint (checkpoint_info)."""
     from korlm.modeling import hf_import

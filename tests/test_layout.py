@@ -167,3 +167,30 @@ def test_no_module_over_the_size_limit():
 def test_no_private_name_crosses_a_module_boundary():
     found = private_imports()
     assert not found, "private names used from another module (make them public or move them): " + "; ".join(found)
+
+
+# Stages in pipeline order (modeling: the models the later stages share). A stage imports
+# the ground floor (errors, storage, config, beam_options) and earlier stages only; the
+# CLI composes them all, and config validates each stage's settings with its functions.
+STAGES = ("clean", "tokenizer", "pretrain_data", "modeling", "pretrain", "evaluation", "hub", "serve")
+COMPOSERS = ("korlm.cli", "korlm.config")
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_stages_import_only_earlier_stages():
+    wrong = []
+    for module, targets in import_graph("korlm").items():
+        if module in COMPOSERS:
+            continue
+        mine = _stage(module)
+        for target in targets:
+            theirs = _stage(target)
+            if theirs is None or theirs == mine:
+                continue
+            if mine is None or STAGES.index(theirs) > STAGES.index(mine):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "a stage imports a later stage (or the ground floor a stage): " + "; ".join(sorted(wrong))

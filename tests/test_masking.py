@@ -1,5 +1,5 @@
-"""Statistical and structural tests of MLM masking in tf.data (korlm.masking through
-korlm.pretrain.make_dataset), over 10k examples written as real TFRecords in the
+"""Statistical and structural tests of MLM masking in tf.data (korlm.pretrain.masking through
+korlm.pretrain.dataset.make_dataset), over 10k examples written as real TFRecords in the
 pretrain-data contract (input_ids, word_starts, morpheme_starts, sentence_starts,
 optionally segment_ids; static masking: masked_lm_positions / masked_lm_ids)."""
 

@@ -1,4 +1,4 @@
-"""korlm.metrics against values computed by hand."""
+"""korlm.evaluation.metrics against values computed by hand."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""BART noising (korlm.noising) over 10k contract examples: text infilling statistics,
+"""BART noising (korlm.pretrain.noising) over 10k contract examples: text infilling statistics,
 exact reconstruction of the noised input from the drawn spans, sentence permutation, and
 the make_dataset(objective="bart") batches a KerasHub BartSeq2SeqLM trains on."""
 

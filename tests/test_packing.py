@@ -1,4 +1,4 @@
-"""korlm.packing on real text (the bundled reviews and petitions), called directly: packing
+"""korlm.pretrain_data.packing on real text (the bundled reviews and petitions), called directly: packing
 conserves tokens in every mode, features follow the contract, and the statistics of NSP
 and static masking hold over >= 10k examples."""
 
@@ -385,4 +385,4 @@ def test_sentencepiece_word_starts_sit_on_the_word_initial_piece(corpus, tmp_pat
     expected = [int(k == 0 or t.startswith("▁")) for k, t in enumerate(tokens)]
     assert batch.word_starts.tolist() == expected
     assert batch.word_starts.sum() == 6
-    assert pk.MORPHEME_BOUNDARY == __import__("korlm.morpheme", fromlist=["BOUNDARY"]).BOUNDARY
+    assert pk.MORPHEME_BOUNDARY == __import__("korlm.tokenizer.morpheme", fromlist=["BOUNDARY"]).BOUNDARY

@@ -178,7 +178,7 @@ def test_every_shard_exists_even_when_empty(pipeline, tmp_path):
     assert [len(shards[name]) for name in metadata["shards"]] == metadata["examples_per_shard"]
 
 
-@pytest.mark.slow  # one more Beam run; korlm.packing tests cover the mode at 128 and 512
+@pytest.mark.slow  # one more Beam run; korlm.pretrain_data.packing tests cover the mode at 128 and 512
 def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
     """doc-sentences (the old behaviour) at max_seq_length 128 writes exactly pack_document's examples."""
     root, corpus, tokenizer_dir, _, _ = pipeline
@@ -196,7 +196,7 @@ def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
     assert metadata["padding_fraction"] > 0.5
 
 
-@pytest.mark.slow  # one more Beam run; korlm.packing tests cover the mode at 128 and 512
+@pytest.mark.slow  # one more Beam run; korlm.pretrain_data.packing tests cover the mode at 128 and 512
 def test_bart_span_at_512(pipeline):
     root, corpus, tokenizer_dir, _, _ = pipeline
     metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "bart"), objective="bart",

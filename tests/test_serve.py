@@ -1,5 +1,5 @@
 """`korlm serve`: real fine-tuned model directories (a tiny random-init BERT fine-tuned for
-one epoch with `korlm.finetune.finetune`) behind the FastAPI app, through FastAPI's
+one epoch with `korlm.evaluation.finetune.finetune`) behind the FastAPI app, through FastAPI's
 TestClient and a real uvicorn server on a free loopback port.
 
 Test doubles: `EchoModel` in `test_batcher_keeps_every_result_with_its_request` (its

@@ -97,7 +97,7 @@ def test_sampling_is_deterministic_and_bounded(corpus, tmp_path):
 
 def _reference_sample(lines, max_sentences, heldout_every):
     """The documented definition: non-held-out sentences (CRC) with the smallest keyed
-    blake2b, by key (the straightforward version of korlm.vocab's streaming sample)."""
+    blake2b, by key (the straightforward version of korlm.tokenizer.vocab's streaming sample)."""
     import hashlib
     import zlib
 

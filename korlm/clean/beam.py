@@ -19,10 +19,10 @@ Reshuffle is left out and the dedup entries are spilled to files too
 ``DocumentCleaner`` holds every per-document step (normalize, scrub PII, the optional
 normalizations, document filters, sentence split, sentence filters) as plain Python, so
 the Beam DoFn, the single-process loop of the benchmark and ``korlm clean --dry-run``
-run the same code. Each filter is one function in ``korlm.text``/``korlm.filters``/
-``korlm.pii``, one Beam counter (namespace ``korlm.clean``) and one rejection reason
+run the same code. Each filter is one function in ``korlm.clean.text``/``korlm.clean.filters``/
+``korlm.clean.pii``, one Beam counter (namespace ``korlm.clean``) and one rejection reason
 (documents) or dropped-sentence reason (sentences). Deduplication is in
-``corpus_beam.dedup``.
+``korlm.clean.dedup``.
 
 ``stats.json`` is computed inside the pipeline, so it is the same on the DirectRunner
 and on Dataflow. ``input_records`` comes from the readers and ``kept_records``/

@@ -20,7 +20,7 @@ negatives around the threshold, as datasketch does) is what controls precision.
 
 Entries are fixed-size numpy records (20 bytes), so the only thing the clean step
 shuffles for dedup is ``ENTRY`` arrays, a shard (``hash % shards``) at a time; the
-documents themselves wait in temporary files (see ``corpus_beam.clean``). A loss is
+documents themselves wait in temporary files (see ``korlm.clean.beam``). A loss is
 ``(order, index)``: ``index >= 0`` drops that sentence, ``DOCUMENT``/``NEAR`` drops the
 document. ``DedupIndex`` is the same logic in one process (plain loop, dry run).
 """

@@ -5,7 +5,7 @@ morphemes.
 row and adds ``num_aug`` edited copies of it (labels, ids and groups copied; ids get a
 ``#augK`` suffix). Each copy gets exactly one of the four EDA operations, drawn as in the
 reference implementation (the enabled operations repeated, shuffled, cut to
-``num_aug``). The text is analysed with Kiwi (:mod:`korlm.morpheme`'s shared instance);
+``num_aug``). The text is analysed with Kiwi (:mod:`korlm.tokenizer.morpheme`'s shared instance);
 the operations touch **content morphemes** only and keep the grammatical skeleton:
 
 * content morphemes: nouns (NNG, NNP), verb and adjective stems (VV, VA), adverbs (MAG)

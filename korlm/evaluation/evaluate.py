@@ -94,7 +94,7 @@ def bart_inputs(x: dict[str, Any], decoder_start_id: int) -> dict[str, Any]:
     """``BartBackbone`` inputs from :func:`encode`'s (right-padded ``token_ids`` and
     ``padding_mask``), as ``BartForSequenceClassification`` builds them: the encoder reads
     the ids, the decoder reads them shifted right behind ``decoder_start_id`` (korlm's BART
-    decoder starts with ``</s>``/``[SEP]``, as in pretraining: ``korlm.noising``). Decoder
+    decoder starts with ``</s>``/``[SEP]``, as in pretraining: ``korlm.pretrain.noising``). Decoder
     position i reads token i-1 and stands for token i, so both masks are the ids' mask and
     a token's offsets (QA) are those of the encoder position."""
     import numpy as np
@@ -439,7 +439,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     :class:`tasks.TaskSpec`. ``checkpoint_dir``: a korlm checkpoint or a korlm Hugging
     Face export. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
     override checked against the checkpoint's vocab hash (:func:`models.resolve_tokenizer`).
-    ``augment``: settings for :func:`korlm.augment.augment_task_data` (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
+    ``augment``: settings for :func:`korlm.evaluation.augment.augment_task_data` (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
     each epoch's dev scoring; what it raises (a pruned tuning trial) ends the run."""
     started = time.perf_counter()
     spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)

@@ -1,7 +1,7 @@
 """Fine-tune a checkpoint on one task and keep the model: a servable model directory.
 
 ``korlm evaluate`` fine-tunes to *score* a checkpoint and throws the model away;
-``korlm finetune`` runs the same fine-tuning (:func:`korlm.evaluate.fine_tune`: early
+``korlm finetune`` runs the same fine-tuning (:func:`korlm.evaluation.evaluate.fine_tune`: early
 stopping on dev, the best epoch's weights, the same metrics) and writes what a product
 team deploys::
 
@@ -17,7 +17,7 @@ team deploys::
 :func:`load_finetuned` rebuilds the model from code and the architecture, loads the
 weights and answers ``classify`` / ``regress`` / ``answer`` calls (``korlm serve`` puts an
 HTTP API in front of it). The checkpoint may be a korlm checkpoint or a korlm Hugging Face
-export (:mod:`korlm.hf_import`).
+export (:mod:`korlm.modeling.hf_import`).
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def _copy_files(src: str, dst: str, names: tuple[str, ...]) -> list[str]:
 def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.TaskSpec,
              data_dir: str | None, output_dir: str, *, overwrite: bool = False,
              **settings) -> dict[str, Any]:
-    """Fine-tune (``settings``: :func:`korlm.evaluate.fine_tune`'s keyword arguments) and
+    """Fine-tune (``settings``: :func:`korlm.evaluation.evaluate.fine_tune`'s keyword arguments) and
     write the servable model directory (checked first: new, empty or, with
     ``overwrite``, an earlier finetune output). ``tokenizer_dir``: None for the
     checkpoint's own tokenizer (a korlm checkpoint's copy, a Hugging Face export's files),
     else an override checked against the checkpoint's vocab hash
-    (:func:`korlm.models.resolve_tokenizer`). Returns the metrics record."""
+    (:func:`korlm.modeling.checkpoints.resolve_tokenizer`). Returns the metrics record."""
     if settings.get("random_init"):
         raise KorlmError("finetune keeps a model for serving; random_init is for "
                          "evaluation baselines (korlm evaluate --random-init)")

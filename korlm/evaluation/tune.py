@@ -1,6 +1,6 @@
 """Hyperparameter search over fine-tuning with Optuna (``korlm tune``).
 
-Each trial is one :func:`korlm.evaluate.fine_tune` call with hyperparameters sampled from
+Each trial is one :func:`korlm.evaluation.evaluate.fine_tune` call with hyperparameters sampled from
 ``tune.search_space``; every other setting comes from the evaluate section (and its
 ``per_task`` entry for the task). After each epoch the trial reports its dev value of
 the tuned metric to Optuna, which may prune it (``optuna.TrialPruned`` raised from the
@@ -191,7 +191,7 @@ def run_tuning(checkpoint_dir: str, tokenizer_dir: str | None, data_dir: str | N
     """Run ``tune.n_trials`` trials (none with ``report_only``) of the study and write its
     summary (study.json, best_params.yaml, importance.md, summary.md, PNG plots) to
     ``output_dir``. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
-    override checked by vocab hash (:func:`korlm.models.resolve_tokenizer`).
+    override checked by vocab hash (:func:`korlm.modeling.checkpoints.resolve_tokenizer`).
     ``evaluate_params``: the evaluate section's settings (fixed for every trial unless
     searched); ``task`` overrides ``tune.task``. ``output_dir`` is checked before any
     trial (``overwrite`` replaces an earlier tune output). Returns study.json's content."""

@@ -90,7 +90,7 @@ def after_build(model: str, task):
 
 def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
                    dropout: float = 0.1):
-    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.presets``; BART's
+    """A freshly initialised backbone of ``model`` at ``size`` (``korlm.modeling.presets``; BART's
     encoder and decoder each get half the size's layers)."""
     return backbone_class(model)(
         vocabulary_size=vocab_size,

@@ -385,7 +385,7 @@ def bart_state_dict(task, take: _Weights | None = None) -> dict[str, Any]:
 def bart_config(task, special_ids: dict[str, int]) -> dict[str, Any]:
     """``config.json`` for ``BartForConditionalGeneration`` describing the Keras task.
 
-    korlm's decoder input is ``[</s>, <s>, tokens...]`` (``korlm.noising``): the decoder
+    korlm's decoder input is ``[</s>, <s>, tokens...]`` (``korlm.pretrain.noising``): the decoder
     starts from the sep/eos id and first predicts the cls/bos id, as fairseq BART does.
     KerasHub does not scale embeddings by sqrt(d_model): ``scale_embedding`` is false.
     """

@@ -38,7 +38,7 @@ _normalize_hash = normalize_hash
 
 def tokenizer_vocab_hash(tokenizer_dir: str) -> str | None:
     """The vocabulary fingerprint of a tokenizer dir, computed by the same function that
-    stamped the pretraining data (``korlm.vocab.vocab_hash``); None without a vocabulary."""
+    stamped the pretraining data (``korlm.tokenizer.files.vocab_hash``); None without a vocabulary."""
     try:
         return vocab_hash(tokenizer_dir)
     except KorlmError:
@@ -184,12 +184,12 @@ def make_dataset(files: list[str], *, batch_size: int, max_seq_length: int, voca
     ``objective="mlm"``: ``(inputs, mask_ids, mask_weights)`` for KerasHub's
     ``BertMaskedLM``; ``inputs`` = ``token_ids``, ``segment_ids`` (the data's, zeros
     without them), ``padding_mask``, ``mask_positions``. Dynamic masking draws fresh masks
-    every time an example is seen (``korlm.masking``); static data (``masking="static"``)
+    every time an example is seen (``korlm.pretrain.masking``); static data (``masking="static"``)
     brings its masks (``masked_lm_positions``/``masked_lm_ids``). ``whole_word`` reads
     word boundaries from ``word_starts`` (eojeol) or ``morpheme_starts``.
 
     ``objective="bart"``: ``(x, y, sample_weight)`` for ``BartSeq2SeqLM`` after text
-    infilling and optional sentence permutation (``korlm.noising``).
+    infilling and optional sentence permutation (``korlm.pretrain.noising``).
 
     Examples longer than ``max_seq_length`` are cut, keeping a closing separator.
     ``features`` lists what the shards hold (``data_features``); only the features the

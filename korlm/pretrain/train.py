@@ -110,7 +110,7 @@ def phase_data_dir(data_dir: str, seq_len: int | None) -> str:
 
 
 def _devices(strategy: str, tpu: str | None, precision: str, plan: list[dict], micro: int):
-    """Strategy and precision (``korlm.distribute``), and the batch checked against the
+    """Strategy and precision (``korlm.pretrain.distribute``), and the batch checked against the
     replicas before any model is built."""
     from korlm.pretrain import distribute
 
@@ -169,7 +169,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
     ``model``: bert or roberta (masked LM) or bart (denoising: text infilling and optional
-    sentence permutation), at ``size`` (``korlm.presets``). ``steps`` is the total number
+    sentence permutation), at ``size`` (``korlm.modeling.presets``). ``steps`` is the total number
     of optimizer updates of the run (``batch_size`` examples each, accumulated over
     ``grad_accum_steps`` micro-batches), so re-running with a larger value extends a
     finished run (the learning-rate schedule is then recomputed for the new total) and

@@ -8,7 +8,7 @@ Pipeline::
 ``TokenizeAndPack`` takes a batch of documents (up to 256 documents of one part file),
 tokenizes every sentence with the vocab's ``KorlmTokenizer`` (morpheme segmentation first
 for a morpheme vocab), packs by ``packing`` (``full-sentences`` | ``doc-sentences`` |
-``segment-pair`` | ``span``; see ``korlm.packing``, which also documents truncation),
+``segment-pair`` | ``span``; see ``korlm.pretrain_data.packing``, which also documents truncation),
 optionally masks statically (``dupe_factor`` packings of each batch with different
 masks), and writes one unpadded ``tf.train.Example`` per packed example (features in
 ``docs/pretrain_data.md``). ``full-sentences`` examples and random NSP segments cross
@@ -56,7 +56,7 @@ def shard_name(index: int, num_shards: int) -> str:
 def pack_document(sentence_ids: list[list[int]], max_seq_length: int, cls_id: int,
                   sep_id: int) -> tuple[list[list[int]], int]:
     """``doc-sentences`` packing of one document's token ids (plain lists); returns
-    (examples, truncated tokens). The list form of ``korlm.packing`` for one document."""
+    (examples, truncated tokens). The list form of ``korlm.pretrain_data.packing`` for one document."""
     budget = max_seq_length - 2
     examples: list[list[int]] = []
     current: list[int] = []

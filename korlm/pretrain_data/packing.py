@@ -1,6 +1,6 @@
 """Tokenize-and-pack for pretraining data: packing modes, per-token features, static masking.
 
-Plain functions over numpy arrays, so the Beam step (``corpus_beam.pack``), the tests and
+Plain functions over numpy arrays, so the Beam step (``korlm.pretrain_data.beam``), the tests and
 the benchmark run the same code. The record format is the pretrain-data contract
 (``docs/pretrain_data.md``): one example = ``input_ids`` starting with the ``cls`` role id
 and ending with the ``sep`` role id, plus same-length ``word_starts``, ``sentence_starts``,
@@ -70,7 +70,7 @@ DEFAULT_MASK_RATE = 0.15
 _SPACES = [*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
            0x202F, 0x205F, 0x3000]
 _SPACE_TABLE = None
-MORPHEME_BOUNDARY = "\ue001"  # korlm.morpheme.BOUNDARY (SentencePiece morpheme vocabs)
+MORPHEME_BOUNDARY = "\ue001"  # korlm.tokenizer.morpheme.BOUNDARY (SentencePiece morpheme vocabs)
 
 
 def _is_space(chars):
@@ -197,7 +197,7 @@ def tokenize_documents(tokenizer, documents: Sequence[Sequence[str]]) -> Tokeniz
     token's. For a morpheme vocab the offsets are into the prepared text: WordPiece form
     ``나 ##는`` (whitespace-separated morphemes; an eojeol starts at one not marked
     ``##``) or SentencePiece form ``나<B>는`` (morphemes of an eojeol joined by
-    ``korlm.morpheme.BOUNDARY``; an eojeol starts after whitespace).
+    ``korlm.tokenizer.morpheme.BOUNDARY``; an eojeol starts after whitespace).
     """
     import numpy as np
 

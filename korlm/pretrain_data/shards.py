@@ -1,7 +1,7 @@
 """Integrity check of a pretraining-data directory: every shard readable, CRCs intact,
 record counts as ``metadata.json`` says.
 
-Training calls :func:`verify_shards` (from ``korlm.pretrain.inspect_data``) before it
+Training calls :func:`verify_shards` (from ``korlm.pretrain.dataset.inspect_data``) before it
 starts, so a truncated copy or a flipped bit fails at once with the shard's name instead
 of as a ``DataLossError`` deep inside ``model.fit`` hours later.
 """

@@ -1,6 +1,6 @@
 """``korlm serve MODEL_DIR``: a REST API over a fine-tuned model directory.
 
-The directory is the output of ``korlm finetune`` (``korlm.finetune.load_finetuned``
+The directory is the output of ``korlm finetune`` (``korlm.evaluation.finetune.load_finetuned``
 reads it). One endpoint answers per task type of the loaded model:
 
 - ``POST /v1/similarity``  regression models (sentence pairs): score clipped to 0-5
@@ -24,7 +24,7 @@ A request to another endpoint answers 409 naming the model's task type. Every bo
   a lone surrogate (JSON ``"\\ud800"``), text made only of whitespace, control or format
   characters (NUL, U+200B, ...) after the tokenizer's NFC, and text that the loaded
   model's own tokenizer turns into no token at all (U+FFFD or private-use characters
-  for a WordPiece vocab: :meth:`korlm.finetune.FineTunedModel.untokenized`).
+  for a WordPiece vocab: :meth:`korlm.evaluation.finetune.FineTunedModel.untokenized`).
 
 Request batching: every item of every request goes on one asyncio queue; one worker
 takes up to ``max_batch_size`` items (those that queued while the previous call ran;
@@ -508,7 +508,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
                loader: Callable[[str], Any] | None = None,
                on_load_error: Callable[[BaseException], None] | None = None):
     """The FastAPI app. The model is loaded from ``model_dir`` with ``loader`` (default
-    ``korlm.finetune.load_finetuned``) in a thread once the app starts."""
+    ``korlm.evaluation.finetune.load_finetuned``) in a thread once the app starts."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse

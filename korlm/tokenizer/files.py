@@ -64,7 +64,7 @@ def load_tokenizer(tokenizer_dir: str):
     """The ``tokenizers.Tokenizer`` saved by :func:`build_vocab` in ``tokenizer_dir``.
 
     It expects morpheme-segmented input for a morpheme vocab; use
-    ``korlm.tokenization.load`` to tokenize raw text.
+    ``korlm.tokenizer.tokenization.load`` to tokenize raw text.
     """
     from tokenizers import Tokenizer
 

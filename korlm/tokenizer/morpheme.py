@@ -25,7 +25,7 @@ it) and ``tokenizer.json`` splits there after the ``▁`` split, so ``는`` is e
 word-internal piece and the Metaspace decoder restores ``나는``.
 
 The vocab step, the pretraining-data step and fine-tuning all call :func:`segment_batch`
-(via ``korlm.tokenization.KorlmTokenizer.prepare``), so the three see identical text.
+(via ``korlm.tokenizer.tokenization.KorlmTokenizer.prepare``), so the three see identical text.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One tokenizer for every step: the vocab's ``tokenizer.json`` plus its pre-tokenizer.
 
-``KorlmTokenizer`` is what pretraining data (``corpus_beam.pack``), fine-tuning
-(``korlm.evaluate``) and the vocab statistics use, so a morpheme vocab is applied the same
-way everywhere: raw text -> ``korlm.morpheme.segment_batch`` (morpheme vocab only; the
+``KorlmTokenizer`` is what pretraining data (``korlm.pretrain_data.beam``), fine-tuning
+(``korlm.evaluation.evaluate``) and the vocab statistics use, so a morpheme vocab is applied the same
+way everywhere: raw text -> ``korlm.tokenizer.morpheme.segment_batch`` (morpheme vocab only; the
 ``##`` form for WordPiece, the boundary form for SentencePiece) -> ``tokenizers.Tokenizer``.
 Plain vocabs go straight to ``tokenizers``. It also knows the vocab's special-token
 family (``bert`` or ``bart``) and maps roles to ids (:meth:`KorlmTokenizer.special_token_ids`).
@@ -41,7 +41,7 @@ from korlm.tokenizer.files import (
 from korlm.tokenizer.spm_model import spm_without_dummy_prefix
 
 UNK_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["unk"]]
-MAX_INPUT_CHARS_PER_WORD = 100  # as models.WordPiece in korlm.vocab
+MAX_INPUT_CHARS_PER_WORD = 100  # as models.WordPiece in korlm.tokenizer.vocab
 
 
 def special_tokens_family_of(hf) -> str:
@@ -215,7 +215,7 @@ def graph_tokenizer(tokenizer_dir: str):
         # explicit "▁" and the model's dummy prefix off (continuation morphemes without
         # "▁"). Besides the morpheme split, this keeps unigram score sums per word, so
         # they stay exact in sentencepiece's float32 however long the text (see
-        # korlm.vocab.quantize_unigram_scores).
+        # korlm.tokenizer.spm_model.quantize_unigram_scores).
         sp = tf_text.SentencepieceTokenizer(model=spm_without_dummy_prefix(blob), out_type=tf.int32)
 
         # No tensor-dependent Python control flow: nothing for AutoGraph to convert (it

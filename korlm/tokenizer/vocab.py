@@ -3,7 +3,7 @@
 Algorithms: ``wordpiece`` (Hugging Face ``tokenizers`` trainer) and
 ``sentencepiece-unigram`` / ``sentencepiece-bpe`` (the ``sentencepiece`` trainer, mirrored
 into an equivalent ``tokenizer.json``). Pre-tokenizers: ``none`` or ``morpheme`` (Kiwi,
-see ``korlm.morpheme``), for every algorithm. Special tokens sit at fixed ids in every
+see ``korlm.tokenizer.morpheme``), for every algorithm. Special tokens sit at fixed ids in every
 variant: BERT's [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (``special_tokens="bert"``) or
 BART/RoBERTa's <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4 (``"bart"``). No lowercasing and
 no accent stripping: accent stripping runs NFD, which decomposes every Hangul syllable
@@ -23,7 +23,7 @@ without [UNK] whatever the corpus held.
   syllable it holds in neither form is decomposed into its conjoining jamo by a
   character map (``normalizers.Precompiled``, the SentencePiece charsmap format) at the
   end of the normalizer, so it encodes as 2-3 jamo tokens instead of [UNK] and NFC
-  recomposes it after decoding. The graph tokenizer (``korlm.tokenization``) derives the
+  recomposes it after decoding. The graph tokenizer (``korlm.tokenizer.tokenization``) derives the
   same map from vocab.txt.
 * SentencePiece: ``byte_fallback``: any character outside the pieces encodes as its
   UTF-8 bytes ``<0xNN>``.
@@ -31,7 +31,7 @@ without [UNK] whatever the corpus held.
 ``coverage="corpus"`` keeps only what the trainer saw (the behaviour before issue 4).
 
 The output directory loads with ``transformers.AutoTokenizer.from_pretrained`` as well as
-``tokenizers.Tokenizer``; ``korlm.tokenization.KorlmTokenizer`` applies the morpheme
+``tokenizers.Tokenizer``; ``korlm.tokenizer.tokenization.KorlmTokenizer`` applies the morpheme
 pre-tokenizer where the vocab needs it.
 """
 
@@ -218,7 +218,7 @@ def _bert_normalizers():
 def wordpiece_pre_tokenizer(pre_tokenizer: str):
     from tokenizers import pre_tokenizers
 
-    # Morpheme mode: korlm.morpheme already split words and punctuation and marked
+    # Morpheme mode: korlm.tokenizer.morpheme already split words and punctuation and marked
     # continuations with "##", which a punctuation split would break apart.
     return pre_tokenizers.WhitespaceSplit() if pre_tokenizer == "morpheme" else pre_tokenizers.BertPreTokenizer()
 
@@ -387,7 +387,7 @@ def _train_sentencepiece(train: list[str], *, algorithm: str, vocab_size: int, c
     extra = {}
     if pre_tokenizer == "morpheme":
         # Morphemes of an eojeol joined by BOUNDARY: a hard boundary for the trainer,
-        # removed from the pieces (see korlm.morpheme).
+        # removed from the pieces (see korlm.tokenizer.morpheme).
         texts = [unicodedata.normalize("NFC", t)
                  for t in morpheme.segment_batch(train, boundary=morpheme.BOUNDARY)]
         extra["pretokenization_delimiter"] = morpheme.BOUNDARY
@@ -469,7 +469,7 @@ def sentencepiece_hf_tokenizer(blob: bytes, algorithm: str, *, family: str = "be
 
 def heldout_metrics(tokenizer, sentences: list[str]) -> dict:
     """unk_rate, tokens_per_eojeol and character coverage of ``tokenizer`` (a
-    ``korlm.tokenization.KorlmTokenizer``) on ``sentences``."""
+    ``korlm.tokenizer.tokenization.KorlmTokenizer``) on ``sentences``."""
     if not sentences:
         return {"unk_rate": None, "tokens_per_eojeol": None, "coverage": None}
     unk_id = tokenizer.special_token_ids()["unk"]
@@ -505,11 +505,11 @@ def _transformers_files(staging: str, algorithm: str, pre_tokenizer: str, family
         "model_input_names": ["input_ids", "token_type_ids", "attention_mask"] if family == "bert"
         else ["input_ids", "attention_mask"],
         **special,
-        # Read by korlm.tokenization: which role each special token plays.
+        # Read by korlm.tokenizer.tokenization: which role each special token plays.
         "korlm_special_tokens": family,
     }
     if pre_tokenizer != "none":
-        # Read by korlm.tokenization: the text must be segmented before tokenizer.json sees it.
+        # Read by korlm.tokenizer.tokenization: the text must be segmented before tokenizer.json sees it.
         config["korlm_pre_tokenizer"] = pre_tokenizer
     storage.write_text(storage.join(staging, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
     storage.write_text(storage.join(staging, SPECIAL_TOKENS_MAP_FILE), json.dumps(special, indent=2) + "\n")
