@@ -6,8 +6,11 @@ the bundled sample with the tiny config, run through each checkout's own CLI
   and the rejection logs (their lines as a sorted list: shard order is the runner's);
 * vocab: the token SET, ``vocab_stats.json`` (timings, ids and hashes left out) and
   ``tokenizer_config.json``. WordPiece training is not deterministic across processes
-  (the Hugging Face trainer assigns ``##x`` continuation ids in hash-map order,
-  huggingface/tokenizers#1794): the same corpus gives the same tokens, not the same ids;
+  (the Hugging Face trainer breaks count ties in hash-map order, huggingface/tokenizers#1794):
+  the same corpus gives the same tokens in other ids, and now and then another token at the
+  cutoff. So each checkout trains ``--vocab-runs`` times, and the vocab compares equal
+  when a run of one checkout gives the same token set (and stats) as a run of the other;
+  otherwise the differences are printed next to each checkout's own run-to-run spread;
 * pretrain-data: both checkouts pack with the SAME tokenizer folder (the baseline's), so
   the TFRecord shards compare record by record, byte for byte, and ``metadata.json``
   (timings left out). Two packings: the config's (``full-sentences``, dynamic masking)
@@ -140,12 +143,40 @@ def compare(what: str, a, b) -> bool:
     return False
 
 
+def token_set(folder: str) -> set[str]:
+    with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+        return set(json.load(f)["model"]["vocab"])
+
+
+def compare_vocabs(runs: dict[str, list[str]]) -> bool:
+    """Equal when some run of each checkout has the same digest; else the cross-checkout
+    token differences are shown with each checkout's own run-to-run differences."""
+    digests = {name: [vocab_digest(f) for f in folders] for name, folders in runs.items()}
+    for a in digests["baseline"]:
+        for b in digests["this"]:
+            if a == b:
+                print(f"SAME  vocab: token set, vocab_stats.json, tokenizer_config.json "
+                      f"(distinct token sets over {len(runs['baseline'])} runs each: baseline "
+                      f"{len({d['token_set'] for d in digests['baseline']})}, this "
+                      f"{len({d['token_set'] for d in digests['this']})})")
+                return True
+    sets = {name: [token_set(f) for f in folders] for name, folders in runs.items()}
+    for name, found in sets.items():
+        spread = set.union(*found) - set.intersection(*found)
+        print(f"      {name}: tokens not in every one of its own runs: {sorted(spread)[:20]}")
+    base, this = sets["baseline"][0], sets["this"][0]
+    print(f"      baseline run 0 only: {sorted(base - this)[:20]}; this run 0 only: {sorted(this - base)[:20]}")
+    return compare("vocab: token set, vocab_stats.json, tokenizer_config.json",
+                   digests["baseline"][0], digests["this"][0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline-root", required=True, help="the other checkout (e.g. a git archive of main)")
     ap.add_argument("--root", default=ROOT, help="this checkout (default: the one holding this script)")
     ap.add_argument("--config", default="configs/tiny.yaml", help="relative to each root")
     ap.add_argument("--work", default=None, help="output folder (default: a temporary one, removed)")
+    ap.add_argument("--vocab-runs", type=int, default=3, help="vocab trainings per checkout")
     args = ap.parse_args()
 
     roots = {"baseline": os.path.abspath(args.baseline_root), "this": os.path.abspath(args.root)}
@@ -165,13 +196,14 @@ def main() -> None:
             shutil.rmtree(out[name], ignore_errors=True)
             os.makedirs(out[name])
             korlm(root, "clean", "--config", args.config, "--output", f"{out[name]}/clean")
-            korlm(root, "vocab", "--config", args.config, "--corpus", f"{out[name]}/clean",
-                  "--output", f"{out[name]}/vocab")
+            for i in range(args.vocab_runs):
+                korlm(root, "vocab", "--config", args.config, "--corpus", f"{out[name]}/clean",
+                      "--output", f"{out[name]}/vocab-{i}")
         same &= compare("clean: part files, stats.json, rejection logs",
                         corpus_digest(f"{out['baseline']}/clean"), corpus_digest(f"{out['this']}/clean"))
-        same &= compare("vocab: token set, vocab_stats.json, tokenizer_config.json",
-                        vocab_digest(f"{out['baseline']}/vocab"), vocab_digest(f"{out['this']}/vocab"))
-        shared_tokenizer = f"{out['baseline']}/vocab"  # one tokenizer, so the ids compare
+        same &= compare_vocabs({name: [f"{out[name]}/vocab-{i}" for i in range(args.vocab_runs)]
+                                for name in roots})
+        shared_tokenizer = f"{out['baseline']}/vocab-0"  # one tokenizer, so the ids compare
         for packing, flags in PACKINGS.items():
             for name, root in roots.items():
                 korlm(root, "pretrain-data", "--config", args.config, "--corpus", f"{out[name]}/clean",

@@ -19,10 +19,11 @@ Reshuffle is left out and the dedup entries are spilled to files too
 ``DocumentCleaner`` holds every per-document step (normalize, scrub PII, the optional
 normalizations, document filters, sentence split, sentence filters) as plain Python, so
 the Beam DoFn, the single-process loop of the benchmark and ``korlm clean --dry-run``
-run the same code. Each filter is one function in ``korlm.clean.text``/``korlm.clean.filters``/
-``korlm.clean.pii``, one Beam counter (namespace ``korlm.clean``) and one rejection reason
-(documents) or dropped-sentence reason (sentences). Deduplication is in
-``korlm.clean.dedup``.
+run the same code. Each filter is one ``Filter`` entry (``korlm.clean.cleaner``'s
+``DOCUMENT_FILTERS`` and ``SENTENCE_FILTERS``): a name, its function (in
+``korlm.clean.filters``/``korlm.clean.pii``) and its rejection reason (documents) or
+dropped-sentence reason (sentences), which is also its Beam counter (namespace
+``korlm.clean``) and its stats.json key. Deduplication is in ``korlm.clean.dedup``.
 
 ``stats.json`` is computed inside the pipeline, so it is the same on the DirectRunner
 and on Dataflow. ``input_records`` comes from the readers and ``kept_records``/
@@ -52,19 +53,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from korlm import storage
 from korlm.beam_options import beam_counters, pipeline_options
 from korlm.clean.cleaner import (
-    BOILERPLATE_SENTENCE,
+    DOCUMENT_FILTERS,
     EMPTY_AFTER_NORMALIZATION,
-    HIGH_DIGIT_RATIO,
-    HIGH_SYMBOL_RATIO,
-    LOW_HANGUL_RATIO,
     NO_SENTENCES_LEFT,
-    PII_SENTENCE,
-    REPEATED_LINES,
-    REPEATED_NGRAMS,
-    SENTENCE_TOO_LONG,
-    SENTENCE_TOO_SHORT,
+    SENTENCE_FILTERS,
     TOO_LONG_DOCUMENT,
-    TOO_SHORT_DOCUMENT,
     CleanSettings,
     DocumentCleaner,
     add_count,
@@ -114,19 +107,13 @@ REJECTION_REASONS = (
     MALFORMED_RECORD,
     EMPTY_AFTER_NORMALIZATION,
     TOO_LONG_DOCUMENT,
-    TOO_SHORT_DOCUMENT,
-    LOW_HANGUL_RATIO,
-    HIGH_SYMBOL_RATIO,
-    HIGH_DIGIT_RATIO,
-    REPEATED_LINES,
-    REPEATED_NGRAMS,
+    *(f.reason for f in DOCUMENT_FILTERS),
     NO_SENTENCES_LEFT,
     DUPLICATE_DOCUMENT,
     NEAR_DUPLICATE_DOCUMENT,
     DUPLICATE_SENTENCES,
 )
-SENTENCE_DROP_REASONS = (BOILERPLATE_SENTENCE, PII_SENTENCE, SENTENCE_TOO_SHORT, SENTENCE_TOO_LONG,
-                         DUPLICATE_SENTENCE)
+SENTENCE_DROP_REASONS = (*dict.fromkeys(f.reason for f in SENTENCE_FILTERS), DUPLICATE_SENTENCE)
 COUNTER_NAMESPACE = "korlm.clean"
 
 

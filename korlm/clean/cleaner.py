@@ -7,6 +7,8 @@ same code. Settings are the run config's ``clean:`` section (``korlm.config.Clea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,8 +20,9 @@ from korlm.clean.filters import (
     count_eojeol,
     digit_ratio,
     hangul_ratio,
+    has_repeated_lines,
+    has_repeated_ngrams,
     is_boilerplate,
-    repetition_reason,
     symbol_ratio,
 )
 from korlm.clean.pii import placeholders, scrub_pii
@@ -143,41 +146,19 @@ class DocumentCleaner:
         return text
 
     def document_reason(self, text: str, scrubbed: bool) -> str | None:
-        """The first document filter ``text`` fails, or None."""
-        s = self.s
-        if len(text) < s.min_document_chars:
-            return TOO_SHORT_DOCUMENT
+        """The reason of the first document filter ``text`` fails, or None."""
+        # ratios are measured without the PII placeholders the scrubber put in
         measured = self._strip_placeholders(text) if scrubbed else text
-        if s.min_hangul_ratio > 0 and hangul_ratio(measured) < s.min_hangul_ratio:
-            return LOW_HANGUL_RATIO
-        if s.max_symbol_ratio < 1 and symbol_ratio(measured) > s.max_symbol_ratio:
-            return HIGH_SYMBOL_RATIO
-        if s.max_digit_ratio < 1 and digit_ratio(measured) > s.max_digit_ratio:
-            return HIGH_DIGIT_RATIO
-        if s.repetition_filter:
-            return repetition_reason(
-                text, max_duplicate_line_fraction=s.max_duplicate_line_fraction,
-                max_duplicate_line_char_fraction=s.max_duplicate_line_char_fraction,
-                min_words=s.repetition_min_words)
+        for f in DOCUMENT_FILTERS:
+            if f.rejects(self, text, measured):
+                return f.reason
         return None
 
     def sentence_reason(self, sentence: str) -> str | None:
-        s = self.s
-        if is_boilerplate(sentence, self.boilerplate):
-            return BOILERPLATE_SENTENCE
-        if s.pii == "drop_sentence" and any(ph in sentence for ph in self.placeholders):
-            return PII_SENTENCE
-        n = len(sentence)
-        if n < s.min_sentence_chars:
-            return SENTENCE_TOO_SHORT
-        if n > s.max_sentence_chars:
-            return SENTENCE_TOO_LONG
-        if s.min_sentence_eojeol > 1 or s.max_sentence_eojeol < n:
-            words = count_eojeol(sentence)
-            if words < s.min_sentence_eojeol:
-                return SENTENCE_TOO_SHORT
-            if words > s.max_sentence_eojeol:
-                return SENTENCE_TOO_LONG
+        """The reason of the first sentence filter ``sentence`` fails, or None."""
+        for f in SENTENCE_FILTERS:
+            if f.rejects(self, sentence):
+                return f.reason
         return None
 
     def clean_batch(self, records: list[tuple[int, str]]) -> list[dict[str, Any]]:
@@ -218,3 +199,58 @@ class DocumentCleaner:
                 else:
                     result["reason"] = NO_SENTENCES_LEFT
         return results
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One cleaning filter: ``name`` says what it measures, ``reason`` is the rejection
+    reason (document filters) or dropped-sentence reason (sentence filters) it gives, and
+    so the stats.json key and the Beam counter (namespace ``korlm.clean``) that count it;
+    ``rejects`` decides: ``(cleaner, text, measured)`` for a document (``measured``: the
+    text without PII placeholders), ``(cleaner, sentence)`` for a sentence. A new filter
+    is one entry here (and its function in ``korlm.clean.filters``)."""
+
+    name: str
+    reason: str
+    rejects: Callable[..., bool]
+
+
+def _eojeol_judged(s: CleanSettings, sentence: str) -> bool:
+    # counting eojeol costs a split: only when a bound can bite
+    return s.min_sentence_eojeol > 1 or s.max_sentence_eojeol < len(sentence)
+
+
+# Document filters, in the order they run (after normalization, the length cap and PII
+# scrubbing; a document's reason is its first failed filter).
+DOCUMENT_FILTERS = (
+    Filter("min_document_chars", TOO_SHORT_DOCUMENT,
+           lambda c, text, measured: len(text) < c.s.min_document_chars),
+    Filter("hangul_ratio", LOW_HANGUL_RATIO,
+           lambda c, text, measured: c.s.min_hangul_ratio > 0 and hangul_ratio(measured) < c.s.min_hangul_ratio),
+    Filter("symbol_ratio", HIGH_SYMBOL_RATIO,
+           lambda c, text, measured: c.s.max_symbol_ratio < 1 and symbol_ratio(measured) > c.s.max_symbol_ratio),
+    Filter("digit_ratio", HIGH_DIGIT_RATIO,
+           lambda c, text, measured: c.s.max_digit_ratio < 1 and digit_ratio(measured) > c.s.max_digit_ratio),
+    Filter("gopher_duplicate_lines", REPEATED_LINES,
+           lambda c, text, measured: c.s.repetition_filter and has_repeated_lines(
+               text, max_duplicate_line_fraction=c.s.max_duplicate_line_fraction,
+               max_duplicate_line_char_fraction=c.s.max_duplicate_line_char_fraction)),
+    Filter("gopher_ngrams", REPEATED_NGRAMS,
+           lambda c, text, measured: c.s.repetition_filter and has_repeated_ngrams(
+               text, min_words=c.s.repetition_min_words)),
+)
+# Sentence filters, in the order they run on each sentence of a surviving document.
+SENTENCE_FILTERS = (
+    Filter("boilerplate", BOILERPLATE_SENTENCE,
+           lambda c, sentence: is_boilerplate(sentence, c.boilerplate)),
+    Filter("pii_sentence", PII_SENTENCE,
+           lambda c, sentence: c.s.pii == "drop_sentence" and any(ph in sentence for ph in c.placeholders)),
+    Filter("min_sentence_chars", SENTENCE_TOO_SHORT,
+           lambda c, sentence: len(sentence) < c.s.min_sentence_chars),
+    Filter("max_sentence_chars", SENTENCE_TOO_LONG,
+           lambda c, sentence: len(sentence) > c.s.max_sentence_chars),
+    Filter("min_sentence_eojeol", SENTENCE_TOO_SHORT,
+           lambda c, sentence: _eojeol_judged(c.s, sentence) and count_eojeol(sentence) < c.s.min_sentence_eojeol),
+    Filter("max_sentence_eojeol", SENTENCE_TOO_LONG,
+           lambda c, sentence: _eojeol_judged(c.s, sentence) and count_eojeol(sentence) > c.s.max_sentence_eojeol),
+)

@@ -126,21 +126,32 @@ def repetition_reason(text: str, *, max_duplicate_line_fraction: float = 0.3,
     Documents under ``min_words`` eojeol are not judged by n-grams: in a ten-word movie
     review one repeated pair already exceeds Gopher's 20%, and that is emphasis, not spam.
     """
+    if has_repeated_lines(text, max_duplicate_line_fraction=max_duplicate_line_fraction,
+                          max_duplicate_line_char_fraction=max_duplicate_line_char_fraction):
+        return "repeated_lines"
+    if has_repeated_ngrams(text, min_words=min_words):
+        return "repeated_ngrams"
+    return None
+
+
+def has_repeated_lines(text: str, *, max_duplicate_line_fraction: float = 0.3,
+                       max_duplicate_line_char_fraction: float = 0.2) -> bool:
+    """Gopher's duplicate-line rule over the paragraphs (``\\n``) of ``text``."""
     lines = text.split("\n")
-    if len(lines) > 1:
-        line_frac, char_frac = duplicate_line_fraction(lines)
-        if line_frac > max_duplicate_line_fraction or char_frac > max_duplicate_line_char_fraction:
-            return "repeated_lines"
+    if len(lines) <= 1:
+        return False
+    line_frac, char_frac = duplicate_line_fraction(lines)
+    return line_frac > max_duplicate_line_fraction or char_frac > max_duplicate_line_char_fraction
+
+
+def has_repeated_ngrams(text: str, *, min_words: int = 50) -> bool:
+    """Gopher's top and duplicated eojeol n-gram rules; documents under ``min_words``
+    eojeol are not judged."""
     words = text.split()
     if len(words) < min_words:
-        return None
-    for n, limit in GOPHER_TOP_NGRAM.items():
-        if top_ngram_fraction(words, n) > limit:
-            return "repeated_ngrams"
-    for n, limit in GOPHER_DUP_NGRAM.items():
-        if duplicate_ngram_fraction(words, n) > limit:
-            return "repeated_ngrams"
-    return None
+        return False
+    return (any(top_ngram_fraction(words, n) > limit for n, limit in GOPHER_TOP_NGRAM.items())
+            or any(duplicate_ngram_fraction(words, n) > limit for n, limit in GOPHER_DUP_NGRAM.items()))
 
 
 def compile_patterns(patterns: Sequence[str]) -> re.Pattern[str] | None:
