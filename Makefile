@@ -32,7 +32,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
-	# koeda only for its Korean WordNet data file (korlm.augment); its code needs konlpy + Java
+	# koeda only for its Korean WordNet data file (korlm.evaluation.augment); its code needs konlpy + Java
 	$(BIN)/python -m pip install --quiet --no-deps koeda==0.0.4
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
@@ -52,7 +52,7 @@ compile: install
 	$(BIN)/korlm pipeline compile --config $(CONFIG) --output $(PIPELINE_YAML)
 
 lint: install
-	$(BIN)/ruff check korlm corpus_beam components pipelines tests benchmarks data
+	$(BIN)/ruff check korlm components pipelines tests benchmarks data
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.dataflow docker/Dockerfile.serve
 
 build:

@@ -10,12 +10,12 @@ Fine-tunes one pretrained checkpoint on ``--train-sizes`` training examples of o
 arms that differ only in what is said:
 
 * ``baseline``: the rows as they are, ``--epochs`` epochs;
-* ``eda``: the same rows plus ``--num-aug`` EDA copies each (korlm.augment, default
+* ``eda``: the same rows plus ``--num-aug`` EDA copies each (korlm.evaluation.augment, default
   rates 0.1), the same ``--epochs`` epochs: (1 + num_aug) times the optimizer steps;
 * ``duplicate``: each row repeated (1 + num_aug) times, unedited, ``--epochs`` epochs: the
   same rows, optimizer steps and dev scorings as ``eda`` (the control: is a gain from the
   edited text or from the extra steps?). Done by swapping, in this process only,
-  ``korlm.augment.augment_task_data`` for a plain repeat while this arm runs.
+  ``korlm.evaluation.augment.augment_task_data`` for a plain repeat while this arm runs.
 * ``baseline-steps``: the rows as they are for (1 + num_aug) × ``--epochs`` epochs: the
   same number of optimizer steps as ``eda`` another way (but (1 + num_aug) times the dev
   scorings, so slower than ``duplicate``).
@@ -54,8 +54,8 @@ def repeat_rows(data, *, seed: int, method: str, num_aug: int):
 def run_one(args, arm: str, train_size: int, seed: int) -> dict:
     import keras
 
-    from korlm import augment as augmentation
-    from korlm.evaluate import fine_tune
+    from korlm.evaluation import augment as augmentation
+    from korlm.evaluation.evaluate import fine_tune
 
     epochs = args.epochs * (1 + args.num_aug) if arm == "baseline-steps" else args.epochs
     augment = ({"method": arm, "num_aug": args.num_aug} if arm in ("eda", "duplicate")

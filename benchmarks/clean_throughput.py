@@ -81,7 +81,7 @@ def text_mb(path: str) -> float:
 
 
 def run_beam(corpus: str, out: str, splitter: str) -> dict:
-    from corpus_beam.clean import run_clean
+    from korlm.clean.beam import run_clean
 
     stats = run_clean([corpus], out, sentence_splitter=splitter, overwrite=True)  # repeats: same out
     return {"kept": stats["kept_records"], "input": stats["input_records"]}
@@ -90,7 +90,7 @@ def run_beam(corpus: str, out: str, splitter: str) -> dict:
 def run_loop(corpus: str, out: str, splitter: str) -> dict:
     import inspect
 
-    from corpus_beam.clean import clean_in_process
+    from korlm.clean.beam import clean_in_process
 
     os.makedirs(out, exist_ok=True)
     part = os.path.join(out, "part-00000-of-00001.txt")

@@ -17,7 +17,6 @@ Serving rows are not run here: `benchmarks/serve_load.py --poison 0.1` measures 
 from __future__ import annotations
 
 import argparse
-import bz2
 import gzip
 import hashlib
 import json

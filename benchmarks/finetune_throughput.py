@@ -1,4 +1,4 @@
-"""Fine-tuning throughput on NSMC: korlm (Keras/TF, `korlm.evaluate`) vs transformers +
+"""Fine-tuning throughput on NSMC: korlm (Keras/TF, `korlm.evaluation.evaluate`) vs transformers +
 PyTorch `Trainer`, same model size, batch, sequence length and examples, on this CPU.
 
 Both fine-tune a randomly initialised BERT of the same size (throughput does not depend
@@ -44,17 +44,18 @@ def prepare(work: Path, size: str, vocab_size: int, max_seq_length: int) -> None
     tokenizer.save(str(work / "tokenizer" / "tokenizer.json"))
     tokenizer.save_model(str(work / "tokenizer"))
 
-    from korlm import models
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     actual_vocab = tokenizer.get_vocab_size()
-    task = models.build_masked_lm("bert", size, actual_vocab, max_seq_length)
-    models.save_checkpoint(task, str(work / "checkpoint"), {
+    task = build_masked_lm("bert", size, actual_vocab, max_seq_length)
+    save_checkpoint(task, str(work / "checkpoint"), {
         "model": "bert", "size": size, "vocab_size": actual_vocab,
         "max_seq_length": max_seq_length, "step": 0})
 
 
 def run_korlm(work: Path, examples: int, batch: int, seq: int) -> dict:
-    from korlm import evaluate
+    from korlm.evaluation import evaluate
 
     record = evaluate.evaluate_checkpoint(
         str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
@@ -68,8 +69,8 @@ def run_transformers(work: Path, examples: int, batch: int, seq: int, size: str)
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    from korlm import tasks
-    from korlm.presets import size_config
+    from korlm.evaluation import tasks
+    from korlm.modeling.presets import size_config
 
     splits = tasks.load_task(tasks.get_task("nsmc"), str(NSMC.parent),
                              max_train_examples=examples, max_eval_examples=32)

@@ -1,9 +1,9 @@
 """Input pipeline vs training step: can tf.data feed the model?
 
-Examples/s of ``korlm.pretrain.make_dataset`` (read TFRecord shards + parse + mask/noise +
+Examples/s of ``korlm.pretrain.dataset.make_dataset`` (read TFRecord shards + parse + mask/noise +
 pad + batch) for token-level MLM, whole-eojeol MLM and BART text infilling (+ sentence
 permutation), against the training step rate (examples/s) of the ``mini`` BERT masked LM
-(``korlm.presets``) on the same machine, fed from a batch cached in memory so the step
+(``korlm.modeling.presets``) on the same machine, fed from a batch cached in memory so the step
 rate is the model's alone. Runs are interleaved round by round (train, mlm, wwm, bart, ...)
 and the medians reported; the load average is printed with every run, since this
 machine's 2 cores are shared.
@@ -81,9 +81,9 @@ FEATURES = ["input_ids", "morpheme_starts", "sentence_starts", "word_starts"]
 def pipeline_rate(files, name, *, batch_size, seq_len, vocab, batches) -> float:
     """Examples/s of a fresh dataset over `batches` batches, after 5 warm-up batches
     (graph tracing and the shuffle buffer's first fill are not counted)."""
-    from korlm import pretrain
+    from korlm.pretrain.dataset import make_dataset
 
-    ds = pretrain.make_dataset(files, batch_size=batch_size, max_seq_length=seq_len, vocab_size=vocab,
+    ds = make_dataset(files, batch_size=batch_size, max_seq_length=seq_len, vocab_size=vocab,
                                special_ids=SPECIAL, seed=0, data_max_seq_length=seq_len,
                                features=FEATURES, shuffle_buffer=2_000, **PIPELINES[name])
     it = iter(ds)
@@ -98,13 +98,15 @@ def pipeline_rate(files, name, *, batch_size, seq_len, vocab, batches) -> float:
 def build_trainer(files, *, size, batch_size, seq_len, vocab):
     import keras
 
-    from korlm import models, pretrain
+    from korlm.modeling.build import build_masked_lm
+    from korlm.pretrain.dataset import make_dataset
+    from korlm.pretrain.optimizer import compile_masked_lm
 
     keras.utils.set_random_seed(0)
-    task = models.build_masked_lm("bert", size, vocab, seq_len)
-    pretrain.compile_masked_lm(task, learning_rate=1e-4, warmup_steps=10, total_steps=10_000,
+    task = build_masked_lm("bert", size, vocab, seq_len)
+    compile_masked_lm(task, learning_rate=1e-4, warmup_steps=10, total_steps=10_000,
                                weight_decay=0.01)
-    batch = next(iter(pretrain.make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,
+    batch = next(iter(make_dataset(files, batch_size=batch_size, max_seq_length=seq_len,
                                             vocab_size=vocab, special_ids=SPECIAL, seed=0,
                                             data_max_seq_length=seq_len, features=FEATURES)))
     import tensorflow as tf

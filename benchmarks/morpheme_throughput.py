@@ -5,7 +5,7 @@
 
 The same ``--mb`` MB of shared-corpus sentences (NSMC extra reviews, then petitions, as
 ``benchmarks/vocab_build.py``; data from ``--data``, default ``<repo>/../shared/data``)
-are segmented by ``korlm.morpheme.segment_batch`` (the function ``KorlmTokenizer.prepare``
+are segmented by ``korlm.tokenizer.morpheme.segment_batch`` (the function ``KorlmTokenizer.prepare``
 calls) and written to a file:
 
 * ``loop``: one process, batches of ``--batch`` sentences, in order.
@@ -42,7 +42,7 @@ BEAM_OPTIONS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_run
 
 
 def _boundary(form: str):
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     return morpheme.BOUNDARY if form == "sentencepiece" else None
 
@@ -60,7 +60,7 @@ def _batches(path: str, size: int):
 
 
 def run_loop(input_path: str, output: str, batch: int, form: str) -> dict:
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     started = time.perf_counter()
     morpheme.segment_batch(["모델을 불러온다."])  # Kiwi's model load, counted in the total
@@ -82,7 +82,7 @@ def run_beam(input_path: str, output_dir: str, batch: int, form: str) -> dict:
             self.form = form
 
         def setup(self):
-            from korlm import morpheme
+            from korlm.tokenizer import morpheme
 
             self.morpheme = morpheme
             self.boundary = _boundary(self.form)

@@ -35,8 +35,8 @@ sys.path.insert(0, ROOT)
 
 
 def _batches(corpus_dir: str) -> list[dict]:
-    from corpus_beam.pack import ReadDocuments
-    from korlm.vocab import corpus_files
+    from korlm.clean.corpus import corpus_files
+    from korlm.pretrain_data.beam import ReadDocuments
 
     reader = ReadDocuments()
     return [batch for path in corpus_files(corpus_dir) for batch in reader.process(path)]
@@ -74,7 +74,7 @@ def run_hf(tokenizer, batches: list[dict], max_seq_length: int, cls_id: int, sep
 
 
 def run_packer(packer, batches: list[dict], num_shards: int) -> int:
-    from corpus_beam.pack import new_counts
+    from korlm.pretrain_data.beam import new_counts
 
     counts = new_counts(num_shards)
     for batch in batches:
@@ -84,7 +84,7 @@ def run_packer(packer, batches: list[dict], num_shards: int) -> int:
 
 
 def run_beam(corpus: str, tokenizer_dir: str, out: str, settings: dict, max_seq_length: int) -> int:
-    from corpus_beam.pack import run_pretrain_data
+    from korlm.pretrain_data.beam import run_pretrain_data
 
     return run_pretrain_data(corpus, tokenizer_dir, out, max_seq_length=max_seq_length, overwrite=True,
                              **settings)["num_examples"]  # repeats write the same out
@@ -104,9 +104,10 @@ def main(argv=None) -> None:
     import logging
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    from corpus_beam.pack import ExamplePacker
-    from korlm import packing, tokenization
-    from korlm.vocab import corpus_files
+    from korlm.clean.corpus import corpus_files
+    from korlm.pretrain_data import packing
+    from korlm.pretrain_data.beam import ExamplePacker
+    from korlm.tokenizer import tokenization
 
     settings = json.loads(args.settings)
     work = tempfile.mkdtemp(prefix="pack-bench-")

@@ -1,4 +1,4 @@
-"""PII detections on the shared raw corpora: an earlier korlm.pii against this checkout's.
+"""PII detections on the shared raw corpora: an earlier korlm.pii (korlm.clean.pii since the stage layout) against this checkout's.
 
 For every corpus, each record is read by the clean step's reader and normalized as the
 clean step does (``normalize_text``, NFC), then ``find_pii`` of both versions runs on it.
@@ -31,9 +31,9 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from corpus_beam.readers import FileReadSummary, read_records  # noqa: E402
-from korlm import pii as pii_after  # noqa: E402
-from korlm.text import normalize_text  # noqa: E402
+from korlm.clean import pii as pii_after  # noqa: E402
+from korlm.clean.readers import FileReadSummary, read_records  # noqa: E402
+from korlm.clean.text import normalize_text  # noqa: E402
 
 # The last commit before issue 16's PII changes (width-folded view, parenthesized area
 # codes, resident numbers without check digit).

@@ -11,7 +11,7 @@ The load average is printed with every row: the client, both servers and whateve
 runs on this machine share its cores.
 
 Without --model it builds one first (a random-init BERT of --size, WordPiece on the NSMC
-sample, fine-tuned one epoch on --train-examples NSMC reviews with `korlm.finetune`):
+sample, fine-tuned one epoch on --train-examples NSMC reviews with `korlm.evaluation.finetune`):
 serving speed does not depend on how good the weights are.
 
 With --poison FRACTION (e.g. 0.1) it measures bad input instead: one batching server,
@@ -54,8 +54,9 @@ def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from tokenizers.processors import BertProcessing
 
-    from korlm import models
-    from korlm.finetune import finetune
+    from korlm.evaluation.finetune import finetune
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     texts = pd.read_csv(NSMC / "ratings_train.txt", sep="\t")["document"].fillna("").tolist()
     tokenizer = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
@@ -66,8 +67,8 @@ def build_model(work: Path, size: str, seq: int, train_examples: int) -> Path:
     tokenizer.save(str(work / "tokenizer" / "tokenizer.json"))
     tokenizer.save_model(str(work / "tokenizer"))
     vocab = tokenizer.get_vocab_size()
-    task = models.build_masked_lm("bert", size, vocab, seq)
-    models.save_checkpoint(task, str(work / "checkpoint"), {
+    task = build_masked_lm("bert", size, vocab, seq)
+    save_checkpoint(task, str(work / "checkpoint"), {
         "model": "bert", "size": size, "vocab_size": vocab, "max_seq_length": seq, "step": 0})
     record = finetune(str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
                       str(work / "model"), max_train_examples=train_examples,

@@ -1,6 +1,6 @@
 """Pretraining step throughput: korlm's models (KerasHub, TF backend) vs transformers + PyTorch.
 
-The same architecture (``korlm.presets``: mini by default), vocabulary size, batch and
+The same architecture (``korlm.modeling.presets``: mini by default), vocabulary size, batch and
 sequence length, float32 on both sides, the same number of CPU threads; each side trains
 on one batch cached in memory (so the figure is the model's alone, not the input
 pipeline's) for ``--steps`` timed steps after ``--warmup`` untimed ones. The optimizer work
@@ -14,11 +14,11 @@ Models (``--model``):
 - ``bert``: KerasHub ``BertMaskedLM`` vs ``BertForMaskedLM``.
 - ``roberta``: KerasHub ``RobertaMaskedLM`` vs ``RobertaForMaskedLM``.
 - ``bart``: KerasHub ``BartSeq2SeqLM`` vs ``BartForConditionalGeneration``, encoder and
-  decoder each ``num_layers / 2`` deep (``korlm.presets.model_config``: BART splits the
+  decoder each ``num_layers / 2`` deep (``korlm.modeling.presets.model_config``: BART splits the
   depth of the BERT of the same size name); the decoder is as long as the encoder.
 
-The korlm side is what ``korlm pretrain`` trains: ``korlm.models.build_pretraining_task``
-compiled by ``korlm.pretrain.compile_pretraining``.
+The korlm side is what ``korlm pretrain`` trains: ``korlm.modeling.build.build_pretraining_task``
+compiled by ``korlm.pretrain.optimizer.compile_pretraining``.
 
 What differs by design: KerasHub's masked LMs compute the MLM head only at the masked
 positions (``mask_selection_length`` of them), while ``*ForMaskedLM`` computes logits at
@@ -98,7 +98,7 @@ def _korlm_task(args):
     """The korlm-side task and one batch of its inputs (x, y, sample_weight)."""
     import numpy as np
 
-    from korlm import models
+    from korlm.modeling.build import uses_segment_ids
 
     rng = np.random.default_rng(0)
     ids = rng.integers(5, args.vocab_size, size=(args.batch_size, args.seq_len)).astype("int32")
@@ -113,23 +113,24 @@ def _korlm_task(args):
                                   for _ in range(args.batch_size)]), axis=1).astype("int32")
     labels = np.take_along_axis(ids, positions, axis=1)
     x = {"token_ids": ids, "padding_mask": mask, "mask_positions": positions}
-    if models.uses_segment_ids(args.model):
+    if uses_segment_ids(args.model):
         x["segment_ids"] = np.zeros_like(ids)
     return task, x, labels, np.ones(labels.shape, dtype="float32")
 
 
 def _build_korlm_task(args):
-    from korlm import models
+    from korlm.modeling.build import build_pretraining_task
 
-    return models.build_pretraining_task(args.model, args.size, args.vocab_size, args.seq_len)
+    return build_pretraining_task(args.model, args.size, args.vocab_size, args.seq_len)
 
 
 def _compile_korlm(task, args):
     """korlm's compile: AdamW, global-norm clipping 1.0, weight decay without
     LayerNorm/bias, loss averaged over the real label slots."""
-    from korlm import models, pretrain
+    from korlm.modeling.build import objective_of
+    from korlm.pretrain.optimizer import compile_pretraining
 
-    pretrain.compile_pretraining(task, objective=models.objective_of(args.model), learning_rate=LR,
+    compile_pretraining(task, objective=objective_of(args.model), learning_rate=LR,
                                  warmup_steps=WARMUP_LR_STEPS, total_steps=TOTAL_LR_STEPS, weight_decay=WEIGHT_DECAY)
 
 
@@ -187,7 +188,7 @@ def run_korlm(args, settings: dict[str, str]) -> dict:
 def _torch_model(args):
     import transformers as tr
 
-    from korlm.presets import model_config
+    from korlm.modeling.presets import model_config
 
     size = model_config(args.model, args.size)  # BART: num_layers per stack
     common = {"vocab_size": args.vocab_size, "attn_implementation": "sdpa"}

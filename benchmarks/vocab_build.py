@@ -6,11 +6,11 @@
 1. Writes ``--mb`` MB of shared-corpus sentences (NSMC extra reviews, then petitions)
    as a clean-format corpus. The data is read from ``--data``, default
    ``<repo>/../shared/data`` (the shared data checkout beside the repository).
-2. Builds a WordPiece vocab with ``korlm.vocab.build_vocab`` (heldout_every=0, so it
+2. Builds a WordPiece vocab with ``korlm.tokenizer.vocab.build_vocab`` (heldout_every=0, so it
    trains on exactly the same sentences) and with ``tokenizers.WordPieceTrainer`` called
    directly, each in a fresh process, ``--repeat`` times alternating; prints each run's
    wall time, peak RSS and korlm's phase split, and the overhead ratio of the medians.
-3. Morpheme pre-tokenization (``korlm.morpheme.segment_batch``) throughput,
+3. Morpheme pre-tokenization (``korlm.tokenizer.morpheme.segment_batch``) throughput,
    single process, in sentences/s and MB/s (a quick figure; the single-process vs
    Beam 2-worker comparison is ``benchmarks/morpheme_throughput.py``).
 """
@@ -77,12 +77,13 @@ started = time.perf_counter()
 phases = {{}}
 if kind == "korlm":
     import shutil
-    from korlm.vocab import build_vocab
+    from korlm.tokenizer.vocab import build_vocab
     shutil.rmtree(corpus + "-korlm-out", ignore_errors=True)
     phases = build_vocab(corpus, corpus + "-korlm-out", vocab_size=vocab_size, heldout_every=0)["seconds"]
 else:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from korlm.vocab import iter_sentences, SPECIAL_TOKENS
+    from korlm.clean.corpus import iter_sentences
+    from korlm.tokenizer.files import SPECIAL_TOKENS
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.BertNormalizer(
         strip_accents=False, lowercase=False)])
@@ -132,7 +133,7 @@ def main() -> None:
               f"overhead ratio (korlm / direct): {med['korlm'] / med['direct']:.2f} time (median of {args.repeat}), "
               f"{rss['korlm'] / rss['direct']:.2f} memory (max peak RSS)")
 
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     sample = sentences[:args.morpheme_sentences]
     morpheme.segment_batch(sample[:10])  # load Kiwi's model outside the timing

@@ -7,7 +7,7 @@ def ablation_merge(report: Input[Artifact], tokenizer: Input[Artifact], label: s
                    comparison: Output[Artifact], previous: Input[Artifact] = None):
     """The previous comparison (none for the first arm) plus this arm's report and vocab
     statistics: comparison.json, results.md/.html and one plot per task metric."""
-    from korlm.ablation import merge_comparison
+    from korlm.evaluation.ablation import merge_comparison
 
     summary = merge_comparison(previous.path if previous is not None else None, report.path, tokenizer.path,
                                label, comparison.path)

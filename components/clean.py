@@ -11,7 +11,7 @@ def clean(inputs: list, params: dict, corpus: Output[Dataset], stats: Output[Met
     import json
     import os
 
-    from corpus_beam.clean import run_clean
+    from korlm.clean.beam import run_clean
     from korlm.storage import beam_artifact_path
 
     # Dataflow workers write to the gs:// URI, not to this task's /gcs mount

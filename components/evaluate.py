@@ -14,11 +14,11 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
     params = section_params("evaluate", params)
     import os
 
-    from korlm import storage
-    from korlm.evaluate import evaluate_checkpoint, settings_for_task
+    from korlm.evaluation.evaluate import evaluate_checkpoint, settings_for_task
+    from korlm.modeling.checkpoints import checkpoint_name, checkpoint_path
 
-    checkpoint = storage.join(run.path, "checkpoints", f"step-{step:06d}")
-    name = "random-init" if random_init else f"step-{step:06d}"
+    checkpoint = checkpoint_path(run.path, step)
+    name = "random-init" if random_init else checkpoint_name(step)
     os.makedirs(results.path, exist_ok=True)
     for task in tasks:
         folder = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")

@@ -11,7 +11,8 @@ def export(run: Input[Model], tokenizer: Input[Artifact], report: Input[Artifact
     params = section_params("export", params)
     import os
 
-    from korlm.export import export_checkpoint, select_checkpoint
+    from korlm.hub.export import export_checkpoint
+    from korlm.modeling.checkpoints import select_checkpoint
 
     checkpoint = select_checkpoint(run.path, params.get("checkpoint", "last"))
     results_md = None

@@ -14,9 +14,9 @@ def finetune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str
     from korlm.config import section_params
 
     params = section_params("evaluate", params)
-    from korlm.evaluate import settings_for_task
-    from korlm.export import run_checkpoint
-    from korlm.finetune import finetune as run_finetune
+    from korlm.evaluation.evaluate import settings_for_task
+    from korlm.evaluation.finetune import finetune as run_finetune
+    from korlm.modeling.checkpoints import run_checkpoint
 
     # params: the evaluate section without tasks/data_dir/parallelism (step_params)
     record = run_finetune(run_checkpoint(run.path, step), tokenizer.path, task, data_dir,

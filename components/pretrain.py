@@ -9,7 +9,7 @@ def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
     from korlm.config import section_params
 
     params = section_params("pretrain", params)
-    from korlm.pretrain import run_pretrain
+    from korlm.pretrain.train import run_pretrain
 
     # a retried or restarted (preempted) task resumes its own run folder
     checkpoints = run_pretrain(examples.path, tokenizer.path, run.path, **params)

@@ -9,7 +9,7 @@ def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: di
     from korlm.config import section_params
 
     params = section_params("pretrain_data", params)
-    from corpus_beam.pack import run_pretrain_data
+    from korlm.pretrain_data.beam import run_pretrain_data
     from korlm.storage import beam_artifact_path
 
     options = params.get("beam_options")  # Dataflow workers use gs:// URIs, not this task's /gcs mount

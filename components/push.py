@@ -13,7 +13,7 @@ def push(hf_model: Input[Model], params: dict, run_id: str, config_hash: str, pl
     from korlm.config import section_params
 
     params = section_params("push", params)
-    from korlm.push import push_model
+    from korlm.hub.push import push_model
 
     result = push_model(hf_model.path, params["repo_id"], plan.path,
                         dry_run=params.get("dry_run", True), private=params.get("private", True),

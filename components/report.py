@@ -14,7 +14,7 @@ def report(results: Input[List[Artifact]], baseline: Input[Artifact],  # noqa: U
     import os
     import re
 
-    from korlm.report import build_report
+    from korlm.evaluation.report import build_report
 
     dirs = [r.path for r in results] + [baseline.path]
     summary = build_report(dirs, report.path, overwrite=True)  # KFP owns the path

@@ -17,8 +17,8 @@ def tune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str, da
 
     tune_params = section_params("tune", tune_params)
     evaluate_params = section_params("evaluate", evaluate_params)
-    from korlm.export import run_checkpoint
-    from korlm.tune import run_tuning, summary_markdown
+    from korlm.evaluation.tune import run_tuning, summary_markdown
+    from korlm.modeling.checkpoints import run_checkpoint
 
     result = run_tuning(run_checkpoint(run.path, step), tokenizer.path, data_dir or None, study.path,
                         tune=tune_params, evaluate_params=evaluate_params, task=task or None,

@@ -9,7 +9,7 @@ def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
     from korlm.config import section_params
 
     params = section_params("vocab", params)
-    from korlm.vocab import build_vocab
+    from korlm.tokenizer.vocab import build_vocab
 
     # KFP owns the output path: a retried task replaces its own earlier artifact
     result = build_vocab(corpus.path, tokenizer.path, overwrite=True, **params)

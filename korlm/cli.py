@@ -69,7 +69,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
         raise KorlmError("clean needs inputs: pass --input PATH... or list clean.inputs in --config")
     options = conf.clean.model_dump(exclude={"inputs", "beam_options"}, exclude_none=True)
     if args.dry_run:
-        from corpus_beam.clean import clean_in_process, nothing_kept_error
+        from korlm.clean.beam import clean_in_process, nothing_kept_error
 
         report = clean_in_process(inputs, max_records_per_file=args.dry_run_records,
                                   examples_per_reason=3, **options)
@@ -80,7 +80,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
         return
     if not args.output:
         raise KorlmError("clean needs --output DIR (or --dry-run)")
-    from corpus_beam.clean import run_clean
+    from korlm.clean.beam import run_clean
 
     stats = run_clean(inputs, args.output,
                       beam_options=(args.beam_option or conf.clean.beam_options) or None,
@@ -93,7 +93,7 @@ def cmd_vocab(args: argparse.Namespace) -> None:
                         "vocab.pre_tokenizer": args.pre_tokenizer,
                         "vocab.vocab_size": args.vocab_size,
                         "vocab.special_tokens": args.special_tokens})
-    from korlm.vocab import build_vocab
+    from korlm.tokenizer.vocab import build_vocab
 
     v = conf.vocab
     stats = build_vocab(args.corpus, args.output, algorithm=v.algorithm,
@@ -106,7 +106,7 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 def cmd_pretrain_data(args: argparse.Namespace) -> None:
     if args.inspect:
-        from korlm.pretrain import inspect_examples
+        from korlm.pretrain.dataset import inspect_examples
 
         print(inspect_examples(args.inspect, args.tokenizer, num_examples=args.examples,
                                **_load(args, {}).pretrain.model_dump()))
@@ -120,7 +120,7 @@ def cmd_pretrain_data(args: argparse.Namespace) -> None:
                         "pretrain_data.masking": args.masking,
                         "pretrain_data.dupe_factor": args.dupe_factor,
                         "pretrain_data.whole_word": args.whole_word})
-    from corpus_beam.pack import run_pretrain_data
+    from korlm.pretrain_data.beam import run_pretrain_data
 
     p = conf.pretrain_data
     meta = run_pretrain_data(args.corpus, args.tokenizer, args.output,
@@ -140,7 +140,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                         "pretrain.precision": args.precision,
                         "pretrain.keep_checkpoints": args.keep_checkpoints,
                         "pretrain.deterministic": args.deterministic})
-    from korlm.pretrain import run_pretrain
+    from korlm.pretrain.train import run_pretrain
 
     checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump(),
                                overwrite=_overwrite(args, conf))
@@ -154,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         "evaluate.batch_size": args.batch_size,
                         "evaluate.max_seq_length": args.max_seq_length,
                         "evaluate.data_dir": args.data_dir})
-    from korlm.evaluate import evaluate_checkpoint
+    from korlm.evaluation.evaluate import evaluate_checkpoint
 
     # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
     result = evaluate_checkpoint(
@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
     """The evaluate section's fine-tuning settings for ``args.task`` (per_task applied),
     then the command-line flags, which beat both."""
-    from korlm.evaluate import settings_for_task
+    from korlm.evaluation.evaluate import settings_for_task
 
     params = settings_for_task(
         conf.evaluate.model_dump(exclude={"tasks", "data_dir", "parallelism"}), args.task)
@@ -208,8 +208,8 @@ def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     conf = _load(args, {"evaluate.data_dir": args.data_dir})
-    from korlm.export import resolve_checkpoint
-    from korlm.finetune import finetune
+    from korlm.evaluation.finetune import finetune
+    from korlm.modeling.checkpoints import resolve_checkpoint
 
     result = finetune(resolve_checkpoint(args.checkpoint), args.tokenizer, args.task, conf.evaluate.data_dir,
                       args.output, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
@@ -224,8 +224,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       "tune.study_name": args.study_name, "tune.sampler": args.sampler,
                       "tune.pruner": args.pruner, "evaluate.data_dir": args.data_dir})
     conf = _load(args, overrides)
-    from korlm.export import resolve_checkpoint
-    from korlm.tune import run_tuning, summary_markdown
+    from korlm.evaluation.tune import run_tuning, summary_markdown
+    from korlm.modeling.checkpoints import resolve_checkpoint
 
     checkpoint = args.checkpoint
     if not args.report_only:
@@ -242,7 +242,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from korlm.report import build_report
+    from korlm.evaluation.report import build_report
 
     summary = build_report(args.results, args.output,
                            references=[] if args.no_references else None,
@@ -254,7 +254,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     conf = _load(args, {})
     from korlm import storage
-    from korlm.export import export_checkpoint, resolve_checkpoint
+    from korlm.hub.export import export_checkpoint
+    from korlm.modeling.checkpoints import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint, conf.export.checkpoint)
     # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
@@ -267,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     conf = _load(args, {"push.repo_id": args.repo_id})
-    from korlm.push import push_model
+    from korlm.hub.push import push_model
 
     p = conf.push
     dry_run = p.dry_run if args.dry_run is None else args.dry_run
@@ -322,7 +323,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     conf = _load(args, {f"serve.{k}": getattr(args, k) for k in (
         "host", "port", "max_batch_size", "max_wait_ms", "max_items", "max_chars",
         "max_body_bytes")}).serve
-    from korlm.serve import ServeSettings, serve
+    from korlm.serve.server import ServeSettings, serve
 
     serve(args.model_dir, host=conf.host, port=conf.port,
           settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})))

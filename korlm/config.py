@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from korlm.clean.filters import compile_patterns
 from korlm.errors import KorlmError
-from korlm.filters import compile_patterns
 
 
 class ConfigError(KorlmError):
@@ -56,7 +56,7 @@ def clean_input(data: Any, source: str = "input") -> CleanInput:
     try:
         return CleanInput.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise ConfigError(f"{source}: " + "; ".join(describe_error(e) for e in exc.errors())) from None
 
 
 class CleanSection(_Section):
@@ -165,7 +165,7 @@ class PretrainDataSection(_Section):
 
     @model_validator(mode="after")
     def _settings_combine(self):
-        from korlm.packing import resolve_settings
+        from korlm.pretrain_data.packing import resolve_settings
 
         try:
             resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options",
@@ -227,7 +227,7 @@ class PretrainSection(_Section):
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "auto", description="auto: bf16 on TPU and bf16-capable GPUs, float32 on CPU")
     peak_tflops: float | None = Field(None, gt=0, description="peak TFLOP/s per device for the MFU "
-                                                              "estimate (default: korlm.distribute's table)")
+                                                              "estimate (default: korlm.pretrain.distribute's table)")
     deterministic: bool = Field(False, description="op determinism + sequential input: a resumed run "
                                                    "ends with the same weights as an uninterrupted one")
     progress: Literal["auto", "bar", "lines"] = Field("auto", description="auto: a bar on a terminal")
@@ -269,7 +269,7 @@ class EvaluateTaskSettings(_Section):
 
 
 class AugmentSettings(_Section):
-    """EDA augmentation of the fine-tuning train split (korlm.augment; docs/augmentation.md)."""
+    """EDA augmentation of the fine-tuning train split (korlm.evaluation.augment; docs/augmentation.md)."""
 
     method: Literal["eda"] = "eda"
     num_aug: int = Field(4, ge=1, le=64, description="augmented copies per training example")
@@ -359,7 +359,7 @@ class AblationSection(_Section):
 
 
 # Hyperparameters `tune.search_space` may name (keyword arguments of
-# korlm.evaluate.fine_tune): kind and the range a value must fall in.
+# korlm.evaluation.evaluate.fine_tune): kind and the range a value must fall in.
 TUNABLE_HYPERPARAMETERS: dict[str, tuple[str, float, float, str]] = {
     # name: (int|float, lowest, highest, interval: "[]" both bounds allowed, "()" neither, "[)")
     "learning_rate": ("float", 0.0, 1.0, "()"),
@@ -639,7 +639,7 @@ class Config(_Section):
         return self
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -660,7 +660,7 @@ def validate(data: dict[str, Any] | None, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(describe_error(e) for e in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 
@@ -742,6 +742,6 @@ def section_params(section: str, params: dict[str, Any]) -> dict[str, Any]:
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(_describe({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
+        problems = "; ".join(describe_error({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
         raise ConfigError(f"step parameters: {problems}") from None
     return {k: v for k, v in validated.model_dump().items() if k in params}

@@ -24,9 +24,9 @@ from korlm.errors import KorlmError
 from pipelines.korlm_pipeline import (
     RETRIES,
     Target,
-    _mount_cluster_volumes,
-    _place,
     evaluate_and_report,
+    mount_cluster_volumes,
+    place_task,
     step_ops,
     target_params,
 )
@@ -78,9 +78,9 @@ def build_ablation_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | N
                 placed += [("pretrain", train), *(("evaluate", ev) for ev in evaluations), ("report", rep),
                            ("ablation_merge", comparison)]
         for step, task in placed:
-            _place(task, resources.get(step))
+            place_task(task, resources.get(step))
             task.set_caching_options(conf.pipeline.enable_caching)
         if target == "kfp":  # the data volume on the tasks that read raw or task data
-            _mount_cluster_volumes(conf, None, [t for s, t in placed if s in ("clean", "evaluate")])
+            mount_cluster_volumes(conf, None, [t for s, t in placed if s in ("clean", "evaluate")])
 
     return ablation_pipeline

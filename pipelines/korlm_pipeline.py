@@ -92,7 +92,7 @@ def _custom_job_ops(conf: Config, ops) -> dict[str, Any]:
     return wrapped
 
 
-def _place(task, res) -> None:
+def place_task(task, res) -> None:
     """CPU, memory and accelerator requests of a task (Vertex AI and KFP)."""
     if res is None or res.machine_type:  # a CustomJob carries its own machine spec
         return
@@ -191,14 +191,14 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),
                            *(("evaluate", ev) for ev in evaluations), ("report", rep), ("export", exp),
                            ("push", pushed)):
-            _place(task, resources.get(step))
+            place_task(task, resources.get(step))
         if target == "kfp":
-            _mount_cluster_volumes(conf, pushed, (clean, *evaluations))
+            mount_cluster_volumes(conf, pushed, (clean, *evaluations))
 
     return korlm_pipeline
 
 
-def _mount_cluster_volumes(conf: Config, push_task, data_tasks) -> None:
+def mount_cluster_volumes(conf: Config, push_task, data_tasks) -> None:
     """KFP cluster only: the Hub token Secret (key ``token``) becomes the push task's
     ``push.token_env`` (optional, so a dry-run push runs without it; the token never enters
     the compiled pipeline), and ``kfp.data_pvc`` is mounted where the input readers look."""

@@ -58,7 +58,7 @@ def _check_inputs(conf: Config, clean: bool = True) -> None:
     for item in conf.clean.inputs if clean else []:
         if "://" not in item.path and not glob.glob(item.path):
             raise KorlmError(f"clean.inputs: {item.path} matches no file")
-    from korlm.tasks import find_layout, get_task
+    from korlm.evaluation.tasks import find_layout, get_task
 
     for task in conf.evaluate.tasks:  # the task's files (or YAML file) exist, or one line says which
         spec = get_task(task)

@@ -26,11 +26,12 @@ from korlm import storage
 from korlm.config import Config, config_hash
 from korlm.config import validate as validate_config
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import CHECKPOINTS_JSON
 from pipelines.korlm_pipeline import (
     Target,
-    _mount_cluster_volumes,
-    _place,
     evaluate_and_report,
+    mount_cluster_volumes,
+    place_task,
     step_ops,
     target_params,
 )
@@ -90,9 +91,9 @@ def earlier_run(run: str) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:
-    path = storage.join(pretrain_dir, "checkpoints.json")
+    path = storage.join(pretrain_dir, CHECKPOINTS_JSON)
     if not storage.exists(path):
-        raise KorlmError(f"{pretrain_dir} has no checkpoints.json: its pretraining did not finish")
+        raise KorlmError(f"{pretrain_dir} has no {CHECKPOINTS_JSON}: its pretraining did not finish")
     steps = [int(c["step"]) for c in json.loads(storage.read_text(path))]
     if not steps:
         raise KorlmError(f"{path} lists no checkpoints")
@@ -150,14 +151,14 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             task.set_caching_options(False)
             placed.append(("push", task))
         for name, task in placed:
-            _place(task, resources.get(name))
+            place_task(task, resources.get(name))
         if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate/tune/finetune
             by_step = dict(placed)
             data_tasks = [t for n, t in placed if n in ("clean", "evaluate", "tune", "finetune")]
             if "push" in by_step:
-                _mount_cluster_volumes(conf, by_step["push"], data_tasks)
+                mount_cluster_volumes(conf, by_step["push"], data_tasks)
             elif data_tasks and conf.kfp.data_pvc:
-                _mount_cluster_volumes(conf, None, data_tasks)
+                mount_cluster_volumes(conf, None, data_tasks)
 
     return one_step
 

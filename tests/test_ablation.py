@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from korlm import config
-from korlm.ablation import merge_comparison
 from korlm.errors import KorlmError
+from korlm.evaluation.ablation import merge_comparison
 from pipelines.compile import compile_pipeline
 
 

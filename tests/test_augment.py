@@ -1,4 +1,4 @@
-"""EDA augmentation over Korean morphemes (korlm.augment): counts, determinism, the
+"""EDA augmentation over Korean morphemes (korlm.evaluation.augment): counts, determinism, the
 morpheme rules, edge cases and errors. Real Kiwi, real koeda WordNet."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import importlib.metadata
 
 import pytest
 
-from korlm import augment
-from korlm.augment import AugmentStats, augment_task_data, noun_synonyms
 from korlm.errors import KorlmError
-from korlm.morpheme import _kiwi
-from korlm.tasks import TaskData, get_task
+from korlm.evaluation import augment
+from korlm.evaluation.augment import AugmentStats, augment_task_data, noun_synonyms
+from korlm.evaluation.tasks import TaskData, get_task
+from korlm.tokenizer.morpheme import shared_kiwi
 
 REVIEWS = [
     "배우들의 연기가 정말 돋보였던 영화였다.",
@@ -30,7 +30,7 @@ def _reviews(n_copies: int = 1) -> TaskData:
 
 
 def _tags(text: str) -> list[tuple[str, str]]:
-    return [(t.form, t.tag) for t in _kiwi().tokenize(text)]
+    return [(t.form, t.tag) for t in shared_kiwi().tokenize(text)]
 
 
 def test_counts_labels_ids_and_originals_first():
@@ -235,14 +235,15 @@ def test_cli_flags_turn_augmentation_on_over_the_config(tmp_path):
 @pytest.mark.slow
 def test_fine_tune_trains_on_the_augmented_split_only(tmp_path):
     """End to end through the fine-tuning API: a tiny checkpoint, 40 NSMC rows."""
-    from korlm import evaluate, pretrain, tasks
+    from korlm.evaluation import evaluate, tasks
+    from korlm.pretrain.train import run_pretrain
     from tests.test_evaluate import write_nsmc_slice
     from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
     tokenizer_dir = build_tokenizer(tmp_path / "tokenizer")
     data_dir = write_pretraining_data(tmp_path / "examples", tokenizer_dir, num_examples=32,
                                       max_seq_length=32)
-    checkpoint = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "run"),
+    checkpoint = run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "run"),
                                        steps=2, checkpoint_every=2, batch_size=8)[-1]["uri"]
     nsmc = write_nsmc_slice(tmp_path / "nsmc", num_train=60, num_test=40)
     tuned = evaluate.fine_tune(checkpoint, str(tokenizer_dir), "nsmc", str(nsmc),

@@ -12,11 +12,11 @@ import unicodedata
 
 import pytest
 
-from corpus_beam.clean import pipeline_args, pipeline_options, run_clean
-from corpus_beam.readers import FileReadSummary, infer_format, read_records, resolve_inputs
 from korlm import storage
-from korlm.errors import KorlmError
-from korlm.text import (
+from korlm.beam_options import pipeline_args, pipeline_options
+from korlm.clean.beam import run_clean
+from korlm.clean.readers import FileReadSummary, infer_format, read_records, resolve_inputs
+from korlm.clean.text import (
     collapse_whitespace,
     document_hash,
     filter_sentences,
@@ -26,6 +26,7 @@ from korlm.text import (
     split_sentences_regex,
     strip_invisible,
 )
+from korlm.errors import KorlmError
 
 # ---------------------------------------------------------------- pure text functions
 
@@ -282,7 +283,7 @@ def test_rejections_file(dirty_run):
 
 def test_beam_counters_match_stats(tmp_path, caplog):
     (tmp_path / "a.txt").write_text("첫 번째 문서입니다.\n짧다\n첫 번째 문서입니다.\n\u200b\n", encoding="utf-8")
-    caplog.set_level(logging.INFO, logger="corpus_beam.clean")
+    caplog.set_level(logging.INFO, logger="korlm.clean.beam")
     stats = run_clean([str(tmp_path / "a.txt")], str(tmp_path / "out"), sentence_splitter="regex")
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("clean counters: ")]
     counters = json.loads(logged[0].removeprefix("clean counters: "))

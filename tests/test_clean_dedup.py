@@ -15,15 +15,15 @@ import sys
 import numpy as np
 import pytest
 
-from corpus_beam.clean import (
-    CleanSettings,
+from korlm import config as cfg
+from korlm.clean.beam import (
     clean_in_process,
-    clean_settings,
     read_document_batches,
     run_clean,
     write_document_batch,
 )
-from corpus_beam.dedup import (
+from korlm.clean.cleaner import CleanSettings, clean_settings
+from korlm.clean.dedup import (
     DOCUMENT,
     ENTRY,
     DedupIndex,
@@ -36,10 +36,9 @@ from corpus_beam.dedup import (
     record_order,
     shard_entries,
 )
-from corpus_beam.readers import FileReadSummary, infer_format, read_records, resolve_inputs
-from korlm import config as cfg
+from korlm.clean.pii import find_pii
+from korlm.clean.readers import FileReadSummary, infer_format, read_records, resolve_inputs
 from korlm.errors import KorlmError
-from korlm.pii import find_pii
 
 # ---------------------------------------------------------------- MinHash and bucket resolution
 

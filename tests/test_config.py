@@ -67,3 +67,51 @@ def test_section_params_restore_types_inside_tasks():
     assert isinstance(out["max_train_examples"], int)
     with pytest.raises(config.ConfigError, match="vocab.vocab_size"):
         config.section_params("vocab", {"vocab_size": 2000.5})
+
+
+# Config sections and the library functions they feed (the CLI and the components pass a
+# section's keys as keyword arguments): the same names, and the same defaults, so a
+# library call without a config trains and evaluates as the config's defaults say.
+# Section keys a function does not take (the pipeline uses them) or takes under another name.
+SECTION_ONLY = {"evaluate": {"tasks", "parallelism", "per_task"}}
+RENAMED = {"push": {"tag_runs": "tag"}}
+
+
+def _section_functions():
+    from korlm.evaluation.evaluate import fine_tune
+    from korlm.hub.push import push_model
+    from korlm.pretrain.train import run_pretrain
+    from korlm.pretrain_data.beam import run_pretrain_data
+    from korlm.tokenizer.vocab import build_vocab
+
+    return {"pretrain": run_pretrain, "vocab": build_vocab, "pretrain_data": run_pretrain_data,
+            "evaluate": fine_tune, "push": push_model}
+
+
+@pytest.mark.parametrize("section", ["pretrain", "vocab", "pretrain_data", "evaluate", "push"])
+def test_section_defaults_are_the_functions_defaults(section):
+    import inspect
+
+    function = _section_functions()[section]
+    parameters = inspect.signature(function).parameters
+    model = config.Config.model_fields[section].annotation
+    checked, drift = 0, []
+    for name, field in model.model_fields.items():
+        if name in SECTION_ONLY.get(section, ()):
+            continue
+        param = parameters.get(RENAMED.get(section, {}).get(name, name))
+        if param is None:
+            drift.append(f"{section}.{name}: {function.__name__} has no such parameter")
+            continue
+        if param.default is inspect.Parameter.empty:
+            continue  # required by the function (an input path, the repo id)
+        ours = field.get_default(call_default_factory=True)
+        if isinstance(ours, list | dict) and not ours and param.default is None:
+            ours = None  # an empty list in the config is the function's None
+        if hasattr(ours, "model_dump"):
+            ours = ours.model_dump()
+        checked += 1
+        if ours != param.default:
+            drift.append(f"{section}.{name}: config {ours!r}, {function.__name__} {param.default!r}")
+    assert not drift, "; ".join(drift)
+    assert checked >= 5, f"{section}: only {checked} defaults compared"

@@ -1,4 +1,4 @@
-"""Tests of korlm.distribute: strategies, precision, FLOPs/MFU, batch and memory checks,
+"""Tests of korlm.pretrain.distribute: strategies, precision, FLOPs/MFU, batch and memory checks,
 and a tiny BERT trained under the JAX backend with keras.distribution.DataParallel."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from korlm import distribute
-from korlm.distribute import GIB
 from korlm.errors import KorlmError
+from korlm.pretrain import distribute
+from korlm.pretrain.distribute import GIB
 
 REPO = Path(__file__).resolve().parents[1]
 TPU_ENV = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "COLAB_TPU_ADDR",
@@ -45,7 +45,7 @@ def _one_line(exc: KorlmError) -> str:
 
 
 def test_module_imports_no_framework():
-    code = ("import sys, korlm.distribute; "
+    code = ("import sys, korlm.pretrain.distribute; "
             "print([m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout
@@ -265,10 +265,10 @@ def test_flops_per_token_hand_count():
 def test_matmul_params_match_built_keras_hub_models():
     import keras_hub
 
-    from korlm import models
+    from korlm.modeling.build import build_backbone, build_masked_lm
 
     vocab, seq = 1000, 64
-    task = models.build_masked_lm("bert", "tiny", vocab, seq)
+    task = build_masked_lm("bert", "tiny", vocab, seq)
     backbone = task.backbone
     layers, d, f = 2, 128, 512
 
@@ -296,7 +296,7 @@ def test_matmul_params_match_built_keras_hub_models():
             + kernel_sum(bart, "transformer_decoder_layer_")) == distribute.matmul_params(
         "bart", TINY)
     # korlm's BART "tiny" splits the 2 layers: 1 encoder + 1 decoder layer.
-    korlm_bart = models.build_backbone("bart", "tiny", vocab, seq)
+    korlm_bart = build_backbone("bart", "tiny", vocab, seq)
     assert (kernel_sum(korlm_bart, "transformer_encoder_layer_")
             + kernel_sum(korlm_bart, "transformer_decoder_layer_")) == distribute.matmul_params(
         "bart", "tiny") == distribute.matmul_params("bart", TINY) // 2
@@ -391,8 +391,10 @@ JAX_TRAINING = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     import keras
-    from korlm import distribute, models, pretrain
     from korlm.errors import KorlmError
+    from korlm.modeling.build import build_masked_lm
+    from korlm.pretrain import distribute
+    from korlm.pretrain.optimizer import compile_masked_lm
 
     try:
         distribute.resolve_strategy("gpu")
@@ -404,9 +406,9 @@ JAX_TRAINING = textwrap.dedent("""
     choice = distribute.set_precision("auto", devices)
     per_replica = distribute.check_batch(8, devices.num_replicas, 1)
     with devices.scope():
-        task = models.build_masked_lm("bert", "tiny", 120, 16)
-        pretrain.compile_masked_lm(task, learning_rate=2e-3, warmup_steps=0,
-                                   total_steps=100, weight_decay=0.01)
+        task = build_masked_lm("bert", "tiny", 120, 16)
+        compile_masked_lm(task, learning_rate=2e-3, warmup_steps=0,
+                          total_steps=100, weight_decay=0.01)
     task.jit_compile = devices.jit_compile  # True under JAX: one XLA program a step
     rng = np.random.default_rng(0)
     batch, seq, slots = 8, 16, 3

@@ -1,4 +1,4 @@
-"""Unit tests of korlm.tasks and korlm.evaluate on a tiny NSMC slice."""
+"""Unit tests of korlm.evaluation.tasks and korlm.evaluation.evaluate on a tiny NSMC slice."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from korlm import evaluate, pretrain, tasks
 from korlm.errors import KorlmError
+from korlm.evaluation import evaluate, tasks
+from korlm.pretrain.dataset import tokenizer_vocab_hash
+from korlm.pretrain.train import run_pretrain
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 NSMC = Path(__file__).resolve().parents[1] / "data" / "sample" / "eval" / "nsmc"
@@ -32,7 +34,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     tokenizer_dir = build_tokenizer(root / "tokenizer")
     data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
-    checkpoints = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
                                         steps=6, checkpoint_every=6, batch_size=8)
     nsmc_dir = write_nsmc_slice(root / "nsmc")
     return tokenizer_dir, checkpoints[-1]["uri"], nsmc_dir
@@ -109,11 +111,11 @@ def test_evaluate_checkpoint_and_random_init(setup, tmp_path):
 
 
 def test_random_init_has_the_checkpoints_architecture(setup):
-    from korlm import models
+    from korlm.modeling.checkpoints import load_backbone
 
     _, checkpoint, _ = setup
-    trained = models.load_backbone(checkpoint)
-    fresh = models.load_backbone(checkpoint, load_weights=False)
+    trained = load_backbone(checkpoint)
+    fresh = load_backbone(checkpoint, load_weights=False)
     assert trained.get_config() == fresh.get_config()
     assert [w.shape for w in trained.weights] == [w.shape for w in fresh.weights]
     assert any((a.numpy() != b.numpy()).any() for a, b in zip(trained.weights, fresh.weights,
@@ -149,12 +151,12 @@ def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
     only with the same vocabulary; another one is one line naming both hashes, exit 2,
     before anything is trained or written."""
     from korlm.cli import main
-    from korlm.vocab import short_hash
+    from korlm.tokenizer.files import short_hash
 
     tokenizer_dir, checkpoint, nsmc_dir = setup
     other = build_tokenizer(tmp_path / "other", num_sentences=200, vocab_size=300)
-    given = short_hash(pretrain.tokenizer_vocab_hash(str(other)))
-    recorded = short_hash(pretrain.tokenizer_vocab_hash(str(tokenizer_dir)))
+    given = short_hash(tokenizer_vocab_hash(str(other)))
+    recorded = short_hash(tokenizer_vocab_hash(str(tokenizer_dir)))
     assert given != recorded
     for command in (["evaluate", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
                     ["finetune", "--task", "nsmc", "--data-dir", str(nsmc_dir)],
@@ -174,7 +176,7 @@ def test_a_mismatched_tokenizer_is_refused_in_one_line(setup, tmp_path, capsys):
 def test_roberta_checkpoint_fine_tunes(setup, tmp_path):
     tokenizer_dir, _, nsmc_dir = setup
     data_dir = write_pretraining_data(tmp_path / "examples", tokenizer_dir, max_seq_length=48)
-    roberta = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
+    roberta = run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "roberta"),
                                     model="roberta", steps=2, checkpoint_every=2, batch_size=8)
     record = evaluate.evaluate_checkpoint(
         roberta[-1]["uri"], str(tokenizer_dir), "nsmc", str(nsmc_dir), str(tmp_path / "out"),
@@ -188,7 +190,7 @@ def bart_checkpoint(setup, tmp_path_factory):
     tokenizer_dir = setup[0]
     root = tmp_path_factory.mktemp("bart")
     data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
-    checkpoints = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
                                         model="bart", steps=2, checkpoint_every=2, batch_size=8)
     return checkpoints[-1]["uri"]
 
@@ -210,10 +212,10 @@ def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
     import keras
     import numpy as np
 
-    from korlm import models
+    from korlm.modeling.build import build_backbone
 
     keras.utils.set_random_seed(0)
-    backbone = models.build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
+    backbone = build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
     model = evaluate.build_bart_classifier(backbone, num_outputs=3)
     rng = np.random.default_rng(0)
     lengths = np.array([5, 9, 16, 2])
@@ -250,13 +252,14 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
     import torch
     from transformers import BartConfig, BartForQuestionAnswering, BartForSequenceClassification
 
-    from korlm import export, models
+    from korlm.modeling.build import build_pretraining_task
+    from korlm.modeling.hf_mapping import bart_config, bart_state_dict
 
     keras.utils.set_random_seed(0)
-    task = models.build_pretraining_task("bart", "tiny", vocab_size=60, max_seq_length=16)
+    task = build_pretraining_task("bart", "tiny", vocab_size=60, max_seq_length=16)
     special = {"pad": 0, "cls": 2, "sep": 3}
-    config = export.bart_config(task, special)
-    body = {k: torch.tensor(v) for k, v in export.bart_state_dict(task).items()
+    config = bart_config(task, special)
+    body = {k: torch.tensor(v) for k, v in bart_state_dict(task).items()
             if k.startswith("model.")}
     lengths = np.array([5, 9, 16, 3])
     rng = np.random.default_rng(1)
@@ -302,7 +305,7 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
 @pytest.mark.slow  # three BART fine-tunes (~15 s each idle, ~45 s on a loaded machine: tracing)
 def test_bart_checkpoint_fine_tunes_classification_regression_and_qa(setup, bart_checkpoint,
                                                                     tmp_path):
-    from korlm import models
+    from korlm.modeling.checkpoints import load_backbone
 
     tokenizer_dir, _, nsmc_dir = setup
     common = dict(max_seq_length=32, batch_size=16, epochs=1, seed=1)
@@ -320,8 +323,8 @@ def test_bart_checkpoint_fine_tunes_classification_regression_and_qa(setup, bart
     assert set(sts["metrics"]) == {"pearson", "spearman", "f1_at_threshold"}
     for name, value in sts["metrics"].items():
         assert value is None and name in sts["undefined_metrics"] or -1 <= value <= 1
-    trained = models.load_backbone(bart_checkpoint)
-    fresh = models.load_backbone(bart_checkpoint, load_weights=False)
+    trained = load_backbone(bart_checkpoint)
+    fresh = load_backbone(bart_checkpoint, load_weights=False)
     assert type(fresh).__name__ == "BartBackbone" and trained.get_config() == fresh.get_config()
     assert any((a.numpy() != b.numpy()).any()
                for a, b in zip(trained.weights, fresh.weights, strict=True))

@@ -11,8 +11,26 @@ import warnings
 import numpy as np
 import pytest
 
-from korlm import export, models
 from korlm.errors import KorlmError
+from korlm.hub.export import _tokenizer_config, export_checkpoint
+from korlm.modeling.build import build_masked_lm, build_pretraining_task
+from korlm.modeling.checkpoints import (
+    CHECKPOINT_INFO,
+    NSP_HEAD,
+    checkpoint_info,
+    load_backbone,
+    load_masked_lm,
+    load_pretraining_task,
+    resolve_tokenizer,
+    save_checkpoint,
+    select_checkpoint,
+)
+from korlm.modeling.hf_mapping import (
+    FAMILY_EXPORTS,
+    _block_layer_norms,
+    bart_config,
+    roberta_config,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVIEWS = os.path.join(REPO, "data", "sample", "raw", "movie_reviews.tsv")
@@ -73,16 +91,16 @@ def exported(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(0)
-    task = models.build_masked_lm("bert", "tiny", vocab, MAX_SEQ)
+    task = build_masked_lm("bert", "tiny", vocab, MAX_SEQ)
     _perturb(task)
     ckpt = root / "run" / "checkpoints" / "step-000040"
     info = {"step": 40, "model": "bert", "size": "tiny", "vocab_size": vocab,
             "max_seq_length": MAX_SEQ, "objective": "mlm"}
-    models.save_checkpoint(task, str(ckpt), info)
+    save_checkpoint(task, str(ckpt), info)
     out = root / "hf"
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        summary = export.export_checkpoint(
+        summary = export_checkpoint(
             str(ckpt), str(tok_dir), str(out),
             results_markdown="| task | step | accuracy |\n|---|---|---|\n| nsmc | 40 | 0.612 |",
             model_name="korlm-bert-tiny-test",
@@ -167,12 +185,12 @@ def test_transformers_logits_match_keras(exported):
     hf = _hf_logits(model.eval(), enc)
     np.testing.assert_array_equal(hf, _hf_logits(auto.eval(), enc))
 
-    task = models.load_masked_lm(exported["ckpt"])
+    task = load_masked_lm(exported["ckpt"])
     keras_logits = _keras_logits(task, enc)
     assert keras_logits.shape == hf.shape == (len(SENTENCES), enc["input_ids"].shape[1], exported["vocab"])
     assert np.abs(keras_logits).max() > 1.0  # not trivially near-zero logits
 
-    # The model exactly as pretrain/evaluate load it (korlm.models matches the MLM
+    # The model exactly as pretrain/evaluate load it (korlm.modeling.checkpoints matches the MLM
     # head's activation and LayerNorm epsilon to HF BERT's single settings).
     diff = float(np.abs(keras_logits - hf).max())
     print(f"max |logit diff| keras vs transformers: {diff:.3g}")
@@ -226,7 +244,7 @@ def test_export_without_tokenizer_configs(exported, tmp_path, capsys):
     for name in ("tokenizer.json", "vocab.txt"):
         shutil.copy(os.path.join(exported["tok"], name), tok_dir / name)
     capsys.readouterr()
-    summary = export.export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
+    summary = export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
     # A checkpoint from before they carried a tokenizer records no hash: taken, with a word.
     assert (f"WARNING: checkpoint {exported['ckpt']} records no vocab hash: cannot check that "
             f"tokenizer {tok_dir} is the one it was trained with") in capsys.readouterr().out
@@ -246,10 +264,10 @@ def test_morpheme_vocab_card_and_spm_model_travel(exported, tmp_path):
     cfg["korlm_pre_tokenizer"] = "morpheme"
     cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
     (tok_dir / "spm.model").write_bytes(b"sentencepiece model bytes")
-    summary = export.export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
+    summary = export_checkpoint(exported["ckpt"], str(tok_dir), str(tmp_path / "hf"))
     assert "spm.model" in summary["files"]
     card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
-    assert "## Morpheme pre-tokenization" in card and "from korlm.morpheme import segment" in card
+    assert "## Morpheme pre-tokenization" in card and "from korlm.tokenizer.morpheme import segment" in card
     plain = open(os.path.join(exported["out"], "README.md"), encoding="utf-8").read()
     assert "Morpheme pre-tokenization" not in plain
 
@@ -257,14 +275,14 @@ def test_morpheme_vocab_card_and_spm_model_travel(exported, tmp_path):
 def test_checkpoint_of_another_family_or_unknown_family(exported, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exported["ckpt"], ckpt)
-    info_path = ckpt / models.CHECKPOINT_INFO
+    info_path = ckpt / CHECKPOINT_INFO
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "model": "roberta"}))  # BERT weights inside
     with pytest.raises(KorlmError, match="cannot be loaded"):
-        export.export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
+        export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
     info_path.write_text(json.dumps({**info, "model": "gpt2"}))
     with pytest.raises(KorlmError, match="unknown model 'gpt2'"):
-        export.export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
+        export_checkpoint(str(ckpt), exported["tok"], str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
 
@@ -273,62 +291,62 @@ def test_vocab_mismatch_writes_nothing(exported, tmp_path):
     other_vocab = _write_tokenizer(other, _reviews(5000, 60))
     assert other_vocab != exported["vocab"]
     with pytest.raises(KorlmError, match="vocab"):
-        export.export_checkpoint(exported["ckpt"], str(other), str(tmp_path / "hf"))
+        export_checkpoint(exported["ckpt"], str(other), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
     assert os.listdir(tmp_path) == ["other_tok"]
 
 
 def test_missing_inputs(exported, tmp_path):
     with pytest.raises(KorlmError, match="not a korlm checkpoint"):
-        export.export_checkpoint(str(tmp_path), exported["tok"], str(tmp_path / "hf"))
+        export_checkpoint(str(tmp_path), exported["tok"], str(tmp_path / "hf"))
     with pytest.raises(KorlmError, match="tokenizer.json"):
-        export.export_checkpoint(exported["ckpt"], str(tmp_path), str(tmp_path / "hf"))
+        export_checkpoint(exported["ckpt"], str(tmp_path), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
 
 def test_checkpoint_without_a_tokenizer_needs_one_and_an_export_carries_its_own(
         exported, tmp_path, capsys):
     from korlm.cli import main
-    from korlm.vocab import short_hash, vocab_hash
+    from korlm.tokenizer.files import short_hash, vocab_hash
 
     # Written before checkpoints carried their tokenizer: --tokenizer is needed, one line.
     with pytest.raises(KorlmError, match="carries no tokenizer .*; pass --tokenizer DIR"):
-        export.export_checkpoint(exported["ckpt"], None, str(tmp_path / "hf"))
+        export_checkpoint(exported["ckpt"], None, str(tmp_path / "hf"))
     capsys.readouterr()
     assert main(["export", "--checkpoint", exported["ckpt"], "--output", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "carries no tokenizer" in err
     assert not (tmp_path / "hf").exists()
     # A Hugging Face export's own tokenizer files are its copy, with their hash.
-    assert models.resolve_tokenizer(exported["out"]) == exported["out"]
-    assert models.resolve_tokenizer(exported["out"], exported["tok"]) == exported["tok"]
+    assert resolve_tokenizer(exported["out"]) == exported["out"]
+    assert resolve_tokenizer(exported["out"], exported["tok"]) == exported["tok"]
     other = tmp_path / "other"
     _write_tokenizer(other, _reviews(5000, 60))
     with pytest.raises(KorlmError, match=rf"vocab hash {short_hash(vocab_hash(str(other)))}, "
                                          rf"checkpoint {short_hash(vocab_hash(exported['tok']))}\); "
                                          "leave out --tokenizer"):
-        models.resolve_tokenizer(exported["out"], str(other))
+        resolve_tokenizer(exported["out"], str(other))
 
 
 def test_select_checkpoint(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(KorlmError, match="checkpoints.json"):
-        export.select_checkpoint(str(run))
+        select_checkpoint(str(run))
     entries = [{"step": 100, "uri": "checkpoints/step-000100"},
                {"step": 300, "uri": "/abs/step-000300"},
                {"step": 200, "uri": "gs://bucket/run/checkpoints/step-000200"}]
     (run / "checkpoints.json").write_text(json.dumps(entries))
-    assert export.select_checkpoint(str(run)) == "/abs/step-000300"
-    assert export.select_checkpoint(str(run), "first") == str(run / "checkpoints" / "step-000100")
-    assert export.select_checkpoint(str(run), "step:200") == "gs://bucket/run/checkpoints/step-000200"
+    assert select_checkpoint(str(run)) == "/abs/step-000300"
+    assert select_checkpoint(str(run), "first") == str(run / "checkpoints" / "step-000100")
+    assert select_checkpoint(str(run), "step:200") == "gs://bucket/run/checkpoints/step-000200"
     with pytest.raises(KorlmError, match="no checkpoint at step 250"):
-        export.select_checkpoint(str(run), "step:250")
+        select_checkpoint(str(run), "step:250")
     with pytest.raises(KorlmError, match="unknown checkpoint strategy"):
-        export.select_checkpoint(str(run), "best")
+        select_checkpoint(str(run), "best")
     (run / "checkpoints.json").write_text("[]")
     with pytest.raises(KorlmError, match="no checkpoints"):
-        export.select_checkpoint(str(run))
+        select_checkpoint(str(run))
 
 
 # --------------------------------------------------------------------------- RoBERTa and BART
@@ -344,7 +362,8 @@ CASES = ("roberta-trained", "bart-trained", "roberta-bartvocab", "bart-bartvocab
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    from korlm import pretrain, vocab
+    from korlm.pretrain.train import run_pretrain
+    from korlm.tokenizer import vocab
     from tests.test_pretrain import build_tokenizer, sample_reviews, write_pretraining_data
 
     root = tmp_path_factory.mktemp("families")
@@ -359,7 +378,7 @@ def families(tmp_path_factory):
                       coverage="corpus", min_frequency=1)
     cases = {}
     for family in ("roberta", "bart"):
-        checkpoints = pretrain.run_pretrain(
+        checkpoints = run_pretrain(
             str(data), str(bert_tok), str(root / f"run-{family}"), model=family, steps=2,
             checkpoint_every=2, batch_size=8, log_every=1, progress="lines")
         cases[f"{family}-trained"] = (checkpoints[-1]["uri"], str(bert_tok))
@@ -370,16 +389,16 @@ def families(tmp_path_factory):
     assert tok_config["korlm_special_tokens"] == "bart"
     vocab_size = len(json.loads((bart_tok / "tokenizer.json").read_text())["model"]["vocab"])
     for family in ("roberta", "bart"):
-        task = models.build_pretraining_task(family, "tiny", vocab_size, FAMILY_SEQ)
+        task = build_pretraining_task(family, "tiny", vocab_size, FAMILY_SEQ)
         _perturb(task, seed=3)
         ckpt = root / f"{family}-bartvocab" / "step-000007"
-        models.save_checkpoint(task, str(ckpt), {
+        save_checkpoint(task, str(ckpt), {
             "step": 7, "model": family, "size": "tiny", "vocab_size": vocab_size,
             "max_seq_length": FAMILY_SEQ, "objective": "bart" if family == "bart" else "mlm"})
         cases[f"{family}-bartvocab"] = (str(ckpt), str(bart_tok))
     out = {}
     for name, (ckpt, tok) in cases.items():
-        summary = export.export_checkpoint(ckpt, tok, str(root / "hf" / name),
+        summary = export_checkpoint(ckpt, tok, str(root / "hf" / name),
                                            results_markdown="| task | x |\n|---|---|\n| nsmc | 0.5 |")
         out[name] = {"ckpt": ckpt, "tok": tok, "out": str(root / "hf" / name), "summary": summary}
     return out
@@ -402,10 +421,10 @@ def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
     tokenizer = AutoTokenizer.from_pretrained(exp["out"])
     enc = _padded_batch(tokenizer)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    task = models.load_pretraining_task(exp["ckpt"])  # the checkpoint as written to disk
+    task = load_pretraining_task(exp["ckpt"])  # the checkpoint as written to disk
     auto = AutoModelForMaskedLM if family == "roberta" else AutoModelForSeq2SeqLM
     model, loading = auto.from_pretrained(exp["out"], output_loading_info=True)
-    assert type(model).__name__ == export.FAMILY_EXPORTS[family]["architecture"]
+    assert type(model).__name__ == FAMILY_EXPORTS[family]["architecture"]
     assert not loading["missing_keys"] and not loading["unexpected_keys"] and not loading["mismatched_keys"]
     model.eval()
     real = mask.astype(bool)
@@ -419,7 +438,7 @@ def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
                                             "mask_positions": positions}, training=False))
         else:
             assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
-            # korlm's decoder input: </s> then the target shifted right (korlm.noising).
+            # korlm's decoder input: </s> then the target shifted right (korlm.pretrain.noising).
             dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
             dec[~real] = tokenizer.pad_token_id
             hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -446,7 +465,7 @@ def test_roberta_and_bart_config_and_tensors(families, case):
     config = json.load(open(os.path.join(exp["out"], "config.json")))
     assert config == exp["summary"]["config"]
     assert (exp["summary"]["model"], exp["summary"]["architecture"]) == \
-        (family, export.FAMILY_EXPORTS[family]["architecture"])
+        (family, FAMILY_EXPORTS[family]["architecture"])
     bart_vocab = case.endswith("bartvocab")
     pad, bos, eos = (1, 0, 2) if bart_vocab else (0, 2, 3)
     assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (pad, bos, eos)
@@ -488,7 +507,7 @@ def test_roberta_and_bart_tokenizer_and_card(families, case):
     import yaml
     from transformers import AutoTokenizer
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     exp = families[case]
     family = case.split("-")[0]
@@ -507,9 +526,9 @@ def test_roberta_and_bart_tokenizer_and_card(families, case):
     assert family in meta["tags"] and "korean" in meta["tags"]
     assert meta["widget"][0]["text"].endswith(f"{hf.mask_token}.")
     body = card.split("---\n", 2)[2]
-    name = export.FAMILY_EXPORTS[family]["name"]
+    name = FAMILY_EXPORTS[family]["name"]
     assert f"# korlm-{family}\n" in body and f"A Korean {name}" in body
-    assert export.FAMILY_EXPORTS[family]["architecture"] in body and "| nsmc | 0.5 |" in body
+    assert FAMILY_EXPORTS[family]["architecture"] in body and "| nsmc | 0.5 |" in body
     assert ("AutoModelForSeq2SeqLM" in body) == (family == "bart")
 
 
@@ -530,27 +549,27 @@ def test_bart_export_generates_from_sep_then_cls(families):
 def test_settings_transformers_cannot_express_are_refused(families, tmp_path):
     from keras_hub.src.models.bert.bert_backbone import gelu_approximate
 
-    roberta = models.load_pretraining_task(families["roberta-trained"]["ckpt"])
+    roberta = load_pretraining_task(families["roberta-trained"]["ckpt"])
     special = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
     roberta.masked_lm_head.intermediate_activation = gelu_approximate
     with pytest.raises(KorlmError, match="RobertaLMHead applies exact GELU"):
-        export.roberta_config(roberta, special)
+        roberta_config(roberta, special)
     roberta.masked_lm_head.intermediate_activation = roberta.backbone.transformer_layers[0].activation
     roberta.backbone.embeddings_layer_norm.epsilon = 1e-12
     with pytest.raises(KorlmError, match="different epsilons"):
-        export.roberta_config(roberta, special)
+        roberta_config(roberta, special)
 
-    bart = models.load_pretraining_task(families["bart-trained"]["ckpt"])
+    bart = load_pretraining_task(families["bart-trained"]["ckpt"])
     for norm in (bart.backbone.encoder_embeddings_layer_norm, bart.backbone.decoder_embeddings_layer_norm,
                  *(layer._feedforward_layer_norm for layer in bart.backbone.encoder_transformer_layers)):
         norm.epsilon = 1e-6
     with pytest.raises(KorlmError, match="different epsilons"):
-        export.bart_config(bart, special)
+        bart_config(bart, special)
     for block in (*bart.backbone.encoder_transformer_layers, *bart.backbone.decoder_transformer_layers):
-        for norm in export._block_layer_norms(block):
+        for norm in _block_layer_norms(block):
             norm.epsilon = 1e-6
     with pytest.raises(KorlmError, match="fixes it at 1e-05"):
-        export.bart_config(bart, special)
+        bart_config(bart, special)
 
 
 def test_family_tokenizer_without_special_tokens_writes_nothing(families, tmp_path):
@@ -566,19 +585,19 @@ def test_family_tokenizer_without_special_tokens_writes_nothing(families, tmp_pa
     tok.save(str(bad / "tokenizer.json"))
     # the checkpoint records its vocabulary's hash: another vocabulary is refused by it
     with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
-        export.export_checkpoint(exp["ckpt"], str(bad), str(tmp_path / "hf"))
+        export_checkpoint(exp["ckpt"], str(bad), str(tmp_path / "hf"))
     # a checkpoint from before hashes were recorded: the special tokens are checked
     import shutil
 
     old = tmp_path / "old-ckpt"
     shutil.copytree(exp["ckpt"], old)
-    info = json.loads((old / models.CHECKPOINT_INFO).read_text())
+    info = json.loads((old / CHECKPOINT_INFO).read_text())
     for key in ("tokenizer_vocab_hash", "tokenizer", "vocab_hash"):
         info.pop(key, None)
-    (old / models.CHECKPOINT_INFO).write_text(json.dumps(info))
+    (old / CHECKPOINT_INFO).write_text(json.dumps(info))
     shutil.rmtree(old / "tokenizer")
     with pytest.raises(KorlmError, match=r"lacks the special tokens \[PAD\]"):
-        export.export_checkpoint(str(old), str(bad), str(tmp_path / "hf"))
+        export_checkpoint(str(old), str(bad), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
 
@@ -592,10 +611,10 @@ def test_tokenizer_config_of_a_bert_vocab_for_roberta_and_bart(tmp_path):
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                "mask_token": "[MASK]"}
     for family in ("roberta", "bart"):
-        config = export._tokenizer_config(str(tmp_path), 64, special, family, "bert")
+        config = _tokenizer_config(str(tmp_path), 64, special, family, "bert")
         assert config["model_input_names"] == ["input_ids", "attention_mask"]
         assert (config["bos_token"], config["eos_token"], config["model_max_length"]) == ("[CLS]", "[SEP]", 64)
-    assert export._tokenizer_config(str(tmp_path), 64, special, "bert", "bert")["model_input_names"] == \
+    assert _tokenizer_config(str(tmp_path), 64, special, "bert", "bert")["model_input_names"] == \
         written["model_input_names"]
 
 
@@ -605,24 +624,24 @@ def test_bert_with_next_sentence_head_exports_bert_for_pretraining(tmp_path):
     import torch
     from transformers import AutoModelForPreTraining
 
-    from korlm import pretrain
+    from korlm.pretrain.train import run_pretrain
     from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
     tok = build_tokenizer(tmp_path / "tok")
     pairs = write_pretraining_data(tmp_path / "pairs", tok, num_examples=64, max_seq_length=32,
                                    pairs=True)
-    checkpoints = pretrain.run_pretrain(str(pairs), str(tok), str(tmp_path / "run"), steps=2,
+    checkpoints = run_pretrain(str(pairs), str(tok), str(tmp_path / "run"), steps=2,
                                         checkpoint_every=2, batch_size=8, learning_rate=5e-3,
                                         warmup_steps=0, progress="lines")
     ckpt = checkpoints[-1]["uri"]
-    summary = export.export_checkpoint(ckpt, str(tok), str(tmp_path / "hf"))
+    summary = export_checkpoint(ckpt, str(tok), str(tmp_path / "hf"))
     assert summary["architecture"] == "BertForPreTraining"
     assert summary["config"]["architectures"] == ["BertForPreTraining"]
 
     model = AutoModelForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
     assert type(model).__name__ == "BertForPreTraining"
-    task = models.load_pretraining_task(ckpt)
-    head = np.load(os.path.join(ckpt, models.NSP_HEAD))
+    task = load_pretraining_task(ckpt)
+    head = np.load(os.path.join(ckpt, NSP_HEAD))
     rng = np.random.default_rng(0)
     ids = rng.integers(5, task.backbone.vocabulary_size, size=(3, 16)).astype("int32")
     ids[:, 0], ids[:, -1] = 2, 3
@@ -650,25 +669,25 @@ def _same_weights(a, b) -> None:
 @pytest.mark.parametrize("case", ["bert", "roberta-trained", "bart-trained",
                                   "roberta-bartvocab", "bart-bartvocab"])
 def test_export_reads_back_into_the_same_keras_backbone(exported, families, case):
-    """korlm.hf_import inverts the export mapping: every backbone weight comes back bit
+    """korlm.modeling.hf_import inverts the export mapping: every backbone weight comes back bit
     for bit (both position offsets: [PAD]=0 and <pad>=1), and the export dir serves as a
     checkpoint (checkpoint_info)."""
-    from korlm import hf_import
+    from korlm.modeling import hf_import
 
     paths = ({"ckpt": exported["ckpt"], "out": exported["out"]} if case == "bert"
              else families[case])
-    info = models.checkpoint_info(paths["out"])
-    original = models.checkpoint_info(paths["ckpt"])
+    info = checkpoint_info(paths["out"])
+    original = checkpoint_info(paths["ckpt"])
     assert info["source"] == hf_import.SOURCE and info["model"] == original["model"]
     assert (info["vocab_size"], info["max_seq_length"]) == (original["vocab_size"],
                                                             original["max_seq_length"])
-    _same_weights(models.load_backbone(paths["ckpt"]), models.load_backbone(paths["out"]))
-    fresh = models.load_backbone(paths["out"], load_weights=False)
-    assert fresh.get_config()["num_layers"] == models.load_backbone(paths["ckpt"]).num_layers
+    _same_weights(load_backbone(paths["ckpt"]), load_backbone(paths["out"]))
+    fresh = load_backbone(paths["out"], load_weights=False)
+    assert fresh.get_config()["num_layers"] == load_backbone(paths["ckpt"]).num_layers
 
 
 def test_export_that_keras_hub_cannot_compute_exactly_is_refused(exported, tmp_path):
-    from korlm import hf_import
+    from korlm.modeling import hf_import
 
     out = tmp_path / "hf"
     shutil.copytree(exported["out"], out)
@@ -676,18 +695,18 @@ def test_export_that_keras_hub_cannot_compute_exactly_is_refused(exported, tmp_p
     config["hidden_act"] = "relu"
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(KorlmError, match="hidden_act = 'relu'"):
-        models.load_backbone(str(out))
+        load_backbone(str(out))
     with open(os.path.join(exported["out"], "config.json"), encoding="utf-8") as f:
         config["hidden_act"] = json.load(f)["hidden_act"]
     (out / "config.json").write_text(json.dumps(config))
     (out / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(KorlmError, match="model.safetensors cannot be read"):
-        models.load_backbone(str(out))
+        load_backbone(str(out))
     with pytest.raises(KorlmError, match="neither a korlm checkpoint nor"):
         hf_import.export_info(str(tmp_path))
 
 
 def test_exporting_an_export_is_refused(exported, tmp_path):
     with pytest.raises(KorlmError, match="is a Hugging Face export"):
-        export.export_checkpoint(exported["out"], exported["out"], str(tmp_path / "again"))
+        export_checkpoint(exported["out"], exported["out"], str(tmp_path / "again"))
     assert not (tmp_path / "again").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from korlm.filters import (
+from korlm.clean.filters import (
     DEFAULT_BOILERPLATE_PATTERNS,
     compile_patterns,
     digit_ratio,
@@ -16,7 +16,7 @@ from korlm.filters import (
     symbol_ratio,
     top_ngram_fraction,
 )
-from korlm.text import (
+from korlm.clean.text import (
     cap_repeats,
     normalize_extras,
     remove_emoji,
@@ -142,3 +142,43 @@ def test_boilerplate_defaults_spare_prose(sentence):
 def test_boilerplate_custom_and_empty_lists():
     assert compile_patterns([]) is None and not is_boilerplate("무단전재 및 재배포 금지", None)
     assert is_boilerplate("협찬 받은 글입니다", compile_patterns([r"협찬\s*받"]))
+
+
+# ---------------------------------------------------------------- the filter entries
+
+
+def test_a_filter_is_one_entry_whose_reason_is_counted():
+    """The cleaner iterates the entries in order; each entry's reason is what a rejected
+    document or dropped sentence is counted under in stats.json (and the Beam counter)."""
+    from korlm.clean import cleaner
+    from korlm.clean.beam import REJECTION_REASONS, SENTENCE_DROP_REASONS
+
+    documents = [f.reason for f in cleaner.DOCUMENT_FILTERS]
+    assert documents == ["too_short_document", "low_hangul_ratio", "high_symbol_ratio",
+                         "high_digit_ratio", "repeated_lines", "repeated_ngrams"]
+    start = REJECTION_REASONS.index(documents[0])
+    assert list(REJECTION_REASONS[start:start + len(documents)]) == documents
+    assert set(f.reason for f in cleaner.SENTENCE_FILTERS) < set(SENTENCE_DROP_REASONS)
+    assert len({f.name for f in (*cleaner.DOCUMENT_FILTERS, *cleaner.SENTENCE_FILTERS)}) == 12
+
+
+def test_an_added_filter_rejects_under_its_own_reason(monkeypatch):
+    from korlm.clean import cleaner
+
+    no_ascii = cleaner.Filter("no_latin", "latin_letters",
+                              lambda c, text, measured: any("a" <= ch.lower() <= "z" for ch in measured))
+    monkeypatch.setattr(cleaner, "DOCUMENT_FILTERS", (*cleaner.DOCUMENT_FILTERS, no_ascii))
+    documents = cleaner.DocumentCleaner(cleaner.clean_settings(sentence_splitter="regex"))
+    results = documents.clean_batch([(1, "오늘은 날씨가 정말 좋아서 산책을 했다. 기분이 좋았다."),
+                                     (2, "오늘은 날씨가 좋아서 walk 를 했다. 기분이 좋았다.")])
+    assert [r["reason"] for r in results] == [None, "latin_letters"]
+
+
+def test_repetition_rules_split_into_lines_and_ngrams():
+    from korlm.clean.filters import has_repeated_lines, has_repeated_ngrams
+
+    spam = "\n".join(["지금 바로 클릭하세요"] * 5 + ["다른 줄"])
+    assert has_repeated_lines(spam) and repetition_reason(spam) == "repeated_lines"
+    words = " ".join(["좋아요 최고 영화"] * 30)
+    assert not has_repeated_lines(words) and has_repeated_ngrams(words)
+    assert not has_repeated_ngrams(words, min_words=1000)

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from korlm import finetune, metrics, tasks
 from korlm.errors import KorlmError
+from korlm.evaluation import finetune, metrics, tasks
 from tests.test_evaluate import _write_user_tasks, setup  # noqa: F401  (module fixture)
 
 COMMON = dict(max_seq_length=32, batch_size=16, epochs=1, seed=2)

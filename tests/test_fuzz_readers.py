@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from corpus_beam.clean import clean_in_process
-from corpus_beam.readers import (
+from korlm.clean.beam import clean_in_process
+from korlm.clean.readers import (
     FORMATS,
     INVALID_UTF8,
     MALFORMED_RECORD,
@@ -38,8 +38,8 @@ from corpus_beam.readers import (
     FileReadSummary,
     read_records,
 )
+from korlm.clean.text import has_invalid_utf8
 from korlm.errors import KorlmError
-from korlm.text import has_invalid_utf8
 
 # KORLM_FUZZ_SCALE=N: N times the examples, freshly random (a longer bug hunt, not CI)
 SCALE = int(os.environ.get("KORLM_FUZZ_SCALE", "1"))

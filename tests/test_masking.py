@@ -1,5 +1,5 @@
-"""Statistical and structural tests of MLM masking in tf.data (korlm.masking through
-korlm.pretrain.make_dataset), over 10k examples written as real TFRecords in the
+"""Statistical and structural tests of MLM masking in tf.data (korlm.pretrain.masking through
+korlm.pretrain.dataset.make_dataset), over 10k examples written as real TFRecords in the
 pretrain-data contract (input_ids, word_starts, morpheme_starts, sentence_starts,
 optionally segment_ids; static masking: masked_lm_positions / masked_lm_ids)."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from korlm import pretrain
 from korlm.errors import KorlmError
+from korlm.pretrain.dataset import check_data_settings, data_features, make_dataset
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 SPECIAL_IDS = sorted(SPECIAL.values())
@@ -84,7 +84,7 @@ def run_batches(data_dir: Path, examples: list[dict], batch: int = BATCH, **sett
     """All examples through make_dataset, in file order (one shard, no shuffle), as numpy."""
     files = [str(p) for p in sorted(data_dir.glob("*.tfrecord"))]
     meta = json.loads((data_dir / "metadata.json").read_text())
-    ds = pretrain.make_dataset(
+    ds = make_dataset(
         files, batch_size=batch, max_seq_length=settings.pop("max_seq_length", MAX_LEN),
         vocab_size=VOCAB, special_ids=SPECIAL, seed=1, data_max_seq_length=MAX_LEN,
         shuffle_buffer=1, features=meta["features"], masking=meta["masking"], **settings)
@@ -197,7 +197,7 @@ def test_max_predictions_caps_whole_word_masking(data):
 def test_dense_batches_and_graph_mode():
     import tensorflow as tf
 
-    from korlm.masking import MaskedLMMasker
+    from korlm.pretrain.masking import MaskedLMMasker
 
     examples = synthetic_examples(64, seed=5)
     ids = padded(examples, "input_ids")
@@ -280,35 +280,35 @@ def test_data_checks(tmp_path):
     meta = {"masking": "dynamic"}
     old = ["input_ids"]
     # Today's data (input_ids only) trains token-level.
-    assert pretrain.check_data_settings("d", meta, old) == "dynamic"
+    assert check_data_settings("d", meta, old) == "dynamic"
     with pytest.raises(KorlmError, match=r"whole_word=morpheme needs the morpheme_starts feature, "
                                          r"which data /data/x does not have"):
-        pretrain.check_data_settings("/data/x", meta, old + ["word_starts"], whole_word="morpheme")
+        check_data_settings("/data/x", meta, old + ["word_starts"], whole_word="morpheme")
     with pytest.raises(KorlmError, match="whole_word=eojeol needs the word_starts feature.*/data/old"):
-        pretrain.check_data_settings("/data/old", meta, old, whole_word="eojeol")
+        check_data_settings("/data/old", meta, old, whole_word="eojeol")
     with pytest.raises(KorlmError, match="permute_sentences needs the sentence_starts"):
-        pretrain.check_data_settings("d", meta, old, objective="bart", permute_sentences=True)
+        check_data_settings("d", meta, old, objective="bart", permute_sentences=True)
     with pytest.raises(KorlmError, match="lacks masked_lm_positions"):
-        pretrain.check_data_settings("d", {"masking": "static"}, old + ["masked_lm_ids"])
-    assert pretrain.check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"]) == "dynamic"
+        check_data_settings("d", {"masking": "static"}, old + ["masked_lm_ids"])
+    assert check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"]) == "dynamic"
     with pytest.raises(KorlmError, match="roberta has no next-sentence head"):
-        pretrain.check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"], model="roberta")
+        check_data_settings("d", {"nsp": True}, old + ["next_sentence_label"], model="roberta")
     with pytest.raises(KorlmError, match="says nsp: true but the shards have no next_sentence_label"):
-        pretrain.check_data_settings("d", {"nsp": True}, old)
+        check_data_settings("d", {"nsp": True}, old)
 
 
 def test_old_data_features_are_probed(tmp_path):
     examples = [{"input_ids": e["input_ids"]} for e in synthetic_examples(50)]
     data_dir = write_shards(tmp_path / "old", examples, metadata={"features": None})
     files = [str(p) for p in data_dir.glob("*.tfrecord")]
-    assert pretrain.data_features({}, files) == ["input_ids"]
-    assert pretrain.data_features({"features": ["input_ids", "word_starts"]}, files) == [
+    assert data_features({}, files) == ["input_ids"]
+    assert data_features({"features": ["input_ids", "word_starts"]}, files) == [
         "input_ids", "word_starts"]
 
 
 def test_rate_validation():
     from korlm import config
-    from korlm.masking import MaskedLMMasker
+    from korlm.pretrain.masking import MaskedLMMasker
 
     with pytest.raises(KorlmError, match=r"mask_token_rate \+ random_token_rate must be <= 1"):
         MaskedLMMasker(VOCAB, SPECIAL, mask_token_rate=0.9, random_token_rate=0.2)

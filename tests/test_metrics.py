@@ -1,11 +1,11 @@
-"""korlm.metrics against values computed by hand."""
+"""korlm.evaluation.metrics against values computed by hand."""
 
 import math
 
 import pytest
 
-from korlm import metrics
 from korlm.errors import KorlmError
+from korlm.evaluation import metrics
 
 
 def test_accuracy_and_macro_f1_by_hand():

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from korlm import morpheme, tokenization
-from korlm.vocab import build_vocab, iter_sentences
+from korlm.clean.corpus import iter_sentences
+from korlm.tokenizer import morpheme, tokenization
+from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import write_review_corpus
 
 TEXTS = ["나는 학교에 갔다.", "이 영화 정말 재미있었어요. 배우들이 최고!", "빨라졌어요ㅋㅋ KOREA와  뷁쭭",

@@ -1,4 +1,4 @@
-"""BART noising (korlm.noising) over 10k contract examples: text infilling statistics,
+"""BART noising (korlm.pretrain.noising) over 10k contract examples: text infilling statistics,
 exact reconstruction of the noised input from the drawn spans, sentence permutation, and
 the make_dataset(objective="bart") batches a KerasHub BartSeq2SeqLM trains on."""
 
@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from korlm import pretrain
-from korlm.noising import BartNoiser
+from korlm.pretrain.dataset import make_dataset
+from korlm.pretrain.noising import BartNoiser
 from tests.test_masking import (
     MAX_LEN,
     NUM,
@@ -143,7 +143,7 @@ def test_bart_dataset_batches_train_a_keras_hub_bart(tmp_path, examples):
     data_dir = write_shards(tmp_path / "bart", examples[:512], metadata={"objective": "bart",
                                                                          "packing": "span"})
     meta = json.loads((data_dir / "metadata.json").read_text())
-    ds = pretrain.make_dataset(
+    ds = make_dataset(
         [str(p) for p in data_dir.glob("*.tfrecord")], batch_size=256, max_seq_length=MAX_LEN,
         vocab_size=VOCAB, special_ids=SPECIAL, seed=0, shuffle_buffer=1, objective="bart",
         features=meta["features"], permute_sentences=True)

@@ -189,7 +189,7 @@ def test_overwrite_replaces_only_the_same_steps_artifact(world, step, tmp_path, 
     assert _snapshot(world["nsmc"]) == inputs
     assert not [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     if step == "finetune":  # the run's last checkpoint and its own tokenizer were used
-        from korlm import finetune
+        from korlm.evaluation import finetune
 
         record = json.loads((out / "metrics.json").read_text())
         checkpoint = str(world["run"] / "checkpoints" / "step-000002")

@@ -1,4 +1,4 @@
-"""korlm.packing on real text (the bundled reviews and petitions), called directly: packing
+"""korlm.pretrain_data.packing on real text (the bundled reviews and petitions), called directly: packing
 conserves tokens in every mode, features follow the contract, and the statistics of NSP
 and static masking hold over >= 10k examples."""
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from korlm import config as cfg
-from korlm import packing as pk
-from korlm import tokenization
 from korlm.errors import KorlmError
-from korlm.vocab import build_vocab
+from korlm.pretrain_data import packing as pk
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import SAMPLE_REVIEWS
 
 PETITIONS = os.path.join(os.path.dirname(SAMPLE_REVIEWS), "petitions.jsonl.gz")
@@ -264,7 +264,7 @@ def test_word_starts_follow_whitespace(corpus):
 
 
 def test_morpheme_vocab_marks_morpheme_and_eojeol_starts(tmp_path):
-    from korlm import morpheme
+    from korlm.tokenizer import morpheme
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -385,4 +385,4 @@ def test_sentencepiece_word_starts_sit_on_the_word_initial_piece(corpus, tmp_pat
     expected = [int(k == 0 or t.startswith("▁")) for k, t in enumerate(tokens)]
     assert batch.word_starts.tolist() == expected
     assert batch.word_starts.sum() == 6
-    assert pk.MORPHEME_BOUNDARY == __import__("korlm.morpheme", fromlist=["BOUNDARY"]).BOUNDARY
+    assert pk.MORPHEME_BOUNDARY == __import__("korlm.tokenizer.morpheme", fromlist=["BOUNDARY"]).BOUNDARY

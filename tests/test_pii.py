@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from korlm.pii import (
+from korlm.clean.pii import (
     find_pii,
     fold_width,
     luhn_valid,

@@ -11,8 +11,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from korlm import models, pretrain
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import (
+    NSP_HEAD,
+    checkpoint_info,
+    load_masked_lm,
+    load_pretraining_task,
+    resolve_tokenizer,
+    save_checkpoint,
+)
+from korlm.pretrain.dataset import (
+    data_features,
+    inspect_data,
+    inspect_examples,
+    make_dataset,
+    tokenizer_vocab_hash,
+)
+from korlm.pretrain.state import STATE_WEIGHTS, choose_resume_state, find_state
+from korlm.pretrain.train import run_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 REVIEWS = REPO / "data" / "sample" / "raw" / "movie_reviews.tsv"
@@ -82,7 +98,7 @@ def write_pretraining_data(out_dir: Path, tokenizer_dir: Path, *, num_examples: 
     meta = {
         "num_examples": len(encodings), "max_seq_length": max_seq_length,
         "vocab_size": tokenizer.get_vocab_size(),
-        "vocab_hash": pretrain.tokenizer_vocab_hash(str(tokenizer_dir)),
+        "vocab_hash": tokenizer_vocab_hash(str(tokenizer_dir)),
         "special_token_ids": SPECIAL,
     }
     if contract or pairs:
@@ -127,8 +143,8 @@ def _read_log(run_dir: Path) -> list[dict]:
 
 def test_dataset_masks_only_real_tokens_and_pads(corpus):
     tokenizer_dir, data_dir = corpus
-    meta, files = pretrain.inspect_data(str(data_dir), str(tokenizer_dir))
-    ds = pretrain.make_dataset(files, batch_size=16, max_seq_length=24,
+    meta, files = inspect_data(str(data_dir), str(tokenizer_dir))
+    ds = make_dataset(files, batch_size=16, max_seq_length=24,
                                vocab_size=meta["vocab_size"], special_ids=SPECIAL,
                                mask_rate=0.15, seed=1, data_max_seq_length=32)
     inputs, mask_ids, mask_weights = (
@@ -160,11 +176,11 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     out = tmp_path / "run"
     args = dict(steps=20, checkpoint_every=10, batch_size=8, learning_rate=1e-3, warmup_steps=4,
                 log_every=5, seed=3)
-    first = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **args)
+    first = run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **args)
     assert [c["step"] for c in first] == [10, 20]
     assert json.loads((out / "checkpoints.json").read_text()) == first
     assert first[1]["uri"] == str(out / "checkpoints" / "step-000020")
-    info = models.checkpoint_info(first[1]["uri"])
+    info = checkpoint_info(first[1]["uri"])
     assert info["step"] == 20 and info["model"] == "bert" and info["size"] == "tiny"
     # The checkpoint carries its tokenizer and the vocab hash of that copy.
     copy = Path(first[1]["uri"]) / "tokenizer"
@@ -172,10 +188,10 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert sorted(p.name for p in copy.iterdir()) == ["tokenizer.json", "vocab.txt"]
     for name in ("tokenizer.json", "vocab.txt"):
         assert (copy / name).read_bytes() == (tokenizer_dir / name).read_bytes()
-    assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tokenizer_dir))
-    assert models.resolve_tokenizer(first[1]["uri"]) == str(copy)
+    assert info["tokenizer_vocab_hash"] == tokenizer_vocab_hash(str(tokenizer_dir))
+    assert resolve_tokenizer(first[1]["uri"]) == str(copy)
     assert info["max_seq_length"] == 32 and np.isfinite(info["train_loss"])
-    task = models.load_masked_lm(first[1]["uri"])
+    task = load_masked_lm(first[1]["uri"])
     assert task.backbone.vocabulary_size == info["vocab_size"]
     log = _read_log(out)
     assert [r["step"] for r in log] == [5, 10, 15, 20]
@@ -185,22 +201,22 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert "step 20/20 loss" in capsys.readouterr().out
 
     # Extend to 40 steps, killed after step 30's log line but before its checkpoint.
-    real_save = models.save_checkpoint
+    real_save = save_checkpoint
 
     def killed_at_30(task, checkpoint_dir, info, **kwargs):
         if info["step"] == 30:
             raise KeyboardInterrupt("preempted")
         real_save(task, checkpoint_dir, info, **kwargs)
 
-    monkeypatch.setattr(models, "save_checkpoint", killed_at_30)
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", killed_at_30)
     with pytest.raises(KeyboardInterrupt):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **{**args, "steps": 40})
-    monkeypatch.setattr(models, "save_checkpoint", real_save)
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **{**args, "steps": 40})
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", real_save)
     assert [r["step"] for r in _read_log(out)][-1] == 30
     assert not (out / "checkpoints" / "step-000030").exists()
 
     capsys.readouterr()
-    final = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out),
+    final = run_pretrain(str(data_dir), str(tokenizer_dir), str(out),
                                   **{**args, "steps": 40})
     printed = capsys.readouterr().out
     assert "resuming" in printed and "from step 20" in printed
@@ -215,7 +231,7 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
     assert json.loads((out / "state" / "step-000040" / "state.json").read_text())["step"] == 40
 
     mtime = (out / "checkpoints.json").stat().st_mtime_ns
-    again = pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out),
+    again = run_pretrain(str(data_dir), str(tokenizer_dir), str(out),
                                   **{**args, "steps": 40})
     assert again == final
     assert (out / "checkpoints.json").stat().st_mtime_ns == mtime
@@ -224,7 +240,7 @@ def test_pretrain_checkpoints_resumes_after_a_kill_and_finishes(corpus, tmp_path
 
 def test_errors_before_training(corpus, tmp_path):
     tokenizer_dir, data_dir = corpus
-    run = lambda data, **kw: pretrain.run_pretrain(  # noqa: E731
+    run = lambda data, **kw: run_pretrain(  # noqa: E731
         str(data), str(tokenizer_dir), str(tmp_path / "out"), **{"steps": 4, **kw})
 
     with pytest.raises(KorlmError, match="not found"):
@@ -256,10 +272,10 @@ def test_errors_before_training(corpus, tmp_path):
 def test_resume_with_other_architecture_is_refused(corpus, tmp_path):
     tokenizer_dir, data_dir = corpus
     out = tmp_path / "run"
-    pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
                           checkpoint_every=2, batch_size=4, max_seq_length=16)
     with pytest.raises(KorlmError, match="max_seq_length=16"):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=4)
 
 
@@ -278,26 +294,26 @@ def test_resume_from_the_newest_complete_state_past_a_newer_checkpoint(corpus, t
     the newer checkpoint is not used, retrains steps 3-4 and finishes."""
     tokenizer_dir, data_dir = corpus
     out = tmp_path / "run"
-    run = lambda directory, steps: pretrain.run_pretrain(  # noqa: E731
+    run = lambda directory, steps: run_pretrain(  # noqa: E731
         str(data_dir), str(tokenizer_dir), str(directory), steps=steps, **RESUME_ARGS)
     with monkeypatch.context() as m:  # killed before the step-2 state was deleted
-        m.setattr(pretrain, "_drop_other_states", lambda *a, **k: None)
+        m.setattr("korlm.pretrain.state._drop_other_states", lambda *a, **k: None)
         run(out, 4)
     states = out / "state"
     assert sorted(p.name for p in states.iterdir()) == ["step-000002", "step-000004"]
     # Killed while step 4's state was written: a local save leaves its staging dir.
     (states / "step-000004").rename(states / ".step-000004.tmp-0badc0de")
-    staged = states / ".step-000004.tmp-0badc0de" / pretrain.STATE_WEIGHTS
+    staged = states / ".step-000004.tmp-0badc0de" / STATE_WEIGHTS
     staged.write_bytes(staged.read_bytes()[:500])
     # An object store's killed upload leaves the files it got to, under the final name.
     (states / "step-000006").mkdir()
-    (states / "step-000006" / pretrain.STATE_WEIGHTS).write_bytes(b"half")
+    (states / "step-000006" / STATE_WEIGHTS).write_bytes(b"half")
     (out / "checkpoints.json").write_text(json.dumps(
         [{"step": 2, "uri": str(out / "checkpoints" / "step-000002")}]))  # as at the kill
     newer = out / "checkpoints" / "step-000004"
     inode = newer.stat().st_ino
 
-    chosen, skipped = pretrain.find_state(str(out))
+    chosen, skipped = find_state(str(out))
     assert chosen.step == 2 and chosen.path == str(states / "step-000002")
     assert [s.path for s in skipped] == [str(states / ".step-000004.tmp-0badc0de"),
                                          str(states / "step-000006")]
@@ -330,7 +346,7 @@ def test_resume_from_the_newest_complete_state_past_a_newer_checkpoint(corpus, t
         run(fresh, 2)
     (fresh / "checkpoints.json").write_text("[]")
     capsys.readouterr()
-    assert pretrain.choose_resume_state(str(fresh)) == (None, None)
+    assert choose_resume_state(str(fresh)) == (None, None)
     assert ("resuming from step 0 (no training state was saved): checkpoint step-000002 is "
             "newer but holds no optimizer state, so steps 1-2 are retrained and step-000002 "
             "written again") in capsys.readouterr().out
@@ -358,10 +374,10 @@ def contract_data(corpus, tmp_path_factory):
 
 def test_dataset_feeds_segment_ids_and_masks_whole_eojeol(contract_data):
     tokenizer_dir, _, pairs = contract_data
-    meta, files = pretrain.inspect_data(str(pairs), str(tokenizer_dir))
-    features = pretrain.data_features(meta, files)
+    meta, files = inspect_data(str(pairs), str(tokenizer_dir))
+    features = data_features(meta, files)
     assert {"segment_ids", "word_starts", "next_sentence_label"} <= set(features)
-    ds = pretrain.make_dataset(files, batch_size=32, max_seq_length=48, vocab_size=meta["vocab_size"],
+    ds = make_dataset(files, batch_size=32, max_seq_length=48, vocab_size=meta["vocab_size"],
                                special_ids=SPECIAL, mask_rate=0.3, seed=2, data_max_seq_length=48,
                                features=features, whole_word="eojeol", shuffle_buffer=1)
     inputs, mask_ids, mask_weights = next(iter(ds))
@@ -375,7 +391,7 @@ def test_dataset_feeds_segment_ids_and_masks_whole_eojeol(contract_data):
 
 def test_pretrain_on_pair_data_with_whole_words_and_nsp_labels(contract_data, tmp_path, capsys):
     tokenizer_dir, words, pairs = contract_data
-    run = lambda data, out, **kw: pretrain.run_pretrain(  # noqa: E731
+    run = lambda data, out, **kw: run_pretrain(  # noqa: E731
         str(data), str(tokenizer_dir), str(tmp_path / out), steps=2, checkpoint_every=2,
         batch_size=8, **kw)
     with pytest.raises(KorlmError, match=f"whole_word=morpheme needs the morpheme_starts feature, "
@@ -389,7 +405,7 @@ def test_pretrain_on_pair_data_with_whole_words_and_nsp_labels(contract_data, tm
     checkpoints = run(pairs, "c", whole_word="eojeol", max_predictions=8, ignore_nsp_labels=True)
     assert [c["step"] for c in checkpoints] == [2]
     assert "training MLM ONLY, the NSP labels are ignored" in capsys.readouterr().out
-    assert not (Path(checkpoints[0]["uri"]) / models.NSP_HEAD).exists()
+    assert not (Path(checkpoints[0]["uri"]) / NSP_HEAD).exists()
 
 
 def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys):
@@ -399,8 +415,8 @@ def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys
     out = tmp_path / "nsp"
     args = dict(steps=8, checkpoint_every=4, batch_size=16, log_every=2, learning_rate=3e-3,
                 warmup_steps=1, whole_word="eojeol")
-    pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out), **{**args, "steps": 4})
-    checkpoints = pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out), **args)
+    run_pretrain(str(pairs), str(tokenizer_dir), str(out), **{**args, "steps": 4})
+    checkpoints = run_pretrain(str(pairs), str(tokenizer_dir), str(out), **args)
     printed = capsys.readouterr().out
     assert "with the next-sentence head" in printed and "resuming" in printed
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -410,11 +426,11 @@ def test_pair_data_trains_the_next_sentence_head(contract_data, tmp_path, capsys
         # The total is the sum of the two objectives (Keras means per batch, same weights).
         assert record["loss"] == pytest.approx(record["mlm_loss"] + record["nsp_loss"], rel=0.02)
         assert record["nsp_loss"] == pytest.approx(np.log(2), abs=0.35)  # two classes
-    head = np.load(Path(checkpoints[-1]["uri"]) / models.NSP_HEAD)
+    head = np.load(Path(checkpoints[-1]["uri"]) / NSP_HEAD)
     assert head["kernel"].shape == (128, 2) and head["bias"].shape == (2,)
-    assert type(models.load_pretraining_task(checkpoints[-1]["uri"])).__name__ == "BertMaskedLM"
+    assert type(load_pretraining_task(checkpoints[-1]["uri"])).__name__ == "BertMaskedLM"
     with pytest.raises(KorlmError, match="nsp=True"):  # a run with the head resumes with it
-        pretrain.run_pretrain(str(pairs), str(tokenizer_dir), str(out),
+        run_pretrain(str(pairs), str(tokenizer_dir), str(out),
                               **{**args, "steps": 10, "ignore_nsp_labels": True})
 
 
@@ -433,7 +449,7 @@ def test_inspect_cli_decodes_masks_and_labels(contract_data, tmp_path):
     import subprocess
     import sys
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     tokenizer_dir, words, _ = contract_data
     conf = tmp_path / "c.yaml"
@@ -467,14 +483,14 @@ def test_inspect_cli_decodes_masks_and_labels(contract_data, tmp_path):
 
 def test_inspect_shows_bart_noising_and_nsp_labels(contract_data):
     tokenizer_dir, words, pairs = contract_data
-    bart = pretrain.inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
+    bart = inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
                                      permute_sentences=True)
     assert "noising: text infilling 30% of tokens, span lengths ~ Poisson(3)" in bart
     blocks = _inspect_blocks(bart)
     assert len(blocks) == 2 and any("[MASK]" in b["encoder"] for b in blocks)
-    again = pretrain.inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
+    again = inspect_examples(str(words), str(tokenizer_dir), num_examples=2, model="bart",
                                       permute_sentences=True)
     assert again == bart  # seeded: the same view twice
-    nsp = pretrain.inspect_examples(str(pairs), str(tokenizer_dir), num_examples=4)
+    nsp = inspect_examples(str(pairs), str(tokenizer_dir), num_examples=4)
     assert nsp.count("next_sentence_label 1 (random B)") + nsp.count("next_sentence_label 0") == 4
     assert "segment B from position" in nsp

@@ -13,12 +13,18 @@ import shutil
 
 import pytest
 
-from corpus_beam.clean import run_clean
-from corpus_beam.pack import pack_document, run_pretrain_data, split_documents, verify_shards
-from korlm import tokenization
+from korlm.clean.beam import run_clean
 from korlm.errors import KorlmError
-from korlm.pretrain_data_check import CorruptShardError
-from korlm.vocab import build_vocab, load_tokenizer, vocab_hash
+from korlm.pretrain_data.beam import (
+    pack_document,
+    run_pretrain_data,
+    split_documents,
+    verify_shards,
+)
+from korlm.pretrain_data.shards import CorruptShardError
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.files import load_tokenizer, vocab_hash
+from korlm.tokenizer.vocab import build_vocab
 
 SAMPLE_RAW = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw")
 MAX_LEN = 32
@@ -172,7 +178,7 @@ def test_every_shard_exists_even_when_empty(pipeline, tmp_path):
     assert [len(shards[name]) for name in metadata["shards"]] == metadata["examples_per_shard"]
 
 
-@pytest.mark.slow  # one more Beam run; korlm.packing tests cover the mode at 128 and 512
+@pytest.mark.slow  # one more Beam run; korlm.pretrain_data.packing tests cover the mode at 128 and 512
 def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
     """doc-sentences (the old behaviour) at max_seq_length 128 writes exactly pack_document's examples."""
     root, corpus, tokenizer_dir, _, _ = pipeline
@@ -190,7 +196,7 @@ def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
     assert metadata["padding_fraction"] > 0.5
 
 
-@pytest.mark.slow  # one more Beam run; korlm.packing tests cover the mode at 128 and 512
+@pytest.mark.slow  # one more Beam run; korlm.pretrain_data.packing tests cover the mode at 128 and 512
 def test_bart_span_at_512(pipeline):
     root, corpus, tokenizer_dir, _, _ = pipeline
     metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "bart"), objective="bart",
@@ -279,7 +285,7 @@ def test_corrupt_or_truncated_shards_are_named(pipeline, tmp_path):
 
 
 def test_training_refuses_a_corrupt_shard(pipeline, tmp_path):
-    from korlm.pretrain import inspect_data
+    from korlm.pretrain.dataset import inspect_data
 
     _, _, tokenizer_dir, examples_dir, metadata = pipeline
     data = tmp_path / "data"
@@ -322,7 +328,7 @@ def test_extra_seq_lengths_pack_each_phase_length_and_feed_a_two_phase_run(pipel
     at each length into seq<N>/, listed in the root metadata once written; a two-phase
     run then reads each phase's own data."""
     from korlm import config as cfg
-    from korlm.pretrain import run_pretrain
+    from korlm.pretrain.train import run_pretrain
 
     _, corpus, tokenizer, _, _ = pipeline
     conf = cfg.Config.model_validate({

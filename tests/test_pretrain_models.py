@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from korlm import models, pretrain
 from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import checkpoint_info, load_pretraining_task
+from korlm.pretrain.dataset import DEFAULT_SPECIAL_IDS, data_features, inspect_data, make_dataset
+from korlm.pretrain.monitor import PREEMPT_ENV
+from korlm.pretrain.state import STATE_JSON, STATE_WEIGHTS
+from korlm.pretrain.train import run_pretrain
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +38,7 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 def _weights(checkpoint: str) -> list[np.ndarray]:
-    return [w.numpy() for w in models.load_pretraining_task(checkpoint).weights]
+    return [w.numpy() for w in load_pretraining_task(checkpoint).weights]
 
 
 @pytest.mark.parametrize("family,task_class,accuracy", [
@@ -44,14 +48,14 @@ def _weights(checkpoint: str) -> list[np.ndarray]:
 def test_roberta_and_bart_pretrain_and_reload(corpus, tmp_path, family, task_class, accuracy):
     tokenizer_dir, data_dir = corpus
     out = tmp_path / family
-    checkpoints = pretrain.run_pretrain(
+    checkpoints = run_pretrain(
         str(data_dir), str(tokenizer_dir), str(out), model=family, steps=6, checkpoint_every=3,
         batch_size=8, learning_rate=2e-3, warmup_steps=1, log_every=1, seed=1,
         permute_sentences=family == "bart")
     assert [c["step"] for c in checkpoints] == [3, 6]
-    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    info = checkpoint_info(checkpoints[-1]["uri"])
     assert info["model"] == family and info["objective"] == ("bart" if family == "bart" else "mlm")
-    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    task = load_pretraining_task(checkpoints[-1]["uri"])
     assert type(task).__name__ == task_class
     log = _log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
@@ -68,7 +72,7 @@ def test_roberta_and_bart_pretrain_and_reload(corpus, tmp_path, family, task_cla
 def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
     tokenizer_dir, data_dir = corpus
     out = tmp_path / "run"
-    checkpoints = pretrain.run_pretrain(
+    checkpoints = run_pretrain(
         str(data_dir), str(tokenizer_dir), str(out), steps=6, checkpoint_every=1, batch_size=8,
         grad_accum_steps=4, optimizer="lamb", clip_norm=0.5, keep_checkpoints=2,
         keep_checkpoint_every=3, log_every=2, peak_tflops=0.5, learning_rate=1e-3,
@@ -82,7 +86,7 @@ def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
     assert json.loads((out / "checkpoints.json").read_text()) == checkpoints
     state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["step"] == 6 and state["examples_seen"] == 48 and state["grad_accum_steps"] == 4
-    task = models.load_pretraining_task(checkpoints[-1]["uri"])
+    task = load_pretraining_task(checkpoints[-1]["uri"])
     assert task.backbone.vocabulary_size == state["vocab_size"]
     log = _log(out)
     assert [r["step"] for r in log] == [2, 4, 6]
@@ -101,13 +105,13 @@ def test_grad_accumulation_lamb_keep_last_and_mfu(corpus, tmp_path, capsys):
 
     # A resumed run must keep the accumulation it was trained with.
     with pytest.raises(KorlmError, match="grad_accum_steps=4"):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=8,
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=8,
                               checkpoint_every=2, batch_size=8, grad_accum_steps=2)
 
 
 def test_bad_settings_fail_before_training(corpus, tmp_path):
     tokenizer_dir, data_dir = corpus
-    run = lambda **kw: pretrain.run_pretrain(  # noqa: E731
+    run = lambda **kw: run_pretrain(  # noqa: E731
         str(data_dir), str(tokenizer_dir), str(tmp_path / "out"),
         **{"steps": 4, "checkpoint_every": 2, "batch_size": 8, **kw})
     with pytest.raises(KorlmError, match="does not split into grad_accum_steps=3"):
@@ -125,24 +129,24 @@ def test_bad_settings_fail_before_training(corpus, tmp_path):
     # A corrupt state (a torn copy from another disk) is named, not a stack trace; with
     # checkpoints listed, starting over instead would throw their training away.
     out = tmp_path / "corrupt"
-    pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=2,
                           checkpoint_every=2, batch_size=8)
     state = out / "state" / "step-000002"
-    weights = state / pretrain.STATE_WEIGHTS
+    weights = state / STATE_WEIGHTS
     whole = weights.read_bytes()
     weights.write_bytes(whole[:1000])
     with pytest.raises(KorlmError, match=r"cannot resume .*checkpoints up to step 2 but no complete "
                                          r"training state .*has 1000 bytes.*truncated or torn"):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=8)
     # The same size but other bytes: found when it is read.
     weights.write_bytes(whole[:1000] + b"\0" * (len(whole) - 1000))
     with pytest.raises(KorlmError, match="cannot resume from .*corrupt or incompatible"):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=8)
-    (state / pretrain.STATE_JSON).write_text("{not json")
+    (state / STATE_JSON).write_text("{not json")
     with pytest.raises(KorlmError, match="state.json is corrupt"):
-        pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(out), steps=4,
                               checkpoint_every=2, batch_size=8)
 
 
@@ -153,7 +157,7 @@ def test_two_phase_schedule_reads_each_phase_data(corpus, tmp_path, capsys):
     meta = json.loads((data / "metadata.json").read_text())
     (data / "metadata.json").write_text(json.dumps({**meta, "seq_length_variants": {"16": "seq16"}}))
     out = tmp_path / "run"
-    checkpoints = pretrain.run_pretrain(
+    checkpoints = run_pretrain(
         str(data), str(tokenizer_dir), str(out), steps=6, checkpoint_every=3, batch_size=8,
         log_every=1, phases=[{"steps": 4, "max_seq_length": 16},
                              {"steps": 2, "max_seq_length": 48, "batch_size": 4}])
@@ -165,7 +169,7 @@ def test_two_phase_schedule_reads_each_phase_data(corpus, tmp_path, capsys):
     assert [r["max_seq_length"] for r in log] == [16, 16, 16, 16, 48, 48]
     # One learning-rate schedule across both phases (warmup 30 > 6 steps: still rising).
     assert [r["learning_rate"] for r in log] == sorted(r["learning_rate"] for r in log)
-    info = models.checkpoint_info(checkpoints[-1]["uri"])
+    info = checkpoint_info(checkpoints[-1]["uri"])
     assert info["max_seq_length"] == 48  # the model is built for the longest phase
     state = json.loads((out / "state" / "step-000006" / "state.json").read_text())
     assert state["examples_seen"] == 4 * 8 + 2 * 4
@@ -193,7 +197,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(corpus, tmp_path):
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     killed = _cli_pretrain(data_dir, tokenizer_dir, tmp_path / "killed",
-                           env={pretrain.PREEMPT_ENV: "3"})
+                           env={PREEMPT_ENV: "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert json.loads((tmp_path / "killed" / "state" / "step-000002" / "state.json")
                       .read_text())["step"] == 2
@@ -243,7 +247,7 @@ def test_jax_backend_trains_and_resumes_bart(corpus, tmp_path):
     assert "resuming" in second.stdout and "from step 2" in second.stdout
     assert [c["step"] for c in json.loads((out / "checkpoints.json").read_text())] == [2, 4]
     assert np.isfinite(_log(out)[-1]["loss"])
-    assert models.checkpoint_info(str(out / "checkpoints" / "step-000004"))["model"] == "bart"
+    assert checkpoint_info(str(out / "checkpoints" / "step-000004"))["model"] == "bart"
 
 
 @pytest.mark.parametrize("objective", ["mlm", "bart"])
@@ -252,11 +256,11 @@ def test_seeded_batches_resume_exactly_however_iterated(corpus, objective):
     (seed, batch index): a dataset resumed at a data position yields exactly the tail of
     the full one, and a second iterator drawing in between changes nothing."""
     tokenizer_dir, data_dir = corpus
-    meta, files = pretrain.inspect_data(str(data_dir), str(tokenizer_dir))
-    make = lambda **kw: pretrain.make_dataset(  # noqa: E731
+    meta, files = inspect_data(str(data_dir), str(tokenizer_dir))
+    make = lambda **kw: make_dataset(  # noqa: E731
         files, batch_size=8, max_seq_length=32, vocab_size=meta["vocab_size"],
-        special_ids=pretrain.DEFAULT_SPECIAL_IDS, seed=3, data_max_seq_length=32,
-        features=pretrain.data_features(meta, files), objective=objective,
+        special_ids=DEFAULT_SPECIAL_IDS, seed=3, data_max_seq_length=32,
+        features=data_features(meta, files), objective=objective,
         whole_word="eojeol" if objective == "mlm" else "none",
         permute_sentences=objective == "bart", sequential=True, **kw)
 
@@ -274,9 +278,9 @@ def test_seeded_batches_resume_exactly_however_iterated(corpus, objective):
     for a, b in zip(reference[2:], resumed, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(reference[0], reference[1])
-    other_seed = flat(next(iter(pretrain.make_dataset(
+    other_seed = flat(next(iter(make_dataset(
         files, batch_size=8, max_seq_length=32, vocab_size=meta["vocab_size"],
-        special_ids=pretrain.DEFAULT_SPECIAL_IDS, seed=4, data_max_seq_length=32,
-        features=pretrain.data_features(meta, files), objective=objective,
+        special_ids=DEFAULT_SPECIAL_IDS, seed=4, data_max_seq_length=32,
+        features=data_features(meta, files), objective=objective,
         permute_sentences=objective == "bart", sequential=True))))
     assert not np.array_equal(reference[0], other_seed)

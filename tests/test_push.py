@@ -9,8 +9,8 @@ import os
 import huggingface_hub
 import pytest
 
-from korlm import push
 from korlm.errors import KorlmError
+from korlm.hub import push
 
 SECRET = "hf_notarealtoken_0123456789abcdef"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
-from korlm import push
 from korlm.errors import KorlmError
+from korlm.hub import push
 from tests.hub_standin import HubStandIn
 
 TOKEN = "hf_standin_secret_token_0123456789"
@@ -89,7 +89,7 @@ def test_second_run_reuses_the_repo_and_commits_to_a_branch(hub, model_dir, tmp_
 
 def test_transient_failures_are_retried_with_backoff(hub, model_dir, tmp_path, caplog):
     hub.fail_commits = 2
-    caplog.set_level(logging.WARNING, logger="korlm.push")
+    caplog.set_level(logging.WARNING, logger="korlm.hub.push")
     plan = push.push_model(str(model_dir), REPO, str(tmp_path / "p"), dry_run=False, retry_delay=0.01)
     commits = [p for m, p, _ in hub.requests if m == "POST" and "/commit/" in p]
     assert len(commits) == 3 and plan["commit_oid"]
@@ -110,7 +110,7 @@ def test_an_unreachable_hub_is_retried_then_a_clear_error(model_dir, tmp_path, m
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    caplog.set_level(logging.WARNING, logger="korlm.push")
+    caplog.set_level(logging.WARNING, logger="korlm.hub.push")
     with pytest.raises(KorlmError, match="create the repo failed after 3 tries: ConnectError") as info:
         push.push_model(str(model_dir), REPO, str(tmp_path / "p"), dry_run=False, retries=2, retry_delay=0.01)
     assert caplog.text.count("retrying") == 2 and TOKEN not in str(info.value)

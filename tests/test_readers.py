@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from corpus_beam import readers
-from corpus_beam.readers import FileReadSummary, read_records, resolve_inputs
+from korlm.clean import readers
+from korlm.clean.readers import FileReadSummary, read_records, resolve_inputs
 from korlm.errors import KorlmError
 
 
@@ -186,7 +186,7 @@ def test_truncated_stream_keeps_what_came_before(tmp_path, compress, suffix, cap
     blob = compress(DATA)
     path = tmp_path / f"cut.txt{suffix}"
     path.write_bytes(blob[:-10])  # the end marker and a few bytes of data are missing
-    with caplog.at_level(logging.WARNING, logger="corpus_beam.readers"):
+    with caplog.at_level(logging.WARNING, logger="korlm.clean.readers"):
         records, summary = _read(path, "txt")
     good = [r for r in records if r[2] is None]
     assert 0 < len(good) and [r[1] for r in good] == LINES[:len(good)]

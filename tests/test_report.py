@@ -6,7 +6,7 @@ import os
 import pytest
 
 from korlm.errors import KorlmError
-from korlm.report import build_report
+from korlm.evaluation.report import build_report
 
 KOELECTRA_ROWS = ["KoELECTRA-Small-v3 (external)", "KoELECTRA-Base-v3 (external)",
                   "KoBERT (external)"]

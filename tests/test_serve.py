@@ -1,5 +1,5 @@
 """`korlm serve`: real fine-tuned model directories (a tiny random-init BERT fine-tuned for
-one epoch with `korlm.finetune.finetune`) behind the FastAPI app, through FastAPI's
+one epoch with `korlm.evaluation.finetune.finetune`) behind the FastAPI app, through FastAPI's
 TestClient and a real uvicorn server on a free loopback port.
 
 Test doubles: `EchoModel` in `test_batcher_keeps_every_result_with_its_request` (its
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from korlm.errors import KorlmError
-from korlm.serve import (
+from korlm.serve.server import (
     MicroBatcher,
     ModelCallError,
     ServeCounters,
@@ -43,13 +43,14 @@ def base(tmp_path_factory):
     """A tiny random-init BERT checkpoint, its tokenizer and the task data."""
     from tokenizers import Tokenizer
 
-    from korlm import models
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("serve")
     tokenizer_dir = build_tokenizer(root / "tokenizer", num_sentences=300, vocab_size=600)
     vocab_size = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
-    task = models.build_masked_lm("bert", "tiny", vocab_size, 32)
-    models.save_checkpoint(task, str(root / "checkpoint"), {
+    task = build_masked_lm("bert", "tiny", vocab_size, 32)
+    save_checkpoint(task, str(root / "checkpoint"), {
         "model": "bert", "size": "tiny", "vocab_size": vocab_size, "max_seq_length": 32, "step": 0})
     nsmc = write_nsmc_slice(root / "data" / "nsmc", num_train=80, num_test=24)
     return root, tokenizer_dir, nsmc, _write_user_tasks(root / "tasks")
@@ -59,7 +60,7 @@ def base(tmp_path_factory):
 def models_dir(base):
     """A classification (NSMC slice) and a regression (sentence pairs, 0-5) model directory
     fine-tuned for one epoch with `korlm finetune`."""
-    from korlm.finetune import finetune
+    from korlm.evaluation.finetune import finetune
 
     root, tokenizer_dir, nsmc, task_files = base
     out = {}
@@ -94,7 +95,7 @@ def _wait_ready(client, timeout: float = 60.0) -> dict:
 
 
 def test_classify_endpoint_matches_the_model(classify_client, models_dir):
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     model = load_finetuned(str(models_dir["classify"]))
     info = classify_client.get("/readyz").json()
@@ -238,7 +239,7 @@ def test_openapi_lists_the_endpoints(classify_client):
 def test_similarity_endpoint_clips_and_thresholds(models_dir):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     model = load_finetuned(str(models_dir["similarity"]))
     assert model.task_type == "regression"
@@ -304,7 +305,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(models_dir):
     model calls, and each gets the predictions for its own texts."""
     import httpx
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     app = create_app(str(models_dir["classify"]),
                      settings=ServeSettings(max_batch_size=16, max_wait_ms=200))
@@ -451,7 +452,7 @@ def test_a_lone_failing_item_is_blamed_on_the_model_only_when_the_probe_fails_to
 def test_readyz_is_503_until_the_model_is_loaded(models_dir):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     release = threading.Event()
 
@@ -499,7 +500,7 @@ def test_a_directory_that_is_not_a_model(tmp_path, capsys):
 def test_answer_endpoint_returns_spans_of_the_context(base):
     from fastapi.testclient import TestClient
 
-    from korlm.finetune import finetune, load_finetuned
+    from korlm.evaluation.finetune import finetune, load_finetuned
 
     root, tokenizer_dir, _, task_files = base
     finetune(str(root / "checkpoint"), str(tokenizer_dir), str(task_files["qa"]), None,
@@ -566,7 +567,7 @@ class PoisonedModel:
 @pytest.fixture(scope="module")
 def poison_server(models_dir):
     """The classification model behind a real uvicorn server on loopback, poisonable."""
-    from korlm.finetune import load_finetuned
+    from korlm.evaluation.finetune import load_finetuned
 
     loaded = {}
 

@@ -124,7 +124,7 @@ def test_vocab_step_reads_and_writes_gs(prefix, tmp_path):
     stats = json.loads(storage.read_text(f"{prefix}/tokenizer/vocab_stats.json"))
     assert stats["vocab_size"] == 1000
 
-    from korlm import tokenization
+    from korlm.tokenizer import tokenization
 
     tok = tokenization.load(f"{prefix}/tokenizer")
     assert tok.get_vocab_size() == 1000
@@ -158,29 +158,38 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     """A gs:// run dir: a checkpoint holds its tokenizer (read back through the resolver),
     a state whose upload was cut short (no _SUCCESS) is skipped for the complete one, a
     checkpoint newer than the state is named, and the next save replaces them."""
-    from korlm import models, pretrain, tokenization
     from korlm.errors import KorlmError
+    from korlm.modeling.build import build_masked_lm
+    from korlm.modeling.checkpoints import (
+        checkpoint_info,
+        read_tokenizer_files,
+        resolve_tokenizer,
+        save_checkpoint,
+    )
+    from korlm.pretrain.dataset import tokenizer_vocab_hash
+    from korlm.pretrain.state import choose_resume_state, find_state, save_state
+    from korlm.tokenizer import tokenization
     from tests.test_pretrain import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok", num_sentences=100, vocab_size=300)
     vocab = tokenization.load(str(tok)).get_vocab_size()
-    task = models.build_masked_lm("bert", "tiny", vocab, 16)
+    task = build_masked_lm("bert", "tiny", vocab, 16)
     run = f"{prefix}/run"
     ckpt = f"{run}/checkpoints/step-000004"
-    models.save_checkpoint(task, ckpt, {"step": 4, "model": "bert", "size": "tiny",
+    save_checkpoint(task, ckpt, {"step": 4, "model": "bert", "size": "tiny",
                                         "vocab_size": vocab, "max_seq_length": 16},
-                           tokenizer_files=models.read_tokenizer_files(str(tok)))
+                           tokenizer_files=read_tokenizer_files(str(tok)))
     assert set(storage.listdir(f"{ckpt}/tokenizer")) == {"tokenizer.json", "vocab.txt"}
-    info = models.checkpoint_info(ckpt)
-    assert info["tokenizer_vocab_hash"] == pretrain.tokenizer_vocab_hash(str(tok))
-    assert models.resolve_tokenizer(ckpt) == f"{ckpt}/tokenizer"
-    assert tokenization.load(models.resolve_tokenizer(ckpt)).get_vocab_size() == vocab
-    assert models.resolve_tokenizer(ckpt, str(tok)) == str(tok)
+    info = checkpoint_info(ckpt)
+    assert info["tokenizer_vocab_hash"] == tokenizer_vocab_hash(str(tok))
+    assert resolve_tokenizer(ckpt) == f"{ckpt}/tokenizer"
+    assert tokenization.load(resolve_tokenizer(ckpt)).get_vocab_size() == vocab
+    assert resolve_tokenizer(ckpt, str(tok)) == str(tok)
     other = build_tokenizer(tmp_path / "other", num_sentences=60, vocab_size=200)
     with pytest.raises(KorlmError, match="is not the vocabulary checkpoint"):
-        models.resolve_tokenizer(ckpt, str(other))
+        resolve_tokenizer(ckpt, str(other))
 
-    pretrain.save_state(task, run, {"step": 2})
+    save_state(task, run, {"step": 2})
     assert set(storage.listdir(f"{run}/state/step-000002")) == {
         "_SUCCESS", "korlm_artifact.json", "model.weights.h5", "state.json"}
     # step 4's state, its upload killed before _SUCCESS
@@ -188,7 +197,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
         f.write(b"part")
     storage.write_text(f"{run}/state/step-000004/state.json", json.dumps({"step": 4}))
     capsys.readouterr()
-    state, where = pretrain.choose_resume_state(run)
+    state, where = choose_resume_state(run)
     printed = capsys.readouterr().out
     assert state["step"] == 2 and where == f"{run}/state/step-000002"
     assert (f"skipping training state {run}/state/step-000004: no _SUCCESS marker (its upload "
@@ -196,7 +205,7 @@ def test_checkpoint_carries_its_tokenizer_and_states_resume_on_gcs(prefix, tmp_p
     assert ("checkpoint step-000004 is newer but holds no optimizer state, so steps 3-4 are "
             "retrained") in printed
 
-    pretrain.save_state(task, run, {"step": 4})
+    save_state(task, run, {"step": 4})
     assert storage.listdir(f"{run}/state") == ["step-000004"]
-    chosen, skipped = pretrain.find_state(run)
+    chosen, skipped = find_state(run)
     assert chosen.step == 4 and not skipped

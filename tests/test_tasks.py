@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from korlm import tasks
 from korlm.errors import KorlmError
+from korlm.evaluation import tasks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
@@ -270,7 +270,7 @@ def test_bad_json_and_squad(tmp_path):
 
 def test_per_task_settings_override_the_section():
     from korlm import config
-    from korlm.evaluate import settings_for_task
+    from korlm.evaluation.evaluate import settings_for_task
 
     section = config.validate({"evaluate": {"max_seq_length": 64, "per_task": {
         "korquad": {"max_seq_length": 128, "doc_stride": 32}}}}).evaluate

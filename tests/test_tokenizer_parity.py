@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from korlm import tokenization
-from korlm.vocab import build_vocab
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import write_review_corpus
 
 # The Korean data kit sits beside the checkout (../shared/data), for developers and CI.

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from korlm import config, pretrain, tune
+from korlm import config
 from korlm.cli import main
 from korlm.errors import KorlmError
-from korlm.export import select_checkpoint
+from korlm.evaluation import tune
+from korlm.modeling.checkpoints import select_checkpoint
+from korlm.pretrain.train import run_pretrain
 from tests.test_evaluate import write_nsmc_slice
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
@@ -37,7 +39,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     tokenizer_dir = build_tokenizer(root / "tokenizer")
     data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=48)
-    pretrain.run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(root / "run"),
                           steps=6, checkpoint_every=6, batch_size=8)
     nsmc_dir = write_nsmc_slice(root / "nsmc")
     return tokenizer_dir, root / "run", nsmc_dir
@@ -119,7 +121,7 @@ def test_threshold_pruner_stops_trials_after_their_first_bad_epoch(setup, tmp_pa
 def test_median_pruner_stops_a_trial_below_earlier_trials(monkeypatch, tmp_path):
     """The reporting/pruning wiring with scripted dev curves: two good trials, then a bad
     one that the median pruner stops at its first epoch."""
-    from korlm import evaluate
+    from korlm.evaluation import evaluate
 
     curves = iter([[0.8, 0.85, 0.9], [0.7, 0.8, 0.88], [0.3, 0.9, 0.95]])
     calls = []
@@ -137,8 +139,8 @@ def test_median_pruner_stops_a_trial_below_earlier_trials(monkeypatch, tmp_path)
         return Result()
 
     monkeypatch.setattr(evaluate, "fine_tune", scripted_fine_tune)
-    monkeypatch.setattr("korlm.models.checkpoint_info", lambda path: {})
-    monkeypatch.setattr("korlm.models.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
+    monkeypatch.setattr("korlm.modeling.checkpoints.checkpoint_info", lambda path: {})
+    monkeypatch.setattr("korlm.modeling.checkpoints.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
     settings = {"n_trials": 3, "pruner": "median", "pruner_startup_trials": 2,
                 "search_space": {"learning_rate": SPACE["learning_rate"]}}
     summary = tune.run_tuning("ckpt", "tok", "data", str(tmp_path / "out"), tune=settings,
@@ -301,7 +303,7 @@ def test_run_step_tune_pipeline_compiles(tmp_path, workers):
 
 
 def test_a_failed_trial_is_recorded_and_the_study_goes_on(monkeypatch, tmp_path):
-    from korlm import evaluate
+    from korlm.evaluation import evaluate
 
     outcomes = iter(["diverged", 0.7, "diverged", "diverged"])
 
@@ -317,8 +319,8 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(monkeypatch, tmp_path)
         return Result()
 
     monkeypatch.setattr(evaluate, "fine_tune", scripted_fine_tune)
-    monkeypatch.setattr("korlm.models.checkpoint_info", lambda path: {})
-    monkeypatch.setattr("korlm.models.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
+    monkeypatch.setattr("korlm.modeling.checkpoints.checkpoint_info", lambda path: {})
+    monkeypatch.setattr("korlm.modeling.checkpoints.resolve_tokenizer", lambda path, tokenizer, info=None: tokenizer)
     settings = {"n_trials": 2, "pruner": "none", "search_space": {"learning_rate": SPACE["learning_rate"]}}
     summary = tune.run_tuning("ckpt", "tok", "data", str(tmp_path / "out"), tune=settings, task="nsmc")
     assert summary["counts"] == {"fail": 1, "complete": 1} and summary["best_value"] == 0.7

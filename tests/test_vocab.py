@@ -10,8 +10,10 @@ import os
 
 import pytest
 
+from korlm.clean.corpus import iter_sentences
 from korlm.errors import KorlmError
-from korlm.vocab import build_vocab, iter_sentences, load_tokenizer, vocab_hash
+from korlm.tokenizer.files import load_tokenizer, vocab_hash
+from korlm.tokenizer.vocab import build_vocab
 
 SAMPLE_REVIEWS = os.path.join(os.path.dirname(__file__), "..", "data", "sample", "raw", "movie_reviews.tsv")
 EXTRA = ["KOREA와 Korea는 대소문자가 다릅니다.", "서울특별시 강남구에서 만났습니다."]

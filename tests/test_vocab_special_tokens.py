@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from korlm import tokenization
 from korlm.config import load as load_config
 from korlm.errors import KorlmError
-from korlm.vocab import build_vocab
+from korlm.tokenizer import tokenization
+from korlm.tokenizer.vocab import build_vocab
 from tests.conftest import write_review_corpus
 
 BART = {"cls": 0, "pad": 1, "sep": 2, "unk": 3, "mask": 4}

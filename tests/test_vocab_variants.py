@@ -7,14 +7,14 @@ import os
 
 import pytest
 
-from korlm import morpheme, tokenization
-from korlm.vocab import (
+from korlm.clean.corpus import iter_sentences
+from korlm.tokenizer import morpheme, tokenization
+from korlm.tokenizer.files import HANGUL_SYLLABLES
+from korlm.tokenizer.vocab import (
     COMPATIBILITY_JAMO,
     CONJOINING_JAMO,
-    HANGUL_SYLLABLES,
     PRINTABLE_ASCII,
     build_vocab,
-    iter_sentences,
     sample_sentences,
 )
 from tests.conftest import write_review_corpus
@@ -97,7 +97,7 @@ def test_sampling_is_deterministic_and_bounded(corpus, tmp_path):
 
 def _reference_sample(lines, max_sentences, heldout_every):
     """The documented definition: non-held-out sentences (CRC) with the smallest keyed
-    blake2b, by key (the straightforward version of korlm.vocab's streaming sample)."""
+    blake2b, by key (the straightforward version of korlm.tokenizer.vocab's streaming sample)."""
     import hashlib
     import zlib
 

@@ -1,0 +1,1 @@
+"""Serving a fine-tuned model: ``server`` (FastAPI over a ``korlm finetune`` output)."""
