@@ -111,6 +111,12 @@ def _problems(conf: Config, step: str, p: StepPlacement) -> list[str]:
         f"pipeline.image / {key}.image_variant"
     acc = f"{key}.accelerator_type {res.accelerator_type}" if res is not None and res.accelerator_type else ""
     out = []
+    if p.backend == "jax" and step not in JAX_STEPS:
+        out.append(f"{key}.backend jax: only {', '.join(JAX_STEPS)} runs on the JAX backend; "
+                   f"{step} runs TensorFlow")
+    if p.accelerator == "tpu" and step not in JAX_STEPS:
+        out.append(f"{acc}: only {', '.join(JAX_STEPS)} runs on a TPU ({step} runs TensorFlow, which a "
+                   "TPU VM's JAX image cannot drive)")
     if p.accelerator == "tpu" and p.variant != "tpu":
         out.append(f"{acc} needs the tpu image ({image_keys} is {p.variant}: no libtpu)")
     if p.accelerator == "gpu" and p.variant != "gpu":
@@ -121,12 +127,6 @@ def _problems(conf: Config, step: str, p: StepPlacement) -> list[str]:
     if p.backend == "tensorflow" and (p.accelerator == "tpu" or p.variant == "tpu"):
         out.append(f"{key}.backend tensorflow on a TPU VM: TensorFlow there needs the TPU-VM TensorFlow "
                    "build, which the tpu image does not hold; use backend jax")
-    if p.backend == "jax" and step not in JAX_STEPS:
-        out.append(f"{key}.backend jax: only {', '.join(JAX_STEPS)} runs on the JAX backend; "
-                   f"{step} runs TensorFlow")
-    if p.accelerator == "tpu" and step not in JAX_STEPS:
-        out.append(f"{acc}: only {', '.join(JAX_STEPS)} runs on a TPU ({step} runs TensorFlow, which a "
-                   "TPU VM's JAX image cannot drive)")
     if res is not None and res.machine_type and res.accelerator_type:
         out += _machine_problems(key, res)
     if step == "pretrain":
