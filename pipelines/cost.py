@@ -66,7 +66,8 @@ def load_price_table(path: str | None) -> dict[str, Any]:
                          "(see configs/prices/vertex-us-central1.yaml)")
     table.setdefault("machines", {})
     table.setdefault("accelerators", {})
-    table["path"] = path
+    shown = os.path.relpath(path)
+    table["path"] = path if shown.startswith("..") else shown
     return table
 
 
