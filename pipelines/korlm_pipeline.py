@@ -126,6 +126,11 @@ def _custom_job_ops(conf: Config, ops, placements) -> dict[str, Any]:
     return wrapped
 
 
+def step_env(conf: Config, step: str) -> dict[str, str] | None:
+    """The env a step's task gets (pipelines/coherence.py) when it has resources."""
+    return placement(conf, step).env if step in conf.pipeline.resources else None
+
+
 def place_task(task, res, env: dict[str, str] | None = None) -> None:
     """CPU, memory and accelerator requests and the environment of a task (Vertex AI and
     KFP). A CustomJob carries its own machine spec and env."""
@@ -231,7 +236,7 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),
                            *(("evaluate", ev) for ev in evaluations), ("report", rep), ("export", exp),
                            ("push", pushed)):
-            place_task(task, resources.get(step), placement(conf, step).env if step in resources else None)
+            place_task(task, resources.get(step), step_env(conf, step))
         if target == "kfp":
             mount_cluster_volumes(conf, pushed, (clean, *evaluations))
 
