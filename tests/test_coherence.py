@@ -144,3 +144,14 @@ def test_compile_refuses_before_compiling(tmp_path, target):
     with pytest.raises(KorlmError, match="no bfloat16 hardware"):
         compile_pipeline(bad, str(tmp_path / "p.yaml"), target=target)
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_the_tpu_image_defaults_to_jax():
+    """docker/Dockerfile: one stage per variant sets KERAS_BACKEND, picked by VARIANT."""
+    import re
+
+    text = open("docker/Dockerfile", encoding="utf-8").read()
+    stages = dict(re.findall(r"^FROM \S+ AS base-(\w+)\nENV KERAS_BACKEND=(\w+)$", text, flags=re.M))
+    assert stages == {"cpu": "tensorflow", "gpu": "tensorflow", "tpu": "jax"}
+    assert re.search(r"^FROM base-\$\{VARIANT\} AS component$", text, flags=re.M)
+    assert len(re.findall(r"^ENV .*KERAS_BACKEND=", text, flags=re.M)) == 3  # no later override
