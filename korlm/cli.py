@@ -317,6 +317,9 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
         summary = submit(conf, dry_run=args.dry_run)
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+        from pipelines.cost import format_table  # the estimate as a table; stdout stays JSON
+
+        print(format_table(summary["cost_estimate"]), file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

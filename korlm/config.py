@@ -511,16 +511,59 @@ class StepResources(_Section):
     accelerator_count: int | None = Field(None, ge=1, le=16)
     machine_type: str | None = Field(None, description="Vertex machine, e.g. cloud-tpu, a2-highgpu-1g")
     image: str | None = Field(None, description="this step's image (e.g. a TPU or GPU build)")
+    image_variant: Literal["cpu", "gpu", "tpu"] | None = Field(
+        None, description="the docker/Dockerfile VARIANT the image was built with; default: from the image "
+                          "name (korlm-tpu -> tpu, korlm-gpu -> gpu, else cpu)")
+    backend: Literal["tensorflow", "jax"] | None = Field(
+        None, description="KERAS_BACKEND written into the task's env; default: jax on the tpu image and with "
+                          "pretrain.strategy jax-data-parallel, else tensorflow")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of the task "
+                                                                  "(never secrets: they are compiled in)")
     boot_disk_size_gb: int | None = Field(None, ge=100)
+    tpu_topology: str | None = Field(None, pattern=r"^\d+x\d+(x\d+)?$",
+                                     description="Vertex machine_spec.tpu_topology, e.g. 2x4 (TPU v5e: required)")
+    # Vertex CustomJob settings (steps with a machine_type)
+    timeout: str | None = Field(None, pattern=r"^\d+[smhd]$",
+                                description="CustomJob timeout, e.g. 72h or 3d (GCPC's default: 7 days)")
+    restart_job_on_worker_restart: bool = Field(False, description="restart the whole CustomJob when a worker "
+                                                                   "restarts (pretrain resumes from its checkpoint)")
+    scheduling: Literal["STANDARD", "SPOT", "FLEX_START"] | None = Field(
+        None, description="CustomJob scheduling strategy: SPOT (preemptible, cheaper), FLEX_START (wait for "
+                          "capacity), STANDARD (on demand; Vertex's default)")
+    max_wait_duration: str | None = Field(None, pattern=r"^\d+[smhd]$",
+                                          description="FLEX_START only: how long to wait for capacity")
+    tensorboard: str | None = Field(
+        None, pattern=r"^projects/[^/]+/locations/[^/]+/tensorboards/[^/]+$",
+        description="Vertex AI TensorBoard instance the CustomJob uploads to (needs vertex.service_account)")
+    base_output_directory: str | None = Field(None, pattern=r"^gs://[a-z0-9._-]+(/.*)?$",
+                                              description="CustomJob base output directory (gs://)")
+    # cost estimate of `submit --dry-run` (pipelines/cost.py)
+    tokens_per_second: float | None = Field(None, gt=0, description="pretrain throughput of the whole job for "
+                                                                    "the duration estimate (default: from MFU)")
+    assumed_mfu: float = Field(0.35, gt=0, le=1, description="model FLOPs utilisation assumed when "
+                                                            "tokens_per_second is unset")
+    expected_hours: float | None = Field(None, gt=0, description="a step's duration for the cost estimate "
+                                                                "(steps other than pretrain)")
 
     @model_validator(mode="after")
     def _consistent(self):
         if (self.accelerator_type is None) != (self.accelerator_count is None):
             raise ValueError("accelerator_type and accelerator_count go together")
         if self.accelerator_type and self.accelerator_type.startswith("TPU") and not self.machine_type:
-            raise ValueError("a TPU needs machine_type (cloud-tpu for TPU VMs of v2/v3)")
+            raise ValueError("a TPU needs machine_type (ct5lp-hightpu-8t for TPU v5e, cloud-tpu for v2/v3)")
         if self.image:
             _pinned_image(self.image, "image")
+        custom_only = [k for k in ("timeout", "scheduling", "max_wait_duration", "tensorboard",
+                                   "base_output_directory", "tpu_topology") if getattr(self, k)]
+        if self.restart_job_on_worker_restart:
+            custom_only.append("restart_job_on_worker_restart")
+        if custom_only and not self.machine_type:
+            raise ValueError(f"{custom_only[0]} is a Vertex CustomJob setting: it needs machine_type")
+        if self.max_wait_duration and self.scheduling != "FLEX_START":
+            raise ValueError("max_wait_duration applies to scheduling: FLEX_START only")
+        for name in self.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"env: {name!r} is not an environment variable name")
         return self
 
 
@@ -571,6 +614,8 @@ class VertexSection(_Section):
     network: str | None = Field(None, description="projects/NUMBER/global/networks/NAME (VPC peering)")
     labels: dict[str, str] = Field(default_factory=dict)
     dataflow: DataflowSection = Field(default_factory=DataflowSection)
+    price_table: str | None = Field(None, description="YAML price table for the dry-run cost estimate "
+                                                      "(default: configs/prices/vertex-us-central1.yaml)")
 
     @model_validator(mode="after")
     def _labels(self):

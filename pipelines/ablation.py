@@ -27,6 +27,7 @@ from pipelines.korlm_pipeline import (
     evaluate_and_report,
     mount_cluster_volumes,
     place_task,
+    step_env,
     step_ops,
     target_params,
 )
@@ -78,7 +79,7 @@ def build_ablation_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | N
                 placed += [("pretrain", train), *(("evaluate", ev) for ev in evaluations), ("report", rep),
                            ("ablation_merge", comparison)]
         for step, task in placed:
-            place_task(task, resources.get(step))
+            place_task(task, resources.get(step), step_env(conf, step) if resources else None)
             task.set_caching_options(conf.pipeline.enable_caching)
         if target == "kfp":  # the data volume on the tasks that read raw or task data
             mount_cluster_volumes(conf, None, [t for s, t in placed if s in ("clean", "evaluate")])

@@ -18,6 +18,7 @@ from kfp import dsl
 import components
 from korlm.config import Config, config_hash
 from korlm.errors import KorlmError
+from pipelines.coherence import check_coherence, check_vertex_job_settings, placement
 
 
 def step_params(conf: Config) -> dict[str, dict[str, Any]]:
@@ -68,7 +69,43 @@ def dataflow_options(conf: Config) -> list[str]:
     return options
 
 
-def _custom_job_ops(conf: Config, ops) -> dict[str, Any]:
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> str:
+    """``72h`` -> ``259200s``: the protobuf Duration string a CustomJob takes."""
+    return f"{int(value[:-1]) * _SECONDS[value[-1]]}s"
+
+
+def custom_job_kwargs(conf: Config, step: str, res, env: dict[str, str]) -> dict[str, Any]:
+    """The arguments of GCPC's ``create_custom_training_job_from_component`` for a step."""
+    kwargs: dict[str, Any] = {"display_name": f"{conf.pipeline.name}-{step.replace('_', '-')}",
+                              "machine_type": res.machine_type,
+                              "env": [{"name": k, "value": v} for k, v in sorted(env.items())]}
+    if res.accelerator_type:
+        kwargs.update(accelerator_type=res.accelerator_type, accelerator_count=res.accelerator_count)
+    if res.boot_disk_size_gb:
+        kwargs["boot_disk_size_gb"] = res.boot_disk_size_gb
+    if conf.vertex.service_account:
+        kwargs["service_account"] = conf.vertex.service_account
+    if conf.vertex.network:
+        kwargs["network"] = conf.vertex.network
+    if res.timeout:
+        kwargs["timeout"] = duration_seconds(res.timeout)
+    if res.restart_job_on_worker_restart:
+        kwargs["restart_job_on_worker_restart"] = True
+    if res.scheduling:
+        kwargs["strategy"] = res.scheduling
+    if res.max_wait_duration:
+        kwargs["max_wait_duration"] = duration_seconds(res.max_wait_duration)
+    if res.tensorboard:
+        kwargs["tensorboard"] = res.tensorboard
+    if res.base_output_directory:
+        kwargs["base_output_directory"] = res.base_output_directory
+    return kwargs
+
+
+def _custom_job_ops(conf: Config, ops, placements) -> dict[str, Any]:
     """Vertex CustomJob versions of the steps whose resources name a machine type."""
     wrapped = {}
     for step, res in conf.pipeline.resources.items():
@@ -78,23 +115,26 @@ def _custom_job_ops(conf: Config, ops) -> dict[str, Any]:
             create_custom_training_job_from_component,
         )
 
-        kwargs: dict[str, Any] = {"display_name": f"{conf.pipeline.name}-{step.replace('_', '-')}",
-                                  "machine_type": res.machine_type}
-        if res.accelerator_type:
-            kwargs.update(accelerator_type=res.accelerator_type, accelerator_count=res.accelerator_count)
-        if res.boot_disk_size_gb:
-            kwargs["boot_disk_size_gb"] = res.boot_disk_size_gb
-        if conf.vertex.service_account:
-            kwargs["service_account"] = conf.vertex.service_account
-        if conf.vertex.network:
-            kwargs["network"] = conf.vertex.network
-        wrapped[step] = create_custom_training_job_from_component(getattr(ops, step), **kwargs)
+        op = create_custom_training_job_from_component(
+            getattr(ops, step), **custom_job_kwargs(conf, step, res, placements[step].env))
+        if res.tpu_topology:
+            # GCPC 2.22 has no tpu_topology argument; the CustomJob API's MachineSpec has
+            # (required for TPU v5e), so it is added to the compiled worker pool spec.
+            for pool in op.component_spec.inputs["worker_pool_specs"].default:
+                pool["machine_spec"]["tpu_topology"] = res.tpu_topology
+        wrapped[step] = op
     return wrapped
 
 
-def place_task(task, res) -> None:
-    """CPU, memory and accelerator requests of a task (Vertex AI and KFP)."""
-    if res is None or res.machine_type:  # a CustomJob carries its own machine spec
+def step_env(conf: Config, step: str) -> dict[str, str] | None:
+    """The env a step's task gets (pipelines/coherence.py) when it has resources."""
+    return placement(conf, step).env if step in conf.pipeline.resources else None
+
+
+def place_task(task, res, env: dict[str, str] | None = None) -> None:
+    """CPU, memory and accelerator requests and the environment of a task (Vertex AI and
+    KFP). A CustomJob carries its own machine spec and env."""
+    if res is None or res.machine_type:
         return
     if res.cpu:
         task.set_cpu_limit(res.cpu)
@@ -102,6 +142,8 @@ def place_task(task, res) -> None:
         task.set_memory_limit(res.memory)
     if res.accelerator_type:
         task.set_accelerator_type(res.accelerator_type).set_accelerator_limit(res.accelerator_count)
+    for name, value in sorted((env or {}).items()):
+        task.set_env_variable(name, value)
 
 
 def evaluate_and_report(op: dict[str, Any], conf: Config, params: dict[str, dict[str, Any]], run, tokenizer,
@@ -127,11 +169,14 @@ def step_ops(conf: Config, target: Target) -> dict[str, Any]:
     resources = conf.pipeline.resources if target != "local" else {}
     ops = components.build(conf.pipeline.image,
                            {step: r.image for step, r in resources.items() if r.image})
-    custom = _custom_job_ops(conf, ops) if target == "vertex" else {}
     if target == "kfp" and any(r.machine_type for r in resources.values()):
         bad = next(s for s, r in resources.items() if r.machine_type)
         raise KorlmError(f"pipeline.resources.{bad}.machine_type is a Vertex AI setting; "
                          "on a KFP cluster use cpu/memory/accelerator_type")
+    placements = check_coherence(conf) if target != "local" else {}
+    if target == "vertex":
+        check_vertex_job_settings(conf)
+    custom = _custom_job_ops(conf, ops, placements) if target == "vertex" else {}
     return {step: custom.get(step, getattr(ops, step)) for step in components.STEPS}
 
 
@@ -191,7 +236,7 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         for step, task in (("clean", clean), ("vocab", vocab), ("pretrain_data", data), ("pretrain", train),
                            *(("evaluate", ev) for ev in evaluations), ("report", rep), ("export", exp),
                            ("push", pushed)):
-            place_task(task, resources.get(step))
+            place_task(task, resources.get(step), step_env(conf, step))
         if target == "kfp":
             mount_cluster_volumes(conf, pushed, (clean, *evaluations))
 

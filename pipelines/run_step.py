@@ -32,6 +32,7 @@ from pipelines.korlm_pipeline import (
     evaluate_and_report,
     mount_cluster_volumes,
     place_task,
+    step_env,
     step_ops,
     target_params,
 )
@@ -151,7 +152,7 @@ def build_step_pipeline(conf: Config, step: str, upstream: dict[str, str], *, ta
             task.set_caching_options(False)
             placed.append(("push", task))
         for name, task in placed:
-            place_task(task, resources.get(name))
+            place_task(task, resources.get(name), step_env(conf, name) if resources else None)
         if target == "kfp":  # the Hub token Secret on push, the data volume on clean/evaluate/tune/finetune
             by_step = dict(placed)
             data_tasks = [t for n, t in placed if n in ("clean", "evaluate", "tune", "finetune")]

@@ -4,8 +4,10 @@
 the DAG for Vertex (CustomJob for steps with a machine type, Dataflow for the Beam steps
 when enabled), builds the PipelineJob (template, gs:// pipeline root, labels, caching)
 and submits it with the run's service account and network. ``--dry-run`` builds the
-same job request without credentials and prints it with each task's resources; nothing
-is sent.
+same job request without credentials and prints it with each task's resources, env and
+CustomJob settings (timeout, scheduling, TensorBoard) and a cost estimate
+(pipelines/cost.py); nothing is sent. Before any of it, pipelines/coherence.py refuses an
+image/backend/strategy/accelerator/precision combination that cannot run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import yaml
 from korlm.config import Config, config_hash
 from korlm.errors import KorlmError
 from pipelines.compile import compile_pipeline
+from pipelines.cost import estimate
+
+# CustomJob settings shown by --dry-run (GCPC create_custom_training_job_from_component
+# parameters; "strategy" is the scheduling strategy: STANDARD, SPOT or FLEX_START).
+CUSTOM_JOB_SETTINGS = ("timeout", "restart_job_on_worker_restart", "strategy", "max_wait_duration",
+                       "tensorboard", "base_output_directory", "service_account")
 
 
 def check_vertex_config(conf: Config) -> None:
@@ -83,12 +91,17 @@ def task_resources(compiled: dict[str, Any]) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"image": container["image"]}
         if container.get("resources"):
             entry["resources"] = container["resources"]
-        pools = comp.get("inputDefinitions", {}).get("parameters", {}).get("worker_pool_specs")
+        params = comp.get("inputDefinitions", {}).get("parameters", {})
+        pools = params.get("worker_pool_specs")
         if pools and "custom_job" in " ".join(container.get("command", [])):
             spec = pools["defaultValue"][0]
             entry = {"vertex_custom_job": True, "image": spec["container_spec"]["image_uri"],
                      "machine_spec": {k: (int(v) if isinstance(v, float) else v)
-                                      for k, v in spec["machine_spec"].items()}}
+                                      for k, v in spec["machine_spec"].items()},
+                     "env": {e["name"]: e["value"] for e in spec["container_spec"].get("env", [])},
+                     **{k: params[k].get("defaultValue") for k in CUSTOM_JOB_SETTINGS if k in params}}
+        elif container.get("env"):
+            entry["env"] = {e["name"]: e["value"] for e in container["env"]}
         out[comp_name.removeprefix("comp-")] = entry
     for task, spec in compiled["root"]["dag"]["tasks"].items():
         params = spec.get("inputs", {}).get("parameters", {}).get("params", {})
@@ -134,6 +147,7 @@ def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = No
     summary = describe(conf, job, compiled)
     summary["template"] = template
     summary["dry_run"] = dry_run
+    summary["cost_estimate"] = estimate(conf)
     if dry_run:
         return summary
     job.submit(service_account=conf.vertex.service_account, network=conf.vertex.network)

@@ -49,6 +49,16 @@ def test_cli_compile(tmp_path):
     assert out.exists()
 
 
+def test_cli_compile_refuses_an_incoherent_config_in_one_line(tmp_path):
+    out = tmp_path / "cli.yaml"
+    proc = subprocess.run([sys.executable, "-m", "korlm.cli", "pipeline", "compile", "--target", "vertex",
+                           "--config", "configs/vertex-bert-base.yaml", "--output", str(out),
+                           "--set", "pretrain.strategy=gpu"], capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip() == ("korlm pipeline: error: pretrain.strategy gpu but "
+                                   "pipeline.resources.pretrain.accelerator_type TPU_V5_LITEPOD is not a GPU")
+
+
 def test_push_gets_run_id_and_config_hash_but_never_the_token(tmp_path, monkeypatch):
     secret = "hf_compile_time_secret_123456789"
     monkeypatch.setenv("HF_TOKEN", secret)
