@@ -45,12 +45,15 @@ DEVICES = 8
 GLOBAL_BATCH = 16  # 2 examples per device
 STEPS = 4
 KILL_AFTER = 3  # past the step-2 checkpoint: the resume redoes step 3
-# What the rehearsal needs in the env: checked against the compiled job's own env, and
-# added where the job does not set it (the test reports which).
-BACKEND_ENV = {"KERAS_BACKEND": "jax", "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}"}
-# Local only: CPU JAX, no GPU probing, quiet TF; XLA's CPU compile made cheap (the TPU's
-# compiler is another one) and cached across the three runs of a family.
-FAST_XLA = " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# What the rehearsal needs in the env: KERAS_BACKEND checked against the compiled job's
+# own env (and added where the job does not set it yet), the 8 virtual devices added to
+# the job's XLA_FLAGS. The test reports which came from the spec.
+BACKEND = "jax"
+DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
+# Local only: JAX on the CPU (a TPU job's JAX_PLATFORMS names the TPU, which is not here),
+# no GPU probing, quiet TF; XLA's CPU compile made cheap (the TPU's compiler is another
+# one) and cached across the three runs of a family.
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 LOCAL_ENV = {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
              "PYTHONPATH": str(REPO), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
@@ -71,19 +74,18 @@ def scaled_down(preset: str) -> config.Config:
 
 
 def rehearsal_env(job: rehearse.CustomJob, cache_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(env added to the job's, where each backend setting came from: spec or test)."""
-    extra, source = {**LOCAL_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}, {}
-    for name, value in BACKEND_ENV.items():
-        if name in job.env:
-            source[name] = "spec"
-            if name == "KERAS_BACKEND":
-                assert job.env[name] == value, job.env
-            else:  # the spec's flags, plus this machine's virtual devices
-                extra[name] = f"{job.env[name]} {value}"
-        else:
-            source[name] = "test"
-            extra[name] = value
-    extra["XLA_FLAGS"] += FAST_XLA
+    """(env added on top of the job's, where each setting the rehearsal needs came from)."""
+    extra = {**LOCAL_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
+    source = {"KERAS_BACKEND": "spec" if "KERAS_BACKEND" in job.env else "test",
+              "XLA_FLAGS": "spec + test" if "XLA_FLAGS" in job.env else "test"}
+    if "KERAS_BACKEND" in job.env:
+        assert job.env["KERAS_BACKEND"] == BACKEND, job.env
+    else:
+        extra["KERAS_BACKEND"] = BACKEND
+    extra["XLA_FLAGS"] = " ".join(f for f in (job.env.get("XLA_FLAGS"), DEVICE_FLAG, FAST_XLA) if f)
+    for name in sorted(set(job.env) & set(LOCAL_ENV)):
+        if job.env[name] != LOCAL_ENV[name]:
+            source[name] = f"spec {job.env[name]!r} replaced by {LOCAL_ENV[name]!r}"
     return extra, source
 
 
@@ -258,3 +260,28 @@ def test_the_last_checkpoint_exports_and_transformers_matches_keras(rehearsals, 
     diff = float(np.abs(keras_logits - hf)[real].max())
     print(f"{family}: max |logit diff| keras vs transformers: {diff:.3g}")
     assert diff <= 1e-4
+
+
+def test_a_checkpoint_trained_in_bfloat16_loads_as_float32(tmp_path):
+    """A TPU trains under mixed_bfloat16 (float32 variables): its checkpoints must load
+    for evaluate and export, which KerasHub 0.32 refuses for a saved mixed policy. Found
+    by this rehearsal once the presets asked for bf16."""
+    import keras
+
+    from korlm.modeling.build import build_pretraining_task
+    from korlm.modeling.checkpoints import save_checkpoint
+
+    before = keras.config.dtype_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        task = build_pretraining_task("bart", "tiny", 300, 16)
+        save_checkpoint(task, str(tmp_path / "step-000001"), {
+            "step": 1, "model": "bart", "size": "tiny", "vocab_size": 300, "max_seq_length": 16,
+            "objective": "bart"})
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    saved = json.loads((tmp_path / "step-000001" / "config.json").read_text())
+    assert saved["config"]["dtype"]["config"]["name"] == "float32"
+    loaded = load_pretraining_task(str(tmp_path / "step-000001"))
+    assert loaded.backbone.dtype_policy.name == "float32"
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(task.weights, loaded.weights, strict=True))
