@@ -170,11 +170,35 @@ def job_env(job: CustomJob, base: dict[str, str] | None = None, python: str | No
     return env
 
 
+def local_env(job: CustomJob, devices: int | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """What this machine changes in the job's env, and why (name -> note).
+
+    A job whose ``JAX_PLATFORMS`` names an accelerator (``tpu``, ``cuda``) runs JAX on
+    the CPU here instead, with ``devices`` virtual CPU devices (default: the job's
+    ``accelerator_count``) through ``XLA_FLAGS``, so the global batch splits as it would
+    over the chips. Everything else in the job's env is kept."""
+    extra: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    platforms = job.env.get("JAX_PLATFORMS", "")
+    if any(p in platforms.split(",") for p in ("tpu", "cuda", "gpu", "rocm")):
+        extra["JAX_PLATFORMS"] = "cpu"
+        notes["JAX_PLATFORMS"] = f"the job's {platforms!r} replaced by 'cpu' (no accelerator here)"
+        count = int(devices or job.machine_spec.get("accelerator_count") or 1)
+        flag = f"--xla_force_host_platform_device_count={count}"
+        extra["XLA_FLAGS"] = " ".join(f for f in (job.env.get("XLA_FLAGS"), flag) if f)
+        notes["XLA_FLAGS"] = f"{flag} added: {count} virtual CPU devices for the job's accelerators"
+    elif devices:
+        flag = f"--xla_force_host_platform_device_count={int(devices)}"
+        extra["XLA_FLAGS"] = " ".join(f for f in (job.env.get("XLA_FLAGS"), flag) if f)
+        notes["XLA_FLAGS"] = f"{flag} added"
+    return extra, notes
+
+
 def start(job: CustomJob, inputs: dict[str, str], output_dir: str, *, extra_env: dict[str, str] | None = None,
           cwd: str | None = None, python: str | None = None, **popen: Any) -> subprocess.Popen:
     """Start the job's container command here (a :class:`subprocess.Popen`)."""
-    os.makedirs(output_dir, exist_ok=True)
     argv = command_line(job, executor_input(job, inputs, output_dir))
+    os.makedirs(output_dir, exist_ok=True)
     return subprocess.Popen(argv, env=job_env(job, python=python, extra=extra_env), cwd=cwd, **popen)
 
 
@@ -201,3 +225,32 @@ def executor_output(output_dir: str) -> dict[str, Any]:
         raise KorlmError(f"{path} does not exist: the job did not finish")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def rehearse_step(conf, step: str, inputs: dict[str, str], output_dir: str, *, devices: int | None = None,
+                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Compile ``conf`` for Vertex AI, take ``step``'s CustomJob and run its container
+    command here (output to this terminal), with :func:`local_env`'s changes and
+    ``extra_env``. Returns what ran and what the job reported; a failed job is an error."""
+    import tempfile
+
+    from pipelines.compile import compile_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="korlm-rehearse-") as tmp:
+        compiled = compile_pipeline(conf, os.path.join(tmp, "pipeline.yaml"), target="vertex")
+        job = custom_job(load_compiled(compiled), step)
+    for name, path in inputs.items():
+        if "://" in path or not os.path.exists(path):
+            raise KorlmError(f"--input {name}={path}: a rehearsal reads local folders; {path} does not exist here")
+    env, notes = local_env(job, devices)
+    env.update(extra_env or {})
+    print(f"rehearsing {job.task}: image {job.image} (not run: this machine's Python runs its command), "
+          f"machine {job.machine_spec}; env from the job {job.env or '{}'}"
+          + "".join(f"; {k}: {v}" for k, v in notes.items()), flush=True)
+    proc = start(job, inputs, output_dir, extra_env=env)
+    code = proc.wait()
+    if code != 0:
+        raise KorlmError(f"the rehearsed {job.task} job exited with status {code}")
+    return {"step": job.task, "image": job.image, "machine_spec": job.machine_spec, "job_env": job.env,
+            "local_env": notes, "output_dir": os.path.abspath(output_dir),
+            "executor_output": executor_output(output_dir)}

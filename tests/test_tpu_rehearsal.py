@@ -15,14 +15,21 @@ backend with 8 virtual CPU devices, its executor input pointing at local folders
 * the last checkpoint exports (``korlm export``) and transformers (PyTorch) logits match
   the Keras checkpoint's.
 
-Not rehearsed (only real hardware can): the image, the TPU and libtpu, bf16 (the spec's
-``precision: auto`` resolves to float32 on a CPU), XLA's TPU compiler, ``/gcs/`` mounts and
-the Vertex API call GCPC's launcher makes. What the env came from (the compiled spec or
-this test) is checked and printed.
+The env is the job's own, with what this machine changes (``rehearse.local_env``: JAX on
+the CPU with 8 virtual devices where the job names the TPU) and, while the compiled job
+does not set it, ``KERAS_BACKEND=jax``: the fixture prints which came from the spec. The
+precision is the spec's: float32 for ``auto`` on a CPU, mixed_bfloat16 where the preset
+asks for bf16. XLA's CPU compile is made cheap and cached between a family's runs (local
+flags; the TPU compiler is another one).
+
+Not rehearsed (only real hardware can): the image, the TPU and libtpu, XLA's TPU
+compiler, bf16 numerics on a TPU, ``/gcs/`` mounts, the Vertex API call GCPC's launcher
+makes, multi-host. Wall time on this 2-core machine: see the fixture's printed line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +39,7 @@ import numpy as np
 import pytest
 
 from korlm import config
+from korlm.errors import KorlmError
 from korlm.hub.export import export_checkpoint
 from korlm.modeling.checkpoints import checkpoint_info, load_masked_lm, load_pretraining_task
 from korlm.pretrain.monitor import PREEMPT_ENV
@@ -45,18 +53,16 @@ DEVICES = 8
 GLOBAL_BATCH = 16  # 2 examples per device
 STEPS = 4
 KILL_AFTER = 3  # past the step-2 checkpoint: the resume redoes step 3
-# What the rehearsal needs in the env: KERAS_BACKEND checked against the compiled job's
-# own env (and added where the job does not set it yet), the 8 virtual devices added to
-# the job's XLA_FLAGS. The test reports which came from the spec.
+# What this machine changes in the job's env: pipelines.rehearse.local_env (JAX on the
+# CPU with 8 virtual devices for the 8 chips); KERAS_BACKEND checked against the job's own
+# env, and added where the job does not set it yet. The test reports which came from where.
 BACKEND = "jax"
 DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
-# Local only: JAX on the CPU (a TPU job's JAX_PLATFORMS names the TPU, which is not here),
-# no GPU probing, quiet TF; XLA's CPU compile made cheap (the TPU's compiler is another
-# one) and cached across the three runs of a family.
+# Local only: no GPU probing, quiet TF; XLA's CPU compile made cheap (the TPU's compiler
+# is another one) and cached across the three runs of a family.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-LOCAL_ENV = {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-             "PYTHONPATH": str(REPO), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+LOCAL_ENV = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 PRESETS = {"bert": "configs/vertex-bert-base.yaml", "bart": "configs/vertex-bart-base.yaml"}
 FAMILIES = sorted(PRESETS)
 
@@ -75,17 +81,15 @@ def scaled_down(preset: str) -> config.Config:
 
 def rehearsal_env(job: rehearse.CustomJob, cache_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """(env added on top of the job's, where each setting the rehearsal needs came from)."""
-    extra = {**LOCAL_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
-    source = {"KERAS_BACKEND": "spec" if "KERAS_BACKEND" in job.env else "test",
-              "XLA_FLAGS": "spec + test" if "XLA_FLAGS" in job.env else "test"}
+    changes, notes = rehearse.local_env(job, devices=DEVICES)
+    extra = {**LOCAL_ENV, "JAX_PLATFORMS": "cpu", **changes, "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
+    assert DEVICE_FLAG in extra["XLA_FLAGS"].split()
+    source = {"KERAS_BACKEND": "spec" if "KERAS_BACKEND" in job.env else "test", **notes}
     if "KERAS_BACKEND" in job.env:
         assert job.env["KERAS_BACKEND"] == BACKEND, job.env
     else:
         extra["KERAS_BACKEND"] = BACKEND
-    extra["XLA_FLAGS"] = " ".join(f for f in (job.env.get("XLA_FLAGS"), DEVICE_FLAG, FAST_XLA) if f)
-    for name in sorted(set(job.env) & set(LOCAL_ENV)):
-        if job.env[name] != LOCAL_ENV[name]:
-            source[name] = f"spec {job.env[name]!r} replaced by {LOCAL_ENV[name]!r}"
+    extra["XLA_FLAGS"] += " " + FAST_XLA
     return extra, source
 
 
@@ -285,3 +289,44 @@ def test_a_checkpoint_trained_in_bfloat16_loads_as_float32(tmp_path):
     loaded = load_pretraining_task(str(tmp_path / "step-000001"))
     assert loaded.backbone.dtype_policy.name == "float32"
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(task.weights, loaded.weights, strict=True))
+
+
+def _job(**env) -> rehearse.CustomJob:
+    return rehearse.CustomJob(task="pretrain", image="img", command=["python3"], args=["{{$.json_escape[1]}}"],
+                              env=env, machine_spec={"accelerator_count": 8}, replica_count=1,
+                              input_artifacts={"examples": "system.Dataset"}, output_artifacts={"run": "system.Model"})
+
+
+def test_local_env_runs_a_tpu_job_on_virtual_cpu_devices(tmp_path):
+    extra, notes = rehearse.local_env(_job(JAX_PLATFORMS="tpu,cpu", XLA_FLAGS="--xla_dump_to=/x", KERAS_BACKEND="jax"))
+    assert extra == {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_dump_to=/x {DEVICE_FLAG}"}
+    assert "'tpu,cpu' replaced by 'cpu'" in notes["JAX_PLATFORMS"]
+    assert rehearse.local_env(_job(KERAS_BACKEND="tensorflow")) == ({}, {})  # nothing to change
+    assert rehearse.local_env(_job(), devices=2)[0] == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # the executor input fills the job's one placeholder; the env goes on top of this process's
+    job = _job(KERAS_BACKEND="jax")
+    argv = rehearse.command_line(job, rehearse.executor_input(job, {"examples": str(tmp_path)}, str(tmp_path / "o")))
+    executor = json.loads(argv[1])
+    assert executor["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"] == str(tmp_path)
+    assert executor["outputs"]["outputFile"] == str(tmp_path / "o" / "executor_output.json")
+    env = rehearse.job_env(job, base={"PATH": "/bin", "KERAS_BACKEND": "tensorflow"}, python="/venv/bin/python")
+    assert env["KERAS_BACKEND"] == "jax" and env["PATH"] == "/venv/bin:/bin"
+    with pytest.raises(KorlmError, match="placeholder this rehearsal cannot fill"):
+        rehearse.command_line(dataclasses.replace(job, args=["{{$.inputs.parameters['x']}}"]), {})
+
+
+def test_pipeline_rehearse_errors_are_one_line(tmp_path, capsys):
+    from korlm.cli import main
+
+    def base(step):
+        return ["pipeline", "rehearse", step, "--config", PRESETS["bert"], "--output", str(tmp_path / "out")]
+
+    assert main(base("vocab")) == 2  # a plain container task on Vertex
+    assert "error: step vocab is not a Vertex AI CustomJob" in capsys.readouterr().err
+    assert main([*base("pretrain"), "--input", f"examples={tmp_path}"]) == 2
+    assert "error: step pretrain needs the input artifact(s) tokenizer" in capsys.readouterr().err
+    assert main([*base("pretrain"), "--input", f"examples={tmp_path}", "--input", "tokenizer=gs://b/t"]) == 2
+    assert "a rehearsal reads local folders" in capsys.readouterr().err
+    assert main(["pipeline", "rehearse", "--config", PRESETS["bert"]]) == 2
+    assert "rehearse needs a STEP, --output DIR" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
