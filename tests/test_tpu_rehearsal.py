@@ -24,7 +24,8 @@ flags; the TPU compiler is another one).
 
 Not rehearsed (only real hardware can): the image, the TPU and libtpu, XLA's TPU
 compiler, bf16 numerics on a TPU, ``/gcs/`` mounts, the Vertex API call GCPC's launcher
-makes, multi-host. Wall time on this 2-core machine: see the fixture's printed line.
+makes, multi-host. Wall time on this 2-core machine: see the fixture's printed line (the
+rehearsal tests are marked slow: `make test` runs them, `make test-fast` does not).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def _weights(checkpoint: Path) -> list[np.ndarray]:
     return [np.asarray(w.numpy()) for w in load_pretraining_task(str(checkpoint)).weights]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_rehearsed_command_is_the_compiled_tpu_custom_job(rehearsals, family):
     r = rehearsals[family]
@@ -173,6 +175,7 @@ def test_the_rehearsed_command_is_the_compiled_tpu_custom_job(rehearsals, family
     assert job.output_artifacts == {"run": "system.Model"} and job.output_parameters == ["Output"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_global_batch_splits_over_eight_devices_and_checkpoints_are_written(rehearsals, family):
     r = rehearsals[family]
@@ -200,6 +203,7 @@ def test_the_global_batch_splits_over_eight_devices_and_checkpoints_are_written(
     assert state["step"] == STEPS and state["examples_seen"] == STEPS * GLOBAL_BATCH
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_killed_job_resumes_to_bit_identical_weights(rehearsals, family):
     runs = rehearsals[family]["runs"]
@@ -220,6 +224,7 @@ def test_a_killed_job_resumes_to_bit_identical_weights(rehearsals, family):
     assert [x["loss"] for x in _log(runs["whole"]["run"])] == [x["loss"] for x in _log(killed["run"])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_last_checkpoint_exports_and_transformers_matches_keras(rehearsals, family, tmp_path):
     import torch
