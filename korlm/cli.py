@@ -295,10 +295,19 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
             print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     conf = cfg.apply_overrides(cfg.load(args.config), cfg.parse_set(args.set or []))
+    if args.action == "rehearse":
+        if not args.step or not args.output:
+            raise KorlmError("rehearse needs a STEP, --output DIR and its inputs as --input NAME=PATH")
+        from pipelines.rehearse import rehearse_step
+
+        inputs = dict(item.partition("=")[::2] for item in args.input or [])
+        summary = rehearse_step(conf, args.step, inputs, args.output, devices=args.devices)
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
     if args.action == "compile":
         from pipelines.compile import compile_pipeline
 
-        path = compile_pipeline(conf, args.output, target=args.target or "kfp")
+        path = compile_pipeline(conf, args.output or "build/korlm-pipeline.yaml", target=args.target or "kfp")
         print(f"compiled pipeline -> {path}")
     elif args.action == "run":
         from pipelines.local_run import run_local
@@ -536,16 +545,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "further than the cap (default 1048576)")
 
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
-    p.add_argument("action", choices=["compile", "run", "submit", "run-step"])
+    p.add_argument("action", choices=["compile", "run", "submit", "run-step", "rehearse"])
     p.add_argument("step", nargs="?", choices=["clean", "vocab", "pretrain-data", "pretrain", "evaluate",
                                                "tune", "finetune", "export", "push"],
-                   help="run-step: the step to re-run from an earlier run's artifacts")
+                   help="run-step: the step to re-run from an earlier run's artifacts; rehearse: the "
+                        "Vertex CustomJob step to run here")
     p.add_argument("--from-run", metavar="RUN_DIR", help="run-step: the earlier run (runs/<id> or its URI)")
     p.add_argument("--run-id", metavar="ID", help="run-step: id of the new run (default: a timestamp)")
     p.add_argument("--compile-only", metavar="FILE",
                    help="run-step: write the one-step pipeline for a cluster instead of running it here")
-    p.add_argument("--output", metavar="FILE", default="build/korlm-pipeline.yaml",
-                   help="compile: where the pipeline YAML goes")
+    p.add_argument("--output", metavar="PATH",
+                   help="compile: where the pipeline YAML goes (default build/korlm-pipeline.yaml); "
+                        "rehearse: the folder for the job's outputs")
+    p.add_argument("--input", action="append", metavar="NAME=PATH",
+                   help="rehearse: a local folder for one of the step's input artifacts, repeatable "
+                        "(pretrain: examples=DIR, tokenizer=DIR)")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="rehearse: virtual CPU devices for JAX (default: the job's accelerator_count)")
     p.add_argument("--target", choices=["vertex", "kfp"],
                    help="compile: how tasks are placed (default kfp); submit: where to")
     p.add_argument("--dry-run", action="store_true",

@@ -96,6 +96,7 @@ def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=No
     with storage.atomic_output_dir(checkpoint_dir, "checkpoint", overwrite=True,
                                    replace_any=True) as staging:
         task.save_to_preset(staging)
+        _variable_dtype_configs(staging)
         if nsp_head is not None:
             import numpy as np
 
@@ -111,6 +112,32 @@ def save_checkpoint(task, checkpoint_dir: str, info: dict[str, Any], nsp_head=No
             info.update(tokenizer=CHECKPOINT_TOKENIZER, tokenizer_vocab_hash=vocab_hash(tokenizer_dir))
         with open(os.path.join(staging, CHECKPOINT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
+
+
+def _variable_dtype_configs(preset_dir: str) -> None:
+    """A model trained under a mixed precision policy (``mixed_bfloat16`` on a TPU) keeps
+    float32 variables, and its checkpoint is written as float32: KerasHub 0.32's
+    ``from_preset`` fails on a saved ``mixed_*`` policy ("Invalid dtype: mixed_bfloat16"),
+    and the reader's own policy decides how it computes."""
+    def walk(node):
+        if isinstance(node, dict):
+            name = node.get("config", {}).get("name") if node.get("class_name") == "DTypePolicy" else None
+            if isinstance(name, str) and name.startswith("mixed_"):
+                node["config"]["name"] = "float32"
+                return True
+            return any([walk(v) for v in node.values()])
+        if isinstance(node, list):
+            return any([walk(v) for v in node])
+        return False
+
+    for name in sorted(os.listdir(preset_dir)):
+        if name.endswith(".json"):
+            path = os.path.join(preset_dir, name)
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            if walk(config):
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(config, f, indent=4)
 
 
 def checkpoint_info(checkpoint_dir: str) -> dict[str, Any]:

@@ -96,6 +96,9 @@ def monitor_class():
                 **{k: round(float(logs[k]), 5) for k in ("mlm_loss", "nsp_loss", "nsp_accuracy")
                    if k in logs},
                 "learning_rate": lr, "max_seq_length": self.phase["max_seq_length"],
+                # the (micro-)batch as split over the data-parallel replicas
+                "devices": run.get("devices", 1),
+                "per_device_batch": self.phase["batch_size"] // self.micro // run.get("devices", 1),
                 "steps_per_second": round(self.window_steps / seconds, 3),
                 # Sequence positions (batch x max_seq_length, padding included).
                 "tokens_per_second": round(tokens_per_second, 1),

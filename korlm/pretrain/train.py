@@ -359,11 +359,15 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
     peak = dist.peak_flops(precision_choice.policy,
                            override=peak_tflops * 1e12 if peak_tflops else None)
     params = trained.count_params()
+    # Each global (micro-)batch is split over the replicas: logged, so a run shows how.
+    run["devices"] = dist.num_replicas
+    per_device = batch_size // int(grad_accum_steps) // dist.num_replicas
     print(f"pretraining {model}-{size}{' with the next-sentence head' if nsp else ''} "
           f"({params:,} params) on {dist.describe()}, "
           f"{precision_choice.policy} ({precision_choice.reason}): steps "
           f"{start_step + 1}..{steps}, batch {batch_size}"
           + (f" in {grad_accum_steps} micro-batches" if grad_accum_steps > 1 else "")
+          + f" ({per_device} per device x {dist.num_replicas})"
           + ", phases " + ", ".join(f"{p['end_step'] - p['start_step']} steps x seq "
                                     f"{p['max_seq_length']}" for p in plan), flush=True)
     progress = progress_bar(int(steps), start_step, progress)
