@@ -1,0 +1,98 @@
+"""One process of tests/test_multihost.py's two-process JAX run on CPU.
+
+Started with ``KERAS_DISTRIBUTION_JOB_ADDRESSES``/``NUM_PROCESSES``/``PROCESS_ID``,
+``JAX_PLATFORMS=cpu``, ``KERAS_BACKEND=jax`` and 2 CPU devices a process; joins through
+``korlm.pretrain.distribute.initialize_multihost`` and prints one ``RESULT {json}`` line:
+the device counts, this process's input shards (gathered from every process), an
+all-reduce, a replicated array read back on the host (what process 0 does to write a
+checkpoint), and the weights after Keras ``DataParallel`` training steps in which each
+process fed only its half of every global batch. Exit code 77: this jaxlib has no CPU
+collectives (the test skips).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+# TensorFlow is not needed for any of this (and takes seconds to import here).
+sys.modules.setdefault("tensorflow", None)
+
+import numpy as np  # noqa: E402
+
+from korlm.errors import KorlmError  # noqa: E402
+from korlm.pretrain import distribute  # noqa: E402
+
+SHARDS = [f"gs://bucket/data/shard-{i:05d}.tfrecord" for i in range(7)]
+GLOBAL_BATCH, STEPS = 8, 3
+
+
+def training_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH * STEPS, 4)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]], "float32")).astype("float32")
+    return x, y
+
+
+def train(process_index: int, process_count: int) -> tuple[list, list]:
+    """A linear model trained STEPS steps under DataParallel over every device of every
+    process; each process passes only its rows of each global batch."""
+    import keras
+
+    devices = distribute.resolve_strategy("auto")  # DataParallel over the global devices
+    # Each process feeds its own rows (as a per-host file shard would), so Keras must not
+    # shard again: its auto-sharding wants a tf.data pipeline holding the global batch.
+    devices.strategy.auto_shard_dataset = False
+    local = distribute.process_batch_size(GLOBAL_BATCH, process_count)
+    x, y = training_data()
+    rows = np.concatenate([np.arange(s * GLOBAL_BATCH + process_index * local,
+                                     s * GLOBAL_BATCH + (process_index + 1) * local)
+                           for s in range(STEPS)])
+    keras.utils.set_random_seed(0)
+    with devices.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+    before = [np.asarray(w).ravel().tolist() for w in model.get_weights()]
+    model.fit(x[rows], y[rows], batch_size=local, epochs=1, shuffle=False, verbose=0)
+    return before, [np.asarray(w).ravel().tolist() for w in model.get_weights()]
+
+
+def main() -> None:
+    try:
+        spec = distribute.initialize_multihost()
+    except KorlmError as exc:
+        if "gloo" in str(exc):
+            print(f"SKIP {exc}", flush=True)
+            sys.exit(77)
+        raise
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    index, count = distribute.process_index_and_count()
+    mine = distribute.process_shards(SHARDS)
+    picked = np.zeros(len(SHARDS), "int32")
+    picked[[SHARDS.index(f) for f in mine]] = 1
+    everyone = np.asarray(multihost_utils.process_allgather(jnp.asarray(picked)))
+
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    local = np.full((jax.local_device_count(),), float(index + 1), "float32")
+    global_array = multihost_utils.host_local_array_to_global_array(local, mesh, P("batch"))
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(global_array)
+    replicated = np.asarray(total)  # each process holds a copy of a replicated array
+
+    distribute.sync_processes("before-training")
+    initial, weights = train(index, count)
+    print("RESULT " + json.dumps({
+        "source": spec.source if spec else None, "process_index": index, "process_count": count,
+        "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
+        "shards": mine, "picked_by_all": everyone.tolist(), "sum": float(replicated),
+        "writer": distribute.is_checkpoint_writer(), "initial": initial, "weights": weights}),
+          flush=True)
+    distribute.sync_processes("end")
+
+
+if __name__ == "__main__":
+    main()
