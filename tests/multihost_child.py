@@ -15,13 +15,10 @@ from __future__ import annotations
 import json
 import sys
 
-# TensorFlow is not needed for any of this (and takes seconds to import here).
-sys.modules.setdefault("tensorflow", None)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from korlm.errors import KorlmError  # noqa: E402
-from korlm.pretrain import distribute  # noqa: E402
+from korlm.errors import KorlmError
+from korlm.pretrain import distribute
 
 SHARDS = [f"gs://bucket/data/shard-{i:05d}.tfrecord" for i in range(7)]
 GLOBAL_BATCH, STEPS = 8, 3
@@ -58,6 +55,9 @@ def train(process_index: int, process_count: int) -> tuple[list, list]:
 
 
 def main() -> None:
+    # TensorFlow is not needed for any of this (and takes seconds to import here); blocked
+    # only when run as a process, not when the test imports this module for its data.
+    sys.modules.setdefault("tensorflow", None)
     try:
         spec = distribute.initialize_multihost()
     except KorlmError as exc:
