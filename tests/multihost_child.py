@@ -7,7 +7,9 @@ the device counts, this process's input shards (gathered from every process), an
 all-reduce, a replicated array read back on the host (what process 0 does to write a
 checkpoint), and the weights after Keras ``DataParallel`` training steps in which each
 process fed only its half of every global batch. Exit code 77: this jaxlib has no CPU
-collectives (the test skips).
+collectives (the test skips). TensorFlow is blocked: multi-host JAX must not need it.
+``--tf-data``: TensorFlow allowed, and the training feeds a tf.data pipeline of global
+batches through Keras's auto-sharding instead (run by hand: docs/training.md#multi-host).
 """
 
 from __future__ import annotations
@@ -31,33 +33,44 @@ def training_data():
     return x, y
 
 
-def train(process_index: int, process_count: int) -> tuple[list, list]:
+def train(process_index: int, process_count: int, tf_data: bool = False) -> tuple[list, list]:
     """A linear model trained STEPS steps under DataParallel over every device of every
-    process; each process passes only its rows of each global batch."""
+    process. By default each process passes only its rows of each global batch (as
+    per-host file shards would) with Keras's auto-sharding off; ``tf_data``: every process
+    passes the same tf.data pipeline of global batches and Keras's auto-sharding (on by
+    default) keeps each process's part. Returns the weights before and after."""
     import keras
 
     devices = distribute.resolve_strategy("auto")  # DataParallel over the global devices
-    # Each process feeds its own rows (as a per-host file shard would), so Keras must not
-    # shard again: its auto-sharding wants a tf.data pipeline holding the global batch.
-    devices.strategy.auto_shard_dataset = False
-    local = distribute.process_batch_size(GLOBAL_BATCH, process_count)
     x, y = training_data()
-    rows = np.concatenate([np.arange(s * GLOBAL_BATCH + process_index * local,
-                                     s * GLOBAL_BATCH + (process_index + 1) * local)
-                           for s in range(STEPS)])
     keras.utils.set_random_seed(0)
     with devices.scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
     before = [np.asarray(w).ravel().tolist() for w in model.get_weights()]
-    model.fit(x[rows], y[rows], batch_size=local, epochs=1, shuffle=False, verbose=0)
+    if tf_data:
+        import tensorflow as tf
+
+        assert devices.strategy.auto_shard_dataset
+        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH), epochs=1,
+                  verbose=0)
+    else:
+        # Keras's auto-sharding wants a tf.data pipeline of global batches: off here.
+        devices.strategy.auto_shard_dataset = False
+        local = distribute.process_batch_size(GLOBAL_BATCH, process_count)
+        rows = np.concatenate([np.arange(s * GLOBAL_BATCH + process_index * local,
+                                         s * GLOBAL_BATCH + (process_index + 1) * local)
+                               for s in range(STEPS)])
+        model.fit(x[rows], y[rows], batch_size=local, epochs=1, shuffle=False, verbose=0)
     return before, [np.asarray(w).ravel().tolist() for w in model.get_weights()]
 
 
 def main() -> None:
-    # TensorFlow is not needed for any of this (and takes seconds to import here); blocked
-    # only when run as a process, not when the test imports this module for its data.
-    sys.modules.setdefault("tensorflow", None)
+    tf_data = "--tf-data" in sys.argv[1:]
+    if not tf_data:
+        # TensorFlow is not needed (and takes seconds to import here); blocked only when
+        # run as a process, not when the test imports this module for its data.
+        sys.modules.setdefault("tensorflow", None)
     try:
         spec = distribute.initialize_multihost()
     except KorlmError as exc:
@@ -84,7 +97,7 @@ def main() -> None:
     replicated = np.asarray(total)  # each process holds a copy of a replicated array
 
     distribute.sync_processes("before-training")
-    initial, weights = train(index, count)
+    initial, weights = train(index, count, tf_data)
     print("RESULT " + json.dumps({
         "source": spec.source if spec else None, "process_index": index, "process_count": count,
         "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),

@@ -108,7 +108,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_local_processes_share_devices_shards_and_training():
+def run_two_processes(*child_args: str) -> list[dict]:
+    """tests/multihost_child.py as processes 0 and 1 of a 2-process JAX run on this CPU
+    (2 devices each); their RESULT dicts."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -116,7 +118,7 @@ def test_two_local_processes_share_devices_shards_and_training():
            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
     for var in ("CLUSTER_SPEC", "TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "MEGASCALE_NUM_SLICES"):
         env.pop(var, None)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "multihost_child.py")],
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "multihost_child.py"), *child_args],
                               env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}, cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
@@ -134,6 +136,24 @@ def test_two_local_processes_share_devices_shards_and_training():
         line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
         assert proc.returncode == 0 and line, err[-3000:]
         results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
+def check_tf_data_auto_shard() -> None:
+    """Run by hand, not collected (TensorFlow in two more processes costs ~15 s here):
+    ``python -c "from tests import test_multihost as t; t.check_tf_data_auto_shard()"``.
+    Every process feeds the same tf.data pipeline of global batches and Keras's
+    auto-sharding splits it; the weights must equal whole-batch SGD as in the test."""
+    results = run_two_processes("--tf-data")
+    assert results[0]["weights"] == results[1]["weights"]
+    for got, want in zip(results[0]["weights"], _one_process_weights(results[0]["initial"]),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    print("tf.data auto-shard over 2 processes: weights equal whole-batch SGD")
+
+
+def test_two_local_processes_share_devices_shards_and_training():
+    results = run_two_processes()
     first, second = results
     assert [r["process_index"] for r in results] == [0, 1]
     for r in results:
