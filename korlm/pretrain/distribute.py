@@ -11,7 +11,14 @@ One code path for every device (see ``docs/training.md``):
 ``set_precision`` picks the Keras dtype policy, ``model_flops_per_token`` / ``mfu`` /
 ``PEAK_FLOPS`` say how well a run uses the hardware, and ``check_batch`` /
 ``estimate_train_memory_bytes`` / ``check_train_memory`` refuse an impossible batch
-before any step runs.
+before any step runs. Multi-host (JAX): ``multihost_spec`` / ``initialize_multihost``
+join the hosts of a slice (Keras's env variables, Vertex AI's ``CLUSTER_SPEC``, Cloud TPU
+detection), ``process_shards`` / ``process_batch_size`` give each host its input, and
+``is_checkpoint_writer`` / ``sync_processes`` let process 0 write while the others wait
+(``docs/training.md#multi-host``; not yet called by ``korlm pretrain``).
+
+Nothing here imports TensorFlow at module level, and the FLOP/peak/MFU arithmetic needs
+none: ``benchmarks/pretrain_step_jax.py`` uses it where TensorFlow is absent.
 
 Heavy imports (tensorflow, keras, jax) happen inside functions: importing this module is
 cheap, for the CLI's ``--help`` and for pipeline compilation.
