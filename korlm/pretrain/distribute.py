@@ -11,7 +11,14 @@ One code path for every device (see ``docs/training.md``):
 ``set_precision`` picks the Keras dtype policy, ``model_flops_per_token`` / ``mfu`` /
 ``PEAK_FLOPS`` say how well a run uses the hardware, and ``check_batch`` /
 ``estimate_train_memory_bytes`` / ``check_train_memory`` refuse an impossible batch
-before any step runs.
+before any step runs. Multi-host (JAX): ``multihost_spec`` / ``initialize_multihost``
+join the hosts of a slice (Keras's env variables, Vertex AI's ``CLUSTER_SPEC``, Cloud TPU
+detection), ``process_shards`` / ``process_batch_size`` give each host its input, and
+``is_checkpoint_writer`` / ``sync_processes`` let process 0 write while the others wait
+(``docs/training.md#multi-host``; not yet called by ``korlm pretrain``).
+
+Nothing here imports TensorFlow at module level, and the FLOP/peak/MFU arithmetic needs
+none: ``benchmarks/pretrain_step_jax.py`` uses it where TensorFlow is absent.
 
 Heavy imports (tensorflow, keras, jax) happen inside functions: importing this module is
 cheap, for the CLI's ``--help`` and for pipeline compilation.
@@ -634,3 +641,198 @@ def check_train_memory(devices: TrainingDevices | str, *, params: int,
             f"gradients and optimizer state + {per_example / 2**20:.0f} MiB activations per "
             f"example) but one {kind} has {memory_bytes / GIB:.1f} GiB; {advice}")
     return estimate
+
+
+# ------------------------------------------------------------------ multi-host
+
+# Where the coordinator listens when a spec names hosts without a port (JAX's default).
+DEFAULT_COORDINATOR_PORT = 8476
+# Seconds every process waits for all the others to join (JAX's default is 300).
+MULTIHOST_TIMEOUT_S = 300
+# Vertex worker pools that train (0: the primary replica, 1: the other workers); pools 2
+# (parameter or reduction servers) and 3 (evaluators) are not JAX processes.
+_TRAINING_POOLS = ("workerpool0", "workerpool1")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultihostSpec:
+    """How this process joins a multi-host run: ``source`` says where it was read
+    (``keras-env``, ``vertex``, ``cloud-tpu``); None fields are left to JAX's own
+    detection (Cloud TPU VM metadata)."""
+
+    source: str
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def _int_env(env, name: str) -> int:
+    try:
+        return int(env[name])
+    except (KeyError, ValueError):
+        raise KorlmError(f"{name}={env.get(name)!r} is not a whole number") from None
+
+
+def _vertex_spec(text: str) -> MultihostSpec | None:
+    """Vertex AI's ``CLUSTER_SPEC`` (cloud.google.com/vertex-ai/docs/training/
+    distributed-training#cluster-spec): ``{"cluster": {"workerpool0": ["host:port"],
+    "workerpool1": [...]}, "task": {"type": "workerpool1", "index": 2}, ...}``. Processes
+    are numbered pool 0 first, then pool 1 in list order; the primary replica's address
+    is the coordinator's. None when only one replica trains."""
+    import json
+
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        pools = [list(cluster.get(name) or []) for name in _TRAINING_POOLS]
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KorlmError(f"CLUSTER_SPEC is not Vertex AI's cluster spec ({_one_line(exc)})") from None
+    total = sum(len(p) for p in pools)
+    if total <= 1:
+        return None
+    if kind not in _TRAINING_POOLS or not pools[0]:
+        raise KorlmError(f"CLUSTER_SPEC: task type {kind!r} is not a training worker pool "
+                         f"({', '.join(_TRAINING_POOLS)}) or workerpool0 is empty")
+    offset = 0 if kind == "workerpool0" else len(pools[0])
+    if not 0 <= index < len(pools[_TRAINING_POOLS.index(kind)]):
+        raise KorlmError(f"CLUSTER_SPEC: task index {index} is outside {kind}")
+    host = pools[0][0]
+    if ":" not in host:
+        host = f"{host}:{DEFAULT_COORDINATOR_PORT}"
+    return MultihostSpec("vertex", host, total, offset + index)
+
+
+def tpu_is_multihost(accelerator_type: str | None) -> bool | None:
+    """Whether a Cloud TPU slice spans several hosts, from its accelerator type: the
+    number after the dash counts TensorCores (v2-v5p) or chips (v5e, v6e), and no host
+    holds more than 8 of them, so ``v5litepod-16``, ``v4-16``, ``v3-32`` are multi-host
+    and ``v5litepod-8``, ``v6e-8``, ``v3-8`` are not. None: not a TPU type."""
+    match = re.fullmatch(r"v\d+\w*-(\d+)", (accelerator_type or "").strip().lower())
+    return int(match.group(1)) > 8 if match else None
+
+
+def multihost_spec(env=None) -> MultihostSpec | None:
+    """How this process should join a multi-host run, or None on a single host:
+
+    1. ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` (comma-separated; the first is the
+       coordinator), ``KERAS_DISTRIBUTION_NUM_PROCESSES``, ``KERAS_DISTRIBUTION_PROCESS_ID``:
+       Keras's own variables (``keras.distribution.initialize``), set by hand or a launcher;
+    2. Vertex AI's ``CLUSTER_SPEC`` with more than one training replica;
+    3. a multi-host Cloud TPU slice (``TPU_WORKER_HOSTNAMES``/``TPU_PROCESS_ADDRESSES``
+       with several hosts, ``MEGASCALE_NUM_SLICES`` > 1, or ``TPU_ACCELERATOR_TYPE`` of
+       more than one host): JAX finds coordinator and ids itself (TPU metadata).
+    """
+    env = os.environ if env is None else env
+    if env.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+        count = _int_env(env, "KERAS_DISTRIBUTION_NUM_PROCESSES")
+        if count <= 1:
+            return None
+        addresses = [a.strip() for a in env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES", "").split(",")
+                     if a.strip()]
+        if not addresses:
+            raise KorlmError("KERAS_DISTRIBUTION_NUM_PROCESSES is set but "
+                             "KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port) is not")
+        process_id = _int_env(env, "KERAS_DISTRIBUTION_PROCESS_ID")
+        if not 0 <= process_id < count:
+            raise KorlmError(f"KERAS_DISTRIBUTION_PROCESS_ID={process_id} is outside 0..{count - 1}")
+        return MultihostSpec("keras-env", addresses[0], count, process_id)
+    if env.get("CLUSTER_SPEC"):
+        spec = _vertex_spec(env["CLUSTER_SPEC"])
+        if spec is not None:
+            return spec
+    hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
+    slices = env.get("MEGASCALE_NUM_SLICES", "1").strip() or "1"
+    if (len([h for h in hosts.split(",") if h.strip()]) > 1 or slices not in ("0", "1")
+            or tpu_is_multihost(env.get("TPU_ACCELERATOR_TYPE"))):
+        return MultihostSpec("cloud-tpu")
+    return None
+
+
+def initialize_multihost(env=None, *, timeout_s: int = MULTIHOST_TIMEOUT_S) -> MultihostSpec | None:
+    """Join the multi-host run ``multihost_spec`` describes (``jax.distributed.initialize``,
+    before any JAX computation and before the model is built), or do nothing on a single
+    host (returns None). Under JAX on CPUs (``JAX_PLATFORMS=cpu``) the collectives go
+    through gloo. The JAX backend only: TensorFlow's multi-worker strategies read
+    ``TF_CONFIG`` themselves."""
+    spec = multihost_spec(env)
+    if spec is None:
+        return None
+    env = os.environ if env is None else env
+    import jax
+
+    if jax.distributed.is_initialized():
+        return spec
+    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except (AttributeError, ValueError) as exc:  # a jaxlib without CPU collectives
+            raise KorlmError(f"this jaxlib has no gloo CPU collectives ({_one_line(exc)}); "
+                             "multi-process CPU runs need jax/jaxlib 0.4.27 or later") from None
+    try:
+        jax.distributed.initialize(coordinator_address=spec.coordinator_address,
+                                   num_processes=spec.num_processes, process_id=spec.process_id,
+                                   initialization_timeout=int(timeout_s))
+    except Exception as exc:  # RuntimeError / XlaRuntimeError / ValueError from JAX
+        where = (f"coordinator {spec.coordinator_address}, process {spec.process_id} of "
+                 f"{spec.num_processes}" if spec.coordinator_address else "found by JAX")
+        raise KorlmError(f"multi-host start ({spec.source}: {where}) failed: "
+                         f"{_one_line(exc)}") from None
+    return dataclasses.replace(spec, num_processes=jax.process_count(),
+                               process_id=jax.process_index())
+
+
+def process_index_and_count() -> tuple[int, int]:
+    """``(jax.process_index(), jax.process_count())`` under the JAX backend once JAX is
+    imported, else ``(0, 1)``: TensorFlow runs and single hosts are one process."""
+    if "jax" not in sys.modules or keras_backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def process_shards(files: list[str], process_index: int | None = None,
+                   process_count: int | None = None) -> list[str]:
+    """This process's share of the input shards: every ``process_count``-th file from
+    ``process_index`` (what ``tf.data.Dataset.shard(count, index)`` keeps of a file
+    list), so the processes read disjoint sets that together cover every file. A
+    KorlmError when some process would get no file (it would then hang in the first
+    collective): write at least as many shards as there are hosts."""
+    if process_index is None or process_count is None:
+        process_index, process_count = process_index_and_count()
+    if not 0 <= process_index < process_count:
+        raise KorlmError(f"process index {process_index} is outside 0..{process_count - 1}")
+    if len(files) < process_count:
+        raise KorlmError(f"{len(files)} input shard(s) for {process_count} processes: each host "
+                         "reads its own shards, so write at least one shard per host "
+                         "(pretrain-data's num_shards)")
+    return list(files[process_index::process_count])
+
+
+def process_batch_size(global_batch: int, process_count: int | None = None) -> int:
+    """Examples each process feeds per step: Keras's ``DataParallel`` assembles the
+    global batch from every process's local part (``jax.make_array_from_process_local_data``)."""
+    if process_count is None:
+        process_count = process_index_and_count()[1]
+    if global_batch % process_count:
+        raise KorlmError(f"global batch {global_batch} does not split evenly over "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def is_checkpoint_writer() -> bool:
+    """Whether this process writes checkpoints and logs: process 0 only. Under
+    ``DataParallel`` weights and optimizer state are replicated, so process 0 holds
+    all of them; the others wait at ``sync_processes`` after each save."""
+    return process_index_and_count()[0] == 0
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across processes (no-op on one process): e.g. after process 0 wrote a
+    checkpoint, before anyone reads it or moves on."""
+    if process_index_and_count()[1] <= 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
