@@ -494,3 +494,27 @@ def test_inspect_shows_bart_noising_and_nsp_labels(contract_data):
     nsp = inspect_examples(str(pairs), str(tokenizer_dir), num_examples=4)
     assert nsp.count("next_sentence_label 1 (random B)") + nsp.count("next_sentence_label 0") == 4
     assert "segment B from position" in nsp
+
+
+def test_tensorboard_events_go_where_vertex_says(tmp_path, monkeypatch, capsys):
+    """With a Vertex TensorBoard attached, Vertex names the upload folder in
+    AIP_TENSORBOARD_LOG_DIR: the events go there, else to the run folder's tensorboard/."""
+    import tensorflow as tf
+
+    from korlm.pretrain.monitor import summary_writer
+
+    run, vertex = tmp_path / "run", tmp_path / "vertex-tb"
+    for env, where in ((None, run / "tensorboard"), (str(vertex), vertex)):
+        if env is None:
+            monkeypatch.delenv("AIP_TENSORBOARD_LOG_DIR", raising=False)
+        else:
+            monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", env)
+        writer = summary_writer(str(run))
+        with writer.as_default():
+            tf.summary.scalar("loss", 1.5, step=1)
+        writer.flush()
+        tags = {v.tag for f in where.iterdir()
+                for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value}
+        assert tags == {"loss"}
+    assert len(list((run / "tensorboard").iterdir())) == 1  # the Vertex run wrote nothing here
+    assert f"TensorBoard events -> {vertex} (Vertex AI TensorBoard)" in capsys.readouterr().out

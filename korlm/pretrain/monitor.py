@@ -173,8 +173,19 @@ def monitor_class():
     return TrainMonitor
 
 
+VERTEX_TENSORBOARD_ENV = "AIP_TENSORBOARD_LOG_DIR"
+
+
+def tensorboard_dir(output_dir: str) -> str:
+    """Where TensorBoard events go: the folder Vertex AI names in ``AIP_TENSORBOARD_LOG_DIR``
+    when the CustomJob has a Vertex TensorBoard attached (``pipeline.resources.pretrain.
+    tensorboard``; Vertex uploads what is written there: https://cloud.google.com/vertex-ai/
+    docs/experiments/tensorboard-training), else the run folder's ``tensorboard/``."""
+    return os.environ.get(VERTEX_TENSORBOARD_ENV) or storage.join(output_dir, TENSORBOARD_DIR)
+
+
 def summary_writer(output_dir: str):
-    """TensorBoard event files (``tensorboard/``); train_log.jsonl holds the same numbers."""
+    """TensorBoard event files (:func:`tensorboard_dir`); train_log.jsonl holds the same numbers."""
     try:
         import tensorboard  # noqa: F401  (tf.summary writes scalars only with it)
     except ImportError:
@@ -183,7 +194,10 @@ def summary_writer(output_dir: str):
         return None
     import tensorflow as tf
 
-    return tf.summary.create_file_writer(storage.join(output_dir, TENSORBOARD_DIR))
+    where = tensorboard_dir(output_dir)
+    if os.environ.get(VERTEX_TENSORBOARD_ENV):
+        print(f"TensorBoard events -> {where} (Vertex AI TensorBoard)", flush=True)
+    return tf.summary.create_file_writer(where)
 
 
 def progress_bar(total: int, initial: int, show: str):
