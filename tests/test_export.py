@@ -411,6 +411,22 @@ def _padded_batch(hf_tokenizer) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype="int64") for k, v in enc.items()}
 
 
+def bart_logits(model, task, tokenizer, ids, mask):
+    """transformers' and Keras' logits of an exported BART on the same batch (inside
+    ``torch.no_grad()``): korlm's decoder input is </s> then the target shifted right
+    (korlm.pretrain.noising), padded where the encoder input is."""
+    import torch
+
+    dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
+    dec[~mask.astype(bool)] = tokenizer.pad_token_id
+    hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+               decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(mask)).logits.numpy()
+    keras_logits = np.asarray(task({
+        "encoder_token_ids": ids.astype("int32"), "encoder_padding_mask": mask.astype("int32"),
+        "decoder_token_ids": dec.astype("int32"), "decoder_padding_mask": mask.astype("int32")},
+        training=False))
+    return hf, keras_logits
+
 @pytest.mark.parametrize("case", CASES)
 def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
     import torch
@@ -438,15 +454,7 @@ def test_roberta_and_bart_logits_match_keras_with_padding(families, case):
                                             "mask_positions": positions}, training=False))
         else:
             assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
-            # korlm's decoder input: </s> then the target shifted right (korlm.pretrain.noising).
-            dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
-            dec[~real] = tokenizer.pad_token_id
-            hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(mask)).logits.numpy()
-            keras_logits = np.asarray(task({
-                "encoder_token_ids": ids.astype("int32"), "encoder_padding_mask": mask.astype("int32"),
-                "decoder_token_ids": dec.astype("int32"), "decoder_padding_mask": mask.astype("int32")},
-                training=False))
+            hf, keras_logits = bart_logits(model, task, tokenizer, ids, mask)
     assert keras_logits.shape == hf.shape == (*ids.shape, exp["summary"]["config"]["vocab_size"])
     assert np.abs(keras_logits[real]).max() > 0.1  # not trivially near-zero logits
     # Logits at padded positions are meaningless (RoBERTa gives them the padding position

@@ -46,7 +46,7 @@ from korlm.modeling.checkpoints import checkpoint_info, load_masked_lm, load_pre
 from korlm.pretrain.monitor import PREEMPT_ENV
 from pipelines import rehearse
 from pipelines.compile import compile_pipeline
-from tests.test_export import SENTENCES, _keras_logits
+from tests.test_export import SENTENCES, _keras_logits, bart_logits
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,15 +255,7 @@ def test_the_last_checkpoint_exports_and_transformers_matches_keras(rehearsals, 
                 "input_ids": ids, "token_type_ids": types, "attention_mask": mask})
         else:
             assert type(model).__name__ == "BartForConditionalGeneration"
-            # korlm's decoder input: </s> then the target shifted right (korlm.pretrain.noising)
-            dec = np.concatenate([np.full((ids.shape[0], 1), tokenizer.sep_token_id), ids[:, :-1]], axis=1)
-            dec[~real] = tokenizer.pad_token_id
-            hf = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(mask)).logits.numpy()
-            keras_logits = np.asarray(task({
-                "encoder_token_ids": ids.astype("int32"), "encoder_padding_mask": mask.astype("int32"),
-                "decoder_token_ids": dec.astype("int32"), "decoder_padding_mask": mask.astype("int32")},
-                training=False))
+            hf, keras_logits = bart_logits(model, task, tokenizer, ids, mask)
     assert keras_logits.shape == hf.shape
     assert np.abs(keras_logits[real]).max() > 0.1
     diff = float(np.abs(keras_logits - hf)[real].max())
