@@ -28,10 +28,10 @@ help:
 	@echo "make build    build the component images ($(IMAGES)) as $(REGISTRY)/NAME:$(TAG)"
 	@echo "make push-images REGISTRY=...  build and push them"
 
-$(BIN)/.installed: pyproject.toml requirements.lock
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-test.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements.lock -r requirements-test.lock
 	# koeda only for its Korean WordNet data file (korlm.evaluation.augment); its code needs konlpy + Java
 	$(BIN)/python -m pip install --quiet --no-deps koeda==0.0.4
 	$(BIN)/python -m pip install --quiet --no-deps -e .
