@@ -35,8 +35,11 @@ call raises, the batch is split in halves and each half called again, down to si
 items, so every item that the model can answer is answered, and only a request with an
 item that fails on its own gets an error: 422 naming the item when the model answers
 other input (the rest of the batch, or else a fixed probe text), 500 with one line when
-it answers nothing (the model, not the input, is broken). ``GET /metrics`` counts
-requests, items, model calls (and those made to isolate a failure) and rejections.
+it answers nothing (the model, not the input, is broken). ``GET /metrics`` answers in
+the Prometheus text format (a registry per app, :class:`ServeMetrics`): responses by
+endpoint and status, latency, items per request and per model call, model calls (and
+those made to isolate a failure), rejections, queued items; ``GET /metrics.json`` answers
+the same counters as JSON (what ``benchmarks/serve_load.py`` reads).
 ``/healthz`` answers as soon as the process is up; ``/readyz`` answers 503 while the
 model loads (in a thread, after startup) and 200 with the model's task, type, labels and
 ``max_seq_length`` once it is loaded.
@@ -161,8 +164,10 @@ class MicroBatcher:
     model (it fails too)."""
 
     def __init__(self, predict: Callable[[list[tuple]], list[Any]], *, max_batch_size: int,
-                 max_wait_ms: float, counters: ServeCounters, probe: tuple | None = None):
+                 max_wait_ms: float, counters: ServeCounters, probe: tuple | None = None,
+                 on_batch: Callable[[int], None] | None = None):
         self.predict = predict
+        self.on_batch = on_batch  # called with the size of every gathered batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.counters = counters
@@ -259,6 +264,8 @@ class MicroBatcher:
                 continue
             self.counters.items += len(batch)
             self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             failures: list[tuple[_Pending, int, BaseException]] = []
             try:
                 answered = await self._call(batch, failures, part=False)
@@ -504,6 +511,128 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def _powers_of_two(upto: int) -> list[float]:
+    """Histogram buckets 1, 2, 4, ... up to the first power of two >= ``upto``."""
+    out = [1.0]
+    while out[-1] < upto:
+        out.append(out[-1] * 2)
+    return out
+
+
+class ServeMetrics:
+    """The Prometheus metrics of one app, in a registry of its own (several apps can live
+    in one process, as in the tests). ``GET /metrics`` exposes them in the text format:
+
+    - ``korlm_serve_http_responses_total{endpoint, status}``: every response (errors are
+      the 4xx/5xx ``status`` values; 499: the client went away first). ``endpoint`` is a
+      route path of the app, or ``other`` (404s), so that fuzzed paths add no series;
+    - ``korlm_serve_http_request_duration_seconds{endpoint}``: latency histogram, from the
+      request's arrival to the last byte of the response;
+    - ``korlm_serve_request_items``: items per /v1 request that reached the model;
+    - ``korlm_serve_batch_items``: items per gathered model call (the batching);
+    - the :class:`ServeCounters` (``korlm_serve_requests_total``, ``..._items_total``,
+      ``..._model_calls_total``, ``..._isolation_calls_total``, ...) read at scrape time,
+      and gauges ``korlm_serve_queued_items``, ``korlm_serve_largest_batch``,
+      ``korlm_serve_model_loaded``.
+
+    Docs: https://prometheus.github.io/client_python/ (custom collectors, registries)."""
+
+    def __init__(self, settings: ServeSettings, counters: ServeCounters,
+                 state: dict[str, Any]):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.endpoints: set[str] = set()  # filled by create_app once the routes exist
+        self.responses = Counter("korlm_serve_http_responses", "HTTP responses by endpoint "
+                                 "and status", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("korlm_serve_http_request_duration_seconds", "Time from a "
+                                 "request's arrival to the end of its response",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.request_items = Histogram("korlm_serve_request_items", "Items per /v1 request "
+                                       "that reached the model", registry=self.registry,
+                                       buckets=_powers_of_two(settings.max_items))
+        self.batch_items = Histogram("korlm_serve_batch_items", "Items per gathered model "
+                                     "call (request batching)", registry=self.registry,
+                                     buckets=_powers_of_two(settings.max_batch_size))
+        self.registry.register(_CountersCollector(counters, state))
+
+    def endpoint(self, path: str) -> str:
+        return path if path in self.endpoints else "other"
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.responses.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _CountersCollector:
+    """:class:`ServeCounters` and the queue as Prometheus metrics, read at scrape time
+    (one bookkeeping for /metrics and /metrics.json)."""
+
+    _HELP = {"requests": "/v1 requests that reached the model",
+             "items": "Items gathered into model calls",
+             "model_calls": "Model calls, including isolation calls",
+             "rejected_requests": "/v1 requests answered 4xx",
+             "failed_requests": "Requests answered 5xx",
+             "failed_model_calls": "Model calls that raised",
+             "isolation_calls": "Calls on parts of a failed batch, and probe calls",
+             "failed_items": "Items that failed on their own after a split"}
+
+    def __init__(self, counters: ServeCounters, state: dict[str, Any]):
+        self.counters, self.state = counters, state
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, doc in self._HELP.items():
+            yield CounterMetricFamily(f"korlm_serve_{name}", doc,
+                                      value=getattr(self.counters, name))
+        yield GaugeMetricFamily("korlm_serve_largest_batch", "Largest model call so far "
+                                "(items)", value=self.counters.largest_batch)
+        batcher = self.state.get("batcher")
+        yield GaugeMetricFamily("korlm_serve_queued_items", "Items waiting for a model call",
+                                value=batcher.queue.qsize() if batcher else 0)
+        yield GaugeMetricFamily("korlm_serve_model_loaded", "1 once the model is loaded",
+                                value=float(self.state.get("model") is not None))
+
+
+class Instrument:
+    """ASGI middleware, outermost: counts every response by endpoint and status and
+    times it, 413s of :class:`BodyLimit` and 500s of unhandled errors included."""
+
+    def __init__(self, app: Any, *, metrics: ServeMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), None
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            status = status or 499  # the client went away before an answer
+            raise
+        except Exception:
+            status = status or 500  # Starlette's ServerErrorMiddleware answers 500
+            raise
+        finally:
+            self.metrics.observe(self.metrics.endpoint(scope["path"]), status or 499,
+                                 time.perf_counter() - start)
+
+
 def create_app(model_dir: str | None = None, *, settings: ServeSettings | None = None,
                loader: Callable[[str], Any] | None = None,
                on_load_error: Callable[[BaseException], None] | None = None):
@@ -511,9 +640,13 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     ``korlm.evaluation.finetune.load_finetuned``) in a thread once the app starts."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
     from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    class PrometheusResponse(Response):
+        media_type = CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus version scrapes
 
     settings = settings or ServeSettings()
     if loader is None:
@@ -525,6 +658,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     state: dict[str, Any] = {"model": None, "info": None, "error": None, "batcher": None,
                              "loaded_at": None}
     counters = ServeCounters()
+    metrics = ServeMetrics(settings, counters, state)
     started = time.time()
 
     def load_model() -> None:
@@ -549,7 +683,8 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(lambda inputs: state["predict"](inputs),
                                max_batch_size=settings.max_batch_size,
-                               max_wait_ms=settings.max_wait_ms, counters=counters)
+                               max_wait_ms=settings.max_wait_ms, counters=counters,
+                               on_batch=metrics.batch_items.observe)
         batcher.start()
         state["batcher"] = batcher  # before the load, which sets its probe
         loading = asyncio.get_running_loop().run_in_executor(None, load_model)
@@ -565,6 +700,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
                               "endpoints serves the loaded model's task type (see /readyz).",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, counters=counters)
+    app.add_middleware(Instrument, metrics=metrics)  # added last: outermost, sees the 413s
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -653,6 +789,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
                                    for field, text in zip(fields, values, strict=True)
                                    if text is not None])
         counters.requests += 1
+        metrics.request_items.observe(len(inputs))
         try:
             return await state["batcher"].submit(inputs)
         except ModelCallError as exc:
@@ -725,14 +862,23 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
             return JSONResponse(status_code=503, content=content)
         return {"ready": True, "model_dir": model_dir, **state["info"]}
 
-    @app.get("/metrics", summary="Request, item and model-call counters (batching)")
-    async def metrics():
+    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4): responses by "
+             "endpoint and status, latency, items per request and per model call",
+             response_class=PrometheusResponse)
+    async def prometheus_metrics():
+        return PrometheusResponse(metrics.exposition())
+
+    @app.get("/metrics.json", summary="Request, item and model-call counters (batching) "
+             "and the settings, as JSON")
+    async def json_metrics():
         return {**counters.as_dict(), "queued_items": state["batcher"].queue.qsize()
                 if state["batcher"] else 0,
                 "settings": dataclasses.asdict(settings)}
 
+    metrics.endpoints = {route.path for route in app.routes}
     app.state.korlm = state
     app.state.counters = counters
+    app.state.metrics = metrics
     return app
 
 
