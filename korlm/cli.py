@@ -340,7 +340,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from korlm.serve.server import ServeSettings, serve
 
     serve(args.model_dir, host=conf.host, port=conf.port,
-          settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})))
+          settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})),
+          log_level="debug" if args.verbose else "warning" if args.quiet else "info")
 
 
 # Subcommands that write an artifact folder (--output): they take --overwrite.

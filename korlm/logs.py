@@ -92,6 +92,14 @@ def is_native_noise(line: bytes, *, gpu: bool) -> bool:
     return severity == b"E" and not gpu and bool(_CUDA.search(line))
 
 
+def _may_be_noise(partial: bytes) -> bool:
+    """Whether the start of a line (no newline yet) may still turn out to be noise: if
+    not, it is passed on at once (progress bars redraw a line with ``\\r``, no newline)."""
+    if len(partial) < 80:
+        return partial[:1] in (b"I", b"W", b"E", b"F", b"T")
+    return bool(_ABSL.match(partial)) or partial.startswith(_NOTICES)
+
+
 def filter_native_stderr() -> None:
     """Route file descriptor 2 through a thread that drops TensorFlow's native noise
     (:func:`is_native_noise`) and passes every other byte on, in order. At exit the
@@ -114,6 +122,8 @@ def filter_native_stderr() -> None:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 kept = b"".join(ln + b"\n" for ln in lines if not is_native_noise(ln, gpu=gpu))
+                if pending and not _may_be_noise(pending):
+                    kept, pending = kept + pending, b""
                 if kept:
                     os.write(original, kept)
         if pending and not is_native_noise(pending, gpu=gpu):

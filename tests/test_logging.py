@@ -91,3 +91,22 @@ def test_quiet_shows_warnings_only_and_verbose_shows_the_native_lines(packed):
 ])
 def test_only_the_native_start_up_lines_are_dropped(line, gpu, noise):
     assert logs.is_native_noise(line.encode(), gpu=gpu) is noise
+
+
+def test_the_filter_passes_a_progress_bar_on_before_its_line_ends():
+    """A line that cannot be noise is written at once, without waiting for its newline
+    (a progress bar redraws with \\r); an absl-looking start waits for the whole line."""
+    code = ("import os, sys, time\n"
+            "from korlm import logs\n"
+            "logs.filter_native_stderr()\n"
+            "os.write(2, b'I0000 00:00:1796203924.076481   1 port.cc:153] oneDNN on\\n')\n"
+            "os.write(2, b'progress 50%\\r')\n"
+            "time.sleep(0.5)\n"
+            "os.write(2, b'progress 100%\\n')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = os.read(proc.stderr.fileno(), 100)  # before the sleep ends
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 0
+    assert first == b"progress 50%\r", first
+    assert rest == b"progress 100%\n", rest
