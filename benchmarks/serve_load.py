@@ -115,7 +115,7 @@ class Server:
     def counters(self) -> dict:
         import httpx
 
-        return httpx.get(f"{self.base}/metrics", timeout=10).json()
+        return httpx.get(f"{self.base}/metrics.json", timeout=10).json()
 
     def stop(self) -> None:
         self.proc.terminate()

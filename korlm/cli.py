@@ -194,13 +194,15 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
 def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
     """The fine-tuning flags korlm evaluate and korlm finetune share (they beat the
     evaluate section and its per_task entry)."""
-    p.add_argument("--max-train-examples", type=int, metavar="N")
+    p.add_argument("--max-train-examples", type=int, metavar="N",
+                   help="use at most N training examples (default evaluate.max_train_examples)")
     p.add_argument("--max-eval-examples", type=int, metavar="N", help="caps dev and test")
     p.add_argument("--epochs", type=int, metavar="N",
                    help="maximum epochs (early stopping on dev keeps the best epoch)")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--learning-rate", type=float, metavar="LR")
-    p.add_argument("--max-seq-length", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="fine-tuning batch size")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="peak learning rate")
+    p.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="tokens per example (longer ones are cut)")
     p.add_argument("--augment", choices=["eda"],
                    help="add EDA-edited copies of the training examples (docs/augmentation.md)")
     p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
@@ -338,7 +340,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from korlm.serve.server import ServeSettings, serve
 
     serve(args.model_dir, host=conf.host, port=conf.port,
-          settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})))
+          settings=ServeSettings(**conf.model_dump(exclude={"host", "port"})),
+          log_level="debug" if args.verbose else "warning" if args.quiet else "info")
 
 
 # Subcommands that write an artifact folder (--output): they take --overwrite.
@@ -351,15 +354,75 @@ TOKENIZER_OVERRIDE_HELP = ("default: the tokenizer the checkpoint carries; a DIR
                            "only for checkpoints written before they carried one)")
 
 
+# The end of each subcommand's --help: commands that run from the repository root on its
+# own sample data (data/sample, configs/), each step on the one before's output.
+EXAMPLES = {
+    "clean": """\
+  korlm clean --input data/sample/raw/movie_reviews.tsv --field review --dry-run
+  korlm clean --input data/sample/raw/movie_reviews.tsv --field review --output runs/ex/clean""",
+    "vocab": "  korlm vocab --corpus runs/ex/clean --output runs/ex/vocab --vocab-size 2000",
+    "pretrain-data": """\
+  korlm pretrain-data --corpus runs/ex/clean --tokenizer runs/ex/vocab --output runs/ex/data \\
+      --max-seq-length 64
+  korlm pretrain-data --inspect runs/ex/data --tokenizer runs/ex/vocab --examples 1""",
+    "pretrain": """\
+  korlm pretrain --data runs/ex/data --tokenizer runs/ex/vocab --output runs/ex/pretrain \\
+      --model bert --size tiny --steps 200 --checkpoint-every 100""",
+    "evaluate": """\
+  korlm evaluate --checkpoint runs/ex/pretrain/checkpoints/step-000200 --task nsmc \\
+      --data-dir data/sample/eval --output runs/ex/eval/step-200/nsmc --epochs 1""",
+    "finetune": """\
+  korlm finetune --checkpoint runs/ex/pretrain --task nsmc --data-dir data/sample/eval \\
+      --output runs/ex/nsmc-model""",
+    "tune": """\
+  korlm tune --config configs/tiny.yaml --checkpoint runs/ex/pretrain --task nsmc \\
+      --data-dir data/sample/eval --output runs/ex/tune --n-trials 4""",
+    "report": "  korlm report --results runs/ex/eval --output runs/ex/report",
+    "export": """\
+  korlm export --checkpoint runs/ex/pretrain --output runs/ex/hf \\
+      --results runs/ex/report/results.md""",
+    "push": """\
+  korlm push --model runs/ex/hf --repo-id my-org/korlm-tiny            # writes the plan only
+  HF_TOKEN=... korlm push --model runs/ex/hf --repo-id my-org/korlm-tiny --no-dry-run""",
+    "serve": """\
+  korlm serve runs/ex/nsmc-model --port 8080
+  curl -s localhost:8080/v1/classify -H 'content-type: application/json' \\
+      -d '{"items": [{"text": "정말 재미있어요"}]}'""",
+    "pipeline": """\
+  korlm pipeline compile --config configs/tiny.yaml --output build/korlm-pipeline.yaml
+  korlm pipeline run --config configs/tiny.yaml
+  korlm pipeline submit --target vertex --config configs/vertex-small-gpu.yaml --dry-run""",
+}
+
+VERBOSITY_HELP = ("-v/--verbose and -q/--quiet go before or after the command: "
+                  "`korlm -q clean ...` = `korlm clean -q ...`")
+
+
+def _verbosity_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """-v/-q on the main parser (default False) and on every subcommand (default
+    SUPPRESS, so that a flag given before the command is not reset after it)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug lines of korlm, info lines of the libraries and TensorFlow's "
+                        "native start-up messages")
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="warnings and errors only (no korlm info lines)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="korlm",
         description="Raw Korean text -> cleaned corpus -> vocab -> pretraining data -> "
-                    "pretrained checkpoints -> evaluation report -> Hugging Face export.")
+                    "pretrained checkpoints -> evaluation report -> Hugging Face export.",
+        epilog=f"`korlm COMMAND --help` shows each command's flags and examples. {VERBOSITY_HELP}.")
+    _verbosity_flags(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=f"Examples:\n{EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _verbosity_flags(p, argparse.SUPPRESS)
         p.add_argument("--config", metavar="FILE",
                        help="YAML run config (see configs/); flags override it")
         p.set_defaults(func=func)
@@ -394,24 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("vocab", cmd_vocab, "Train a subword vocabulary on a cleaned corpus.")
     p.add_argument("--corpus", required=True, metavar="DIR", help="output of `korlm clean`")
     p.add_argument("--output", required=True, metavar="DIR", help="tokenizer directory to write")
-    p.add_argument("--algorithm", choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"])
+    p.add_argument("--algorithm", choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"],
+                   help="subword algorithm (default wordpiece)")
     p.add_argument("--pre-tokenizer", choices=["none", "morpheme"],
                    help="`morpheme` splits eojeol into Kiwi morphemes before subword training")
-    p.add_argument("--vocab-size", type=int, metavar="N")
+    p.add_argument("--vocab-size", type=int, metavar="N", help="tokens in the vocabulary (default 8000)")
     p.add_argument("--special-tokens", choices=["bert", "bart"],
                    help="special tokens at ids 0-4: bert = [PAD] [UNK] [CLS] [SEP] [MASK] (default); "
                         "bart = <s> <pad> </s> <unk> <mask> (BART/RoBERTa)")
 
     p = add("pretrain-data", cmd_pretrain_data, "Tokenize and pack the corpus into TFRecord shards.")
     p.add_argument("--corpus", metavar="DIR", help="output of `korlm clean` (required unless --inspect)")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="output of `korlm vocab`")
     p.add_argument("--output", metavar="DIR", help="examples directory to write (required unless --inspect)")
     p.add_argument("--inspect", metavar="DATA_DIR",
                    help="instead of packing: decode a few examples of DATA_DIR with the masks/noise "
                         "training applies (the pretrain section of --config) and their labels")
     p.add_argument("--examples", type=int, default=3, metavar="N", help="--inspect: examples shown (default 3)")
-    p.add_argument("--objective", choices=["mlm", "bart"])
-    p.add_argument("--max-seq-length", type=int, metavar="N")
+    p.add_argument("--objective", choices=["mlm", "bart"],
+                   help="mlm: masked LM (BERT/RoBERTa); bart: denoising (default mlm)")
+    p.add_argument("--max-seq-length", type=int, metavar="N", help="tokens per example (default 128)")
     p.add_argument("--packing", choices=["full-sentences", "doc-sentences", "segment-pair", "span"],
                    help="default: full-sentences for mlm, span for bart (docs/pretrain_data.md)")
     p.add_argument("--nsp", action="store_true", default=None,
@@ -423,23 +488,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("pretrain", cmd_pretrain, "Pretrain a model from scratch, checkpointing every K steps.")
     p.add_argument("--data", required=True, metavar="DIR", help="output of `korlm pretrain-data`")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="output of `korlm vocab`")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="run directory (checkpoints/, checkpoints.json, train_log.jsonl); "
                         "re-running resumes from its latest checkpoint")
-    p.add_argument("--model", choices=["bert", "roberta", "bart"])
-    p.add_argument("--size", choices=["tiny", "mini", "small", "base", "large"])
-    p.add_argument("--steps", type=int, metavar="N")
-    p.add_argument("--checkpoint-every", type=int, metavar="K")
+    p.add_argument("--model", choices=["bert", "roberta", "bart"], help="architecture (default bert)")
+    p.add_argument("--size", choices=["tiny", "mini", "small", "base", "large"],
+                   help="model size preset (default tiny)")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer updates in all (default 300)")
+    p.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="write a checkpoint every K steps (default 100)")
     p.add_argument("--batch-size", type=int, metavar="N", help="global batch per update")
     p.add_argument("--grad-accum-steps", type=int, metavar="N",
                    help="micro-batches per update (--batch-size must divide by it)")
-    p.add_argument("--optimizer", choices=["adamw", "lamb"])
+    p.add_argument("--optimizer", choices=["adamw", "lamb"],
+                   help="default adamw; lamb for large batches")
     p.add_argument("--strategy", choices=["auto", "cpu", "gpu", "tpu", "jax-data-parallel"],
                    help="auto: a TPU when one is configured, several GPUs mirrored, else one "
                         "device; jax-data-parallel needs KERAS_BACKEND=jax")
     p.add_argument("--tpu", metavar="NAME", help="TPU name or grpc:// address")
-    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                   help="auto: mixed_bfloat16 on TPU, mixed_float16 on GPUs that gain from it, "
+                        "else float32")
     p.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep the last K checkpoints (and pretrain.keep_checkpoint_every ones)")
     p.add_argument("--deterministic", action="store_true", default=None,
@@ -453,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in task (nsmc, klue-nli, klue-sts, korsts, kornli, "
                         "question-pair, hate-speech, hate-speech-bias, chatbot, korquad) or a "
                         "task YAML file (see docs/evaluate.md)")
-    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="where metrics.json and the predictions go")
     p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--data-dir", metavar="DIR",
                    help="holds the built-in tasks' folders (nsmc/, klue/, korsts/, ...), "
@@ -486,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study.json, best_params.yaml, importance.md, summary.md and plots")
     p.add_argument("--n-trials", type=int, metavar="N", help="trials this worker runs")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this long")
-    p.add_argument("--sampler", choices=["tpe", "random"])
-    p.add_argument("--pruner", choices=["median", "threshold", "none"])
+    p.add_argument("--sampler", choices=["tpe", "random"], help="Optuna sampler (default tune.sampler)")
+    p.add_argument("--pruner", choices=["median", "threshold", "none"],
+                   help="stops unpromising trials after an epoch (default tune.pruner)")
     p.add_argument("--storage", metavar="URL",
                    help="shared Optuna storage for parallel workers: sqlite:///study.db, "
                         "postgresql://..., or journal:///path/study.log (default: in memory)")
@@ -503,14 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "Collect evaluation results into tables and plots.")
     p.add_argument("--results", nargs="+", required=True, metavar="DIR",
                    help="evaluate output directories (each with metrics.json, or parents of them)")
-    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="where results.md, results.html, results.json and the plots go")
     p.add_argument("--no-references", action="store_true",
                    help="leave out the published reference rows (marked external)")
 
     p = add("export", cmd_export, "Export a checkpoint to a Hugging Face model directory.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint directory, or a run directory (its last checkpoint)")
-    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="the Hugging Face model directory to write (weights, config, tokenizer, card)")
     p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
     p.add_argument("--results", metavar="FILE", help="results.md from `korlm report`, for the card")
 
@@ -545,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "further than the cap (default 1048576)")
 
     p = add("pipeline", cmd_pipeline, "Compile, run locally (kfp.local) or submit the KFP pipeline.")
-    p.add_argument("action", choices=["compile", "run", "submit", "run-step", "rehearse"])
+    p.add_argument("action", choices=["compile", "run", "submit", "run-step", "rehearse"],
+                   help="compile: write the pipeline YAML; run: run it here with kfp.local; "
+                        "submit: send it to Vertex AI or a KFP cluster; run-step: re-run one step "
+                        "of an earlier run; rehearse: run a Vertex CustomJob step here")
     p.add_argument("step", nargs="?", choices=["clean", "vocab", "pretrain-data", "pretrain", "evaluate",
                                                "tune", "finetune", "export", "push"],
                    help="run-step: the step to re-run from an earlier run's artifacts; rehearse: the "
@@ -576,7 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from korlm import logs
+
     args = build_parser().parse_args(argv)
+    verbosity = 1 if args.verbose else -1 if args.quiet else 0
+    logs.setup(verbosity)
+    if argv is None and verbosity <= 0:
+        logs.filter_native_stderr()  # the command line's own process only, not a caller's
     try:
         args.func(args)
     except KorlmError as exc:

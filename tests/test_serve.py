@@ -159,12 +159,12 @@ def _post_json(client, path: str, body) -> object:
     ({"items": [{"te\ud800xt": "좋다"}]}, "items.0: Input should be a valid string"),
 ])
 def test_invalid_requests_get_422_with_a_clear_message(classify_client, body, message):
-    before = classify_client.get("/metrics").json()
+    before = classify_client.get("/metrics.json").json()
     r = _post_json(classify_client, "/v1/classify", body)
     assert r.status_code == 422, r.text
     assert message in r.json()["message"], r.json()
     assert "\n" not in r.json()["message"] and "Traceback" not in r.text
-    after = classify_client.get("/metrics").json()
+    after = classify_client.get("/metrics.json").json()
     assert after["rejected_requests"] == before["rejected_requests"] + 1
     assert after["model_calls"] == before["model_calls"]  # nothing reached the model
 
@@ -210,11 +210,11 @@ def test_unusual_but_encodable_text_is_served(classify_client, models_dir):
      "(--max-body-bytes)"),
 ])
 def test_bodies_that_are_not_json_or_too_large(classify_client, content, headers, status, message):
-    before = classify_client.get("/metrics").json()
+    before = classify_client.get("/metrics.json").json()
     r = classify_client.post("/v1/classify", content=content, headers=headers)
     assert r.status_code == status, r.text
     assert message in r.json()["message"] and "\n" not in r.json()["message"], r.json()
-    after = classify_client.get("/metrics").json()
+    after = classify_client.get("/metrics.json").json()
     assert after["rejected_requests"] == before["rejected_requests"] + 1
     assert after["model_calls"] == before["model_calls"] and after["failed_requests"] == 0
 
@@ -231,7 +231,7 @@ def test_other_task_endpoints_answer_409_naming_the_task_type(classify_client):
 def test_openapi_lists_the_endpoints(classify_client):
     spec = classify_client.get("/openapi.json").json()
     assert {"/v1/similarity", "/v1/classify", "/v1/answer", "/healthz", "/readyz",
-            "/metrics"} <= set(spec["paths"])
+            "/metrics", "/metrics.json"} <= set(spec["paths"])
     assert "requestBody" in spec["paths"]["/v1/classify"]["post"]
     assert classify_client.get("/docs").status_code == 200
 
@@ -321,7 +321,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(models_dir):
 
         responses = asyncio.run(drive())
         assert [r.status_code for r in responses] == [200] * 24
-        counters = httpx.get(f"{base}/metrics").json()
+        counters = httpx.get(f"{base}/metrics.json").json()
         assert counters["requests"] == 24 and counters["items"] == 48
         assert 1 <= counters["model_calls"] < 24, counters
         assert counters["largest_batch"] <= 16
@@ -584,7 +584,7 @@ def poison_server(models_dir):
 def _metrics_delta(base: str, before: dict) -> dict:
     import httpx
 
-    after = httpx.get(f"{base}/metrics").json()
+    after = httpx.get(f"{base}/metrics.json").json()
     return {k: after[k] - before[k] for k in before
             if isinstance(before[k], int) and k != "largest_batch"}
 
@@ -611,7 +611,7 @@ def test_a_poisoned_request_fails_alone_on_a_real_server(poison_server):
     reviews = _reviews(16)
     requests = [reviews[i * 2:i * 2 + 2] for i in range(7)]
     requests.insert(4, [reviews[14], POISON])
-    before = httpx.get(f"{base}/metrics").json()
+    before = httpx.get(f"{base}/metrics.json").json()
 
     async def drive():
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
@@ -669,7 +669,7 @@ def test_concurrent_load_with_ten_percent_poison_fails_no_valid_request(poison_s
             texts[index] = POISON_KINDS[kind][0]
             poison = (kind, index)
         plan.append((texts, poison))
-    before = httpx.get(f"{base}/metrics").json()
+    before = httpx.get(f"{base}/metrics.json").json()
 
     async def drive():
         todo, responses = iter(range(len(plan))), [None] * len(plan)
@@ -750,6 +750,66 @@ def test_max_body_bytes_on_the_wire(poison_server):
         "message"].endswith("bytes; the limit is 8192 bytes (--max-body-bytes)"), body
     r = httpx.post(f"{base}/v1/classify", json={"items": [{"text": "좋다"}] * 8})
     assert r.status_code == 200, r.text  # a body under the cap
+
+
+def _scrape(base: str) -> dict[tuple[str, tuple], float]:
+    """``GET /metrics`` parsed by prometheus_client's own parser: (sample name, sorted
+    labels) -> value."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{base}/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_prometheus_metrics_count_requests_items_batches_and_errors(poison_server):
+    """After two 200s (3 and 1 items), a 422, a 413 and a 404 on the real server, the
+    Prometheus exposition (parsed by prometheus_client) has moved by exactly that:
+    responses by endpoint and status (the 404's path folded into ``other``), one latency
+    observation per response, the items-per-request histogram's buckets and the model's
+    items; /metrics.json still answers JSON."""
+    import httpx
+
+    base, _ = poison_server
+    before = _scrape(base)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        assert client.post("/v1/classify", json={"items": [{"text": "좋다"}] * 3}).status_code == 200
+        assert client.post("/v1/classify", json={"items": [{"text": "별로"}]}).status_code == 200
+        assert client.post("/v1/classify", json={"items": [{"text": ""}]}).status_code == 422
+        big = {"items": [{"text": "가" * 100}] * 8, "pad": "x" * 9000}
+        assert client.post("/v1/classify", json=big).status_code == 413
+        assert client.get("/no/such/path/42").status_code == 404
+        assert "items" in client.get("/metrics.json").json()
+    after = _scrape(base)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    responses = "korlm_serve_http_responses_total"
+    assert delta(responses, endpoint="/v1/classify", status="200") == 2
+    assert delta(responses, endpoint="/v1/classify", status="422") == 1
+    assert delta(responses, endpoint="/v1/classify", status="413") == 1
+    assert delta(responses, endpoint="other", status="404") == 1
+    assert delta(responses, endpoint="/metrics.json", status="200") == 1
+    assert not [k for k in after if k[0] == responses and "/no/such" in str(k[1])]
+    latency = "korlm_serve_http_request_duration_seconds"
+    assert delta(f"{latency}_count", endpoint="/v1/classify") == 4
+    assert delta(f"{latency}_sum", endpoint="/v1/classify") > 0
+    assert delta(f"{latency}_bucket", endpoint="/v1/classify", le="+Inf") == 4
+    # items per request: buckets are cumulative (1 item: le=1 and up; 3 items: le=4 and up)
+    items = "korlm_serve_request_items"
+    assert delta(f"{items}_count") == 2 and delta(f"{items}_sum") == 4
+    assert [delta(f"{items}_bucket", le=le) for le in ("1.0", "2.0", "4.0", "+Inf")] == [1, 1, 2, 2]
+    assert delta("korlm_serve_requests_total") == 2
+    assert delta("korlm_serve_items_total") == 4
+    assert delta("korlm_serve_rejected_requests_total") == 2  # the 422 and the 413
+    batches = delta("korlm_serve_batch_items_count")
+    assert 1 <= batches <= 2 and delta("korlm_serve_batch_items_sum") == 4
+    assert after[("korlm_serve_model_loaded", ())] == 1
 
 
 def test_fuzzing_the_api_from_its_openapi_schema_finds_no_server_error(poison_server):

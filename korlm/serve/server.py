@@ -35,8 +35,11 @@ call raises, the batch is split in halves and each half called again, down to si
 items, so every item that the model can answer is answered, and only a request with an
 item that fails on its own gets an error: 422 naming the item when the model answers
 other input (the rest of the batch, or else a fixed probe text), 500 with one line when
-it answers nothing (the model, not the input, is broken). ``GET /metrics`` counts
-requests, items, model calls (and those made to isolate a failure) and rejections.
+it answers nothing (the model, not the input, is broken). ``GET /metrics`` answers in
+the Prometheus text format (a registry per app: :mod:`korlm.serve.metrics`): responses by
+endpoint and status, latency, items per request and per model call, model calls (and
+those made to isolate a failure), rejections, queued items; ``GET /metrics.json`` answers
+the same counters as JSON (what ``benchmarks/serve_load.py`` reads).
 ``/healthz`` answers as soon as the process is up; ``/readyz`` answers 503 while the
 model loads (in a thread, after startup) and 200 with the model's task, type, labels and
 ``max_seq_length`` once it is loaded.
@@ -58,6 +61,7 @@ from typing import Annotated, Any
 
 from korlm.config import ServeSection
 from korlm.errors import KorlmError
+from korlm.serve.metrics import Instrument, ServeMetrics
 
 # uvicorn configures this logger: the model-load messages show in the server log
 log = logging.getLogger("uvicorn.error")
@@ -161,8 +165,10 @@ class MicroBatcher:
     model (it fails too)."""
 
     def __init__(self, predict: Callable[[list[tuple]], list[Any]], *, max_batch_size: int,
-                 max_wait_ms: float, counters: ServeCounters, probe: tuple | None = None):
+                 max_wait_ms: float, counters: ServeCounters, probe: tuple | None = None,
+                 on_batch: Callable[[int], None] | None = None):
         self.predict = predict
+        self.on_batch = on_batch  # called with the size of every gathered batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.counters = counters
@@ -259,6 +265,8 @@ class MicroBatcher:
                 continue
             self.counters.items += len(batch)
             self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             failures: list[tuple[_Pending, int, BaseException]] = []
             try:
                 answered = await self._call(batch, failures, part=False)
@@ -511,9 +519,13 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     ``korlm.evaluation.finetune.load_finetuned``) in a thread once the app starts."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
     from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    class PrometheusResponse(Response):
+        media_type = CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus version scrapes
 
     settings = settings or ServeSettings()
     if loader is None:
@@ -525,6 +537,8 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     state: dict[str, Any] = {"model": None, "info": None, "error": None, "batcher": None,
                              "loaded_at": None}
     counters = ServeCounters()
+    metrics = ServeMetrics(counters, state, max_items=settings.max_items,
+                           max_batch_size=settings.max_batch_size)
     started = time.time()
 
     def load_model() -> None:
@@ -549,7 +563,8 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(lambda inputs: state["predict"](inputs),
                                max_batch_size=settings.max_batch_size,
-                               max_wait_ms=settings.max_wait_ms, counters=counters)
+                               max_wait_ms=settings.max_wait_ms, counters=counters,
+                               on_batch=metrics.batch_items.observe)
         batcher.start()
         state["batcher"] = batcher  # before the load, which sets its probe
         loading = asyncio.get_running_loop().run_in_executor(None, load_model)
@@ -565,6 +580,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
                               "endpoints serves the loaded model's task type (see /readyz).",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, counters=counters)
+    app.add_middleware(Instrument, metrics=metrics)  # added last: outermost, sees the 413s
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -653,6 +669,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
                                    for field, text in zip(fields, values, strict=True)
                                    if text is not None])
         counters.requests += 1
+        metrics.request_items.observe(len(inputs))
         try:
             return await state["batcher"].submit(inputs)
         except ModelCallError as exc:
@@ -725,14 +742,23 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
             return JSONResponse(status_code=503, content=content)
         return {"ready": True, "model_dir": model_dir, **state["info"]}
 
-    @app.get("/metrics", summary="Request, item and model-call counters (batching)")
-    async def metrics():
+    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4): responses by "
+             "endpoint and status, latency, items per request and per model call",
+             response_class=PrometheusResponse)
+    async def prometheus_metrics():
+        return PrometheusResponse(metrics.exposition())
+
+    @app.get("/metrics.json", summary="Request, item and model-call counters (batching) "
+             "and the settings, as JSON")
+    async def json_metrics():
         return {**counters.as_dict(), "queued_items": state["batcher"].queue.qsize()
                 if state["batcher"] else 0,
                 "settings": dataclasses.asdict(settings)}
 
+    metrics.endpoints = {route.path for route in app.routes}
     app.state.korlm = state
     app.state.counters = counters
+    app.state.metrics = metrics
     return app
 
 
