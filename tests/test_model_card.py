@@ -16,12 +16,12 @@ BERT_CONFIG = {"model_type": "bert", "vocab_size": 1000, "hidden_size": 64,
                "max_position_embeddings": 64, "hidden_act": "gelu"}
 
 
-def _record(task, task_type, checkpoint, metrics, test_file, split_note=""):
+def _record(task, task_type, checkpoint, metrics, test_file, split_note="", rows=(100, 100)):
     return {"task": task, "task_type": task_type, "checkpoint": checkpoint,
             "step": None if checkpoint == "random-init" else 2,
             "random_init": checkpoint == "random-init", "metrics": metrics,
-            "split_note": split_note, "splits": {"test": {"file": f"/data/{test_file}"}},
-            "fine_tune": {"seed": 0}}
+            "split_note": split_note, "fine_tune": {"seed": 0},
+            "splits": {"test": {"file": f"/data/{test_file}", "used": rows[0], "rows": rows[1]}}}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def report(tmp_path_factory):
                 {"pearson": 0.81234, "spearman": None, "f1_at_threshold": 0.7},
                 "klue/klue-sts-v1.1_dev.json", "scored on the official dev set"),
         _record("korsts", "regression", "step-000002", {"spearman": 0.5, "pearson": 0.51},
-                "korsts/sts-test.tsv"),
+                "korsts/sts-test.tsv", rows=(1000, 1379)),
+        _record("chatbot", "pair-classification", "step-000002", {"accuracy": 0.75},
+                "chatbot-data/ChatbotData.csv", "train/dev/test derived from ChatbotData.csv"),
     ]
     for i, rec in enumerate(records):
         folder = root / "results" / f"{i}"
@@ -66,15 +68,17 @@ def test_model_index_reads_back_through_huggingface_hub(report):
     assert got == {("e9t/nsmc", None, "test", "accuracy"): 89.61,
                    ("klue/klue", "sts", "validation", "pearsonr"): 81.23,
                    ("klue/klue", "sts", "validation", "f1"): 70.0,  # spearman undefined: left out
-                   ("korsts", None, "test", "spearmanr"): 50.0,
-                   ("korsts", None, "test", "pearsonr"): 51.0}
+                   ("korsts", None, "test (korlm sample: 1000 of 1379 rows)", "spearmanr"): 50.0,
+                   ("korsts", None, "test (korlm sample: 1000 of 1379 rows)", "pearsonr"): 51.0,
+                   ("chatbot", None, "ChatbotData.csv (korlm-derived part)", "accuracy"): 75.0}
     assert {r.task_type for r in card.data.eval_results} == {"text-classification"}
     name, again = model_index_to_eval_results(card.data.to_dict()["model-index"])
-    assert name == "korlm-test" and len(again) == 5
+    assert name == "korlm-test" and len(again) == 6
     # the Korean-paper table: x100, two decimals, the baseline beside it
-    assert "| **step-000002** (this model) | 70.00 | 81.23 | n/a | 51.00 | 50.00 | 89.61 |" in text
-    assert "| random-init | — | — | — | — | — | 50.00 |" in text
-    assert "| KoBERT (external) | — | — | — | — | 81.59 | 89.59 |" in text
+    assert "| **step-000002** (this model) | 75.00 | 70.00 | 81.23 | n/a | 51.00 | 50.00 | 89.61 |" in text
+    assert "| random-init | — | — | — | — | — | — | 50.00 |" in text
+    assert "| KoBERT (external) | — | — | — | — | — | 81.59 | 89.59 |" in text
+    assert "- klue-sts: validation; scored on the official dev set\n" in text
     assert percent(0.896149) == "89.61"
 
 

@@ -68,12 +68,20 @@ def percent(value: float | None) -> str:
 
 def _split_of(task: str, record: dict[str, Any]) -> str:
     """The split the score was measured on: the source's name for the test file, or the
-    file and "korlm-derived" when korlm carved the test rows out of it."""
-    test = ((record.get("splits") or {}).get("test") or {}).get("file") or ""
+    file and "korlm-derived" when korlm carved the test rows out of it; a score on a
+    sample of the split (``max_eval_examples``) says how many rows it used."""
+    split = (record.get("splits") or {}).get("test") or {}
+    name = _split_name(task, split.get("file") or "", record.get("split_note") or "")
+    used, rows = split.get("used"), split.get("rows")
+    if used is not None and rows is not None and used < rows:
+        name += f" (korlm sample: {used} of {rows} rows)"
+    return name
+
+
+def _split_name(task: str, test: str, split_note: str) -> str:
     base = test.replace("\\", "/").rsplit("/", 1)[-1]
     known = (HUB_DATASETS.get(task) or _OTHER_DATASETS.get(task) or {}).get("splits", {})
-    derived = "derived" in (record.get("split_note") or "") or "parts of" in (
-        record.get("split_note") or "")
+    derived = "derived" in split_note or "parts of" in split_note
     if base in known and not derived:
         return known[base]
     return f"{base or 'test'} (korlm-derived part)"
@@ -263,10 +271,11 @@ def model_card(*, model_name: str, license: str, config: dict[str, Any], info: d
         parts.append("## Pretraining corpus\n\n" + _table([(k, corpus_stats[k]) for k in corpus_stats]) + "\n")
     table = papers_table(results, checkpoint) if scores else ""
     if table:
-        notes = "".join(f"- {t}: {e['split_note']}\n" for t, e in scores.items() if e["split_note"])
+        notes = "".join(f"- {t}: {e['split']}" + (f"; {e['split_note']}" if e["split_note"] else "")
+                        + "\n" for t, e in scores.items())
         parts.append(f"## Evaluation results\n\nFine-tuned from checkpoint `{checkpoint}`; "
                      "the same scores are in the card's `model-index`.\n\n" + table
-                     + (f"\nSplits:\n{notes}" if notes else ""))
+                     + f"\nScored on:\n{notes}")
     if results_markdown:
         def link(match: re.Match) -> str:
             target = (images or {}).get(match.group(1))
