@@ -88,7 +88,7 @@ def test_report_images_are_linked_only_where_the_export_ships_them(report):
     without = _card(report, {})
     assert ".png" not in without
     shipped = _card(report, {name: f"report/{name}" for name in pngs})
-    assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", shipped)) == {f"report/{n}" for n in pngs}
+    assert set(re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", shipped)) == {(n, f"report/{n}") for n in pngs}
 
 
 def test_a_card_without_a_report_row_for_the_checkpoint_has_no_model_index(report):

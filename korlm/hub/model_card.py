@@ -58,7 +58,7 @@ _HUB_TASK_TYPES = {"classification": "text-classification",
                    "regression": "text-classification",  # as GLUE STS-B: one regression output
                    "extractive-qa": "question-answering"}
 # Image links of the report's results.md (``![x.png](x.png)``).
-_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)\n?")
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)\n?")
 
 
 def percent(value: float | None) -> str:
@@ -278,8 +278,8 @@ def model_card(*, model_name: str, license: str, config: dict[str, Any], info: d
                      + f"\nScored on:\n{notes}")
     if results_markdown:
         def link(match: re.Match) -> str:
-            target = (images or {}).get(match.group(1))
-            return match.group(0).replace(match.group(1), target) if target else ""
+            target = (images or {}).get(match.group(2))
+            return f"![{match.group(1)}]({target})\n" if target else ""
 
         body = _IMAGE_LINK.sub(link, results_markdown).strip()
         body = re.sub(r"^# korlm results\s*", "", body)  # the card has its own heading
