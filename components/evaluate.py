@@ -1,14 +1,23 @@
 """KFP component: fine-tune one checkpoint on each task and score it (korlm evaluate)."""
 
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Input, Metrics, Model, Output
 
 
 def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: list,
              data_dir: str, random_init: bool, params: dict,
-             results: Output[Artifact], metrics: Output[Metrics]):
+             results: Output[Artifact], metrics: Output[Metrics],
+             confusion_matrix: Output[ClassificationMetrics]):
     """Evaluate checkpoint `step` of `run` (or, with random_init, the same architecture
     untrained) on every task (built-in names or task YAML files); one metrics.json per
-    task under `results`, every score also logged to the KFP Metrics artifact."""
+    task under `results`, every score also logged to the KFP Metrics artifact as
+    `<task>/<metric>` (the names of the report's columns).
+
+    `confusion_matrix`: KFP gives one artifact per output name and the Vertex AI / KFP
+    UIs draw one matrix per ClassificationMetrics artifact, so it holds the test-split
+    matrix of the first classification task in `tasks` (its name in the artifact's
+    `task` metadata; rows gold, columns predicted, with the task's label names); every
+    classification task's matrix is in its metrics.json (`confusion_matrix`). With no
+    classification task it stays empty."""
     from korlm.config import section_params
 
     params = section_params("evaluate", params)
@@ -20,13 +29,20 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
     checkpoint = checkpoint_path(run.path, step)
     name = "random-init" if random_init else checkpoint_name(step)
     os.makedirs(results.path, exist_ok=True)
+    records = []
     for task in tasks:
         folder = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
         rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, data_dir,
                                   os.path.join(results.path, folder), random_init=random_init,
                                   overwrite=True,  # KFP owns the path: a retry replaces it
                                   **settings_for_task(params, task))
+        records.append(rec)
         for metric, value in rec["metrics"].items():
             if value is not None:  # undefined (e.g. correlation of constant predictions)
                 metrics.log_metric(f"{rec['task']}/{metric}", value)
     results.metadata.update({"checkpoint": name, "step": None if random_init else step})
+    drawn = next((r for r in records if r.get("confusion_matrix")), None)
+    if drawn is not None:
+        confusion_matrix.log_confusion_matrix(drawn["confusion_matrix"]["labels"],
+                                              drawn["confusion_matrix"]["matrix"])
+        confusion_matrix.metadata["task"] = drawn["task"]

@@ -15,13 +15,9 @@ def export(run: Input[Model], tokenizer: Input[Artifact], report: Input[Artifact
     from korlm.modeling.checkpoints import select_checkpoint
 
     checkpoint = select_checkpoint(run.path, params.get("checkpoint", "last"))
-    results_md = None
-    md = os.path.join(report.path, "results.md")
-    if os.path.exists(md):
-        with open(md, encoding="utf-8") as f:
-            results_md = f.read()
+    # the report's results.md/.json and PNGs: the card's tables, model-index and images
     summary = export_checkpoint(checkpoint, tokenizer.path, hf_model.path,
-                                results_markdown=results_md,
+                                report_dir=report.path if os.path.isdir(report.path) else None,
                                 model_name=params.get("model_name"),  # None: korlm-<family>
                                 overwrite=True)  # KFP owns the path: a retry replaces it
     hf_model.metadata.update({"checkpoint": checkpoint, "framework": "transformers",

@@ -1,11 +1,13 @@
 """KFP component: pretrain from scratch with checkpoints every N steps (korlm pretrain)."""
 
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
-             run: Output[Model]) -> list:
-    """Train; return the checkpoint steps (the evaluation fan-out iterates over them)."""
+             run: Output[Model], metrics: Output[Metrics]) -> list:
+    """Train; return the checkpoint steps (the evaluation fan-out iterates over them).
+    `metrics` gets the run's closing figures from train_log.jsonl (final_loss,
+    final_mlm_accuracy or final_token_accuracy, final/mean_tokens_per_second, steps)."""
     from korlm.config import section_params
 
     params = section_params("pretrain", params)
@@ -15,4 +17,8 @@ def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
     checkpoints = run_pretrain(examples.path, tokenizer.path, run.path, **params)
     run.metadata.update({"checkpoints": [c["step"] for c in checkpoints],
                          "model": params.get("model"), "size": params.get("size")})
+    from korlm.pretrain.state import final_metrics
+
+    for name, value in final_metrics(run.path).items():
+        metrics.log_metric(name, value)
     return [c["step"] for c in checkpoints]

@@ -255,6 +255,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     conf = _load(args, {})
+    import posixpath
+
     from korlm import storage
     from korlm.hub.export import export_checkpoint
     from korlm.modeling.checkpoints import resolve_checkpoint
@@ -264,7 +266,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     results_md = storage.read_text(args.results) if args.results else None
     summary = export_checkpoint(checkpoint, args.tokenizer, args.output,
                                 results_markdown=results_md, model_name=conf.export.model_name,
-                                overwrite=_overwrite(args, conf))
+                                overwrite=_overwrite(args, conf),
+                                # its folder: results.json (model-index) and the PNGs
+                                report_dir=(posixpath.dirname(args.results) or ".") if args.results else None)
     _print_result(f"export -> {args.output}", summary)
 
 
@@ -586,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR",
                    help="the Hugging Face model directory to write (weights, config, tokenizer, card)")
     p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)
-    p.add_argument("--results", metavar="FILE", help="results.md from `korlm report`, for the card")
+    p.add_argument("--results", metavar="FILE", help="results.md from `korlm report`, for the card (results.json beside it "
+                        "gives the card's model-index; its PNGs are copied to report/)")
 
     p = add("push", cmd_push, "Upload an exported model to the Hugging Face Hub (dry run by default).")
     p.add_argument("--model", required=True, metavar="DIR", help="output of `korlm export`")

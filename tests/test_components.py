@@ -54,6 +54,10 @@ def chain(tmp_path_factory):
         writer.writerows(rows)
     art = {name: Artifact(root / name) for name in
            ("corpus", "clean_stats", "tokenizer", "vocab_stats", "examples", "run")}
+    from kfp.dsl import Metrics
+
+    # KFP's own Metrics class: its metadata is what the Vertex AI / KFP UIs read
+    art["train_metrics"] = Metrics(name="metrics", uri=str(root / "train_metrics"), metadata={})
     clean([{"path": str(raw), "field": "review"}], {"sentence_splitter": "regex"},
           art["corpus"], art["clean_stats"])
     vocab(art["corpus"], {"vocab_size": 1000}, art["tokenizer"], art["vocab_stats"])
@@ -61,7 +65,8 @@ def chain(tmp_path_factory):
                   art["examples"])
     art["steps"] = pretrain(art["examples"], art["tokenizer"],
                             {"size": "tiny", "steps": 2, "checkpoint_every": 1, "batch_size": 8,
-                             "warmup_steps": 0, "log_every": 1, "progress": "lines"}, art["run"])
+                             "warmup_steps": 0, "log_every": 1, "progress": "lines"}, art["run"],
+                            art["train_metrics"])
     art["root"] = root
     return art
 
@@ -96,20 +101,41 @@ def test_pretrain_returns_the_checkpoint_steps_it_wrote(chain):
     assert chain["run"].metadata == {"checkpoints": [1, 2], "model": None, "size": "tiny"}
     for step in chain["steps"]:
         assert (Path(checkpoint_path(chain["run"].path, step)) / "korlm_checkpoint.json").exists()
+    log = [json.loads(line) for line in
+           (Path(chain["run"].path) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    figures = chain["train_metrics"].metadata
+    assert figures["steps"] == 2 and figures["final_loss"] == log[-1]["loss"]
+    assert figures["final_mlm_accuracy"] == log[-1]["mlm_accuracy"]
+    assert figures["final_tokens_per_second"] == log[-1]["tokens_per_second"] > 0
+    assert figures["mean_tokens_per_second"] == log[1]["tokens_per_second"]  # first window dropped
 
 
 @pytest.mark.parametrize("random_init", [False, True])
 def test_evaluate_scores_a_checkpoint_or_random_init(chain, random_init, tmp_path):
+    from kfp.dsl import ClassificationMetrics, Metrics
+
     from components.evaluate import evaluate
 
-    results, metrics = Artifact(tmp_path / "results"), Artifact(tmp_path / "metrics")
+    results = Artifact(tmp_path / "results")
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
+    matrix = ClassificationMetrics(name="confusion_matrix", uri=str(tmp_path / "cm"), metadata={})
     evaluate(chain["run"], chain["tokenizer"], 2, ["nsmc"], EVAL_DIR, random_init,
-             FINE_TUNE, results, metrics)
+             FINE_TUNE, results, metrics, matrix)
     record = json.loads((tmp_path / "results" / "nsmc" / "metrics.json").read_text(encoding="utf-8"))
     assert record["random_init"] is random_init
     assert results.metadata == {"checkpoint": "random-init" if random_init else "step-000002",
                                 "step": None if random_init else 2}
-    assert 0 <= metrics.metrics["nsmc/accuracy"] <= 1
+    assert 0 <= metrics.metadata["nsmc/accuracy"] <= 1
+    # the confusion matrix as the UIs read it: label names, gold rows, counts summing to
+    # the scored examples, its diagonal the accuracy
+    assert record["confusion_matrix"]["labels"] == ["0", "1"]
+    drawn = matrix.metadata["confusionMatrix"]
+    assert matrix.metadata["task"] == "nsmc"
+    assert [spec["displayName"] for spec in drawn["annotationSpecs"]] == ["0", "1"]
+    rows = [row["row"] for row in drawn["rows"]]
+    assert rows == record["confusion_matrix"]["matrix"]
+    assert sum(map(sum, rows)) == record["num_eval"] == 8
+    assert (rows[0][0] + rows[1][1]) / 8 == pytest.approx(record["metrics"]["accuracy"])
 
 
 def test_finetune_keeps_a_servable_model_and_its_card(chain, tmp_path):
@@ -126,18 +152,38 @@ def test_finetune_keeps_a_servable_model_and_its_card(chain, tmp_path):
 
 
 def test_export_then_push_plan(chain, tmp_path):
+    import re
+
+    from huggingface_hub import ModelCard
+
     from components.export import export
     from components.push import push
+    from korlm.evaluation.report import build_report
 
+    # a real report over what evaluate writes for the exported checkpoint
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "metrics.json").write_text(json.dumps(
+        {"task": "nsmc", "task_type": "classification", "checkpoint": "step-000002", "step": 2,
+         "random_init": False, "metrics": {"accuracy": 0.5}, "split_note": "",
+         "splits": {"test": {"file": f"{EVAL_DIR}/nsmc/ratings_test.txt"}}}), encoding="utf-8")
     report = tmp_path / "report"
-    report.mkdir()
-    (report / "results.md").write_text("| checkpoint | nsmc/accuracy |\n|---|---|\n| step-000002 | 0.5 |\n",
-                                       encoding="utf-8")
+    build_report([str(tmp_path / "results")], str(report), references=[])
     hf_model = Artifact(tmp_path / "hf")
     export(chain["run"], chain["tokenizer"], Artifact(report), {"model_name": "korlm-test"}, hf_model)
     assert hf_model.metadata["checkpoint"].endswith("step-000002")
-    assert {"config.json", "model.safetensors", "README.md"} <= set(os.listdir(hf_model.path))
-    assert "step-000002 | 0.5" in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert {"config.json", "model.safetensors", "README.md", "report/nsmc_accuracy.png"} \
+        <= set(hf_model.metadata["files"])
+    text = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "| step-000002 | 0.5000 |" in text  # the report's own table
+    assert "| **step-000002** (this model) | 50.00 |" in text  # as Korean papers print it
+    card = ModelCard(text)  # huggingface_hub's own parser and model-index reader
+    assert card.data.datasets == ["e9t/nsmc"]
+    [result] = card.data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.metric_type, result.metric_value) \
+        == ("e9t/nsmc", "test", "accuracy", 50.0)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == ["report/nsmc_accuracy.png"]
+    assert all((tmp_path / "hf" / link).is_file() for link in links)  # they resolve
 
     plan = Artifact(tmp_path / "plan")
     push(hf_model, {"repo_id": "korlm/korlm-test", "dry_run": True}, "run-1", "abc123", plan)

@@ -718,3 +718,31 @@ def test_exporting_an_export_is_refused(exported, tmp_path):
     with pytest.raises(KorlmError, match="is a Hugging Face export"):
         export_checkpoint(exported["out"], exported["out"], str(tmp_path / "again"))
     assert not (tmp_path / "again").exists()
+
+
+def test_cli_export_with_a_report_ships_model_index_and_images(exported, tmp_path, capsys):
+    """`korlm export --results report/results.md`: results.json beside it gives the
+    card's model-index (read back by huggingface_hub), the PNGs travel under report/."""
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from korlm.cli import main
+    from korlm.evaluation.report import build_report
+
+    results = tmp_path / "results" / "nsmc"
+    results.mkdir(parents=True)
+    (results / "metrics.json").write_text(json.dumps(
+        {"task": "nsmc", "task_type": "classification", "checkpoint": "step-000040", "step": 40,
+         "random_init": False, "metrics": {"accuracy": 0.61234}, "split_note": "",
+         "splits": {"test": {"file": "data/nsmc/ratings_test.txt"}}}), encoding="utf-8")
+    build_report([str(tmp_path / "results")], str(tmp_path / "report"), references=[])
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", exported["ckpt"], "--tokenizer", exported["tok"],
+                 "--output", str(out),
+                 "--results", str(tmp_path / "report" / "results.md")]) in (0, None)
+    text = (out / "README.md").read_text(encoding="utf-8")
+    [result] = ModelCard(text).data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.metric_value) == ("e9t/nsmc", "test", 61.23)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == ["report/nsmc_accuracy.png"] and (out / links[0]).is_file()

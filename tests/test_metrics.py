@@ -62,3 +62,14 @@ def test_bad_input():
         metrics.compute(["auc"], [1], [1])
     assert metrics.compute(["accuracy", "macro_f1"], [0, 1], [0, 0], num_classes=2) == {
         "accuracy": 0.5, "macro_f1": pytest.approx((2 / 3 + 0) / 2)}
+
+
+def test_confusion_matrix_counts_gold_rows_and_predicted_columns():
+    from korlm.evaluation.metrics import confusion_matrix
+
+    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert matrix == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert sum(map(sum, matrix)) == 6
+    assert confusion_matrix([1, 1], [1, 1], 3) == [[0, 0, 0], [0, 2, 0], [0, 0, 0]]
+    with pytest.raises(KorlmError, match="class ids must be in 0..1"):
+        confusion_matrix([0, 2], [0, 1], 2)

@@ -512,7 +512,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         if float16:
             keras.mixed_precision.set_global_policy("float32")
     fit_seconds = time.perf_counter() - fit_started
-    scores = head.score(splits.test, head.predict(model, x_test, splits.test, eval_batch))
+    test_predictions = head.predict(model, x_test, splits.test, eval_batch)
+    scores = head.score(splits.test, test_predictions)
 
     name = RANDOM_INIT if random_init else checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
     record = {
@@ -555,6 +556,11 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         record["label_names"] = list(spec.label_names)
         record["majority_class_accuracy"] = float(
             np.max(np.bincount(y_test, minlength=spec.num_classes)) / len(y_test))
+        # rows: gold class, columns: predicted class (test split), in label_names order;
+        # the KFP evaluate component draws it as a ClassificationMetrics artifact
+        record["confusion_matrix"] = {
+            "labels": list(spec.label_names),
+            "matrix": metric_fns.confusion_matrix(y_test, test_predictions, spec.num_classes)}
     return FineTuned(model, record, spec, info)
 
 

@@ -62,6 +62,21 @@ def macro_f1(gold: Sequence[int], predicted: Sequence[int],
     return float(np.mean(scores))
 
 
+def confusion_matrix(gold: Sequence[int], predicted: Sequence[int],
+                     num_classes: int) -> list[list[int]]:
+    """Counts ``matrix[true][predicted]`` over class ids ``0..num_classes-1`` (rows: gold
+    class, columns: predicted class, as scikit-learn and the KFP/Vertex confusion matrix
+    read them); the cells sum to the number of examples."""
+    y, p = _arrays(gold, predicted, dtype=np.int64)
+    for which, values in (("gold", y), ("predicted", p)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise KorlmError(f"{which} class ids must be in 0..{num_classes - 1}, got "
+                             f"{int(values.min())}..{int(values.max())}")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y, p), 1)
+    return matrix.tolist()
+
+
 def pearson(gold: Sequence[float], predicted: Sequence[float]) -> float | None:
     y, p = _arrays(gold, predicted)
     yc, pc = y - y.mean(), p - p.mean()

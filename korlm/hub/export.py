@@ -29,6 +29,7 @@ from korlm.modeling.presets import MODEL_FAMILIES
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 CARD_FILE = "README.md"
+REPORT_IMAGES_DIR = "report"  # the report's PNGs in the export (the card links them)
 TOKENIZER_FILE = "tokenizer.json"
 # tokenizer.json is required; the others are copied when the tokenizer step wrote them.
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -142,10 +143,26 @@ def _next_sentence_head(checkpoint_dir: str):
             raise KorlmError(f"{path} is corrupt ({exc})") from None
 
 
+def read_report(report_dir: str) -> tuple[str | None, dict | None, list[str]]:
+    """``(results.md text, results.json, PNG names)`` of a ``korlm report`` folder (None
+    / [] for what it lacks)."""
+    md, js = storage.join(report_dir, "results.md"), storage.join(report_dir, "results.json")
+    markdown = storage.read_text(md) if storage.exists(md) else None
+    results = None
+    if storage.exists(js):
+        try:
+            results = json.loads(storage.read_text(js))
+        except json.JSONDecodeError as exc:
+            raise KorlmError(f"{js} is not valid JSON ({exc.msg})") from None
+    images = sorted(p.rstrip("/").rsplit("/", 1)[-1]
+                    for p in storage.glob(storage.join(report_dir, "*.png")))
+    return markdown, results, images
+
+
 def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir: str, *,
                       results_markdown: str | None = None, model_name: str | None = None,
                       corpus_stats: dict | None = None, license: str = "apache-2.0",
-                      overwrite: bool = False) -> dict:
+                      overwrite: bool = False, report_dir: str | None = None) -> dict:
     """Write ``output_dir`` as a Hugging Face model directory for the checkpoint's family
     (``BertForMaskedLM``, ``RobertaForMaskedLM`` or ``BartForConditionalGeneration``).
 
@@ -153,7 +170,11 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
     against the checkpoint's vocab hash (:func:`korlm.modeling.checkpoints.resolve_tokenizer`).
     ``model_name`` (the card's title) defaults to ``korlm-<family>``. Returns a summary:
     ``output_dir``, ``files`` (name -> bytes), ``config``, ``step``, ``model``,
-    ``architecture`` and ``num_parameters``. Everything is checked before anything is
+    ``architecture`` and ``num_parameters``. ``report_dir``: a ``korlm report`` folder:
+    its ``results.md`` is the card's results (unless ``results_markdown`` is given), its
+    ``results.json`` gives the exported checkpoint's ``model-index``, and its PNGs are
+    copied to ``report/`` in the export so the card's image links resolve on the Hub.
+    Everything is checked before anything is
     written (``output_dir`` too: new, empty or, with ``overwrite``, an earlier export);
     the directory is published atomically.
     """
@@ -168,8 +189,16 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
             f"was trained with vocab_size {info['vocab_size']}; export it with its own tokenizer"
         )
     vocab_family, roles, special_ids = _special_tokens(tokenizer, tokenizer_dir)
+    results, images = None, []
+    if report_dir is not None:
+        if not storage.exists(report_dir):
+            raise KorlmError(f"report folder {report_dir} does not exist")
+        report_markdown, results, images = read_report(report_dir)
+        results_markdown = results_markdown if results_markdown is not None else report_markdown
     inputs = [checkpoint_dir, tokenizer_dir]  # the inputs are fine: now the output
-    storage.check_output(output_dir, "export", inputs=inputs, overwrite=overwrite)
+    # the report folder is read for three named parts: the export may sit inside it
+    storage.check_output(output_dir, "export", inputs=inputs, containers=[report_dir],
+                         overwrite=overwrite)
 
     task = checkpoints.load_pretraining_task(checkpoint_dir)
     if int(task.backbone.vocabulary_size) != tok_vocab:
@@ -203,11 +232,14 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
         num_parameters=num_parameters, mask_token=tok_config.get("mask_token", special["mask_token"]),
         results_markdown=results_markdown, corpus_stats=corpus_stats,
         pre_tokenizer=tok_config.get("korlm_pre_tokenizer"), family=family,
+        results=results, checkpoint=checkpoint_dir.rstrip("/").rsplit("/", 1)[-1],  # evaluate's row name
+        images={name: f"{REPORT_IMAGES_DIR}/{name}" for name in images},
     )
 
     from safetensors.numpy import save_file
 
-    with storage.atomic_output_dir(output_dir, "export", inputs=inputs, overwrite=overwrite) as staging:
+    with storage.atomic_output_dir(output_dir, "export", inputs=inputs, containers=[report_dir],
+                                   overwrite=overwrite) as staging:
         save_file(state, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(staging, CONFIG_FILE), config)
         if family == "bart":
@@ -226,7 +258,16 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
                     fout.write(fin.read())
         with open(os.path.join(staging, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(card)
-        files = {name: os.path.getsize(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
+        if images:  # the card links them as report/<name>.png
+            os.makedirs(os.path.join(staging, REPORT_IMAGES_DIR))
+            for name in images:
+                with storage.open_file(storage.join(report_dir, name), "rb") as fin, \
+                        open(os.path.join(staging, REPORT_IMAGES_DIR, name), "wb") as fout:
+                    fout.write(fin.read())
+        files = {os.path.relpath(os.path.join(root, name), staging):
+                 os.path.getsize(os.path.join(root, name))
+                 for root, _, names in os.walk(staging) for name in names}
+        files = dict(sorted(files.items()))
 
     return {
         "output_dir": output_dir,

@@ -363,6 +363,31 @@ class TrainLog:
         _write_text_atomic(self.path, text)
 
 
+def final_metrics(output_dir: str) -> dict[str, float]:
+    """The run's closing figures from ``train_log.jsonl`` under stable names:
+    ``final_loss``, ``final_<accuracy>`` (``mlm_accuracy`` or ``token_accuracy``),
+    ``final_tokens_per_second`` (the last logged window) and ``mean_tokens_per_second``
+    (all windows but the first, which pays for graph tracing, when there are several),
+    ``final_mfu`` where logged, and ``steps``; empty when nothing was logged."""
+    path = storage.join(output_dir, TRAIN_LOG)
+    if not storage.exists(path):
+        return {}
+    records = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+    if not records:
+        return {}
+    last = records[-1]
+    out = {"steps": float(last["step"]), "final_loss": float(last["loss"])}
+    for key in ("mlm_accuracy", "token_accuracy", "nsp_accuracy", "mfu"):
+        if key in last:
+            out[f"final_{key}"] = float(last[key])
+    rates = [float(r["tokens_per_second"]) for r in records if "tokens_per_second" in r]
+    if rates:
+        out["final_tokens_per_second"] = rates[-1]
+        steady = rates[1:] or rates
+        out["mean_tokens_per_second"] = round(sum(steady) / len(steady), 1)
+    return out
+
+
 def prune_checkpoints(checkpoints: list[dict], *, keep_last: int | None,
                       keep_every: int | None, final_step: int) -> tuple[list[dict], list[dict]]:
     """(kept, dropped): the last ``keep_last`` checkpoints, every checkpoint whose step is
