@@ -6,11 +6,28 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 def run_manifest(corpus: Input[Dataset], tokenizer: Input[Artifact], examples: Input[Dataset],
                  run: Input[Model], report: Input[Artifact], hf_model: Input[Model], run_id: str,
-                 config_yaml: str, manifest: Output[Artifact]):
+                 config_yaml: str, manifest: Output[Artifact], clean_inputs: list = None,
+                 vocab_size: int = None, vocab_algorithm: str = None, model: str = None,
+                 model_size: str = None, steps: int = None, batch_size: int = None,
+                 learning_rate: float = None, checkpoint_every: int = None, eval_tasks: list = None,
+                 push_repo_id: str = None, push_dry_run: bool = None):
     """Write outputs.json (each step's artifact URI: gs:// on Vertex AI, minio:// on KFP)
-    and the run's config.yaml into the manifest artifact."""
+    and the run's config.yaml into the manifest artifact: the compiled config with the
+    pipeline parameter values this run was given (pipelines/korlm_pipeline.py)."""
     import json
     import os
+
+    import yaml
+
+    from pipelines.korlm_pipeline import PIPELINE_PARAMETERS
+
+    given = locals()
+    conf = yaml.safe_load(config_yaml)
+    for key, (name, _) in PIPELINE_PARAMETERS.items():
+        if given[name] is not None:
+            section, field = key.split(".")
+            conf.setdefault(section, {})[field] = given[name]
+    config_yaml = yaml.safe_dump(conf, allow_unicode=True, sort_keys=False)
 
     outputs = {"clean": corpus.uri, "vocab": tokenizer.uri, "pretrain-data": examples.uri,
                "pretrain": run.uri, "report": report.uri, "export": hf_model.uri}

@@ -109,8 +109,10 @@ def run_settings(base: Config, overrides: dict[str, Any]) -> tuple[Config, dict[
     """For ``korlm pipeline submit --set ...``: the config to compile (``base`` with the
     overrides that are not pipeline parameters; those are compiled in) and the
     ``parameter_values`` the run passes for the others. Every override is validated first
-    (one line naming the key)."""
+    (one line naming the key). The ablation DAG has no parameters: all are compiled in."""
     full = apply_overrides(base, overrides)
+    if full.ablation.vocab_variants:
+        return full, {}
     params, compiled = split_overrides(overrides)
     return apply_overrides(base, compiled), parameter_values(full, params)
 
@@ -314,7 +316,8 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         manifest = op["run_manifest"](corpus=clean.outputs["corpus"], tokenizer=vocab.outputs["tokenizer"],
                                       examples=data.outputs["examples"], run=train.outputs["run"],
                                       report=rep.outputs["report"], hf_model=exp.outputs["hf_model"],
-                                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml)
+                                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml,
+                                      **p)  # the run's parameter values go into its config.yaml
         manifest.set_caching_options(False)
         for task in (clean, vocab, data, train, exp):
             task.set_caching_options(conf.pipeline.enable_caching)

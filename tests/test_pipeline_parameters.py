@@ -65,6 +65,9 @@ def test_submit_overrides_split_into_parameter_values_and_compiled_keys(tiny):
     with pytest.raises(KorlmError, match="vocab_sise is not a pipeline parameter"):
         kp.apply_parameters(tiny, {"vocab_sise": 3})
     assert kp.apply_parameters(tiny, {"steps": 40, "model": "roberta"}).pretrain.model == "roberta"
+    ablation = config.load("configs/ablation-local.yaml")  # its DAG has no parameters: compiled in
+    conf, values = kp.run_settings(ablation, {"pretrain.steps": 40})
+    assert values == {} and conf.pretrain.steps == 40
 
 
 def test_a_bad_value_fails_inside_the_task_in_one_line_naming_the_key():
@@ -129,3 +132,18 @@ def test_one_package_runs_with_different_parameter_values(tiny, tmp_path, capfd)
         run("bad", vocab_size=5)
     out = capfd.readouterr()
     assert "step parameters: vocab.vocab_size" in out.out + out.err
+
+
+def test_the_run_manifest_records_the_parameter_values_the_run_was_given(tiny, tmp_path):
+    from kfp.dsl import Artifact
+
+    from components.manifest import run_manifest
+
+    ins = [Artifact(uri=f"gs://b/{n}") for n in range(6)]
+    manifest = Artifact(uri="gs://b/manifest")
+    manifest.path = str(tmp_path / "manifest")
+    compiled = yaml.safe_dump(tiny.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    run_manifest(*ins, "run-8", compiled, manifest, steps=40, eval_tasks=["nsmc", "korsts"], push_dry_run=False)
+    recorded = config.validate(yaml.safe_load((tmp_path / "manifest" / "config.yaml").read_text(encoding="utf-8")))
+    assert recorded.pretrain.steps == 40 and recorded.evaluate.tasks == ["nsmc", "korsts"]
+    assert recorded.push.dry_run is False and recorded.vocab.vocab_size == tiny.vocab.vocab_size
