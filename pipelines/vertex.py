@@ -157,7 +157,8 @@ def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = No
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()  # building the request needs none; nothing is sent
-    job = build_job(conf, template, credentials=credentials, parameter_values=parameter_values)
+    # labels (model, config hash) name what the run does, parameter values included
+    job = build_job(run_conf, template, credentials=credentials, parameter_values=parameter_values)
     summary = describe(conf, job, compiled)
     summary["template"] = template
     summary["dry_run"] = dry_run

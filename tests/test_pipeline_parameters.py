@@ -143,7 +143,8 @@ def test_the_run_manifest_records_the_parameter_values_the_run_was_given(tiny, t
     manifest = Artifact(uri="gs://b/manifest")
     manifest.path = str(tmp_path / "manifest")
     compiled = yaml.safe_dump(tiny.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
-    run_manifest(*ins, "run-8", compiled, manifest, steps=40, eval_tasks=["nsmc", "korsts"], push_dry_run=False)
+    run_manifest(*ins, "run-8", compiled, manifest, steps=40, eval_tasks=["nsmc", "korsts"], push_dry_run=False,
+                 vocab_size=0)  # 0: not given
     recorded = config.validate(yaml.safe_load((tmp_path / "manifest" / "config.yaml").read_text(encoding="utf-8")))
     assert recorded.pretrain.steps == 40 and recorded.evaluate.tasks == ["nsmc", "korsts"]
     assert recorded.push.dry_run is False and recorded.vocab.vocab_size == tiny.vocab.vocab_size

@@ -252,7 +252,11 @@ def test_submit_sends_the_pipeline_job_request(bert_base, tmp_path, monkeypatch)
     assert job.display_name == "korlm-bert-base"
     assert job.service_account == "korlm-runner@your-project.iam.gserviceaccount.com"
     assert job.runtime_config.gcs_output_directory == "gs://your-bucket/korlm/pipeline-root"
-    assert job.labels["korlm-config"] == config.config_hash(bert_base)[:12]
+    # the label names the config the run does: the compiled one with its parameter values
+    from pipelines.korlm_pipeline import apply_parameters
+
+    run_conf = apply_parameters(bert_base, {"vocab_size": 48000, "learning_rate": 3e-4, "eval_tasks": ["nsmc"]})
+    assert job.labels["korlm-config"] == config.config_hash(run_conf)[:12] != config.config_hash(bert_base)[:12]
     tasks = job.pipeline_spec["root"]["dag"]["tasks"]
     assert {"clean", "vocab", "pretrain-data", "pretrain", "report", "export", "push"} <= set(tasks)
     cached = ("clean", "vocab", "pretrain-data", "pretrain", "evaluate-2", "report", "export")
