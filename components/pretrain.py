@@ -4,13 +4,18 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
-             run: Output[Model], metrics: Output[Metrics]) -> list:
+             run: Output[Model], metrics: Output[Metrics], model: str = None, size: str = None,
+             steps: int = 0, batch_size: int = 0,
+             learning_rate: float = None, checkpoint_every: int = 0) -> list:
     """Train; return the checkpoint steps (the evaluation fan-out iterates over them).
     `metrics` gets the run's closing figures from train_log.jsonl (final_loss,
     final_mlm_accuracy or final_token_accuracy, final/mean_tokens_per_second, steps)."""
     from korlm.config import section_params
 
-    params = section_params("pretrain", params)
+    # the pipeline parameters; 0/None: not given (kfp.local cannot pass a null int)
+    params = section_params("pretrain", params, {
+        "model": model, "size": size, "steps": steps or None, "batch_size": batch_size or None,
+        "learning_rate": learning_rate, "checkpoint_every": checkpoint_every or None})
     from korlm.pretrain.train import run_pretrain
 
     # a retried or restarted (preempted) task resumes its own run folder

@@ -8,11 +8,12 @@ pipeline and never a component output.
 from kfp.dsl import Artifact, Input, Model, Output
 
 
-def push(hf_model: Input[Model], params: dict, run_id: str, config_hash: str, plan: Output[Artifact]):
+def push(hf_model: Input[Model], params: dict, run_id: str, config_hash: str, plan: Output[Artifact],
+         repo_id: str = None, dry_run: bool = None):
     """Dry run by default: record the files and commit message that would be uploaded."""
     from korlm.config import section_params
 
-    params = section_params("push", params)
+    params = section_params("push", params, {"repo_id": repo_id, "dry_run": dry_run})
     from korlm.hub.push import push_model
 
     result = push_model(hf_model.path, params["repo_id"], plan.path,

@@ -4,11 +4,12 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 
 def vocab(corpus: Input[Dataset], params: dict, tokenizer: Output[Artifact],
-          stats: Output[Metrics]):
+          stats: Output[Metrics], vocab_size: int = 0, algorithm: str = None):
     """Train WordPiece/SentencePiece on the cleaned corpus; write the tokenizer artifact."""
     from korlm.config import section_params
 
-    params = section_params("vocab", params)
+    # the pipeline parameters; 0/None: not given (kfp.local cannot pass a null int)
+    params = section_params("vocab", params, {"vocab_size": vocab_size or None, "algorithm": algorithm})
     from korlm.tokenizer.vocab import build_vocab
 
     # KFP owns the output path: a retried task replaces its own earlier artifact

@@ -319,18 +319,22 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         from pipelines.local_run import run_local
 
         run_local(conf, config_path=args.config)
-    elif args.action == "submit":
+    elif args.action == "submit":  # --set of pipeline parameters: parameter values, not recompiled
+        from pipelines.korlm_pipeline import run_settings
+
+        conf, values = run_settings(cfg.load(args.config), cfg.parse_set(args.set or []))
         if args.target == "kfp":
             from pipelines.kfp_submit import submit as submit_kfp
 
-            summary = submit_kfp(conf, host=args.host, dry_run=args.dry_run, wait=args.wait)
+            summary = submit_kfp(conf, host=args.host, dry_run=args.dry_run, wait=args.wait,
+                                 parameter_values=values)
             print(json.dumps(summary, indent=2, ensure_ascii=False))
             return
         if args.target != "vertex":
             raise KorlmError("pipeline submit needs --target vertex or --target kfp")
         from pipelines.vertex import submit
 
-        summary = submit(conf, dry_run=args.dry_run)
+        summary = submit(conf, dry_run=args.dry_run, parameter_values=values)
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         from pipelines.cost import format_table  # the estimate as a table; stdout stays JSON
 

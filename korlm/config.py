@@ -775,14 +775,19 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def section_params(section: str, params: dict[str, Any]) -> dict[str, Any]:
+def section_params(section: str, params: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Re-validate a step's parameters inside a pipeline task.
+
+    ``overrides`` are the step's pipeline parameters (pipelines/korlm_pipeline.py
+    PIPELINE_PARAMETERS), by field name; those given (not None) replace the compiled
+    values before validation, so a bad run-time value fails here in one line naming its key.
 
     KFP carries dict parameters as protobuf Structs, where every number is a double
     (an int 2000 arrives as 2000.0); validating through the same schema restores the
     types and rejects anything edited into a compiled pipeline by hand. Only the keys
     given are returned, so a step receives exactly what the pipeline passed.
     """
+    params = {**params, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     model = Config.model_fields[section].annotation
     try:
         validated = model.model_validate(params)

@@ -170,10 +170,19 @@ def make_client(conf: Config, host: str):
 
 
 def submit(conf: Config, *, host: str | None = None, dry_run: bool = False, wait: bool = False,
-           package_dir: str | None = None, pipeline_factory=None) -> dict[str, Any]:
+           package_dir: str | None = None, pipeline_factory=None,
+           parameter_values: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compile, then start the run on the cluster (and with ``wait`` follow it). With
-    ``dry_run`` only compile and describe. Raises KorlmError when a waited-for run does not
-    succeed, naming its state and failed tasks."""
+    ``dry_run`` only compile and describe. ``parameter_values`` (pipeline parameter ->
+    value) are the run's arguments instead of compiled-in values. Raises KorlmError when
+    a waited-for run does not succeed, naming its state and failed tasks."""
+    arguments = dict(parameter_values or {})
+    if arguments:
+        from pipelines.korlm_pipeline import apply_parameters
+
+        run_conf = apply_parameters(conf, arguments)  # validated: one line naming a bad value
+        if "clean_inputs" in arguments:  # paths as the cluster's tasks see them
+            arguments["clean_inputs"] = cluster_inputs(run_conf)[0]
     if host:
         conf = apply_overrides(conf, {"kfp.host": host})  # validated like the config's kfp.host
     host = conf.kfp.host.rstrip("/")
@@ -181,6 +190,7 @@ def submit(conf: Config, *, host: str | None = None, dry_run: bool = False, wait
     package = compile_for_cluster(conf, os.path.join(package_dir, f"{conf.pipeline.name}.yaml"), pipeline_factory)
     summary = describe(conf, host, package)
     summary["dry_run"] = dry_run
+    summary["arguments"] = arguments
     if dry_run:
         return summary
 
@@ -191,7 +201,7 @@ def submit(conf: Config, *, host: str | None = None, dry_run: bool = False, wait
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the client prints its UI links
             result = client.create_run_from_pipeline_package(
-                package, arguments={}, run_name=run_name(conf), experiment_name=conf.kfp.experiment,
+                package, arguments=arguments, run_name=run_name(conf), experiment_name=conf.kfp.experiment,
                 namespace=conf.kfp.namespace, service_account=conf.kfp.service_account)
         run_id = result.run_id
         summary.update(run_id=run_id, run_name=result.run_info.display_name,

@@ -2,7 +2,11 @@
 checkpoints, plus the random-init baseline) -> report -> export -> push.
 
 Step parameters are compiled in from the run config, so one config file describes one
-run on every target (kfp.local, KFP on kind/minikube, Vertex AI). The target decides
+run on every target (kfp.local, KFP on kind/minikube, Vertex AI). The settings users
+change between runs (:data:`PIPELINE_PARAMETERS`) are typed pipeline parameters whose
+defaults are the config's values: one compiled package runs with other values given as
+``parameter_values`` (Vertex AI) or run arguments (KFP, kfp.local); each task merges them
+into its compiled section and validates the result with the config schema. The target decides
 only how tasks are placed: ``pipeline.resources`` become CPU/memory/accelerator requests
 (Vertex AI and KFP), a step with a ``machine_type`` or a TPU becomes a Vertex AI
 CustomJob, and with ``vertex.dataflow.enabled`` the Beam steps run on Dataflow.
@@ -10,13 +14,14 @@ CustomJob, and with ``vertex.dataflow.enabled`` the Beam steps run on Dataflow.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import yaml
 from kfp import dsl
 
 import components
-from korlm.config import Config, config_hash
+from korlm.config import Config, apply_overrides, config_hash
 from korlm.errors import KorlmError
 from pipelines.coherence import check_coherence, check_vertex_job_settings, placement
 
@@ -43,6 +48,83 @@ def step_params(conf: Config) -> dict[str, dict[str, Any]]:
         "push": section(conf.push),
         "tune": section(conf.tune),
     }
+
+
+# config key -> (pipeline parameter, its type). A parameter's default is the config's value;
+# a run may pass another (Vertex parameter_values, KFP run arguments) without recompiling.
+PIPELINE_PARAMETERS: dict[str, tuple[str, type]] = {
+    "clean.inputs": ("clean_inputs", list),
+    "vocab.vocab_size": ("vocab_size", int),
+    "vocab.algorithm": ("vocab_algorithm", str),
+    "pretrain.model": ("model", str),
+    "pretrain.size": ("model_size", str),
+    "pretrain.steps": ("steps", int),
+    "pretrain.batch_size": ("batch_size", int),
+    "pretrain.learning_rate": ("learning_rate", float),
+    "pretrain.checkpoint_every": ("checkpoint_every", int),
+    "evaluate.tasks": ("eval_tasks", list),
+    "push.repo_id": ("push_repo_id", str),
+    "push.dry_run": ("push_dry_run", bool),
+}
+
+
+def parameter_defaults(conf: Config, clean_inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every pipeline parameter's value in this config (its compiled default)."""
+    values = {}
+    for key, (name, kind) in PIPELINE_PARAMETERS.items():
+        section, field = key.split(".")
+        value = getattr(getattr(conf, section), field)
+        if key == "clean.inputs":
+            value = clean_inputs if clean_inputs is not None else [i.model_dump(exclude_none=True) for i in value]
+        values[name] = list(value) if kind is list else kind(value)
+    return values
+
+
+def parameter_values(conf: Config, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline parameters among ``--set`` overrides, with their validated values
+    from ``conf`` (the config with the overrides applied): what a run passes instead of
+    recompiling. Keys that are not parameters are left out (they are compiled in)."""
+    values = parameter_defaults(conf)
+    return {PIPELINE_PARAMETERS[k][0]: values[PIPELINE_PARAMETERS[k][0]]
+            for k in overrides if k in PIPELINE_PARAMETERS}
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(overrides of pipeline parameters, overrides compiled into the package)."""
+    return ({k: v for k, v in overrides.items() if k in PIPELINE_PARAMETERS},
+            {k: v for k, v in overrides.items() if k not in PIPELINE_PARAMETERS})
+
+
+def apply_parameters(conf: Config, values: dict[str, Any]) -> Config:
+    """``conf`` with pipeline parameter values applied (what a run with these values does),
+    validated: a bad value or an unknown parameter is one line naming it."""
+    keys = {name: key for key, (name, _) in PIPELINE_PARAMETERS.items()}
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise KorlmError(f"{unknown[0]} is not a pipeline parameter (parameters: {', '.join(keys)})")
+    return apply_overrides(conf, {keys[name]: value for name, value in values.items()})
+
+
+def run_settings(base: Config, overrides: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """For ``korlm pipeline submit --set ...``: the config to compile (``base`` with the
+    overrides that are not pipeline parameters; those are compiled in) and the
+    ``parameter_values`` the run passes for the others. Every override is validated first
+    (one line naming the key). The ablation DAG has no parameters: all are compiled in."""
+    full = apply_overrides(base, overrides)
+    if full.ablation.vocab_variants:
+        return full, {}
+    params, compiled = split_overrides(overrides)
+    return apply_overrides(base, compiled), parameter_values(full, params)
+
+
+def with_parameters(func, defaults: dict[str, Any]):
+    """Give ``func(*values)`` the typed signature of the pipeline parameters (KFP reads a
+    pipeline's inputs, their types and defaults from its signature)."""
+    kinds = dict(PIPELINE_PARAMETERS.values())
+    func.__signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation=kinds[name])
+        for name, value in defaults.items()])
+    return func
 
 
 Target = Literal["local", "kfp", "vertex"]
@@ -147,14 +229,16 @@ def place_task(task, res, env: dict[str, str] | None = None) -> None:
 
 
 def evaluate_and_report(op: dict[str, Any], conf: Config, params: dict[str, dict[str, Any]], run, tokenizer,
-                        steps, tasks: list[str], data_dir: str):
+                        steps, tasks: list[str], data_dir: str, last_step=None):
     """Inside a pipeline: fine-tune every checkpoint in ``steps`` (a task output or a list)
-    on every task, plus the random-init baseline, and collect them into a report.
+    on every task, plus the random-init baseline (the architecture at ``last_step``,
+    default pretrain.steps; a pipeline parameter), and collect them into a report.
     Returns the report task and the evaluation tasks."""
     with dsl.ParallelFor(steps, name="checkpoints", parallelism=conf.evaluate.parallelism) as step:
         ev = op["evaluate"](run=run, tokenizer=tokenizer, step=step, tasks=tasks, data_dir=data_dir,
                             random_init=False, params=params["evaluate"]).set_display_name("evaluate-checkpoint")
-    baseline = op["evaluate"](run=run, tokenizer=tokenizer, step=conf.pretrain.steps, tasks=tasks,
+    baseline = op["evaluate"](run=run, tokenizer=tokenizer,
+                              step=conf.pretrain.steps if last_step is None else last_step, tasks=tasks,
                               data_dir=data_dir, random_init=True,
                               params=params["evaluate"]).set_display_name("evaluate-random-init")
     for task in (ev, baseline):  # fine-tuning is long and rewrites its output whole: safe to retry
@@ -198,38 +282,42 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
     resources = conf.pipeline.resources if target != "local" else {}
     op = step_ops(conf, target)
     params = target_params(conf, target)
-    inputs = clean_inputs if clean_inputs is not None else [
-        i.model_dump(exclude_none=True) for i in conf.clean.inputs]
     data_dir = eval_data_dir or conf.evaluate.data_dir
-    tasks = list(conf.evaluate.tasks)
+    defaults = parameter_defaults(conf, clean_inputs)
     config_yaml = yaml.safe_dump(conf.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
 
-    @dsl.pipeline(name=conf.pipeline.name,
-                  description="Raw Korean text to a pretrained, evaluated and exported LM")
-    def korlm_pipeline():
-        clean = op["clean"](inputs=inputs, params=params["clean"]).set_display_name("clean")
+    def korlm_pipeline(*values):
+        p = dict(zip(defaults, values, strict=True))  # pipeline parameter channels by name
+        clean = op["clean"](inputs=p["clean_inputs"], params=params["clean"]).set_display_name("clean")
         clean.set_retry(num_retries=RETRIES, backoff_duration="60s")
-        vocab = op["vocab"](corpus=clean.outputs["corpus"], params=params["vocab"])
+        vocab = op["vocab"](corpus=clean.outputs["corpus"], params=params["vocab"],
+                            vocab_size=p["vocab_size"], algorithm=p["vocab_algorithm"])
         data = op["pretrain_data"](corpus=clean.outputs["corpus"],
                                    tokenizer=vocab.outputs["tokenizer"],
                                    params=params["pretrain_data"]).set_display_name("pretrain-data")
         data.set_retry(num_retries=RETRIES, backoff_duration="60s")
         train = op["pretrain"](examples=data.outputs["examples"],
-                               tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"])
+                               tokenizer=vocab.outputs["tokenizer"], params=params["pretrain"],
+                               model=p["model"], size=p["model_size"], steps=p["steps"],
+                               batch_size=p["batch_size"], learning_rate=p["learning_rate"],
+                               checkpoint_every=p["checkpoint_every"])
         train.set_retry(num_retries=RETRIES)  # resumes from its last checkpoint after preemption
 
         rep, evaluations = evaluate_and_report(op, conf, params, train.outputs["run"], vocab.outputs["tokenizer"],
-                                               train.outputs["Output"], tasks, data_dir)
+                                               train.outputs["Output"], p["eval_tasks"], data_dir,
+                                               last_step=p["steps"])
         exp = op["export"](run=train.outputs["run"], tokenizer=vocab.outputs["tokenizer"],
                            report=rep.outputs["report"], params=params["export"])
         pushed = op["push"](hf_model=exp.outputs["hf_model"], params=params["push"],
+                            repo_id=p["push_repo_id"], dry_run=p["push_dry_run"],
                             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_hash=config_hash(conf))
         pushed.set_caching_options(False)  # a push is a side effect, never cached
         # outputs.json + config.yaml: this run can be the --from-run of `korlm pipeline run-step`
         manifest = op["run_manifest"](corpus=clean.outputs["corpus"], tokenizer=vocab.outputs["tokenizer"],
                                       examples=data.outputs["examples"], run=train.outputs["run"],
                                       report=rep.outputs["report"], hf_model=exp.outputs["hf_model"],
-                                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml)
+                                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml,
+                                      **p)  # the run's parameter values go into its config.yaml
         manifest.set_caching_options(False)
         for task in (clean, vocab, data, train, exp):
             task.set_caching_options(conf.pipeline.enable_caching)
@@ -240,7 +328,8 @@ def build_pipeline(conf: Config, clean_inputs: list[dict[str, Any]] | None = Non
         if target == "kfp":
             mount_cluster_volumes(conf, pushed, (clean, *evaluations))
 
-    return korlm_pipeline
+    return dsl.pipeline(with_parameters(korlm_pipeline, defaults), name=conf.pipeline.name,
+                        description="Raw Korean text to a pretrained, evaluated and exported LM")
 
 
 def mount_cluster_volumes(conf: Config, push_task, data_tasks) -> None:

@@ -17,6 +17,7 @@ import tempfile
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
 
 from korlm.config import Config, config_hash
 from korlm.errors import KorlmError
@@ -52,8 +53,10 @@ def run_labels(conf: Config) -> dict[str, str]:
             **conf.vertex.labels}
 
 
-def build_job(conf: Config, template_path: str, *, credentials=None, job_id: str | None = None):
-    """The ``aiplatform.PipelineJob`` for this run (constructing it sends nothing)."""
+def build_job(conf: Config, template_path: str, *, credentials=None, job_id: str | None = None,
+              parameter_values: dict[str, Any] | None = None):
+    """The ``aiplatform.PipelineJob`` for this run (constructing it sends nothing);
+    ``parameter_values`` replace pipeline parameters' compiled defaults for this run."""
     from google.cloud import aiplatform
 
     vx = conf.vertex
@@ -62,7 +65,7 @@ def build_job(conf: Config, template_path: str, *, credentials=None, job_id: str
         template_path=template_path,
         job_id=job_id,
         pipeline_root=vx.pipeline_root,
-        parameter_values={},
+        parameter_values=dict(parameter_values or {}),
         # None keeps each task's compiled caching option; True/False here would override
         # them all, caching the push (a side effect) too.
         enable_caching=None,
@@ -124,15 +127,26 @@ def describe(conf: Config, job, compiled: dict[str, Any]) -> dict[str, Any]:
         "service_account": conf.vertex.service_account,
         "network": conf.vertex.network,
         "pipeline_name": request.pipeline_spec["pipelineInfo"]["name"],
+        # the run's values of pipeline parameters (the rest keep their compiled defaults)
+        "parameter_values": json_format.MessageToDict(request._pb.runtime_config).get("parameterValues", {}),
         "tasks": task_resources(compiled),
     }
 
 
 def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = None,
-           pipeline_factory=None) -> dict[str, Any]:
+           pipeline_factory=None, parameter_values: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compile and submit (or, with ``dry_run``, only describe) the run on Vertex AI.
-    ``pipeline_factory`` builds another pipeline (a one-step re-run)."""
-    check_vertex_config(conf)
+    ``pipeline_factory`` builds another pipeline (a one-step re-run); ``parameter_values``
+    (pipeline parameter -> value, see pipelines/korlm_pipeline.py PIPELINE_PARAMETERS) go
+    in the job's ``parameter_values`` instead of being compiled in."""
+    run_conf = conf
+    if parameter_values:
+        from pipelines.coherence import check_coherence
+        from pipelines.korlm_pipeline import apply_parameters
+
+        run_conf = apply_parameters(conf, parameter_values)  # what the run will do, validated
+        check_coherence(run_conf)
+    check_vertex_config(run_conf)
     template_dir = template_dir or tempfile.mkdtemp(prefix="korlm-vertex-")
     template = compile_pipeline(conf, os.path.join(template_dir, f"{conf.pipeline.name}.yaml"), "vertex",
                                 pipeline_factory)
@@ -143,11 +157,12 @@ def submit(conf: Config, *, dry_run: bool = False, template_dir: str | None = No
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()  # building the request needs none; nothing is sent
-    job = build_job(conf, template, credentials=credentials)
+    # labels (model, config hash) name what the run does, parameter values included
+    job = build_job(run_conf, template, credentials=credentials, parameter_values=parameter_values)
     summary = describe(conf, job, compiled)
     summary["template"] = template
     summary["dry_run"] = dry_run
-    summary["cost_estimate"] = estimate(conf)
+    summary["cost_estimate"] = estimate(run_conf)
     if dry_run:
         return summary
     job.submit(service_account=conf.vertex.service_account, network=conf.vertex.network)

@@ -74,8 +74,10 @@ def test_package_mounts_the_token_secret_and_data_pvc_and_never_holds_the_token(
     # only the push task sees the secret
     assert [label for label, e in executors.items() if "secretAsEnv" in e] == [
         spec["components"]["comp-push"]["executorLabel"]]
-    paths = [i["path"] for i in spec["root"]["dag"]["tasks"]["clean"]["inputs"]["parameters"]["inputs"][
-        "runtimeValue"]["constant"]]
+    # the clean inputs are the pipeline parameter clean_inputs, its default the cluster paths
+    assert spec["root"]["dag"]["tasks"]["clean"]["inputs"]["parameters"]["inputs"] == {
+        "componentInputParameter": "clean_inputs"}
+    paths = [i["path"] for i in spec["root"]["inputDefinitions"]["parameters"]["clean_inputs"]["defaultValue"]]
     assert paths == ["/opt/korlm/data/sample/raw/movie_reviews.tsv", "/opt/korlm/data/sample/raw/petitions.jsonl.gz",
                      "/opt/korlm/data/sample/raw/law/*.txt"]
 
@@ -95,7 +97,8 @@ def test_local_paths_need_the_data_volume(conf):
 def test_wait_follows_the_run_to_succeeded_and_says_where_the_report_is(tmp_path):
     with KfpApiStandIn(states=("PENDING", "RUNNING", "RUNNING", "SUCCEEDED")) as api:
         proc = _korlm("pipeline", "submit", "--target", "kfp", "--config", "configs/local.yaml", *CLUSTER_SET,
-                      "--host", api.url, "--wait", tmp_path=tmp_path)
+                      "--host", api.url, "--wait", "--set", "vocab.vocab_size=4000",
+                      "--set", "clean.inputs=[{path: data/sample/raw/law/*.txt}]", tmp_path=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads(proc.stdout)
         assert SECRET not in proc.stdout + proc.stderr
@@ -113,6 +116,11 @@ def test_wait_follows_the_run_to_succeeded_and_says_where_the_report_is(tmp_path
     k8s = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s[push_exec]["secretAsEnv"][0]["secretName"] == "korlm-hf-token"
     assert summary["state"] == "SUCCEEDED" and summary["run_id"] == run["run_id"]
+    # --set of pipeline parameters: run arguments (paths as the cluster sees them), not recompiled
+    assert run["runtime_config"]["parameters"] == {
+        "vocab_size": 4000, "clean_inputs": [{"path": "/opt/korlm/data/sample/raw/law/*.txt"}]}
+    root = run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert root["vocab_size"]["defaultValue"] == config.load("configs/local.yaml").vocab.vocab_size
     assert len(polls) == 3  # followed PENDING -> RUNNING -> RUNNING -> SUCCEEDED
     assert "RUNNING" in proc.stderr and "SUCCEEDED" in proc.stderr
     assert summary["report"]["artifacts"] == f"minio://mlpipeline/v2/artifacts/korlm-demo/{run['run_id']}/"

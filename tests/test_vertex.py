@@ -191,14 +191,21 @@ def test_dry_run_prints_the_job_and_sends_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     proc = subprocess.run(
         [sys.executable, "-m", "korlm.cli", "pipeline", "submit", "--target", "vertex",
-         "--config", "configs/vertex-bert-base.yaml", "--dry-run"],
+         "--config", "configs/vertex-bert-base.yaml", "--dry-run",
+         # pipeline parameters go in the request's parameter_values; other keys are compiled in
+         "--set", "vocab.vocab_size=48000", "--set", "push.dry_run=true", "--set", "vertex.labels={team: nlp}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["dry_run"] is True
     assert summary["parent"] == "projects/your-project/locations/us-central1"
     assert summary["pipeline_root"] == "gs://your-bucket/korlm/pipeline-root"
-    assert summary["labels"]["team"] == "korean-nlp" and summary["labels"]["korlm-model"] == "bert-base"
+    assert summary["labels"]["team"] == "nlp" and summary["labels"]["korlm-model"] == "bert-base"
+    assert summary["parameter_values"] == {"vocab_size": 48000, "push_dry_run": True}
+    with open(summary["template"], encoding="utf-8") as f:  # compiled once, from the config's values
+        defaults = yaml.safe_load(f)["root"]["inputDefinitions"]["parameters"]
+    assert defaults["vocab_size"]["defaultValue"] == config.load("configs/vertex-bert-base.yaml").vocab.vocab_size
+    assert defaults["push_dry_run"]["defaultValue"] is False
     assert summary["tasks"]["pretrain"]["machine_spec"]["accelerator_type"] == "TPU_V5_LITEPOD"
     assert summary["tasks"]["pretrain"]["timeout"] == "604800s"
     assert summary["cost_estimate"]["estimate"] is True and summary["cost_estimate"]["total_usd"] > 0
@@ -231,13 +238,25 @@ def test_submit_sends_the_pipeline_job_request(bert_base, tmp_path, monkeypatch)
     monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda project, **kw: 1234)
     # submit() first checks the pipeline root's bucket: a real GCS emulator answers
     with gcs_emulator.running("your-bucket"):
-        summary = vertex.submit(bert_base, template_dir=str(tmp_path))
+        summary = vertex.submit(bert_base, template_dir=str(tmp_path),
+                                parameter_values={"vocab_size": 48000, "learning_rate": 3e-4,
+                                                  "eval_tasks": ["nsmc"]})
     job = sent["job"]
+    # the run's values travel as runtime parameter values, not in a recompiled template
+    values = job.runtime_config.parameter_values
+    assert dict(values) == {"vocab_size": 48000, "learning_rate": 3e-4, "eval_tasks": ["nsmc"]}
+    assert summary["parameter_values"] == {"vocab_size": 48000, "learning_rate": 3e-4, "eval_tasks": ["nsmc"]}
+    root = job.pipeline_spec["root"]["inputDefinitions"]["parameters"]
+    assert root["vocab_size"]["defaultValue"] == bert_base.vocab.vocab_size
     assert sent["parent"] == "projects/your-project/locations/us-central1"
     assert job.display_name == "korlm-bert-base"
     assert job.service_account == "korlm-runner@your-project.iam.gserviceaccount.com"
     assert job.runtime_config.gcs_output_directory == "gs://your-bucket/korlm/pipeline-root"
-    assert job.labels["korlm-config"] == config.config_hash(bert_base)[:12]
+    # the label names the config the run does: the compiled one with its parameter values
+    from pipelines.korlm_pipeline import apply_parameters
+
+    run_conf = apply_parameters(bert_base, {"vocab_size": 48000, "learning_rate": 3e-4, "eval_tasks": ["nsmc"]})
+    assert job.labels["korlm-config"] == config.config_hash(run_conf)[:12] != config.config_hash(bert_base)[:12]
     tasks = job.pipeline_spec["root"]["dag"]["tasks"]
     assert {"clean", "vocab", "pretrain-data", "pretrain", "report", "export", "push"} <= set(tasks)
     cached = ("clean", "vocab", "pretrain-data", "pretrain", "evaluate-2", "report", "export")
