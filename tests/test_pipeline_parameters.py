@@ -78,11 +78,12 @@ def test_a_bad_value_fails_inside_the_task_in_one_line_naming_the_key():
         vocab(corpus=None, params={"vocab_size": 2000}, tokenizer=None, stats=None, vocab_size=5)
     assert "vocab.vocab_size" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="pretrain.model"):
-        pretrain(examples=None, tokenizer=None, params={"steps": 20, "checkpoint_every": 10}, run=None,
+        pretrain(examples=None, tokenizer=None, params={"steps": 20, "checkpoint_every": 10}, run=None, metrics=None,
                  model="gpt")
     # the merged section is validated whole: a run-time steps below the compiled checkpoint_every
     with pytest.raises(ConfigError, match="checkpoint_every"):
-        pretrain(examples=None, tokenizer=None, params={"steps": 20, "checkpoint_every": 10}, run=None, steps=5)
+        pretrain(examples=None, tokenizer=None, params={"steps": 20, "checkpoint_every": 10}, run=None, metrics=None,
+                 steps=5)
 
 
 @pytest.mark.slow
