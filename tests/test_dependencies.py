@@ -82,6 +82,7 @@ def test_pyproject_dependencies_are_what_the_code_imports():
         "tensorflow-text": "imported as tensorflow_text", "gcsfs": "fsspec's gs:// protocol",
         "uvicorn": "korlm serve starts it", "kfp-kubernetes": "imported as kfp.kubernetes",
         "google-cloud-pipeline-components": "imported as google_cloud_pipeline_components",
+        "docker": "kfp.local imports it (else `import docker` finds the repo's docker/ folder)",
     }
     unused = declared - set(imported) - set(used_otherwise)
     assert not unused, f"declared in pyproject but never imported: {sorted(unused)}"
