@@ -172,7 +172,7 @@ def test_the_rehearsed_command_is_the_compiled_tpu_custom_job(rehearsals, family
     assert params["batch_size"] == GLOBAL_BATCH and params["steps"] == STEPS
     assert (params["strategy"], params["precision"]) == (r["conf"].pretrain.strategy, r["conf"].pretrain.precision)
     assert job.input_artifacts == {"examples": "system.Dataset", "tokenizer": "system.Artifact"}
-    assert job.output_artifacts == {"run": "system.Model"} and job.output_parameters == ["Output"]
+    assert job.output_artifacts == {"run": "system.Model", "metrics": "system.Metrics"} and job.output_parameters == ["Output"]
 
 
 @pytest.mark.slow
