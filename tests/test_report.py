@@ -193,3 +193,7 @@ def test_report_shows_standard_errors_and_flags_scores_at_the_majority_rate(tmp_
     assert "≈" in (out / "results.html").read_text()
     for png in ("nsmc_accuracy.png", "nsmc_macro_f1.png", "kornli_accuracy.png"):
         assert (out / png).stat().st_size > 1000
+    # an ablation arm's rows are the run's checkpoints, not the constant predictor
+    from korlm.evaluation.ablation import arm_rows
+    assert [r["checkpoint"] for r in arm_rows("a", str(out))] == [
+        "step-000100", "step-000200", "random-init"]

@@ -225,8 +225,6 @@ def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | No
     se: dict[str, float | None] = {}
     method: dict[str, str] = {}
     n = len(gold)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((0, 0), dtype=int)
     for name in names:
         if name == "accuracy":
             se[name] = proportion_se(accuracy(gold, predicted), n)
@@ -240,7 +238,9 @@ def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | No
                 se[name] = None
             else:
                 g, p = np.asarray(gold), np.asarray(predicted)
-                values = [compute([name], g[idx], p[idx], num_classes)[name] for idx in draws]
+                rng = np.random.default_rng(seed)  # the same resamples for every metric
+                values = [compute([name], g[idx], p[idx], num_classes)[name]
+                          for idx in (rng.integers(0, n, size=n) for _ in range(resamples))]
                 values = [v for v in values if v is not None]
                 se[name] = float(np.std(values, ddof=1)) if len(values) > 1 else None
             method[name] = f"bootstrap over test items ({resamples} resamples, seed {seed})"
