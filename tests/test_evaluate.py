@@ -99,6 +99,11 @@ def test_evaluate_checkpoint_and_random_init(setup, tmp_path):
     assert "dev (early stopping) = 20 of 200 rows" in record["split_note"]
     assert record["fine_tune"]["learning_rate"] == 2e-4
     assert record["fine_tune"]["max_seq_length"] == 32 and record["seconds"] > 0
+    # what the report needs to tell a score from noise: SEs and the constant predictor
+    acc = record["metrics"]["accuracy"]
+    assert record["standard_errors"]["accuracy"] == pytest.approx((acc * (1 - acc) / 100) ** 0.5)
+    const = record["constant_baseline"]
+    assert const["metrics"]["accuracy"] == record["majority_class_accuracy"]
 
     baseline = evaluate.evaluate_checkpoint(checkpoint, str(tokenizer_dir), "nsmc",
                                             str(nsmc_dir), str(tmp_path / "random"),
@@ -410,6 +415,10 @@ def test_user_tasks_pair_regression_and_qa(setup, tmp_path, capsys):
     assert pairs["label_names"] == ["other", "same"]
     assert "dev (early stopping) = 12 of 120 rows of pairs_train.tsv" in pairs["split_note"]
     assert pairs["num_train"] == 108 and pairs["num_eval"] == 78
+    assert 0 < pairs["standard_errors"]["macro_f1"] < 0.5
+    majority = pairs["constant_baseline"]["metrics"]
+    assert majority["accuracy"] == pairs["majority_class_accuracy"]
+    assert majority["macro_f1"] == pytest.approx(majority["accuracy"] / (1 + majority["accuracy"]))
     assert 1 <= pairs["best_epoch"] <= 2 and pairs["dev_history"][0]["epoch"] == 1
 
     common = dict(max_seq_length=32, batch_size=16, epochs=2, seed=3)
@@ -419,6 +428,10 @@ def test_user_tasks_pair_regression_and_qa(setup, tmp_path, capsys):
     assert sts["split_note"] == "" and sts["splits"]["dev"]["rows"] == 30
     for name, value in sts["metrics"].items():
         assert value is None and name in sts["undefined_metrics"] or -1 <= value <= 1
+    # a constant (the mean train score) has no correlation; its F1@3.0 is defined
+    assert sts["constant_baseline"]["metrics"]["pearson"] is None
+    assert sts["constant_baseline"]["metrics"]["f1_at_threshold"] is not None
+    assert set(sts["standard_errors"]) == {"pearson", "spearman", "f1_at_threshold"}
 
     qa = evaluate.evaluate_checkpoint(checkpoint, str(tokenizer_dir), str(files["qa"]),
                                       None, str(tmp_path / "qa"), doc_stride=6,
@@ -426,6 +439,7 @@ def test_user_tasks_pair_regression_and_qa(setup, tmp_path, capsys):
     assert set(qa["metrics"]) == {"exact_match", "f1"}
     assert 0 <= qa["metrics"]["exact_match"] <= qa["metrics"]["f1"] <= 1
     assert qa["fine_tune"]["doc_stride"] == 6
+    assert qa["constant_baseline"] is None and qa["standard_errors"]["f1"] is not None
     assert json.loads((tmp_path / "qa" / "metrics.json").read_text()) == qa
 
     # a bad task file: one line naming the key, nothing trained

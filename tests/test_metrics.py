@@ -73,3 +73,41 @@ def test_confusion_matrix_counts_gold_rows_and_predicted_columns():
     assert confusion_matrix([1, 1], [1, 1], 3) == [[0, 0, 0], [0, 2, 0], [0, 0, 0]]
     with pytest.raises(KorlmError, match="class ids must be in 0..1"):
         confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_standard_errors_and_constant_baselines():
+    # accuracy: binomial sqrt(p(1-p)/n); 0.75 of 400 items -> 0.02165
+    assert metrics.proportion_se(0.75, 400) == pytest.approx((0.75 * 0.25 / 400) ** 0.5)
+    assert metrics.proportion_se(1.0, 10) == 0.0
+    with pytest.raises(KorlmError):
+        metrics.proportion_se(0.5, 0)
+    gold = [0, 1] * 50
+    pred = [0, 1] * 40 + [1, 0] * 10  # 80 % right
+    se, method = metrics.standard_errors(("accuracy", "macro_f1"), gold, pred, 2)
+    assert se["accuracy"] == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
+    # the bootstrap SE of macro-F1 is near the binomial one here (balanced classes)
+    assert 0.02 < se["macro_f1"] < 0.07 and "bootstrap" in method["macro_f1"]
+    assert metrics.standard_errors(("macro_f1",), gold, pred, 2)[0] == {"macro_f1": se["macro_f1"]}
+    # a constant prediction: correlation and its SE undefined
+    assert metrics.standard_errors(("pearson",), [1.0, 2.0, 3.0], [2.0] * 3)[0] == {"pearson": None}
+    # QA: SE of the mean of per-question scores (EM 1, 0, 1, 0 -> sd 0.577 / 2)
+    em = metrics.standard_errors(("exact_match",), [["a"], ["b"], ["c"], ["d"]],
+                                 ["a", "x", "c", "y"])[0]["exact_match"]
+    assert em == pytest.approx(0.5773502 / 2)
+    # majority class 0 (3 of 4): accuracy 0.75, macro-F1 of always 0 = (0.857 + 0) / 2
+    base = metrics.constant_baseline(("accuracy", "macro_f1"), [0, 0, 0, 1], "classification",
+                                     num_classes=2)
+    assert base["prediction"] == 0 and base["metrics"]["accuracy"] == 0.75
+    assert base["metrics"]["macro_f1"] == pytest.approx((6 / 7) / 2)
+    reg = metrics.constant_baseline(("pearson", "f1_at_threshold"), [1.0, 4.0, 5.0],
+                                    "regression", train_labels=[3.0, 4.0])
+    assert reg["prediction"] == 3.5 and reg["metrics"]["pearson"] is None
+    assert reg["metrics"]["f1_at_threshold"] == pytest.approx(0.8)  # always >= 3.0
+    assert metrics.constant_baseline(("exact_match",), [["a"]], "extractive-qa") is None
+
+
+def test_a_constant_that_does_not_subtract_to_zero_has_no_correlation():
+    # the mean of three 2.7s is not 2.7 in floats (x - mean(x) = -4.4e-16): still undefined
+    constant = [2.7] * 3
+    assert metrics.pearson([1.0, 4.0, 5.0], constant) is None
+    assert metrics.spearman([1.0, 4.0, 5.0], constant) is None

@@ -152,3 +152,48 @@ def test_report_averages_fine_tuning_seeds_and_refuses_duplicates(tmp_path):
     with pytest.raises(KorlmError, match=r"two results for step-000600 on nsmc with fine-tuning "
                                          r"seed 1: .*s1.*metrics.json and .*again.*metrics.json"):
         build_report([*dirs, str(tmp_path / "again")], str(tmp_path / "out2"), references=[])
+
+
+def _noisy(d, checkpoint, step, acc, n, majority=0.75, random_init=False):
+    """A metrics.json as evaluate now writes it: SEs and the constant baseline."""
+    os.makedirs(d, exist_ok=True)
+    se = (acc * (1 - acc) / n) ** 0.5
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+        json.dump({"task": "nsmc", "checkpoint": checkpoint, "step": step,
+                   "random_init": random_init, "num_eval": n,
+                   "metrics": {"accuracy": acc, "macro_f1": acc - 0.1},
+                   "standard_errors": {"accuracy": se, "macro_f1": se},
+                   "constant_baseline": {"kind": "majority class", "prediction": 0,
+                                         "metrics": {"accuracy": majority,
+                                                     "macro_f1": 0.4286}}}, f)
+
+
+def test_report_shows_standard_errors_and_flags_scores_at_the_majority_rate(tmp_path):
+    # 400 test items, majority class 0.75: 0.752 is noise, 0.85 is not
+    _noisy(tmp_path / "a" / "nsmc", "step-000100", 100, 0.752, 400)
+    _noisy(tmp_path / "b" / "nsmc", "step-000200", 200, 0.85, 400)
+    _noisy(tmp_path / "c" / "nsmc", "random-init", None, 0.749, 400, random_init=True)
+    # an older metrics.json of another task: no SE, no baseline -> plain value and "—"
+    _metrics(tmp_path / "d" / "kornli", "step-000200", 200, 0.5, task="kornli")
+    out = tmp_path / "out"
+    summary = build_report([str(tmp_path / p) for p in "abcd"], str(out), references=[])
+    md = (out / "results.md").read_text()
+    se752 = (0.752 * 0.248 / 400) ** 0.5
+    assert f"| step-000100 | — | 0.7520 ± {se752:.4f} ≈ | 0.6520 ± {se752:.4f} |" in md
+    assert "| step-000200 | **0.5000** | **0.8500 ± 0.0179** | **0.7500 ± 0.0179** |" in md
+    assert "| random-init | — | 0.7490 ± 0.0217 ≈ |" in md
+    assert "| constant predictor | — | 0.7500 | 0.4286 |" in md
+    assert "≈: within one standard error of the constant predictor" in md
+    assert "nsmc: majority class" in md
+    assert summary["flags"] == {"step-000100": {"nsmc/accuracy": True},
+                                "random-init": {"nsmc/accuracy": True}}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["within_one_se_of_constant"]["step-000100"] == ["nsmc/accuracy"]
+    assert saved["constant_row"] == "constant predictor"
+    assert "≈" in (out / "results.html").read_text()
+    for png in ("nsmc_accuracy.png", "nsmc_macro_f1.png", "kornli_accuracy.png"):
+        assert (out / png).stat().st_size > 1000
+    # an ablation arm's rows are the run's checkpoints, not the constant predictor
+    from korlm.evaluation.ablation import arm_rows
+    assert [r["checkpoint"] for r in arm_rows("a", str(out))] == [
+        "step-000100", "step-000200", "random-init"]

@@ -29,9 +29,10 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
 
 
 def arm_rows(label: str, report_dir: str) -> list[dict[str, Any]]:
-    """The arm's own rows of a report (external reference rows are left out)."""
+    """The arm's own rows of a report (external reference rows and the constant-predictor
+    row are left out)."""
     results = _read_json(storage.join(report_dir, "results.json"), "report results.json")
-    external = set(results.get("external_rows", []))
+    external = set(results.get("external_rows", [])) | {results.get("constant_row")}
     steps = {}
     for rec in results.get("records", []):
         steps[rec["checkpoint"]] = None if rec.get("random_init") else rec.get("step")

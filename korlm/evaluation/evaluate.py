@@ -514,6 +514,14 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     fit_seconds = time.perf_counter() - fit_started
     test_predictions = head.predict(model, x_test, splits.test, eval_batch)
     scores = head.score(splits.test, test_predictions)
+    # how far chance moves these scores on this test set, and what a constant predictor
+    # scores on it (the report flags rows within one standard error of that)
+    gold = ([[a["text"] for a in answers] for answers in splits.test.labels]
+            if spec.type == "extractive-qa" else splits.test.labels)
+    standard_errors, se_methods = metric_fns.standard_errors(
+        spec.metrics, gold, test_predictions, spec.num_classes)
+    baseline = metric_fns.constant_baseline(spec.metrics, splits.test.labels, spec.type,
+                                            splits.train.labels, spec.num_classes)
 
     name = RANDOM_INIT if random_init else checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
     record = {
@@ -531,6 +539,10 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         "splits": splits.summary(),
         "num_train": len(splits.train),
         "num_eval": len(splits.test),
+        "standard_errors": standard_errors,
+        "standard_error_methods": se_methods,
+        # None: no constant prediction exists (extractive QA)
+        "constant_baseline": baseline,
         "train_loss": float(history.history["loss"][-1]),
         "dev_history": stopper.history,
         "best_epoch": stopper.best_epoch,

@@ -79,6 +79,8 @@ def confusion_matrix(gold: Sequence[int], predicted: Sequence[int],
 
 def pearson(gold: Sequence[float], predicted: Sequence[float]) -> float | None:
     y, p = _arrays(gold, predicted)
+    if np.all(y == y[0]) or np.all(p == p[0]):
+        return None  # constant: mean subtraction would leave float rounding, not zeros
     yc, pc = y - y.mean(), p - p.mean()
     denominator = float(np.sqrt(np.sum(yc * yc) * np.sum(pc * pc)))
     if denominator == 0.0:
@@ -187,3 +189,81 @@ def compute(names: Sequence[str], gold, predicted, num_classes: int | None = Non
         else:
             raise KorlmError(f"unknown metric {name!r}; known metrics: {', '.join(ALL_METRICS)}")
     return out
+
+
+# --- how much a score can move by chance: standard errors and constant baselines ---
+
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_SEED = 0
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Binomial standard error ``sqrt(p (1 - p) / n)`` of a share ``p`` of ``n`` items
+    (accuracy, exact match)."""
+    if n <= 0:
+        raise KorlmError(f"a standard error needs a test set, got n={n}")
+    if not 0.0 <= p <= 1.0:
+        raise KorlmError(f"a share must lie in [0, 1], got {p}")
+    return float(np.sqrt(p * (1.0 - p) / n))
+
+
+def _qa_item_scores(name: str, answers, predictions) -> np.ndarray:
+    fn = answer_exact_match if name == "exact_match" else answer_f1
+    return np.array([max(fn(pred, a) for a in golds)
+                     for golds, pred in zip(answers, predictions, strict=True)])
+
+
+def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | None = None,
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+                    ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """``(se, method)`` per metric over the test items: accuracy the binomial formula,
+    QA exact match / F1 the standard error of the mean of per-question scores, the rest
+    (macro-F1, Pearson, Spearman, F1@threshold) the standard deviation of the score over
+    ``resamples`` bootstrap resamples of the test items (fixed ``seed``; resamples where
+    the score is undefined are skipped). ``None`` where the score itself is undefined
+    or every resample was."""
+    se: dict[str, float | None] = {}
+    method: dict[str, str] = {}
+    n = len(gold)
+    for name in names:
+        if name == "accuracy":
+            se[name] = proportion_se(accuracy(gold, predicted), n)
+            method[name] = "binomial sqrt(p(1-p)/n)"
+        elif name in QA_METRICS:
+            scores = _qa_item_scores(name, gold, predicted)
+            se[name] = float(np.std(scores, ddof=1) / np.sqrt(n)) if n > 1 else None
+            method[name] = "standard error of the mean over questions"
+        else:
+            if compute([name], gold, predicted, num_classes)[name] is None:
+                se[name] = None
+            else:
+                g, p = np.asarray(gold), np.asarray(predicted)
+                rng = np.random.default_rng(seed)  # the same resamples for every metric
+                values = [compute([name], g[idx], p[idx], num_classes)[name]
+                          for idx in (rng.integers(0, n, size=n) for _ in range(resamples))]
+                values = [v for v in values if v is not None]
+                se[name] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            method[name] = f"bootstrap over test items ({resamples} resamples, seed {seed})"
+    return se, method
+
+
+def constant_baseline(names: Sequence[str], gold, task_type: str,
+                      train_labels=None, num_classes: int | None = None) -> dict | None:
+    """The scores of one constant prediction for every test item: classification the
+    test split's most frequent gold class (its share is the majority-class accuracy),
+    regression the mean train score (correlations of a constant are undefined:
+    ``None``). Extractive QA has no constant answer: ``None``."""
+    if task_type in ("classification", "pair-classification"):
+        y = np.asarray(gold, dtype=np.int64)
+        if not len(y):
+            raise KorlmError("cannot score an empty split")
+        majority = int(np.argmax(np.bincount(y, minlength=num_classes or 0)))
+        return {"kind": "majority class (most frequent test label)", "prediction": majority,
+                "metrics": compute(names, y, [majority] * len(y), num_classes)}
+    if task_type == "regression":
+        if train_labels is None or not len(train_labels):
+            raise KorlmError("a constant regression baseline needs the train scores")
+        mean = float(np.mean(np.asarray(train_labels, dtype=float)))
+        return {"kind": "constant prediction (mean train score)", "prediction": mean,
+                "metrics": compute(names, gold, [mean] * len(gold), num_classes)}
+    return None

@@ -3,7 +3,14 @@
 Rows are checkpoints by pretraining step, then the random-init baseline, then published
 reference models marked "(external)"; columns are ``task/metric``. Writes ``results.md``,
 ``results.html``, ``results.json`` and one PNG per metric (metric against step, the
-baseline as a dashed line). Split notes (a task scored on derived splits, on the official
+baseline as a dashed line). Scores carry their test-set standard error (``± SE``, from
+the ``standard_errors`` evaluate records: binomial for accuracy, bootstrap over test
+items for the rest) and a "constant predictor" row gives what predicting the majority
+class (classification) or the mean train score (regression) scores on the same test
+set; a cell within one standard error of it is flagged ``≈`` (indistinguishable from
+the constant predictor). Plots draw the standard errors as error bars on the checkpoint
+points and a ± 1 SE band around the random-init line, the constant predictor as a
+dotted line. Older metrics.json files without these fields render without them. Split notes (a task scored on derived splits, on the official
 dev set...) and the sources of the external numbers are printed under the table.
 """
 
@@ -18,6 +25,11 @@ from korlm import storage
 from korlm.errors import KorlmError
 
 BASELINE = "random-init"
+CONSTANT = "constant predictor"
+FLAG = "≈"
+FLAG_NOTE = (f"{FLAG}: within one standard error of the constant predictor (the majority "
+             "class for classification, the mean train score for regression) on the same "
+             "test set: this score does not show the model learned anything.")
 EXTERNAL = " (external)"
 
 # Published fine-tuning scores of reference models, as printed by their source (percent);
@@ -135,6 +147,48 @@ def build_table(records: list[dict[str, Any]]) -> tuple[list[str], list[str], di
     return row_names, sorted(columns), rows, spread
 
 
+def noise_table(records: list[dict[str, Any]], rows: dict) -> dict[str, Any]:
+    """Standard errors and the constant-predictor baseline of each cell.
+
+    Returns ``{"se": {row: {col: se}}, "baseline": {col: value | None}, "flags": {row:
+    {col: bool}}, "kinds": {task: str}}``. A cell's SE is the mean of its records'
+    recorded SEs (seeds share one test set, so averaging seeds does not shrink the
+    test-set noise); records without ``standard_errors`` (older files) give none. The
+    baseline of a column comes from the first record of its task that has one; ``None``
+    where the constant prediction's score is undefined (a correlation). A cell is flagged
+    when ``|value - baseline| <= SE``."""
+    se_lists: dict[str, dict[str, list[float]]] = {}
+    baseline: dict[str, float | None] = {}
+    kinds: dict[str, str] = {}
+    for rec in records:
+        name = _row_name(rec)
+        for metric, se in (rec.get("standard_errors") or {}).items():
+            if se is not None:
+                se_lists.setdefault(name, {}).setdefault(f"{rec['task']}/{metric}", []).append(
+                    float(se))
+        const = rec.get("constant_baseline")
+        if const and rec["task"] not in kinds:
+            kinds[rec["task"]] = const.get("kind", "constant prediction")
+            for metric, value in (const.get("metrics") or {}).items():
+                baseline[f"{rec['task']}/{metric}"] = None if value is None else float(value)
+    se = {r: {c: sum(v) / len(v) for c, v in cols.items()} for r, cols in se_lists.items()}
+    flags: dict[str, dict[str, bool]] = {}
+    for r, cols in se.items():
+        for c, err in cols.items():
+            value, base = rows.get(r, {}).get(c), baseline.get(c)
+            if value is not None and base is not None and abs(value - base) <= err:
+                flags.setdefault(r, {})[c] = True
+    return {"se": se, "baseline": baseline, "flags": flags, "kinds": dict(sorted(kinds.items()))}
+
+
+def add_constant_row(row_names: list[str], rows: dict, noise: dict[str, Any]) -> list[str]:
+    """Insert the constant-predictor row after the run's rows when any task has one."""
+    if not noise["baseline"]:
+        return row_names
+    rows[CONSTANT] = dict(noise["baseline"])
+    return [*row_names, CONSTANT]
+
+
 def add_references(row_names: list[str], columns: list[str], rows: dict,
                    references: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Append external rows for the reference models that report any of ``columns``
@@ -162,12 +216,45 @@ def split_notes(records: list[dict[str, Any]]) -> dict[str, str]:
     return dict(sorted(notes.items()))
 
 
-def _cell(value: float | None, present: bool, spread: tuple[float, int] | None = None) -> str:
+def _cell(value: float | None, present: bool, spread: tuple[float, int] | None = None,
+          se: float | None = None, flagged: bool = False) -> str:
     if not present:
         return "—"
     if value is None:
         return "n/a"
-    return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread[0]:.4f} ({spread[1]})"
+    text = f"{value:.4f}"
+    if spread is not None:  # several seeds: mean ± seed SD (seeds), then the test-set SE
+        text += f" ± {spread[0]:.4f} ({spread[1]})"
+        if se is not None:
+            text += f", SE {se:.4f}"
+    elif se is not None:
+        text += f" ± {se:.4f}"
+    return f"{text} {FLAG}" if flagged else text
+
+
+def _noise_cell(r: str, c: str, rows: dict, spread: dict | None, noise: dict | None) -> str:
+    noise = noise or {}
+    return _cell(rows[r].get(c), c in rows[r], (spread or {}).get(r, {}).get(c),
+                 noise.get("se", {}).get(r, {}).get(c),
+                 noise.get("flags", {}).get(r, {}).get(c, False))
+
+
+def _noise_notes(noise: dict | None) -> list[str]:
+    if not noise:
+        return []
+    notes = []
+    if noise.get("se"):
+        notes.append("± SE: the standard error of the score from the test-set size "
+                     "(binomial for accuracy, per-question for QA, a bootstrap over test "
+                     "items for the rest); differences smaller than about two SEs are noise.")
+    if noise.get("baseline"):
+        notes.append("The constant predictor row scores one prediction for every test "
+                     "item: " + "; ".join(f"{t}: {k}" for t, k in noise["kinds"].items())
+                     + (" (n/a: undefined for a constant, e.g. a correlation)."
+                        if None in noise["baseline"].values() else "."))
+    if noise.get("flags"):
+        notes.append(FLAG_NOTE)
+    return notes
 
 
 def _seeds_note(spread: dict | None) -> str:
@@ -178,24 +265,25 @@ def _seeds_note(spread: dict | None) -> str:
 
 
 def _best(row_names, columns, rows) -> dict[str, float | None]:
-    own = [r for r in row_names if not r.endswith(EXTERNAL)]
+    own = [r for r in row_names if not r.endswith(EXTERNAL) and r != CONSTANT]
     return {c: max((rows[r][c] for r in own if rows[r].get(c) is not None), default=None)
             for c in columns}
 
 
 def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = None,
-                    sources: list[str] | None = None, spread: dict | None = None) -> str:
+                    sources: list[str] | None = None, spread: dict | None = None,
+                    noise: dict | None = None) -> str:
     lines = ["| checkpoint | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     best = _best(row_names, columns, rows)
-    own = [r for r in row_names if not r.endswith(EXTERNAL)]
+    own = [r for r in row_names if not r.endswith(EXTERNAL) and r != CONSTANT]
     for r in row_names:
         cells = []
         for c in columns:
             v = rows[r].get(c)
-            cell = _cell(v, c in rows[r], (spread or {}).get(r, {}).get(c))
+            cell = _noise_cell(r, c, rows, spread, noise)
             if (v is not None and v == best[c] and len(own) > 1
-                    and not r.endswith(EXTERNAL)):
+                    and not r.endswith(EXTERNAL) and r != CONSTANT):
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
@@ -204,6 +292,7 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
         text += "\nn/a: undefined (a correlation of constant predictions).\n"
     if _seeds_note(spread):
         text += "\n" + _seeds_note(spread).capitalize() + "\n"
+    text += "".join(f"\n{n}\n" for n in _noise_notes(noise))
     if notes:
         text += "\nSplits:\n" + "".join(f"- {t}: {n}\n" for t, n in notes.items())
     if sources:
@@ -214,7 +303,8 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
 
 
 def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str] | None = None,
-                sources: list[str] | None = None, spread: dict | None = None) -> str:
+                sources: list[str] | None = None, spread: dict | None = None,
+                noise: dict | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     best = _best(row_names, columns, rows)
     body = []
@@ -222,14 +312,15 @@ def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str
         external = r.endswith(EXTERNAL)
         cells = "".join(
             "<td{}>{}</td>".format(
-                " class='best'" if not external and rows[r].get(c) is not None
-                and rows[r][c] == best[c] else "",
-                _cell(rows[r].get(c), c in rows[r], (spread or {}).get(r, {}).get(c)))
+                " class='best'" if not external and r != CONSTANT
+                and rows[r].get(c) is not None and rows[r][c] == best[c] else "",
+                html.escape(_noise_cell(r, c, rows, spread, noise)))
             for c in columns)
         style = " class='external'" if external else ""
         body.append(f"<tr{style}><th>{html.escape(r)}</th>{cells}</tr>")
     imgs = "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
     extra = f"<p>{html.escape(_seeds_note(spread).capitalize())}</p>" if spread else ""
+    extra += "".join(f"<p>{html.escape(n)}</p>" for n in _noise_notes(noise))
     if notes:
         extra += "<h2>Splits</h2><ul>" + "".join(
             f"<li><b>{html.escape(t)}</b>: {html.escape(n)}</li>" for t, n in notes.items()
@@ -256,7 +347,16 @@ def save_plot(fig, column: str, out_dir: str) -> str:
     return name
 
 
-def plot_metrics(records, columns, out_dir: str) -> list[str]:
+def _mean_se(recs: list[dict[str, Any]], metric: str) -> float | None:
+    values = [float(r["standard_errors"][metric]) for r in recs
+              if (r.get("standard_errors") or {}).get(metric) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def plot_metrics(records, columns, out_dir: str, noise: dict | None = None) -> list[str]:
+    """One PNG per column: the checkpoints' scores against step (error bars: ± 1 SE),
+    the random-init score as a dashed line in a ± 1 SE band, and the constant
+    predictor as a dotted line (when recorded and defined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,25 +365,39 @@ def plot_metrics(records, columns, out_dir: str) -> list[str]:
     names = []
     for col in columns:
         task, metric = col.split("/", 1)
-        by_step: dict[int, list[float]] = {}
+        by_step: dict[int, list[dict[str, Any]]] = {}
         for r in records:
             if r["task"] == task and r["metrics"].get(metric) is not None \
                     and not r.get("random_init") and r.get("step") is not None:
-                by_step.setdefault(int(r["step"]), []).append(float(r["metrics"][metric]))
-        pts = sorted((step, sum(v) / len(v)) for step, v in by_step.items())  # seed means
-        base_values = [float(r["metrics"][metric]) for r in records
-                       if r["task"] == task and r.get("random_init")
-                       and r["metrics"].get(metric) is not None]
-        base = [sum(base_values) / len(base_values)] if base_values else []
+                by_step.setdefault(int(r["step"]), []).append(r)
+        # seed means, and their test-set SE (None: not recorded)
+        pts = sorted((step, sum(float(r["metrics"][metric]) for r in v) / len(v),
+                      _mean_se(v, metric)) for step, v in by_step.items())
+        base_recs = [r for r in records if r["task"] == task and r.get("random_init")
+                     and r["metrics"].get(metric) is not None]
+        base = ([sum(float(r["metrics"][metric]) for r in base_recs) / len(base_recs)]
+                if base_recs else [])
+        base_se = _mean_se(base_recs, metric)
+        constant = (noise or {}).get("baseline", {}).get(col)
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="pretrained")
+            errors = [p[2] for p in pts]
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], marker="o", capsize=3,
+                        yerr=None if all(e is None for e in errors)
+                        else [e or 0.0 for e in errors],
+                        label="pretrained (± 1 SE)" if any(e is not None for e in errors)
+                        else "pretrained")
         if base:
             ax.axhline(base[0], linestyle="--", color="grey", label=BASELINE)
+            if base_se is not None:
+                ax.axhspan(base[0] - base_se, base[0] + base_se, color="grey", alpha=0.2,
+                           label=f"{BASELINE} ± 1 SE")
+        if constant is not None:
+            ax.axhline(constant, linestyle=":", color="firebrick", label=CONSTANT)
         ax.set_xlabel("pretraining step")
         ax.set_ylabel(metric)
         ax.set_title(col)
-        if pts or base:
+        if pts or base or constant is not None:
             ax.legend(loc="best")
         names.append(save_plot(fig, col, out_dir))
     return names
@@ -298,18 +412,20 @@ def build_report(result_dirs: list[str], output_dir: str,
     storage.check_output(output_dir, "report", inputs=result_dirs, overwrite=overwrite)
     records = find_metrics(result_dirs)
     row_names, columns, rows, spread = build_table(records)
+    noise = noise_table(records, rows)
+    row_names = add_constant_row(row_names, rows, noise)
     own_rows = list(row_names)
     row_names, sources = add_references(
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
     notes = split_notes(records)
-    markdown = render_markdown(row_names, columns, rows, notes, sources, spread)
+    markdown = render_markdown(row_names, columns, rows, notes, sources, spread, noise)
     with storage.atomic_output_dir(output_dir, "report", inputs=result_dirs,
                                    overwrite=overwrite) as staging:
-        plots = plot_metrics(records, columns, staging)
+        plots = plot_metrics(records, columns, staging, noise)
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"
                     + "".join(f"![{p}]({p})\n" for p in plots))
-        html_text = render_html(row_names, columns, rows, plots, notes, sources, spread)
+        html_text = render_html(row_names, columns, rows, plots, notes, sources, spread, noise)
         with open(os.path.join(staging, "results.html"), "w", encoding="utf-8") as f:
             f.write(html_text)
         with open(os.path.join(staging, "results.json"), "w", encoding="utf-8") as f:
@@ -317,7 +433,12 @@ def build_report(result_dirs: list[str], output_dir: str,
                        "spread": {r: {c: {"sd": sd, "seeds": n} for c, (sd, n) in cols.items()}
                                   for r, cols in spread.items()},
                        "external_rows": [r for r in row_names if r not in own_rows],
+                       "standard_errors": noise["se"], "constant_row": CONSTANT
+                       if CONSTANT in rows else None, "constant_kinds": noise["kinds"],
+                       "within_one_se_of_constant": {r: sorted(c) for r, c
+                                                     in noise["flags"].items()},
                        "split_notes": notes, "sources": sources,
                        "records": records}, f, indent=2, ensure_ascii=False)
     return {"markdown": markdown, "html": html_text, "rows": row_names, "columns": columns,
-            "values": rows, "plots": plots, "split_notes": notes}
+            "values": rows, "plots": plots, "split_notes": notes,
+            "standard_errors": noise["se"], "flags": noise["flags"]}
