@@ -20,10 +20,9 @@ import re
 
 from korlm.config import Config, StepResources
 from korlm.errors import KorlmError
+from korlm.pretrain.distribute import gpu_supports_bf16
 
 TPU_ACCELERATORS = ("TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD")
-# GPUs without bfloat16 arithmetic (before Ampere): mixed_bfloat16 cannot run fast there.
-NO_BF16_GPUS = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100")
 # Steps whose code runs on the JAX backend (rehearsed under 8 virtual devices); the others
 # (evaluate, finetune, export, ...) set KERAS_BACKEND=tensorflow themselves.
 JAX_STEPS = ("pretrain",)
@@ -173,7 +172,9 @@ def _pretrain_problems(conf: Config, key: str, p: StepPlacement, res: StepResour
         out.append(f"pretrain.strategy gpu but {where} is not a GPU")
     if strategy == "cpu" and p.accelerator != "none":
         out.append(f"pretrain.strategy cpu would leave {where} idle")
-    if precision == "mixed_bfloat16" and acc_name in NO_BF16_GPUS:
+    # GPUs without bfloat16 arithmetic (before Ampere): the same table pretraining picks
+    # its precision by (Vertex names such as NVIDIA_TESLA_T4 match it lower-cased)
+    if precision == "mixed_bfloat16" and p.accelerator == "gpu" and gpu_supports_bf16(acc_name) is False:
         out.append(f"pretrain.precision mixed_bfloat16 on {where}: no bfloat16 hardware before Ampere; "
                    "use mixed_float16 or auto")
     if precision == "mixed_float16" and p.accelerator == "tpu":
