@@ -47,7 +47,7 @@ def _distribution_of(module: str, index: dict[str, list[str]]) -> set[str]:
     """The installed distributions providing ``module`` (google.cloud.x by its package)."""
     parts = module.split(".")
     if parts[0] == "google":  # a namespace package: the distribution that holds the module's files
-        for depth in range(len(parts), 2, -1):
+        for depth in range(len(parts), 1, -1):  # google.cloud.storage, then google.cloud, google.auth
             prefix = "/".join(parts[:depth])
             found = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()
                      if any(str(f).startswith((prefix + "/", prefix + ".py")) for f in (d.files or []))}
