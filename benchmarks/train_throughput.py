@@ -29,7 +29,10 @@ MLM training paths.
 find what helps. A variant is ``name`` or ``name:key=value,key=value`` with keys:
 ``jit`` (0/1: XLA), ``spe`` (Keras ``steps_per_execution``), ``onednn`` (0/1:
 ``TF_ENABLE_ONEDNN_OPTS``), ``intra``/``inter`` (``tf.config.threading``), ``autotune``
-(0: ``tf.data.Options().autotune.enabled = False`` on the cached-batch dataset).
+(0: ``tf.data.Options().autotune.enabled = False`` on the cached-batch dataset),
+``policy`` (a Keras dtype policy set before the model is built: ``mixed_bfloat16`` is what
+``pretrain.precision: mixed_bfloat16`` sets). ``--no-torch`` leaves the PyTorch side out
+and reports each variant's ratio over the first variant instead (e.g. bf16 over float32).
 ``--per-step`` prints every step's seconds. Every run reports tokens/s over the whole timed
 fit (``wall``: the headline figure), from the median step and from the mean of the fastest
 quarter of steps (closest to an unshared machine), tokens per CPU-second of the process,
@@ -57,7 +60,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LR, WARMUP_LR_STEPS, TOTAL_LR_STEPS, WEIGHT_DECAY = 1e-4, 10, 10_000, 0.01
-VARIANT_KEYS = {"jit", "spe", "onednn", "intra", "inter", "autotune"}
+VARIANT_KEYS = {"jit", "spe", "onednn", "intra", "inter", "autotune", "policy"}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -141,6 +144,8 @@ def run_korlm(args, settings: dict[str, str]) -> dict:
     threads = int(settings.get("intra", args.threads))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(int(settings.get("inter", threads)))
+    if "policy" in settings:  # before the model is built, as korlm.pretrain.distribute.set_precision
+        keras.mixed_precision.set_global_policy(settings["policy"])
     task, x, y, weights = _korlm_task(args)
     _compile_korlm(task, args)
     # Compile flags applied after korlm's compile, so the optimizer, loss and metrics are
@@ -297,6 +302,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["korlm"],
                         help="korlm variants, each 'name' or 'name:key=value,...' (see the module doc)")
     parser.add_argument("--per-step", action="store_true", help="print every timed step's seconds")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="korlm variants only; ratios over the first variant")
     parser.add_argument("--one", choices=["korlm", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -309,7 +316,8 @@ def main() -> None:
         return
 
     variants = [parse_variant(v) for v in args.variants]
-    sides = [("torch", {})] + variants
+    sides = ([] if args.no_torch else [("torch", {})]) + variants
+    reference = sides[0][0]
     tokens_per_step = args.batch_size * args.seq_len
     metrics = ("wall", "median_step", "fast_quartile", "per_cpu_second")
     rates: dict[str, dict[str, list[float]]] = {m: {name: [] for name, _ in sides} for m in metrics}
@@ -344,9 +352,9 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in rates[metric].items()}
         summary[metric] = {
             "median_tokens_per_s": {k: round(v) for k, v in med.items()},
-            "ratio_over_torch": {name: round(med[name] / med["torch"], 3) for name, _ in variants},
-            "ratio_per_round": {name: [round(a / b, 3) for a, b in zip(rates[metric][name], rates[metric]["torch"], strict=True)]
-                                for name, _ in variants}}
+            f"ratio_over_{reference}": {name: round(med[name] / med[reference], 3) for name, _ in sides[1:]},
+            "ratio_per_round": {name: [round(a / b, 3) for a, b in zip(rates[metric][name], rates[metric][reference], strict=True)]
+                                for name, _ in sides[1:]}}
     print(json.dumps(summary, indent=1))
 
 

@@ -175,7 +175,6 @@ def test_tpu_kind_names():
 # ------------------------------------------------------------------- precision
 
 @pytest.mark.parametrize(("kind", "capability", "policy"), [
-    ("cpu", None, "float32"),
     ("TPU v4", None, "mixed_bfloat16"),
     ("TPU v5 lite", None, "mixed_bfloat16"),
     ("NVIDIA A100-SXM4-40GB", None, "mixed_bfloat16"),
@@ -200,13 +199,45 @@ def test_auto_precision(restore_policy, kind, capability, policy):
     assert choice.reason.startswith("auto: ")
 
 
-def test_explicit_precision_and_loss_scaling(restore_policy, capsys):
+AVX512_BF16_CPU = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+PLAIN_AVX2_CPU = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
+
+
+def test_cpu_bf16_is_read_from_the_flags_line():
+    assert distribute.cpu_supports_bf16(AVX512_BF16_CPU)
+    assert distribute.cpu_supports_bf16("flags\t: sse2 amx_bf16 amx_tile\n")
+    assert not distribute.cpu_supports_bf16(PLAIN_AVX2_CPU)
+    assert not distribute.cpu_supports_bf16("")
+
+
+@pytest.mark.parametrize(("native", "hidden", "policy"), [
+    (True, 256, "mixed_bfloat16"), (True, 768, "mixed_bfloat16"),
+    (True, 128, "float32"), (True, None, "float32"),  # tiny: measured no faster
+    (False, 768, "float32"),
+])
+def test_auto_precision_on_a_cpu_follows_native_bf16_and_width(restore_policy, monkeypatch,
+                                                               capsys, native, hidden, policy):
     import keras
 
+    monkeypatch.setattr(distribute, "cpu_supports_bf16", lambda cpuinfo=None: native)
+    choice = distribute.set_precision("auto", "cpu", hidden_dim=hidden)
+    assert (choice.policy, choice.loss_scaling) == (policy, False)
+    assert keras.mixed_precision.global_policy().name == policy
+    assert ("without" in choice.reason) != native
+    assert capsys.readouterr().err == ""  # auto never picks what it would warn about
+
+
+def test_explicit_precision_and_loss_scaling(restore_policy, capsys, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(distribute, "cpu_supports_bf16", lambda cpuinfo=None: False)
     choice = distribute.set_precision("mixed_bfloat16", "cpu")
     assert choice.policy == "mixed_bfloat16" and not choice.loss_scaling
     assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
-    assert "mixed_bfloat16 on a CPU usually runs slower than float32" in capsys.readouterr().err
+    assert "mixed_bfloat16 on this CPU usually runs slower than float32" in capsys.readouterr().err
+    monkeypatch.setattr(distribute, "cpu_supports_bf16", lambda cpuinfo=None: True)
+    distribute.set_precision("mixed_bfloat16", "cpu")
+    assert capsys.readouterr().err == ""  # native bfloat16: nothing to warn about
 
     choice = distribute.set_precision("mixed_float16", "NVIDIA A100-SXM4-80GB")
     assert (choice.policy, choice.loss_scaling, choice.wrap_optimizer) == (
@@ -454,7 +485,8 @@ def test_tiny_bert_trains_under_jax_data_parallel():
     assert result["no_gpu"].startswith("the JAX backend has no gpu device ("), result["no_gpu"]
     assert result["replicas"] == 2 and result["device_kind"] == "cpu"
     assert result["distribution"] == "DataParallel" and result["mesh_devices"] == 2
-    assert result["policy"] == "float32" and result["per_replica"] == 4 and result["jit"]
+    assert result["policy"] == "float32"  # auto, no model width given: float32 on a CPU
+    assert result["per_replica"] == 4 and result["jit"]
     losses = result["loss"]
     assert all(math.isfinite(v) for v in losses)
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses

@@ -184,7 +184,8 @@ def test_the_global_batch_splits_over_eight_devices_and_checkpoints_are_written(
     out = whole["proc"].stdout
     assert f"jax-data-parallel (jax): {DEVICES} x cpu" in out, out[-2000:]
     assert f"batch {GLOBAL_BATCH} ({GLOBAL_BATCH // DEVICES} per device x {DEVICES})" in out
-    # the spec's precision on this CPU: auto is float32 here (mixed_bfloat16 on the TPU)
+    # the spec's precision on this CPU: auto is float32 for the tiny model (mixed_bfloat16
+    # on the TPU)
     precision = r["job"].parameters["params"].get("precision", "auto")
     assert f"{'float32' if precision == 'auto' else precision} (" in out
     log = _log(whole["run"])

@@ -109,13 +109,14 @@ def phase_data_dir(data_dir: str, seq_len: int | None) -> str:
     return data_dir
 
 
-def _devices(strategy: str, tpu: str | None, precision: str, plan: list[dict], micro: int):
+def _devices(strategy: str, tpu: str | None, precision: str, plan: list[dict], micro: int,
+             hidden_dim: int):
     """Strategy and precision (``korlm.pretrain.distribute``), and the batch checked against the
     replicas before any model is built."""
     from korlm.pretrain import distribute
 
     dist = distribute.resolve_strategy(strategy, tpu=tpu)
-    choice = distribute.set_precision(precision, dist)
+    choice = distribute.set_precision(precision, dist, hidden_dim=hidden_dim)
     for phase in plan:
         distribute.check_batch(phase["batch_size"], dist.num_replicas, micro)
     return dist, choice
@@ -321,7 +322,10 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
            run, state, resume_dir, start_step, checkpoints, tokenizer_files, strategy, tpu,
            precision, peak_tflops, deterministic, progress, seed, objective, model_seq_len,
            nsp, **_unused) -> list[dict]:
-    dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps))
+    from korlm.modeling.presets import model_config
+
+    dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps),
+                                      model_config(model, size)["hidden_dim"])
     import keras
 
     if deterministic:
