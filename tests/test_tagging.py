@@ -268,6 +268,12 @@ def test_klue_reader_on_the_real_file():
             pos = s["end"]
         same += "".join(marked) + text[pos:] == head
     assert same == 4998
+    # the built-in task: dev only here, split deterministically, and the note says so
+    splits = tasks.load_task(tasks.get_task("klue-ner"), str(KLUE_NER.parents[1]),
+                             max_train_examples=5, max_eval_examples=5)
+    assert splits.sizes == {"train": 3500, "dev": 500, "test": 1000}
+    assert "not comparable to published KLUE-NER numbers" in splits.split_note
+    assert "derived from klue-ner-v1.1_dev.tsv.gz (5000 rows)" in splits.split_note
 
 
 def test_klue_and_conll_readers_reject_bad_lines(tmp_path):
