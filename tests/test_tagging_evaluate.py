@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from korlm.errors import KorlmError
 from korlm.evaluation import evaluate, tagging
 from tests.test_pretrain import build_tokenizer
 
@@ -84,6 +85,8 @@ def test_klue_ner_checkpoint_random_init_and_report(base, tmp_path, capsys):
     assert record["label_names"] == list(tagging.KLUE_LABELS)
     assert record["tagging"]["level"] == "char" and record["tagging"]["scheme"] == "BIO"
     assert record["fine_tune"]["label_all_subwords"] is False
+    ceiling = record["tagging"]["alignment_ceiling"]
+    assert 0 < ceiling["entity_f1"] <= 1 and set(ceiling) == {"entity_f1", "char_f1"}
     assert "derived from klue-ner-v1.1_dev.tsv (24 rows) by a fixed permutation: 17/2/5" in \
         record["split_note"]
     assert "not comparable to published KLUE-NER numbers" in record["split_note"]
@@ -116,7 +119,12 @@ def test_yaml_conll_tagger_with_all_subword_labelling(base, tmp_path):
     assert set(record["metrics"]) == {"entity_f1", "entity_micro_f1", "char_f1"}
     assert record["num_train"] == 16 and record["num_eval"] == 6
     assert record["tagging"]["test_coverage"]["sentences"] == 6
+    # words never share a token: perfect token predictions score 1 (unless truncated)
+    assert record["tagging"]["alignment_ceiling"]["entity_f1"] == 1.0
     assert "O" in record["label_names"] and "B-PER" in record["label_names"]
+    with pytest.raises(KorlmError, match="augmentation does not apply to token classification"):
+        evaluate.fine_tune(str(checkpoints["bert"]), str(tokenizer_dir),
+                           str(DATA / "naver_style.yaml"), None, augment={"num_aug": 1}, **FT)
 
 
 @pytest.mark.parametrize("family", ["roberta", "bart"])

@@ -478,6 +478,21 @@ class _TagHead(_Head):
         return metric_fns.compute(self.spec.metrics, self.gold(data), predictions,
                                   label_names=self.spec.label_names)
 
+    def ceiling(self, data: tasks.TaskData, targets) -> dict[str, float | None]:
+        """The scores of perfect token predictions (each position's training target; O
+        where the loss skips): what this tokenizer's alignment and ``max_seq_length``
+        let any model reach on ``data``."""
+        import numpy as np
+
+        outside = self.index[tagging.OUTSIDE]
+        best = np.where(targets >= 0, targets, outside)
+        oracle = np.zeros((*best.shape, len(self.index)), dtype="float32")
+        np.put_along_axis(oracle, best[..., None], 1.0, axis=-1)
+        predicted = [tagging.char_tags(text, units, tags, self.tagging.scheme)
+                     for text, (units, tags, _) in zip(data.texts, self.decode(oracle, data),
+                                                       strict=True)]
+        return self.score(data, predicted)
+
     def coverage(self, data: tasks.TaskData) -> dict[str, int]:
         """How many units got no token: past ``max_seq_length`` or dropped by the
         tokenizer (both predicted O and scored)."""
@@ -616,6 +631,9 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
                              max_eval_examples=max_eval_examples)
     spec = splits.spec
     train = splits.train
+    if augment and spec.type == "token-classification":
+        raise KorlmError("data augmentation does not apply to token classification: EDA's "
+                         "edits would move the tagged words and characters")
     if augment:
         from korlm.evaluation import augment as augmentation
 
@@ -625,7 +643,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     head = make_head(spec, tokenizer, max_seq_length, doc_stride, label_all_subwords)
     if spec.type == "token-classification":
         spec = dataclasses.replace(spec, tagging=head.tagging)  # the setting used
-    (x_train, y_train), (x_dev, _), (x_test, _) = (
+    (x_train, y_train), (x_dev, _), (x_test, test_targets) = (
         model_inputs(head, tokenizer, info, s) for s in (train, splits.dev, splits.test))
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -726,7 +744,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     }
     if spec.type == "token-classification":
         record["label_names"] = list(spec.label_names)
-        record["tagging"] = {**spec.tagging.as_dict(), "test_coverage": coverage}
+        record["tagging"] = {**spec.tagging.as_dict(), "test_coverage": coverage,
+                             "alignment_ceiling": head.ceiling(splits.test, test_targets)}
     if spec.is_classification:
         y_test = np.array(splits.test.labels)
         record["label_names"] = list(spec.label_names)
