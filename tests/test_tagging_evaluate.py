@@ -139,3 +139,20 @@ def test_roberta_and_bart_taggers(base, tmp_path, family):
     assert tuned.model.output_shape[-1] == len(tuned.spec.label_names)
     assert "token_logits" in [layer.name for layer in tuned.model.layers]
     assert 0 <= tuned.record["metrics"]["char_f1"] <= 1
+
+
+def test_the_token_classifier_takes_any_backbone_with_token_states():
+    """KerasHub's ELECTRA backbone (a dict with ``sequence_output`` and a pooler, like
+    BERT's) gets the same head, its pooler frozen: a family added later needs no new
+    tagger code."""
+    import keras_hub
+    import numpy as np
+
+    backbone = keras_hub.models.ElectraBackbone(
+        vocab_size=50, num_layers=1, num_heads=2, hidden_dim=8, embedding_dim=8,
+        intermediate_dim=16, max_sequence_length=16)
+    model = evaluate.build_token_classifier(backbone, num_labels=5)
+    x = {"token_ids": np.ones((2, 7), "int32"), "segment_ids": np.zeros((2, 7), "int32"),
+         "padding_mask": np.ones((2, 7), "int32")}
+    assert model.predict(x, verbose=0).shape == (2, 7, 5)
+    assert not backbone.get_layer("pooled_dense").trainable

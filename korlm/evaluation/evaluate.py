@@ -49,6 +49,8 @@ MAX_ANSWER_TOKENS = 30
 # default classifier_dropout is 0.0; 0.1 is what the BERT classifier here uses, so the
 # families are fine-tuned with the same regularisation.
 BART_CLASSIFIER_DROPOUT = 0.1
+# BertForTokenClassification's dropout before the tag layer (hidden_dropout_prob).
+TOKEN_CLASSIFIER_DROPOUT = 0.1
 BART_INPUTS = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
                "decoder_padding_mask")
 
@@ -195,7 +197,7 @@ def token_states(backbone):
     return inputs, outputs["sequence_output"]
 
 
-def build_token_classifier(backbone, num_labels: int, dropout: float = BART_CLASSIFIER_DROPOUT):
+def build_token_classifier(backbone, num_labels: int, dropout: float = TOKEN_CLASSIFIER_DROPOUT):
     """``BertForTokenClassification`` / ``RobertaForTokenClassification``: dropout (0.1,
     their hidden dropout) and one linear layer to ``num_labels`` logits at every
     position, over :func:`token_states`."""

@@ -15,8 +15,8 @@ team deploys::
       tokenizer/             the tokenizer, so the directory is self-contained
 
 :func:`load_finetuned` rebuilds the model from code and the architecture, loads the
-weights and answers ``classify`` / ``regress`` / ``answer`` / ``tag`` calls (``korlm serve`` puts an
-HTTP API in front of it). The checkpoint may be a korlm checkpoint or a korlm Hugging Face
+weights and answers ``classify`` / ``regress`` / ``answer`` / ``tag`` calls (``korlm serve``
+puts an HTTP API in front of it). The checkpoint may be a korlm checkpoint or a korlm Hugging Face
 export (:mod:`korlm.modeling.hf_import`).
 """
 
@@ -268,7 +268,6 @@ class FineTunedModel:
             return self.head.spans(self.model, self._run(data), data, self.batch_size)
         finally:
             self.head.features.pop(id(data), None)  # window bookkeeping of this call
-
 
     def tag(self, texts) -> list[list[dict[str, Any]]]:
         """Each text's entities: ``start``/``end`` (character offsets into the text as
