@@ -529,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint directory (run/checkpoints/step-NNNNNN)")
     p.add_argument("--task", required=True, metavar="NAME|FILE.yaml",
                    help="a built-in task (nsmc, klue-nli, klue-sts, korsts, kornli, "
-                        "question-pair, hate-speech, hate-speech-bias, chatbot, korquad) or a "
-                        "task YAML file (see docs/evaluate.md)")
+                        "question-pair, hate-speech, hate-speech-bias, chatbot, korquad, "
+                        "klue-ner) or a task YAML file (see docs/evaluate.md)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="where metrics.json and the predictions go")
     p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_OVERRIDE_HELP)

@@ -264,6 +264,9 @@ class EvaluateTaskSettings(_Section):
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     doc_stride: int | None = Field(None, ge=1, description="extractive QA window overlap")
+    label_all_subwords: bool | None = Field(
+        None, description="token classification: train every subword of a word, not only "
+                          "its first (default: the task's setting)")
     weight_decay: float | None = Field(None, ge=0, lt=1)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
 

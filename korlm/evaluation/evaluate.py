@@ -5,12 +5,15 @@ architecture freshly initialised, so the baseline differs from the checkpoint on
 its weights. On top of it goes a cross-encoder head: a classifier over the pooled
 ``[CLS]`` representation (classification, sentence pairs as ``[CLS] a [SEP] b [SEP]``),
 one linear output trained with mean squared error (regression), or start/end logits over
-the tokens (extractive QA, long contexts cut into overlapping windows: ``doc_stride``).
+the tokens (extractive QA, long contexts cut into overlapping windows: ``doc_stride``),
+or a tag per token (token classification, aligned to and decoded from word or character
+tags by :mod:`korlm.evaluation.tagging`).
 BART checkpoints are fine-tuned as Hugging Face's ``BartForSequenceClassification`` and
 ``BartForQuestionAnswering`` do: the same ids go to the encoder and, shifted right behind
 the decoder start token, to the decoder (``bart_inputs``); classification and regression
 read the decoder state at each example's last real token, the span head every decoder
-state.
+state, and so does the tagger (Hugging Face has no ``BartForTokenClassification``; this
+is how its one per-token BART head, QA's, reads the states).
 
 Fine-tuning uses fixed seeds, AdamW with linear warmup and decay, and early stopping on
 the dev split's primary metric (the best epoch's weights are the ones scored). The
@@ -32,7 +35,7 @@ from typing import Any
 from korlm import storage
 from korlm.errors import KorlmError, NotBuiltError
 from korlm.evaluation import metrics as metric_fns
-from korlm.evaluation import tasks
+from korlm.evaluation import tagging, tasks
 from korlm.modeling.build import uses_segment_ids
 from korlm.modeling.checkpoints import checkpoint_info, load_backbone, resolve_tokenizer
 from korlm.pretrain.optimizer import no_weight_decay_variables, warmup_linear_decay
@@ -46,6 +49,8 @@ MAX_ANSWER_TOKENS = 30
 # default classifier_dropout is 0.0; 0.1 is what the BERT classifier here uses, so the
 # families are fine-tuned with the same regularisation.
 BART_CLASSIFIER_DROPOUT = 0.1
+# BertForTokenClassification's dropout before the tag layer (hidden_dropout_prob).
+TOKEN_CLASSIFIER_DROPOUT = 0.1
 BART_INPUTS = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
                "decoder_padding_mask")
 
@@ -170,6 +175,42 @@ def build_span_extractor(backbone):
     return keras.Model(inputs, logits, name="span_extractor")
 
 
+def token_states(backbone):
+    """``(inputs, states)``: every position's final hidden state, for any backbone whose
+    output is the token states (RoBERTa) or a dict holding them as ``sequence_output``
+    (BERT, ELECTRA: their pooler is frozen, as nothing reads it), or, for BART, every
+    decoder state (``BartForQuestionAnswering``'s per-token states)."""
+    import keras
+    import keras_hub
+
+    if isinstance(backbone, keras_hub.models.BartBackbone):
+        inputs = _bart_model_inputs()
+        return inputs, backbone(inputs)["decoder_sequence_output"]
+    names = [name for name in ("token_ids", "segment_ids", "padding_mask")
+             if name in backbone.input]
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in names}
+    outputs = backbone(inputs)
+    if not isinstance(outputs, dict):
+        return inputs, outputs
+    if any(layer.name == "pooled_dense" for layer in backbone.layers):
+        backbone.get_layer("pooled_dense").trainable = False
+    return inputs, outputs["sequence_output"]
+
+
+def build_token_classifier(backbone, num_labels: int, dropout: float = TOKEN_CLASSIFIER_DROPOUT):
+    """``BertForTokenClassification`` / ``RobertaForTokenClassification``: dropout (0.1,
+    their hidden dropout) and one linear layer to ``num_labels`` logits at every
+    position, over :func:`token_states`."""
+    import keras
+
+    inputs, states = token_states(backbone)
+    x = keras.layers.Dropout(dropout, name="token_classifier_dropout")(states)
+    logits = keras.layers.Dense(
+        num_labels, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        name="token_logits")(x)
+    return keras.Model(inputs, logits, name="token_classifier")
+
+
 def settings_for_task(params: dict[str, Any], task: str) -> dict[str, Any]:
     """``params`` (the evaluate section's keyword arguments) with ``per_task[task]``'s
     values applied and ``per_task`` removed."""
@@ -232,6 +273,10 @@ class _Head:
         if self.spec.type == "regression":
             return out.astype(float).tolist()
         return np.argmax(out, axis=-1).tolist()
+
+    def gold(self, data: tasks.TaskData) -> list:
+        """What the metrics compare predictions with."""
+        return data.labels
 
     def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
         if self.spec.type == "regression" and not all(math.isfinite(p) for p in predictions):
@@ -343,16 +388,132 @@ class _SpanHead(_Head):
     def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
         return [span["answer"] for span in self.spans(model, x, data, batch_size)]
 
+    def gold(self, data: tasks.TaskData) -> list:
+        return [[a["text"] for a in answers] for answers in data.labels]
+
     def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
-        gold = [[a["text"] for a in answers] for answers in data.labels]
-        return metric_fns.compute(self.spec.metrics, gold, predictions)
+        return metric_fns.compute(self.spec.metrics, self.gold(data), predictions)
 
 
-def make_head(spec: tasks.TaskSpec, tokenizer, max_seq_length: int, doc_stride: int) -> _Head:
+class _TagHead(_Head):
+    """Token classification: a tag per subword token, trained on the units' tags
+    aligned to the tokens and decoded back to per-character tags (what the metrics
+    score) and character spans (:mod:`korlm.evaluation.tagging`)."""
+
+    def __init__(self, spec, tokenizer, label_all_subwords: bool | None = None):
+        super().__init__(spec)
+        if tokenizer.pre_tokenizer != "none":
+            # offsets would index the segmented text, not the user's
+            raise NotBuiltError("token classification with a morpheme pre-tokenized vocabulary "
+                                "(tag offsets in segmented text)", 20)
+        self.tagging = spec.tagging if label_all_subwords is None else dataclasses.replace(
+            spec.tagging, label_all_subwords=bool(label_all_subwords))
+        self.index = {name: i for i, name in enumerate(spec.label_names)}
+        self.features: dict[int, list[tagging.Alignment]] = {}
+
+    def units(self, data: tasks.TaskData) -> list[list[tuple[int, int]]]:
+        return [label["units"] if label else tagging.units_of(text, self.tagging.level)
+                for text, label in zip(data.texts, data.labels, strict=True)]
+
+    def inputs(self, tokenizer, data: tasks.TaskData) -> tuple[dict, Any]:
+        import numpy as np
+
+        encodings = tokenizer.encode_batch(data.texts)
+        length = len(encodings[0].ids) if encodings else 0
+        y = np.full((len(encodings), length), tagging.IGNORE, dtype="int32")
+        alignments = []
+        for i, (e, units) in enumerate(zip(encodings, self.units(data), strict=True)):
+            offsets = [o if s is not None else None for o, s in zip(e.offsets, e.sequence_ids,
+                                                                     strict=True)]
+            alignment = tagging.align(offsets, units, truncated=bool(e.overflowing))
+            alignments.append(alignment)
+            if data.labels[i]:
+                y[i] = tagging.token_targets(alignment, data.labels[i]["tags"], length,
+                                             self.index, self.tagging.scheme,
+                                             self.tagging.label_all_subwords)
+        self.features[id(data)] = alignments
+        x = {"token_ids": np.array([e.ids for e in encodings], dtype="int32"),
+             "segment_ids": np.array([e.type_ids for e in encodings], dtype="int32"),
+             "padding_mask": np.array([e.attention_mask for e in encodings], dtype="int32")}
+        return x, y
+
+    def build(self, backbone):
+        import keras
+
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                          ignore_class=tagging.IGNORE)
+        return build_token_classifier(backbone, len(self.index)), loss
+
+    def decode(self, probabilities, data: tasks.TaskData) -> list[tuple[list, list, list]]:
+        """Per example ``(units, unit tags, unit scores)``: a unit's score is its head
+        token's probability of the predicted tag (0 without a token)."""
+        names = list(self.spec.label_names)
+        out = []
+        for i, (alignment, units) in enumerate(zip(self.features[id(data)], self.units(data),
+                                                   strict=True)):
+            best = probabilities[i].argmax(axis=-1)
+            tags = tagging.unit_tags(alignment, [names[k] for k in best], len(units),
+                                     self.tagging.scheme, self.tagging.label_all_subwords)
+            scores = [0.0 if p is None else float(probabilities[i, p, best[p]])
+                      for p in alignment.heads]
+            out.append((units, tags, scores))
+        return out
+
+    def predict(self, model, x, data: tasks.TaskData, batch_size: int) -> list:
+        """Each sentence's predicted per-character tags."""
+        return [tagging.char_tags(text, units, tags, self.tagging.scheme)
+                for text, (units, tags, _) in zip(
+                    data.texts, self.decode(self.outputs(model, x, batch_size), data),
+                    strict=True)]
+
+    def spans(self, probabilities, data: tasks.TaskData) -> list[list[dict[str, Any]]]:
+        """Each text's entities: character spans of the original text."""
+        return [tagging.spans(text, units, tags, self.tagging.scheme, scores)
+                for text, (units, tags, scores) in zip(
+                    data.texts, self.decode(probabilities, data), strict=True)]
+
+    def gold(self, data: tasks.TaskData) -> list:
+        return [tagging.char_tags(text, label["units"], label["tags"], self.tagging.scheme)
+                for text, label in zip(data.texts, data.labels, strict=True)]
+
+    def score(self, data: tasks.TaskData, predictions: list) -> dict[str, float | None]:
+        return metric_fns.compute(self.spec.metrics, self.gold(data), predictions,
+                                  label_names=self.spec.label_names)
+
+    def ceiling(self, data: tasks.TaskData, targets) -> dict[str, float | None]:
+        """The scores of perfect token predictions (each position's training target; O
+        where the loss skips): what this tokenizer's alignment and ``max_seq_length``
+        let any model reach on ``data``."""
+        import numpy as np
+
+        outside = self.index[tagging.OUTSIDE]
+        best = np.where(targets >= 0, targets, outside)
+        oracle = np.zeros((*best.shape, len(self.index)), dtype="float32")
+        np.put_along_axis(oracle, best[..., None], 1.0, axis=-1)
+        predicted = [tagging.char_tags(text, units, tags, self.tagging.scheme)
+                     for text, (units, tags, _) in zip(data.texts, self.decode(oracle, data),
+                                                       strict=True)]
+        return self.score(data, predicted)
+
+    def coverage(self, data: tasks.TaskData) -> dict[str, int]:
+        """How many units got no token: past ``max_seq_length`` or dropped by the
+        tokenizer (both predicted O and scored)."""
+        alignments = self.features[id(data)]
+        return {"sentences": len(alignments),
+                "truncated_sentences": sum(a.past_window > 0 for a in alignments),
+                "units_past_window": sum(a.past_window for a in alignments),
+                "units_without_token": sum(a.no_token for a in alignments)}
+
+
+def make_head(spec: tasks.TaskSpec, tokenizer, max_seq_length: int, doc_stride: int,
+              label_all_subwords: bool | None = None) -> _Head:
     """The task type's head: start/end spans over context windows for extractive QA,
-    one output layer over the sequence representation otherwise."""
+    a tag per token for token classification (``label_all_subwords``: None keeps the
+    task's setting), one output layer over the sequence representation otherwise."""
     if spec.type == "extractive-qa":
         return _SpanHead(spec, tokenizer, max_seq_length, doc_stride)
+    if spec.type == "token-classification":
+        return _TagHead(spec, tokenizer, label_all_subwords)
     return _Head(spec)
 
 
@@ -433,13 +594,16 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
               doc_stride: int | None = None, mixed_precision: bool = False,
               weight_decay: float = WEIGHT_DECAY, warmup_ratio: float = WARMUP_RATIO,
               augment: dict[str, Any] | None = None,
+              label_all_subwords: bool | None = None,
               epoch_callback: Callable[[int, dict, float], None] | None = None) -> FineTuned:
     """Fine-tune on ``task``'s train split with early stopping on its dev split and score
     its test split. ``task``: a built-in name, a task YAML file or a
     :class:`tasks.TaskSpec`. ``checkpoint_dir``: a korlm checkpoint or a korlm Hugging
     Face export. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
     override checked against the checkpoint's vocab hash (:func:`models.resolve_tokenizer`).
-    ``augment``: settings for :func:`korlm.evaluation.augment.augment_task_data` (train split only). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
+    ``augment``: settings for :func:`korlm.evaluation.augment.augment_task_data` (train split only).
+    ``label_all_subwords``: token classification trains every subword of a unit (None:
+    the task's setting; :mod:`korlm.evaluation.tagging`). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
     each epoch's dev scoring; what it raises (a pruned tuning trial) ends the run."""
     started = time.perf_counter()
     spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
@@ -469,14 +633,19 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
                              max_eval_examples=max_eval_examples)
     spec = splits.spec
     train = splits.train
+    if augment and spec.type == "token-classification":
+        raise KorlmError("data augmentation does not apply to token classification: EDA's "
+                         "edits would move the tagged words and characters")
     if augment:
         from korlm.evaluation import augment as augmentation
 
         train = augmentation.augment_task_data(train, seed=seed, spec=spec, **augment)
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
     _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
-    head = make_head(spec, tokenizer, max_seq_length, doc_stride)
-    (x_train, y_train), (x_dev, _), (x_test, _) = (
+    head = make_head(spec, tokenizer, max_seq_length, doc_stride, label_all_subwords)
+    if spec.type == "token-classification":
+        spec = dataclasses.replace(spec, tagging=head.tagging)  # the setting used
+    (x_train, y_train), (x_dev, _), (x_test, test_targets) = (
         model_inputs(head, tokenizer, info, s) for s in (train, splits.dev, splits.test))
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -516,12 +685,22 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     scores = head.score(splits.test, test_predictions)
     # how far chance moves these scores on this test set, and what a constant predictor
     # scores on it (the report flags rows within one standard error of that)
-    gold = ([[a["text"] for a in answers] for answers in splits.test.labels]
-            if spec.type == "extractive-qa" else splits.test.labels)
+    gold = head.gold(splits.test)
     standard_errors, se_methods = metric_fns.standard_errors(
-        spec.metrics, gold, test_predictions, spec.num_classes)
-    baseline = metric_fns.constant_baseline(spec.metrics, splits.test.labels, spec.type,
-                                            splits.train.labels, spec.num_classes)
+        spec.metrics, gold, test_predictions, spec.num_classes, label_names=spec.label_names)
+    baseline = metric_fns.constant_baseline(spec.metrics, gold, spec.type,
+                                            splits.train.labels, spec.num_classes,
+                                            label_names=spec.label_names)
+    split_note = splits.split_note
+    if spec.type == "token-classification":
+        coverage = head.coverage(splits.test)
+        if coverage["units_past_window"] or coverage["units_without_token"]:
+            unit = "characters" if spec.tagging.level == "char" else "words"
+            split_note = "; ".join(filter(None, [split_note, (
+                f"{coverage['truncated_sentences']} of {coverage['sentences']} test sentences "
+                f"exceed max_seq_length {max_seq_length}: their {coverage['units_past_window']} "
+                f"{unit} past it, and {coverage['units_without_token']} {unit} that the "
+                "tokenizer drops, are scored as predicted O")]))
 
     name = RANDOM_INIT if random_init else checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
     record = {
@@ -535,7 +714,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         "metrics": scores,
         "primary_metric": spec.metric,
         "undefined_metrics": sorted(k for k, v in scores.items() if v is None),
-        "split_note": splits.split_note,
+        "split_note": split_note,
         "splits": splits.summary(),
         "num_train": len(splits.train),
         "num_eval": len(splits.test),
@@ -557,12 +736,18 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
             "schedule": "linear warmup, linear decay",
             "early_stopping": f"dev {spec.metric}, patience {patience}",
             **({"doc_stride": doc_stride} if spec.type == "extractive-qa" else {}),
+            **({"label_all_subwords": spec.tagging.label_all_subwords}
+               if spec.type == "token-classification" else {}),
             **({"augment": dict(augment), "num_train_augmented": len(train)}
                if augment else {}),
             "mixed_precision": "mixed_float16" if float16 else "float32",
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
     }
+    if spec.type == "token-classification":
+        record["label_names"] = list(spec.label_names)
+        record["tagging"] = {**spec.tagging.as_dict(), "test_coverage": coverage,
+                             "alignment_ceiling": head.ceiling(splits.test, test_targets)}
     if spec.is_classification:
         y_test = np.array(splits.test.labels)
         record["label_names"] = list(spec.label_names)

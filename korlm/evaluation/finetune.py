@@ -8,15 +8,15 @@ team deploys::
     MODEL_DIR/
       korlm_finetuned.json   task (name, type, labels, metrics), backbone family, sequence
                              length, QA doc stride, the fine-tuning settings and scores
-      label_map.json         class id -> label (classification tasks)
+      label_map.json         class id -> label (classification; a tagger's tag ids)
       metrics.json           the same record ``korlm evaluate`` writes
       model.weights.h5       the whole task model (backbone + head)
       backbone/              the backbone's architecture (config only, no weights)
       tokenizer/             the tokenizer, so the directory is self-contained
 
 :func:`load_finetuned` rebuilds the model from code and the architecture, loads the
-weights and answers ``classify`` / ``regress`` / ``answer`` calls (``korlm serve`` puts an
-HTTP API in front of it). The checkpoint may be a korlm checkpoint or a korlm Hugging Face
+weights and answers ``classify`` / ``regress`` / ``answer`` / ``tag`` calls (``korlm serve``
+puts an HTTP API in front of it). The checkpoint may be a korlm checkpoint or a korlm Hugging Face
 export (:mod:`korlm.modeling.hf_import`).
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.evaluation import evaluate, tasks
+from korlm.evaluation import evaluate, tagging, tasks
 from korlm.modeling.checkpoints import (
     CHECKPOINT_INFO,
     checkpoint_info,
@@ -85,7 +85,9 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
                  "metrics": list(spec.metrics),
                  "label_names": None if spec.label_names is None else list(spec.label_names),
                  "label_descriptions": (None if spec.label_descriptions is None
-                                        else list(spec.label_descriptions))},
+                                        else list(spec.label_descriptions)),
+                 # token classification: scheme, unit level, subword labelling
+                 "tagging": None if spec.tagging is None else spec.tagging.as_dict()},
         "model": {k: tuned.info.get(k) for k in ("model", "size", "vocab_size",
                                                   "max_seq_length", "step", "source")},
         "checkpoint_uri": checkpoint_dir,
@@ -148,7 +150,8 @@ class FineTunedModel:
             metrics=tuple(task["metrics"]),
             label_names=None if self.label_names is None else tuple(self.label_names),
             label_descriptions=(None if self.label_descriptions is None
-                                else tuple(self.label_descriptions)))
+                                else tuple(self.label_descriptions)),
+            tagging=None if not task.get("tagging") else tagging.TaggingSpec(**task["tagging"]))
         local = _local_copy(model_dir)
         backbone_dir = os.path.join(local, BACKBONE_DIR)
         self.info = checkpoint_info(backbone_dir)
@@ -265,6 +268,19 @@ class FineTunedModel:
             return self.head.spans(self.model, self._run(data), data, self.batch_size)
         finally:
             self.head.features.pop(id(data), None)  # window bookkeeping of this call
+
+    def tag(self, texts) -> list[list[dict[str, Any]]]:
+        """Each text's entities: ``start``/``end`` (character offsets into the text as
+        given: ``text[start:end]`` is the entity), ``label`` (the entity type), ``text``
+        and ``score`` (mean probability of the predicted tags). Text past
+        ``max_seq_length`` tokens is not tagged."""
+        self._expect("token-classification")
+        texts = self._texts(texts, "texts")
+        data = tasks.TaskData(texts, [None] * len(texts))
+        try:
+            return self.head.spans(self.head.from_logits(self._forward(self._run(data))), data)
+        finally:
+            self.head.features.pop(id(data), None)  # alignment bookkeeping of this call
 
 
 def _local_copy(model_dir: str) -> str:

@@ -5,7 +5,9 @@ task's usual range (fractions, not percent) or ``None`` when the score is undefi
 (a correlation of constant predictions), and rejects empty or NaN input with a
 :class:`KorlmError`. ``exact_match`` and ``f1`` follow the official KorQuAD 1.0
 evaluation script: its answer normalization and character-level F1, max over the gold
-answers of a question.
+answers of a question. ``entity_f1``, ``entity_micro_f1`` and ``char_f1`` score token
+classification (KLUE-NER's definitions: :mod:`korlm.evaluation.tagging`) over
+per-sentence tag sequences.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from korlm.errors import KorlmError
+from korlm.evaluation import tagging
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 REGRESSION_METRICS = ("pearson", "spearman", "f1_at_threshold")
 QA_METRICS = ("exact_match", "f1")
-ALL_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + QA_METRICS
+TAGGING_METRICS = tagging.METRICS
+ALL_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + QA_METRICS + TAGGING_METRICS
 # KLUE-STS: "binary label" is real-valued similarity >= 3.0.
 STS_THRESHOLD = 3.0
 
@@ -166,9 +170,10 @@ def qa_f1(answers: Sequence[Sequence[str]], predictions: Sequence[str]) -> float
     return _qa_score(answer_f1, answers, predictions)
 
 
-def compute(names: Sequence[str], gold, predicted, num_classes: int | None = None
-            ) -> dict[str, float | None]:
-    """The named metrics for one split; unknown names are a KorlmError."""
+def compute(names: Sequence[str], gold, predicted, num_classes: int | None = None,
+            label_names: Sequence[str] | None = None) -> dict[str, float | None]:
+    """The named metrics for one split; unknown names are a KorlmError. ``label_names``:
+    a token-classification task's tags (``char_f1`` averages over all of them)."""
     out: dict[str, float | None] = {}
     for name in names:
         if name == "accuracy":
@@ -186,6 +191,8 @@ def compute(names: Sequence[str], gold, predicted, num_classes: int | None = Non
             out[name] = exact_match(gold, predicted)
         elif name == "f1":
             out[name] = qa_f1(gold, predicted)
+        elif name in TAGGING_METRICS:
+            out[name] = tagging.score(name, gold, predicted, label_names)
         else:
             raise KorlmError(f"unknown metric {name!r}; known metrics: {', '.join(ALL_METRICS)}")
     return out
@@ -214,13 +221,14 @@ def _qa_item_scores(name: str, answers, predictions) -> np.ndarray:
 
 
 def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | None = None,
-                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                    label_names: Sequence[str] | None = None
                     ) -> tuple[dict[str, float | None], dict[str, str]]:
     """``(se, method)`` per metric over the test items: accuracy the binomial formula,
     QA exact match / F1 the standard error of the mean of per-question scores, the rest
     (macro-F1, Pearson, Spearman, F1@threshold) the standard deviation of the score over
     ``resamples`` bootstrap resamples of the test items (fixed ``seed``; resamples where
-    the score is undefined are skipped). ``None`` where the score itself is undefined
+    the score is undefined are skipped); the tagging metrics resample whole sentences. ``None`` where the score itself is undefined
     or every resample was."""
     se: dict[str, float | None] = {}
     method: dict[str, str] = {}
@@ -233,6 +241,10 @@ def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | No
             scores = _qa_item_scores(name, gold, predicted)
             se[name] = float(np.std(scores, ddof=1) / np.sqrt(n)) if n > 1 else None
             method[name] = "standard error of the mean over questions"
+        elif name in TAGGING_METRICS:
+            se[name] = tagging.bootstrap_se(name, gold, predicted, label_names, resamples, seed)
+            method[name] = (f"bootstrap over test sentences ({resamples} resamples, "
+                            f"seed {seed})")
         else:
             if compute([name], gold, predicted, num_classes)[name] is None:
                 se[name] = None
@@ -248,11 +260,13 @@ def standard_errors(names: Sequence[str], gold, predicted, num_classes: int | No
 
 
 def constant_baseline(names: Sequence[str], gold, task_type: str,
-                      train_labels=None, num_classes: int | None = None) -> dict | None:
+                      train_labels=None, num_classes: int | None = None,
+                      label_names: Sequence[str] | None = None) -> dict | None:
     """The scores of one constant prediction for every test item: classification the
     test split's most frequent gold class (its share is the majority-class accuracy),
     regression the mean train score (correlations of a constant are undefined:
-    ``None``). Extractive QA has no constant answer: ``None``."""
+    ``None``); token classification ``O`` for every character (no entity: entity F1 0).
+    Extractive QA has no constant answer: ``None``."""
     if task_type in ("classification", "pair-classification"):
         y = np.asarray(gold, dtype=np.int64)
         if not len(y):
@@ -260,6 +274,12 @@ def constant_baseline(names: Sequence[str], gold, task_type: str,
         majority = int(np.argmax(np.bincount(y, minlength=num_classes or 0)))
         return {"kind": "majority class (most frequent test label)", "prediction": majority,
                 "metrics": compute(names, y, [majority] * len(y), num_classes)}
+    if task_type == "token-classification":
+        outside = [[tagging.OUTSIDE] * len(tags) for tags in gold]
+        scores = compute(names, gold, outside, num_classes, label_names)
+        # no predicted entity: 0 whenever the gold holds one (None only if it holds none)
+        return {"kind": "constant prediction (every character O)",
+                "prediction": tagging.OUTSIDE, "metrics": scores}
     if task_type == "regression":
         if train_labels is None or not len(train_labels):
             raise KorlmError("a constant regression baseline needs the train scores")

@@ -44,7 +44,8 @@ _KOELECTRA = ("KoELECTRA finetune/README_EN.md, Result tables (github.com/monolo
 _KLUE = ("KLUE README.md, Baseline Scores (github.com/KLUE-benchmark/KLUE"
          " @ 3efd98708a40ff49251fddde35453f8fbb11f536); the README does not say which split;"
          " KLUE test labels are not public and the KLUE-baseline README (@ 443c38b) points"
-         " to dev-set comparisons with these baselines; STS F1: binary label at 3.0")
+         " to dev-set comparisons with these baselines; STS F1: binary label at 3.0;"
+         " NER: entity-level and character-level macro F1")
 REFERENCE_RESULTS: list[dict[str, Any]] = [
     {"model": "KoELECTRA-Small-v3", "source": _KOELECTRA, "scale": 100,
      "metrics": {"nsmc/accuracy": 89.36, "kornli/accuracy": 78.60, "korsts/spearman": 80.79,
@@ -60,16 +61,27 @@ REFERENCE_RESULTS: list[dict[str, Any]] = [
                  "korquad/f1": 79.15}},
     {"model": "KLUE-BERT-base", "source": _KLUE, "scale": 100,
      "metrics": {"klue-nli/accuracy": 81.63, "klue-sts/pearson": 90.85,
-                 "klue-sts/f1_at_threshold": 82.84}},
+                 "klue-sts/f1_at_threshold": 82.84, "klue-ner/entity_f1": 83.97,
+                 "klue-ner/char_f1": 91.39}},
     {"model": "KLUE-RoBERTa-small", "source": _KLUE, "scale": 100,
      "metrics": {"klue-nli/accuracy": 79.33, "klue-sts/pearson": 91.54,
-                 "klue-sts/f1_at_threshold": 85.16}},
+                 "klue-sts/f1_at_threshold": 85.16, "klue-ner/entity_f1": 83.65,
+                 "klue-ner/char_f1": 91.14}},
     {"model": "KLUE-RoBERTa-base", "source": _KLUE, "scale": 100,
      "metrics": {"klue-nli/accuracy": 84.83, "klue-sts/pearson": 92.50,
-                 "klue-sts/f1_at_threshold": 85.40}},
+                 "klue-sts/f1_at_threshold": 85.40, "klue-ner/entity_f1": 84.60,
+                 "klue-ner/char_f1": 91.44}},
     {"model": "KLUE-RoBERTa-large", "source": _KLUE, "scale": 100,
      "metrics": {"klue-nli/accuracy": 89.17, "klue-sts/pearson": 93.35,
-                 "klue-sts/f1_at_threshold": 86.63}},
+                 "klue-sts/f1_at_threshold": 86.63, "klue-ner/entity_f1": 85.00,
+                 "klue-ner/char_f1": 91.86}},
+    # the same KLUE table's other baselines (only their NER columns are copied here)
+    *({"model": model, "source": _KLUE, "scale": 100,
+       "metrics": {"klue-ner/entity_f1": entity, "klue-ner/char_f1": char}}
+      for model, entity, char in (("mBERT-base", 76.50, 89.23), ("XLM-R-base", 80.37, 92.12),
+                                  ("XLM-R-large", 82.27, 93.22),
+                                  ("KR-BERT-base", 74.58, 90.13),
+                                  ("koELECTRA-base", 86.11, 92.56))),
 ]
 
 

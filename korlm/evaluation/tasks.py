@@ -2,7 +2,7 @@
 user-declared YAML tasks, read the same way.
 
 A task is a :class:`TaskSpec`: its type (classification, pair-classification,
-regression, extractive-qa), its metrics (the first is the one early stopping and the
+regression, extractive-qa, token-classification), its metrics (the first is the one early stopping and the
 report's bold cell use), its label set, and one or more *layouts*: which file holds
 which split. Built-in tasks use the public file names, under ``<data_dir>/<folder>/``
 where ``folder`` is the folder name of the shared data kit (``klue/``, ``korsts/``,
@@ -32,11 +32,14 @@ import numpy as np
 
 from korlm import storage
 from korlm.errors import KorlmError, NotBuiltError
+from korlm.evaluation import tagging
 
 # Issue that tracked the tasks beyond NSMC (kept for messages of modes still open).
 MORE_TASKS_ISSUE = 7
-TaskType = Literal["classification", "pair-classification", "regression", "extractive-qa"]
-TASK_TYPES = ("classification", "pair-classification", "regression", "extractive-qa")
+TaskType = Literal["classification", "pair-classification", "regression", "extractive-qa",
+                   "token-classification"]
+TASK_TYPES = ("classification", "pair-classification", "regression", "extractive-qa",
+              "token-classification")
 SPLITS = ("train", "dev", "test")
 # The derived-split permutation's seed: fixed, so every checkpoint and every fine-tuning
 # seed sees the same train/dev/test rows.
@@ -47,9 +50,10 @@ TEST_FRACTION = 0.2
 
 @dataclass
 class TaskData:
-    """One split. ``labels`` are class ids (classification), float scores (regression)
-    or, for extractive QA, lists of ``{"text", "answer_start"}`` gold answers, with the
-    questions in ``texts`` and the contexts in ``texts_b``. ``groups`` (QA: the article
+    """One split. ``labels`` are class ids (classification), float scores (regression),
+    for extractive QA lists of ``{"text", "answer_start"}`` gold answers, with the
+    questions in ``texts`` and the contexts in ``texts_b``, or for token classification
+    ``{"units": [(start, end), ...], "tags": [...]}`` (:mod:`korlm.evaluation.tagging`). ``groups`` (QA: the article
     index) keeps related rows on the same side of a derived split."""
 
     texts: list[str]
@@ -98,7 +102,7 @@ class TableFormat:
     index; for JSON a key, dotted for nesting) of each role (text, text_a, text_b,
     label)."""
 
-    format: Literal["csv", "tsv", "jsonl", "json", "squad"]
+    format: Literal["csv", "tsv", "jsonl", "json", "squad", "conll", "klue-ner"]
     columns: dict[str, str | int] = field(default_factory=dict)
     header: bool = True
     quoting: Literal["csv", "none"] = "csv"
@@ -119,6 +123,8 @@ class TaskSpec:
     label_names: tuple[str, ...] | None = None
     # What a class id means when its name is a bare code (NSMC's 0/1): shown by serving.
     label_descriptions: tuple[str, ...] | None = None
+    # Token classification: the tag scheme, unit level and subword labelling.
+    tagging: tagging.TaggingSpec | None = None
 
     @property
     def built(self) -> bool:
@@ -262,6 +268,8 @@ def read_table(spec: TaskSpec, path: str) -> TaskData:
     table = spec.table
     if table.format == "squad":
         return read_squad(path)
+    if table.format in ("conll", "klue-ner"):
+        return read_tagged(spec, path)
     records = _records_from_table(path, table)
     header = None
     if table.format in ("csv", "tsv") and table.header:
@@ -286,6 +294,41 @@ def read_table(spec: TaskSpec, path: str) -> TaskData:
     if not texts:
         raise KorlmError(f"{path} has no examples (empty file or header only)")
     return TaskData(texts, labels, texts_b)
+
+
+def read_tagged(spec: TaskSpec, path: str) -> TaskData:
+    """A token-classification split: CoNLL-style columns or KLUE-NER's character lines."""
+    try:
+        with _open_text(path) as f:
+            if spec.table.format == "klue-ner":
+                texts, labels, ids = tagging.read_klue(f, path, spec.tagging)
+            else:
+                columns = spec.table.columns
+                texts, labels, ids = tagging.read_conll(
+                    f, path, spec.tagging, int(columns.get("token", 0)),
+                    int(columns.get("tag", -1)))
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+        raise KorlmError(f"{path}: cannot be read as {spec.table.format} ({exc})") from None
+    if not texts:
+        raise KorlmError(f"{path} has no tagged sentences")
+    return TaskData(texts, labels, ids=ids)
+
+
+def _tag_names(spec: TaskSpec, read: dict[str, TaskData], paths: dict[str, str]) -> tuple:
+    """Every tag of the scheme over the declared entity types (a tag of another type
+    is an error naming the file), or over the types of every split."""
+    found = {split: {tagging.split_tag(t)[1] for label in data.labels for t in label["tags"]}
+             - {""} for split, data in read.items()}
+    names = spec.label_names
+    if names is None:
+        return tagging.label_names(set().union(*found.values()), spec.tagging.scheme)
+    known = {tagging.split_tag(n)[1] for n in names}
+    for split, kinds in found.items():
+        if kinds - known:
+            raise KorlmError(f"{paths.get(split, paths['train'])}: entity type "
+                             f"{sorted(kinds - known)[0]!r} is not in the declared labels "
+                             f"{sorted(known - {''})}")
+    return names
 
 
 def read_squad(path: str) -> TaskData:
@@ -419,6 +462,8 @@ def load_task(spec: TaskSpec, data_dir: str | None = None, *,
         notes.append(f"dev (early stopping) = {len(read['dev'])} of {n} rows of "
                      f"{_name(paths['train'])}, held out by a fixed permutation")
     sizes = {s: len(read[s]) for s in SPLITS}
+    if spec.type == "token-classification":
+        spec = replace(spec, label_names=_tag_names(spec, read, paths))
     if spec.is_classification:
         names = spec.label_names or _sorted_names(set(read["train"].labels))
         if len(names) < 2:
@@ -532,6 +577,17 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
                 "KorQuAD train is not in the data dir: fine-tuned and scored on parts of "
                 "the dev set split by article, not comparable to published KorQuAD numbers")),
         folder="korquad-1.0"),
+    TaskSpec(
+        "klue-ner", "KLUE named-entity recognition, character-level BIO (PS LC OG DT TI QT)",
+        "token-classification", ("entity_f1", "char_f1"),
+        TableFormat("klue-ner"),
+        (Layout({"train": "klue-ner-v1.1_train.tsv", "test": "klue-ner-v1.1_dev.tsv"},
+                _KLUE_DEV_AS_TEST),
+         Layout({"train": "klue-ner-v1.1_dev.tsv"},
+                "KLUE-NER train is not in the data dir: fine-tuned and scored on parts of "
+                "the official dev set, not comparable to published KLUE-NER numbers")),
+        folder="klue", label_names=tagging.KLUE_LABELS,
+        tagging=tagging.TaggingSpec(scheme="BIO", level="char")),
 ]}
 
 
@@ -560,16 +616,19 @@ _ROLES = {
     "pair-classification": ({"text_a", "text_b", "label"},),
     "regression": ({"text", "label"}, {"text_a", "text_b", "label"}),
     "extractive-qa": (set(),),
+    "token-classification": ({"token", "tag"}, set()),
 }
 _METRICS_BY_TYPE = {
     "classification": ("accuracy", "macro_f1"),
     "pair-classification": ("accuracy", "macro_f1"),
     "regression": ("pearson", "spearman", "f1_at_threshold"),
     "extractive-qa": ("exact_match", "f1"),
+    "token-classification": tagging.METRICS,
 }
 _DEFAULT_METRICS = {"classification": ["accuracy"], "pair-classification": ["accuracy"],
                     "regression": ["pearson", "spearman"],
-                    "extractive-qa": ["exact_match", "f1"]}
+                    "extractive-qa": ["exact_match", "f1"],
+                    "token-classification": ["entity_f1", "char_f1"]}
 
 
 def _task_file_model():
@@ -581,8 +640,9 @@ def _task_file_model():
         model_config = ConfigDict(extra="forbid")
         name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
         description: str = ""
-        type: Literal["classification", "pair-classification", "regression", "extractive-qa"]
-        format: Literal["csv", "tsv", "jsonl", "json"]
+        type: Literal["classification", "pair-classification", "regression", "extractive-qa",
+                      "token-classification"]
+        format: Literal["csv", "tsv", "jsonl", "json", "conll", "klue-ner"]
         header: bool = True
         quoting: Literal["csv", "none"] | None = Field(
             None, description="csv: RFC 4180 double quotes (default for csv); none: quotes "
@@ -594,6 +654,15 @@ def _task_file_model():
         dev: str | None = None
         test: str
         metrics: list[str] | None = Field(None, min_length=1)
+        # token classification (docs/evaluate.md, "Token classification")
+        scheme: Literal["BIO", "BIOES"] = "BIO"
+        label_all_subwords: bool = Field(False, description="train every subword of a unit, "
+                                                            "not only its first")
+        separator: str | None = Field(None, min_length=1, description="conll: the column "
+                                      "separator; default: runs of whitespace")
+        outside: str = Field("O", min_length=1, description="the raw tag meaning outside")
+        tag_position: Literal["prefix", "suffix"] = Field(
+            "prefix", description="B-PER (prefix) or PER_B (suffix, Naver NER)")
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -618,14 +687,32 @@ def _task_file_model():
             if self.type == "extractive-qa" and self.format != "json":
                 raise ValueError("format: extractive-qa tasks read SQuAD v1.1 JSON "
                                  "(format: json)")
+            tagged = self.format in ("conll", "klue-ner")
+            if tagged != (self.type == "token-classification"):
+                raise ValueError(f"format: {self.type} tasks read "
+                                 + ("conll or klue-ner files" if not tagged else
+                                    "csv, tsv, jsonl or json, not tagged files"))
+            if self.format == "conll" and set(self.columns) not in ({"token", "tag"}, set()):
+                raise ValueError("columns: a conll task names {token, tag} (or neither: "
+                                 "token 0, tag last)")
+            stray = sorted({"scheme", "label_all_subwords", "separator", "outside",
+                            "tag_position"} & self.model_fields_set)
+            if stray and not tagged:
+                raise ValueError(f"{stray[0]}: only token-classification tasks have it")
+            if self.format == "klue-ner" and self.columns:
+                raise ValueError("columns: klue-ner files have fixed columns (character, tag)")
+            for role, key in self.columns.items():
+                if tagged and not isinstance(key, int):
+                    raise ValueError(f"columns.{role}: {self.format} columns are 0-based "
+                                     f"indexes, not {key!r}")
             for metric in self.metrics or []:
                 if metric not in _METRICS_BY_TYPE[self.type]:
                     raise ValueError(f"metrics: {metric!r} is not a {self.type} metric "
                                      f"(choose from {', '.join(_METRICS_BY_TYPE[self.type])})")
-            if self.labels is not None and self.type not in ("classification",
-                                                             "pair-classification"):
-                raise ValueError(f"labels: only classification tasks have labels, "
-                                 f"not {self.type}")
+            if self.labels is not None and self.type not in (
+                    "classification", "pair-classification", "token-classification"):
+                raise ValueError(f"labels: only classification and token-classification "
+                                 f"tasks have labels, not {self.type}")
             return self
 
     return TaskFile
@@ -659,11 +746,19 @@ def task_from_dict(data: Any, source: str = "task file", base_dir: str | None = 
         "squad" if declared.type == "extractive-qa" else declared.format,
         dict(declared.columns), declared.header,
         declared.quoting or ("csv" if declared.format == "csv" else "none"))
+    labels = tuple(str(x) for x in declared.labels) if declared.labels else None
+    tags = None
+    if declared.type == "token-classification":
+        tags = tagging.TaggingSpec(
+            declared.scheme, "char" if declared.format == "klue-ner" else "word",
+            declared.label_all_subwords, declared.separator, declared.outside,
+            declared.tag_position)
+        if labels:  # entity types: every tag of the scheme over them
+            labels = tagging.label_names(labels, declared.scheme)
     return TaskSpec(
         declared.name, declared.description or f"user task from {source}", declared.type,
         tuple(declared.metrics or _DEFAULT_METRICS[declared.type]), table,
-        (Layout(files),), folder=None,
-        label_names=tuple(str(x) for x in declared.labels) if declared.labels else None)
+        (Layout(files),), folder=None, label_names=labels, tagging=tags)
 
 
 def load_task_file(path: str) -> TaskSpec:

@@ -8,7 +8,9 @@ reads it). One endpoint answers per task type of the loaded model:
 - ``POST /v1/classify``    classification (``text``) and pair classification
   (``text`` + ``text_b``): label and probabilities;
 - ``POST /v1/answer``      extractive QA (``question`` + ``context``): the answer span
-  with character offsets into the context.
+  with character offsets into the context;
+- ``POST /v1/tag``         token classification (``text``): the entities, each with
+  ``start``/``end`` character offsets into the text as sent, ``label``, ``text``, ``score``.
 
 A request to another endpoint answers 409 naming the model's task type. Every body is
 ``{"items": [...]}``. Bad input never reaches the model and answers with one line in
@@ -73,6 +75,7 @@ ENDPOINT_TASK_TYPES = {
     "similarity": ("regression",),
     "classify": ("classification", "pair-classification"),
     "answer": ("extractive-qa",),
+    "tag": ("token-classification",),
 }
 TASK_TYPE_ENDPOINT = {t: e for e, types in ENDPOINT_TASK_TYPES.items() for t in types}
 # the serve config section's defaults, so the library and `korlm serve` cannot drift apart
@@ -310,6 +313,9 @@ def predict_fn(model: Any) -> Callable[[list[tuple]], list[Any]]:
     elif task_type == "extractive-qa":
         def predict(inputs: list[tuple]) -> list[Any]:
             return model.answer([q for q, _ in inputs], [c for _, c in inputs])
+    elif task_type == "token-classification":
+        def predict(inputs: list[tuple]) -> list[Any]:
+            return [{"entities": found} for found in model.tag([t for (t,) in inputs])]
     else:
         raise KorlmError(f"the model's task type {task_type!r} has no endpoint; "
                          f"served types: {', '.join(TASK_TYPE_ENDPOINT)}")
@@ -320,8 +326,8 @@ def probe_input(task_type: str) -> tuple:
     """A plain Korean input for the task type, which any model of it answers: the
     batcher's evidence that the model works when every item of a batch failed."""
     text, other = "오늘 날씨가 좋네요", "내일은 비가 온대요"
-    return {"classification": (text,), "extractive-qa": ("날씨는?", text)}.get(task_type,
-                                                                           (text, other))
+    return {"classification": (text,), "token-classification": (text,),
+            "extractive-qa": ("날씨는?", text)}.get(task_type, (text, other))
 
 
 # lone surrogates: JSON "\ud800" decodes to them; they cannot be encoded as UTF-8
@@ -389,6 +395,14 @@ def _request_models(max_chars: int, max_items: int) -> dict[str, Any]:
         question: Text
         context: Text
 
+    class TagItem(BaseModel):
+        model_config = strict
+        text: Text
+
+    class TagRequest(BaseModel):
+        model_config = strict
+        items: items_field(TagItem)
+
     class SimilarityRequest(BaseModel):
         model_config = strict
         items: items_field(SimilarityItem)
@@ -418,12 +432,23 @@ def _request_models(max_chars: int, max_items: int) -> dict[str, Any]:
         end: int = Field(description="character offset just past the answer")
         score: float
 
+    class Entity(BaseModel):
+        start: int = Field(description="character offset of the entity in the text as sent")
+        end: int = Field(description="character offset just past the entity")
+        label: str = Field(description="the entity type (PS, LC, ...)")
+        text: str = Field(description="text[start:end]")
+        score: float = Field(description="mean probability of the entity's predicted tags")
+
+    class TagResult(BaseModel):
+        entities: list[Entity]
+
     def response(result: type, name: str) -> type:
         return create_model(name, model=(str, ...), results=(list[result], ...))
 
     return {"similarity": (SimilarityRequest, response(SimilarityResult, "SimilarityResponse")),
             "classify": (ClassifyRequest, response(ClassifyResult, "ClassifyResponse")),
-            "answer": (AnswerRequest, response(AnswerResult, "AnswerResponse"))}
+            "answer": (AnswerRequest, response(AnswerResult, "AnswerResponse")),
+            "tag": (TagRequest, response(TagResult, "TagResponse"))}
 
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -682,6 +707,7 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     SimilarityRequest, SimilarityResponse = bodies["similarity"]
     ClassifyRequest, ClassifyResponse = bodies["classify"]
     AnswerRequest, AnswerResponse = bodies["answer"]
+    TagRequest, TagResponse = bodies["tag"]
 
     class ErrorResponse(BaseModel):
         message: str = Field(description="what is wrong, on one line")
@@ -726,6 +752,13 @@ def create_app(model_dir: str | None = None, *, settings: ServeSettings | None =
     async def answer(body: AnswerRequest, model: Annotated[Any, Depends(serving("answer"))]):
         results = await run(model, [(it.question, it.context) for it in body.items],
                             ("question", "context"))
+        return {"model": state["info"]["task"], "results": results}
+
+    @app.post("/v1/tag", dependencies=[Depends(json_body)], response_model=TagResponse,
+              responses=errors_doc, summary="Token classification: the entities of each "
+              "text, with character offsets into it")
+    async def tag(body: TagRequest, model: Annotated[Any, Depends(serving("tag"))]):
+        results = await run(model, [(it.text,) for it in body.items], ("text",))
         return {"model": state["info"]["task"], "results": results}
 
     @app.get("/healthz", summary="The process is up")
