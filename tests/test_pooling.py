@@ -185,6 +185,23 @@ def test_auto_is_recorded_in_metrics_json(setup, tmp_path):  # noqa: F811
     assert saved["fine_tune"]["pooling_requested"] == "auto"
     assert saved["fine_tune"]["pooling_note"].startswith("auto: no objective trained the pooler")
     assert saved["fine_tune"]["dropout"] == 0.1
+    # the report names the head, and draws the checkpoints' pretraining figures when recorded
+    # (a second checkpoint's record: this one's, at another step, with held-out figures)
+    from korlm.evaluation.report import build_report
+
+    later = dict(saved, step=int(saved["step"]) + 10, checkpoint="step-later",
+                 pretraining={"train_loss": 6.9, "heldout_loss": 6.95, "heldout_accuracy": 0.12,
+                              "unigram_entropy": 7.6174})
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "metrics.json").write_text(json.dumps(later), encoding="utf-8")
+    summary = build_report([str(tmp_path / "out"), str(tmp_path / "later")], str(tmp_path / "report"),
+                           references=[])
+    assert f"- nsmc: pooling {evaluate.AUTO_POOLING} (auto: no objective trained" in summary["markdown"]
+    assert "unigram floor 7.6174 nats" in summary["markdown"]
+    assert f"| {later['step']} | 6.9000 | 6.9500 | 0.1200 |" in summary["markdown"]
+    assert "pretraining_loss.png" in summary["plots"]
+    assert (tmp_path / "report" / "pretraining_loss.png").stat().st_size > 1000
+    assert "Fine-tuning heads" in (tmp_path / "report" / "results.html").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- config / CLI

@@ -426,7 +426,7 @@ def run_pretrain_data(
     whole_word: str | None = None,
     beam_options: list[str] | None = None,
     extra_seq_lengths: list[int] | None = None,
-    heldout_fraction: float = 0.0,
+    heldout_fraction: float = 0.02,
     overwrite: bool = False,
 ) -> dict:
     """Tokenize and pack ``corpus_dir`` into TFRecord shards in ``output_dir``; return metadata.json's dict.
