@@ -315,8 +315,9 @@ class EvaluateSection(_Section):
     pooling: Literal["auto", "cls", "mean", "pooler"] = Field(
         "auto", description="sentence representation of classification/regression heads: cls "
                             "(first token state), mean (of the token states), pooler (BERT's "
-                            "pooled [CLS]); auto: the pooler only when NSP trained it, else mean "
-                            "(BERT), cls (RoBERTa's head, BART's last token)")
+                            "pooled [CLS]); auto: the pooler only when NSP trained it, else cls "
+                            "(BERT: the [CLS] state, measured best; RoBERTa: its head; BART: the "
+                            "last token)")
     dropout: float = Field(0.1, ge=0, lt=1, description="backbone and head dropout while fine-tuning "
                                                         "(not the checkpoint's pretrain.dropout)")
     mixed_precision: bool = Field(False, description="float16 compute on a GPU; ignored on CPU")

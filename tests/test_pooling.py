@@ -18,7 +18,8 @@ from korlm.modeling import build
 from korlm.modeling.checkpoints import load_backbone
 from tests.test_evaluate import setup  # noqa: F401  (module fixture: tiny BERT checkpoint, NSMC slice)
 
-COMMON = dict(max_seq_length=32, batch_size=16, epochs=1, seed=3)
+COMMON = dict(max_seq_length=32, batch_size=16, epochs=1, seed=3, max_train_examples=64,
+              max_eval_examples=50)
 
 
 def dropout_rates(model) -> set[float]:
