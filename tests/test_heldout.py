@@ -92,6 +92,7 @@ def test_evaluate_heldout_averages_over_weighted_slots():
     assert out == {"heldout_loss": 1.6, "heldout_accuracy": 0.6, "heldout_predictions": 5}
     assert ho.evaluate_heldout([], None) is None
     assert ho.batch_size_for(87) == 43 and ho.batch_size_for(40) == 40 and ho.batch_size_for(128) == 64
+    assert ho.batch_size_for(87, multiple=8) == 40 and ho.batch_size_for(5, multiple=8) == 0
 
 
 def test_heldout_loss_is_logged_at_every_checkpoint_and_is_deterministic(data, tmp_path):

@@ -39,19 +39,22 @@ def heldout_files(data_dir: str, meta: dict[str, Any]) -> list[str]:
     return [f for f in files if storage.exists(f)]
 
 
-def batch_size_for(examples: int, largest: int = MAX_BATCH) -> int:
+def batch_size_for(examples: int, largest: int = MAX_BATCH, multiple: int = 1) -> int:
     """Equal batches of at most ``largest`` that leave fewer examples unused than there are
-    batches (batches must be full: the input pipeline drops a remainder)."""
-    batches = max(1, math.ceil(examples / largest))
-    return max(1, examples // batches)
+    batches (batches must be full: the input pipeline drops a remainder), rounded down to
+    a ``multiple`` of the data-parallel replicas; 0 when there are fewer examples than that."""
+    batches = max(1, math.ceil(examples / max(largest, multiple)))
+    size = (examples // batches) // multiple * multiple
+    return size or (multiple if examples >= multiple else 0)
 
 
-def load_batches(files: list[str], *, num_examples: int, max_examples: int, **dataset_settings
-                 ) -> list[tuple[Any, Any, Any]]:
+def load_batches(files: list[str], *, num_examples: int, max_examples: int, replicas: int = 1,
+                 **dataset_settings) -> list[tuple[Any, Any, Any]]:
     """The held-out slice as numpy ``(x, y, weights)`` batches, masked/noised with
     :data:`HELDOUT_SEED` (``dataset_settings``: :func:`korlm.pretrain.dataset.make_dataset`'s,
     without ``batch_size``, ``seed``, ``repeat``, ``sequential`` or ``shuffle_buffer``).
-    At most ``max_examples`` examples, in file order."""
+    At most ``max_examples`` examples, in file order, in batches that split over
+    ``replicas``."""
     import numpy as np
 
     from korlm.pretrain.dataset import make_dataset
@@ -59,7 +62,9 @@ def load_batches(files: list[str], *, num_examples: int, max_examples: int, **da
     examples = min(int(num_examples), int(max_examples))
     if examples < 1:
         return []
-    batch = batch_size_for(examples)
+    batch = batch_size_for(examples, multiple=max(1, int(replicas)))
+    if batch < 1:
+        return []
     dataset = make_dataset(files, batch_size=batch, seed=HELDOUT_SEED, repeat=False,
                            sequential=True, shuffle_buffer=1, **dataset_settings)
 
@@ -127,12 +132,18 @@ class HeldOut:
 
 
 def prepare_heldout(data_dir: str, meta: dict[str, Any], *, max_examples: int, objective: str,
-                    model_seq_len: int, **dataset_settings) -> HeldOut | None:
+                    model_seq_len: int, replicas: int = 1, **dataset_settings) -> HeldOut | None:
     """The run's :class:`HeldOut` from the data directory ``data_dir`` (the run's root
     data: the same slice whichever phase trains), or None, said in the log, when the data
-    has no held-out slice or ``max_examples`` is 0."""
+    has no held-out slice, ``max_examples`` is 0 or the run spans several hosts."""
+    from korlm.pretrain.distribute import process_index_and_count
+
     if max_examples <= 0:
         print("pretrain.heldout_examples is 0: no held-out loss is computed", flush=True)
+        return None
+    if process_index_and_count()[1] > 1:
+        print("a multi-host run: no held-out loss is computed (scored on one host only)",
+              flush=True)
         return None
     files = heldout_files(data_dir, meta)
     if not files:
@@ -142,9 +153,13 @@ def prepare_heldout(data_dir: str, meta: dict[str, Any], *, max_examples: int, o
         return None
     data_len = int(meta["max_seq_length"])
     batches = load_batches(files, num_examples=int(meta["heldout"]["num_examples"]),
-                           max_examples=max_examples, objective=objective,
+                           max_examples=max_examples, replicas=replicas, objective=objective,
                            max_seq_length=min(data_len, model_seq_len),
                            data_max_seq_length=data_len, **dataset_settings)
+    if not batches:
+        print(f"{data_dir}/heldout holds fewer examples than the {replicas} replicas: no "
+              "held-out loss is computed", flush=True)
+        return None
     floor = meta.get("unigram_entropy_nats") if objective == "mlm" else None
     used = sum(len(y) for _, y, _ in batches)
     print(f"held-out loss at every checkpoint: {used} examples of {data_dir}/heldout "

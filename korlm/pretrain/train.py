@@ -164,7 +164,8 @@ def _heldout(data_dir: str, first_phase: tuple, run: dict, max_examples: int, *,
     special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
     return prepare_heldout(
         data_dir, meta, max_examples=int(max_examples), objective=objective,
-        model_seq_len=model_seq_len, vocab_size=run["vocab_size"], special_ids=special_ids,
+        model_seq_len=model_seq_len, replicas=run.get("devices", 1),
+        vocab_size=run["vocab_size"], special_ids=special_ids,
         mask_rate=mask_rate, features=features, masking=masking,
         max_predictions=label_slots(meta, masking, max_predictions) if objective == "mlm" else None,
         static_mask_rate=meta.get("mask_rate"), segment_ids=build.uses_segment_ids(model),
