@@ -126,6 +126,15 @@ def test_heldout_loss_is_logged_at_every_checkpoint_and_is_deterministic(data, t
     scored = again(task)
     assert scored["heldout_loss"] == pytest.approx(by_step[4]["heldout_loss"], abs=1e-4)
     assert scored["heldout_predictions"] == by_step[4]["heldout_predictions"]
+    # evaluate copies the checkpoint's figures into metrics.json (the report's table)
+    from korlm.evaluation.evaluate import fine_tune
+    from tests.test_evaluate import write_nsmc_slice
+
+    record = fine_tune(str(out / "checkpoints" / "step-000004"), None, "nsmc",
+                       str(write_nsmc_slice(tmp_path / "nsmc", 40, 20)), max_train_examples=32,
+                       max_eval_examples=20, epochs=1, batch_size=16, max_seq_length=MAX_LEN).record
+    assert record["pretraining"]["heldout_loss"] == by_step[4]["heldout_loss"]
+    assert record["pretraining"]["unigram_entropy"] == by_step[4]["unigram_entropy"]
     # TensorBoard has the held-out curve and the floor
     tags = set()
     for path in glob.glob(str(out / "tensorboard" / "events.*")):
