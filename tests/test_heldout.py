@@ -108,6 +108,10 @@ def test_heldout_loss_is_logged_at_every_checkpoint_and_is_deterministic(data, t
     by_step = {r["step"]: r for r in log}
     assert sorted(by_step) == [2, 3, 4]  # step 2 is logged for its checkpoint's held-out loss
     assert "heldout_loss" not in by_step[3]
+    from korlm.pretrain.state import final_metrics
+
+    closing = final_metrics(str(out))  # the pipeline component's metrics output
+    assert closing["final_heldout_loss"] == by_step[4]["heldout_loss"]
     floor = made["held"]["unigram_entropy_nats"]
     for step in (2, 4):
         record = by_step[step]
