@@ -139,7 +139,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                         "pretrain.strategy": args.strategy, "pretrain.tpu": args.tpu,
                         "pretrain.precision": args.precision,
                         "pretrain.keep_checkpoints": args.keep_checkpoints,
-                        "pretrain.deterministic": args.deterministic})
+                        "pretrain.deterministic": args.deterministic,
+                        "pretrain.dropout": args.dropout})
     from korlm.pretrain.train import run_pretrain
 
     checkpoints = run_pretrain(args.data, args.tokenizer, args.output, **conf.pretrain.model_dump(),
@@ -173,7 +174,8 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
     flags = {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
              "max_eval_examples": args.max_eval_examples, "batch_size": args.batch_size,
              "max_seq_length": args.max_seq_length,
-             "learning_rate": args.learning_rate}
+             "learning_rate": args.learning_rate, "pooling": args.pooling,
+             "dropout": args.dropout}
     params.update({k: v for k, v in flags.items() if v is not None})
     if args.augment or args.num_aug is not None:
         # --augment/--num-aug over evaluate.augment (docs/augmentation.md)
@@ -203,6 +205,11 @@ def _fine_tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, metavar="LR", help="peak learning rate")
     p.add_argument("--max-seq-length", type=int, metavar="N",
                    help="tokens per example (longer ones are cut)")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean", "pooler"],
+                   help="sentence representation of the head (default evaluate.pooling, auto: "
+                        "the pooler only when next-sentence prediction trained it)")
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="fine-tuning dropout (default evaluate.dropout, 0.1; not the checkpoint's)")
     p.add_argument("--augment", choices=["eda"],
                    help="add EDA-edited copies of the training examples (docs/augmentation.md)")
     p.add_argument("--num-aug", type=int, metavar="N", help="augmented copies per example (4)")
@@ -225,6 +232,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       "tune.timeout_s": args.timeout, "tune.storage": args.storage,
                       "tune.study_name": args.study_name, "tune.sampler": args.sampler,
                       "tune.pruner": args.pruner, "evaluate.data_dir": args.data_dir})
+    if args.pooling:  # (unset: --set evaluate.pooling=... or the config's)
+        overrides["evaluate.pooling"] = args.pooling
     conf = _load(args, overrides)
     from korlm.evaluation.tune import run_tuning, summary_markdown
     from korlm.modeling.checkpoints import resolve_checkpoint
@@ -523,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="a killed and resumed run ends with the same weights as an "
                         "uninterrupted one (slower input pipeline)")
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="backbone dropout while pretraining (default pretrain.dropout, 0)")
 
     p = add("evaluate", cmd_evaluate, "Fine-tune one checkpoint on a task and score it.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
@@ -575,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "share one study")
     p.add_argument("--worker-index", type=int, default=0, metavar="K",
                    help="this worker's number among parallel workers (offsets the sampler seed)")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean", "pooler"],
+                   help="sentence representation of every trial's head (default evaluate.pooling)")
     p.add_argument("--report-only", action="store_true",
                    help="run no trial: write the summary of the study in --storage as it stands")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

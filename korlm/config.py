@@ -161,6 +161,10 @@ class PretrainDataSection(_Section):
     extra_seq_lengths: list[int] = Field(
         default_factory=list, description="also pack at these lengths into seq<N>/ (for "
                                           "pretrain.phases); default: every phase length")
+    heldout_fraction: float = Field(
+        0.02, ge=0, lt=0.5, description="share of documents (of examples for full-sentences packing) "
+                                        "written to heldout/ instead of the training shards, for "
+                                        "pretrain's held-out MLM loss; 0 = none")
     beam_options: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -169,7 +173,7 @@ class PretrainDataSection(_Section):
 
         try:
             resolve_settings(**self.model_dump(exclude={"num_shards", "seed", "beam_options",
-                                                        "extra_seq_lengths"}))
+                                                        "extra_seq_lengths", "heldout_fraction"}))
         except KorlmError as exc:
             raise ValueError(str(exc)) from None
         return self
@@ -232,6 +236,10 @@ class PretrainSection(_Section):
                                                    "ends with the same weights as an uninterrupted one")
     progress: Literal["auto", "bar", "lines"] = Field("auto", description="auto: a bar on a terminal")
     log_every: int = Field(10, gt=0, description="steps between train_log.jsonl / TensorBoard records")
+    dropout: float = Field(0.0, ge=0, lt=1, description="backbone dropout while pretraining (Cramming: 0; "
+                                                       "docs/training.md); fine-tuning uses evaluate.dropout")
+    heldout_examples: int = Field(512, ge=0, description="examples of the data's held-out slice scored "
+                                                         "at each checkpoint (held-out loss); 0 = none")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -269,6 +277,8 @@ class EvaluateTaskSettings(_Section):
                           "its first (default: the task's setting)")
     weight_decay: float | None = Field(None, ge=0, lt=1)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    pooling: Literal["auto", "cls", "mean", "pooler"] | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)
 
 
 class AugmentSettings(_Section):
@@ -305,6 +315,14 @@ class EvaluateSection(_Section):
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW decoupled weight decay")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warmup")
     max_seq_length: int = Field(64, ge=8)
+    pooling: Literal["auto", "cls", "mean", "pooler"] = Field(
+        "auto", description="sentence representation of classification/regression heads: cls "
+                            "(first token state), mean (of the token states), pooler (BERT's "
+                            "pooled [CLS]); auto: the pooler only when NSP trained it, else cls "
+                            "(BERT: the [CLS] state, measured best; RoBERTa: its head; BART: the "
+                            "last token)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="backbone and head dropout while fine-tuning "
+                                                        "(not the checkpoint's pretrain.dropout)")
     mixed_precision: bool = Field(False, description="float16 compute on a GPU; ignored on CPU")
     seed: int = 0
     per_task: dict[str, EvaluateTaskSettings] = Field(

@@ -1,5 +1,6 @@
 """pretrain-data: clean -> vocab -> pack (real Beam runs) on a slice of the bundled sample;
-shards read back with tf.data; corrupt shards are named."""
+shards read back with tf.data; corrupt shards are named. (Most runs hold nothing out, so
+every token is in the training shards; the held-out slice: tests/test_heldout.py.)"""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def pipeline(tmp_path_factory):
                {"path": str(root / "petitions.jsonl"), "field": "content"}], str(corpus))
     build_vocab(str(corpus), str(tokenizer), vocab_size=3000, heldout_every=0)
     metadata = run_pretrain_data(str(corpus), str(tokenizer), str(examples), max_seq_length=MAX_LEN,
-                                 num_shards=2, seed=7)
+                                 num_shards=2, seed=7, heldout_fraction=0.0)
     return root, corpus, tokenizer, examples, metadata
 
 
@@ -155,11 +156,13 @@ def test_metadata_matches_what_was_written(pipeline):
 def test_same_seed_same_bytes_other_seed_other_order(pipeline):
     root, corpus, tokenizer_dir, examples_dir, _ = pipeline
     again = root / "again"
-    run_pretrain_data(str(corpus), str(tokenizer_dir), str(again), max_seq_length=MAX_LEN, num_shards=2, seed=7)
+    run_pretrain_data(str(corpus), str(tokenizer_dir), str(again), max_seq_length=MAX_LEN, num_shards=2, seed=7,
+                      heldout_fraction=0.0)
     for name in ("train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"):
         assert (again / name).read_bytes() == (examples_dir / name).read_bytes()
     other = root / "other"
-    run_pretrain_data(str(corpus), str(tokenizer_dir), str(other), max_seq_length=MAX_LEN, num_shards=1, seed=8)
+    run_pretrain_data(str(corpus), str(tokenizer_dir), str(other), max_seq_length=MAX_LEN, num_shards=1, seed=8,
+                      heldout_fraction=0.0)
     reordered = _read_shard(other / "train-00000-of-00001.tfrecord")
     original = list(itertools.chain.from_iterable(_read_all(examples_dir).values()))
     assert sorted(reordered) == sorted(original)
@@ -171,7 +174,8 @@ def test_every_shard_exists_even_when_empty(pipeline, tmp_path):
     corpus = tmp_path / "one"
     corpus.mkdir()
     (corpus / "part-00000-of-00001.txt").write_text("영화가 재미있다.\n\n", encoding="utf-8")
-    metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(tmp_path / "ex"), num_shards=3)
+    metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(tmp_path / "ex"), num_shards=3,
+                                 heldout_fraction=0.0)
     assert metadata["num_examples"] == 1 and sorted(metadata["examples_per_shard"]) == [0, 0, 1]
     shards = _read_all(tmp_path / "ex")
     assert list(shards) == metadata["shards"]
@@ -183,7 +187,7 @@ def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
     """doc-sentences (the old behaviour) at max_seq_length 128 writes exactly pack_document's examples."""
     root, corpus, tokenizer_dir, _, _ = pipeline
     metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "doc128"), packing="doc-sentences",
-                                 max_seq_length=128, num_shards=1, seed=7)
+                                 max_seq_length=128, num_shards=1, seed=7, heldout_fraction=0.0)
     expected, truncated = [], 0
     for doc in _corpus_ids(corpus, tokenizer_dir):
         examples, cut = pack_document(doc, 128, metadata["special_token_ids"]["cls"],
@@ -200,7 +204,7 @@ def test_doc_sentences_at_128_is_per_document_greedy_packing(pipeline):
 def test_bart_span_at_512(pipeline):
     root, corpus, tokenizer_dir, _, _ = pipeline
     metadata = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "bart"), objective="bart",
-                                 max_seq_length=512, num_shards=2, seed=1)
+                                 max_seq_length=512, num_shards=2, seed=1, heldout_fraction=0.0)
     assert (metadata["packing"], metadata["objective"], metadata["max_seq_length"]) == ("span", "bart", 512)
     examples = _examples(root / "bart", ("input_ids", "sentence_starts"))
     documents = _corpus_ids(corpus, tokenizer_dir)
@@ -216,7 +220,8 @@ def test_segment_pairs_with_nsp_and_static_masking(pipeline):
     """Static masking restores to exactly the dynamic run's examples (labels aligned with
     inputs); segment ids, NSP labels and masks follow the contract."""
     root, corpus, tokenizer_dir, _, _ = pipeline
-    common = dict(packing="segment-pair", nsp=True, max_seq_length=MAX_LEN, num_shards=2, seed=5)
+    common = dict(packing="segment-pair", nsp=True, max_seq_length=MAX_LEN, num_shards=2, seed=5,
+                  heldout_fraction=0.0)
     plain = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "pairs"), **common)
     static = run_pretrain_data(str(corpus), str(tokenizer_dir), str(root / "pairs-static"), **common,
                                masking="static", dupe_factor=1, whole_word="eojeol")

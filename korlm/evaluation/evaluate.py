@@ -2,18 +2,31 @@
 
 The backbone comes from ``models.load_backbone``: with ``random_init`` it is the same
 architecture freshly initialised, so the baseline differs from the checkpoint only in
-its weights. On top of it goes a cross-encoder head: a classifier over the pooled
-``[CLS]`` representation (classification, sentence pairs as ``[CLS] a [SEP] b [SEP]``),
-one linear output trained with mean squared error (regression), or start/end logits over
-the tokens (extractive QA, long contexts cut into overlapping windows: ``doc_stride``),
-or a tag per token (token classification, aligned to and decoded from word or character
-tags by :mod:`korlm.evaluation.tagging`).
+its weights. On top of it goes a cross-encoder head: a classifier over a sentence
+representation (classification, sentence pairs as ``[CLS] a [SEP] b [SEP]``), one linear
+output trained with mean squared error (regression), start/end logits over the tokens
+(extractive QA, long contexts cut into overlapping windows: ``doc_stride``), or a tag per
+token (token classification, aligned to and decoded from word or character tags by
+:mod:`korlm.evaluation.tagging`).
+
+The sentence representation is ``pooling`` (``evaluate.pooling``, :func:`resolve_pooling`):
+``cls``, the first token's state (BERT: dropout + dense on the [CLS] state, Hugging Face's
+``BertForSequenceClassification`` without the pooler; RoBERTa: its own classification head
+over ``<s>``, a fresh dense + tanh then the output layer); ``mean``, the mean of the
+unpadded token states, then dropout + dense; ``pooler``, BERT's pooled [CLS] (its
+``pooled_dense`` + tanh from pretraining, KerasHub's ``BertTextClassifier``). A
+masked-LM-only pretraining never trains the pooler (its weights stay the random init's),
+so ``auto`` takes the pooler only when next-sentence prediction trained it and otherwise
+:data:`AUTO_POOLING`; RoBERTa and BART have no pooler (``pooler`` is refused for them).
+The backbone's dropout is ``dropout`` (``evaluate.dropout``), whatever the checkpoint was
+pretrained with (``pretrain.dropout``), and the head uses the same rate.
 BART checkpoints are fine-tuned as Hugging Face's ``BartForSequenceClassification`` and
 ``BartForQuestionAnswering`` do: the same ids go to the encoder and, shifted right behind
 the decoder start token, to the decoder (``bart_inputs``); classification and regression
-read the decoder state at each example's last real token, the span head every decoder
-state, and so does the tagger (Hugging Face has no ``BartForTokenClassification``; this
-is how its one per-token BART head, QA's, reads the states).
+read the decoder state at each example's last real token (BART's ``cls``, its ``auto``;
+``mean`` averages the decoder states), the span head every decoder state, and so does the
+tagger (Hugging Face has no ``BartForTokenClassification``; this is how its one per-token
+BART head, QA's, reads the states).
 
 Fine-tuning uses fixed seeds, AdamW with linear warmup and decay, and early stopping on
 the dev split's primary metric (the best epoch's weights are the ones scored). The
@@ -53,6 +66,18 @@ BART_CLASSIFIER_DROPOUT = 0.1
 TOKEN_CLASSIFIER_DROPOUT = 0.1
 BART_INPUTS = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
                "decoder_padding_mask")
+POOLINGS = ("auto", "cls", "mean", "pooler")
+# What `auto` picks for a BERT-like encoder whose pooler no objective trained (MLM only).
+# Measured on the demo checkpoint (configs/local.yaml: bert-tiny, 1,200 MLM steps; NSMC
+# 4,000 train / 1,000 test, up to 3 epochs, seeds 0-4; docs/evaluate.md, "Heads"): cls
+# 0.767 ± 0.005 (SD), pooler 0.764 ± 0.004, mean 0.753 ± 0.028. The raw [CLS] state
+# scored highest and as steadily as the pooler; mean pooling twice stopped after its
+# first epoch far lower (0.728, 0.718), so it is not the default.
+AUTO_POOLING = "cls"
+AUTO_POOLING_NOTE = "the [CLS] state measured best on the demo's NSMC"
+# Families whose backbone has a pooler (KerasHub BertBackbone's pooled_dense).
+POOLER_FAMILIES = ("bert",)
+DEFAULT_DROPOUT = 0.1
 
 
 def load_tokenizer(tokenizer_dir: str, max_seq_length: int):
@@ -128,10 +153,20 @@ def _last_real_token_state(sequence, padding_mask):
     return ops.squeeze(ops.take_along_axis(sequence, last, axis=1), axis=1)
 
 
-def build_bart_classifier(backbone, num_outputs: int, dropout: float = BART_CLASSIFIER_DROPOUT):
+def _masked_mean(sequence, padding_mask):
+    """The mean of each example's unpadded token states."""
+    from keras import ops
+
+    mask = ops.cast(padding_mask, sequence.dtype)[:, :, None]
+    return ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+
+def build_bart_classifier(backbone, num_outputs: int, dropout: float = BART_CLASSIFIER_DROPOUT,
+                          pooling: str = "cls"):
     """``BartForSequenceClassification`` on a ``BartBackbone``: the decoder state at the
-    last real token, then ``BartClassificationHead`` (dropout, dense + tanh, dropout,
-    dense to ``num_outputs`` logits; one output for regression)."""
+    last real token (``pooling`` cls; ``mean``: the mean of the unpadded decoder states),
+    then ``BartClassificationHead`` (dropout, dense + tanh, dropout, dense to
+    ``num_outputs`` logits; one output for regression)."""
     import keras
 
     def initializer():  # BART's init_std; one instance per layer
@@ -139,7 +174,10 @@ def build_bart_classifier(backbone, num_outputs: int, dropout: float = BART_CLAS
 
     inputs = _bart_model_inputs()
     decoder = backbone(inputs)["decoder_sequence_output"]
-    x = _last_real_token_state(decoder, inputs["encoder_padding_mask"])
+    if pooling == "mean":
+        x = _masked_mean(decoder, inputs["decoder_padding_mask"])
+    else:
+        x = _last_real_token_state(decoder, inputs["encoder_padding_mask"])
     x = keras.layers.Dropout(dropout, name="classifier_input_dropout")(x)
     x = keras.layers.Dense(backbone.hidden_dim, activation="tanh",
                            kernel_initializer=initializer(),
@@ -148,6 +186,86 @@ def build_bart_classifier(backbone, num_outputs: int, dropout: float = BART_CLAS
     logits = keras.layers.Dense(num_outputs, kernel_initializer=initializer(),
                                 name="classifier_logits")(x)
     return keras.Model(inputs, logits, name="bart_sequence_classifier")
+
+
+def build_sequence_classifier(backbone, num_outputs: int, pooling: str,
+                              dropout: float = DEFAULT_DROPOUT):
+    """A classifier over an encoder's token states without its pooler: the first token's
+    state (``cls``) or the mean of the unpadded token states (``mean``), then dropout and
+    one dense layer to ``num_outputs`` logits. A BERT backbone's ``pooled_dense`` is
+    frozen: nothing reads it, so no gradient would reach it."""
+    import keras
+
+    if pooling not in ("cls", "mean"):
+        raise KorlmError(f"build_sequence_classifier pools cls or mean, not {pooling!r}")
+    names = [name for name in ("token_ids", "segment_ids", "padding_mask")
+             if name in backbone.input]
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in names}
+    outputs = backbone(inputs)
+    if isinstance(outputs, dict):  # BERT-like: token states and the pooled [CLS]
+        if any(layer.name == "pooled_dense" for layer in backbone.layers):
+            backbone.get_layer("pooled_dense").trainable = False
+        sequence = outputs["sequence_output"]
+    else:  # RoBERTa's backbone returns the token states
+        sequence = outputs
+    if pooling == "cls":
+        x = sequence[:, 0, :]
+    else:
+        x = _masked_mean(sequence, inputs["padding_mask"])
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
+    logits = keras.layers.Dense(
+        num_outputs, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        name="logits")(x)
+    return keras.Model(inputs, logits, name=f"{pooling}_sequence_classifier")
+
+
+def _pooler_trained(info: dict[str, Any], checkpoint_dir: str | None) -> bool:
+    """Whether an objective trained the checkpoint's pooler: BERT pretrained with
+    next-sentence labels (``nsp`` in korlm_checkpoint.json), or a Hugging Face export
+    of ``BertForPreTraining`` (korlm writes it for NSP runs)."""
+    if info.get("nsp"):
+        return True
+    if info.get("source") == "huggingface-export" and checkpoint_dir:
+        from korlm.modeling import hf_import
+
+        config = hf_import.read_config(checkpoint_dir) or {}
+        return "BertForPreTraining" in (config.get("architectures") or [])
+    return False
+
+
+def resolve_pooling(requested: str, info: dict[str, Any],
+                    checkpoint_dir: str | None = None) -> tuple[str, str]:
+    """``(pooling, why)``: what ``requested`` (``evaluate.pooling``) means for the
+    checkpoint ``info`` describes. ``auto``: the pooler where next-sentence prediction
+    trained it, RoBERTa's and BART's own sentence token (``cls``), else
+    :data:`AUTO_POOLING`. ``pooler`` is refused for families without one and warned
+    about when no objective trained it."""
+    if requested not in POOLINGS:
+        raise KorlmError(f"pooling {requested!r} is unknown; choose one of {', '.join(POOLINGS)}")
+    family = info.get("model")
+    has_pooler = family in POOLER_FAMILIES
+    trained = has_pooler and _pooler_trained(info, checkpoint_dir)
+    if requested == "pooler":
+        if not has_pooler:
+            raise KorlmError(f"pooling pooler: a {family} model has no pooler; use cls ("
+                             + ("its classification head over <s>" if family == "roberta"
+                                else "the last real token's decoder state" if family == "bart"
+                                else "the first token's state")
+                             + ") or mean")
+        if not trained:
+            print("WARNING: pooling pooler on a checkpoint no next-sentence objective trained: "
+                  "its pooler weights are the random initialisation's (evaluate.pooling auto "
+                  "avoids it)", flush=True)
+        return "pooler", "requested"
+    if requested != "auto":
+        return requested, "requested"
+    if trained:
+        return "pooler", "auto: next-sentence prediction trained the pooler"
+    if family == "roberta":
+        return "cls", "auto: RoBERTa's classification head over <s> (no pooler)"
+    if family == "bart":
+        return "cls", "auto: BART's last real token (BartForSequenceClassification)"
+    return AUTO_POOLING, f"auto: no objective trained the pooler; {AUTO_POOLING_NOTE}"
 
 
 def build_span_extractor(backbone):
@@ -228,6 +346,12 @@ class _Head:
     """What differs between task types: the output layer, the loss, the targets and
     how predictions become scores."""
 
+    # The sentence representation (resolve_pooling's) and the head's dropout; fine_tune
+    # and the fine-tuned model loader set them. None: the head each family had before
+    # pooling was a setting (BERT's pooler, RoBERTa's and BART's own heads).
+    pooling: str | None = None
+    dropout: float = DEFAULT_DROPOUT
+
     def __init__(self, spec: tasks.TaskSpec):
         self.spec = spec
 
@@ -244,14 +368,20 @@ class _Head:
         num_outputs = 1 if self.spec.type == "regression" else self.spec.num_classes
         loss = (keras.losses.MeanSquaredError() if self.spec.type == "regression"
                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        bert = isinstance(backbone, keras_hub.models.BertBackbone)
+        pooling = self.pooling or ("pooler" if bert else "cls")
+        if pooling == "pooler" and not bert:
+            raise KorlmError(f"pooling pooler: {type(backbone).__name__} has no pooler; use cls or mean")
         if isinstance(backbone, keras_hub.models.BartBackbone):  # KerasHub has no BART classifier
-            return build_bart_classifier(backbone, num_outputs), loss
-        # KerasHub's classifier of the family: BERT's reads the pooled [CLS], RoBERTa's
-        # the first token through its own dense + tanh (no pooler in the backbone).
-        classifier = (keras_hub.models.RobertaTextClassifier
-                      if isinstance(backbone, keras_hub.models.RobertaBackbone)
-                      else keras_hub.models.BertTextClassifier)
-        return classifier(backbone, num_classes=num_outputs, preprocessor=None), loss
+            return build_bart_classifier(backbone, num_outputs, self.dropout, pooling), loss
+        if pooling == "pooler":  # KerasHub's BERT classifier reads the pooled [CLS]
+            return keras_hub.models.BertTextClassifier(
+                backbone, num_classes=num_outputs, preprocessor=None, dropout=self.dropout), loss
+        if pooling == "cls" and isinstance(backbone, keras_hub.models.RobertaBackbone):
+            # RoBERTa's own head: the first token through a fresh dense + tanh
+            return keras_hub.models.RobertaTextClassifier(
+                backbone, num_classes=num_outputs, preprocessor=None, dropout=self.dropout), loss
+        return build_sequence_classifier(backbone, num_outputs, pooling, self.dropout), loss
 
     def outputs(self, model, x, batch_size: int):
         """Regression scores, or class probabilities (softmax of the logits)."""
@@ -442,7 +572,7 @@ class _TagHead(_Head):
 
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                           ignore_class=tagging.IGNORE)
-        return build_token_classifier(backbone, len(self.index)), loss
+        return build_token_classifier(backbone, len(self.index), self.dropout), loss
 
     def decode(self, probabilities, data: tasks.TaskData) -> list[tuple[list, list, list]]:
         """Per example ``(units, unit tags, unit scores)``: a unit's score is its head
@@ -593,6 +723,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
               max_seq_length: int = 64, seed: int = 0, patience: int = 1,
               doc_stride: int | None = None, mixed_precision: bool = False,
               weight_decay: float = WEIGHT_DECAY, warmup_ratio: float = WARMUP_RATIO,
+              pooling: str = "auto", dropout: float = DEFAULT_DROPOUT,
               augment: dict[str, Any] | None = None,
               label_all_subwords: bool | None = None,
               epoch_callback: Callable[[int, dict, float], None] | None = None) -> FineTuned:
@@ -601,6 +732,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     :class:`tasks.TaskSpec`. ``checkpoint_dir``: a korlm checkpoint or a korlm Hugging
     Face export. ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an
     override checked against the checkpoint's vocab hash (:func:`models.resolve_tokenizer`).
+    ``pooling``: the sentence representation (:func:`resolve_pooling`); ``dropout``: the
+    backbone's and the head's dropout while fine-tuning (not the checkpoint's).
     ``augment``: settings for :func:`korlm.evaluation.augment.augment_task_data` (train split only).
     ``label_all_subwords``: token classification trains every subword of a unit (None:
     the task's setting; :mod:`korlm.evaluation.tagging`). ``epoch_callback(epoch, dev_scores, primary_value)`` runs after
@@ -618,7 +751,13 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         raise KorlmError(f"weight_decay must be in [0, 1), got {weight_decay}")
     if not 0 <= warmup_ratio < 1:
         raise KorlmError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if not 0 <= dropout < 1:
+        raise KorlmError(f"dropout must be in [0, 1), got {dropout}")
     info = checkpoint_info(checkpoint_dir)
+    # QA and taggers read every token: no pooling
+    sentence_head = spec.type not in ("extractive-qa", "token-classification")
+    used_pooling, pooling_why = (resolve_pooling(pooling, info, checkpoint_dir) if sentence_head
+                                 else (None, f"{spec.type}: logits over the tokens"))
     tokenizer_dir = resolve_tokenizer(checkpoint_dir, tokenizer_dir, info)
     if not 8 <= max_seq_length <= int(info["max_seq_length"]):
         raise KorlmError(f"max_seq_length must be between 8 and the checkpoint's "
@@ -643,6 +782,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     tokenizer = load_tokenizer(tokenizer_dir, max_seq_length)
     _check_tokenizer(tokenizer, tokenizer_dir, checkpoint_dir, info)
     head = make_head(spec, tokenizer, max_seq_length, doc_stride, label_all_subwords)
+    head.pooling, head.dropout = used_pooling, dropout
     if spec.type == "token-classification":
         spec = dataclasses.replace(spec, tagging=head.tagging)  # the setting used
     (x_train, y_train), (x_dev, _), (x_test, test_targets) = (
@@ -657,7 +797,7 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
     if float16:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(seed)
-    backbone = load_backbone(checkpoint_dir, load_weights=not random_init)
+    backbone = load_backbone(checkpoint_dir, load_weights=not random_init, dropout=dropout)
     model, loss = head.build(backbone)
     num_train = len(y_train)
     total_steps = max(1, num_train // batch_size) * epochs
@@ -711,6 +851,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         "tokenizer_uri": tokenizer_dir,
         "step": None if random_init else info.get("step"),
         "random_init": bool(random_init),
+        # the sentence representation the head classified from (None: extractive QA)
+        "pooling": used_pooling,
         "metrics": scores,
         "primary_metric": spec.metric,
         "undefined_metrics": sorted(k for k, v in scores.items() if v is None),
@@ -741,6 +883,8 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
             **({"augment": dict(augment), "num_train_augmented": len(train)}
                if augment else {}),
             "mixed_precision": "mixed_float16" if float16 else "float32",
+            "pooling": used_pooling, "pooling_requested": pooling, "pooling_note": pooling_why,
+            "dropout": dropout,
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
     }
@@ -748,6 +892,10 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
         record["label_names"] = list(spec.label_names)
         record["tagging"] = {**spec.tagging.as_dict(), "test_coverage": coverage,
                              "alignment_ceiling": head.ceiling(splits.test, test_targets)}
+    pretraining = {k: info[k] for k in ("train_loss", "heldout_loss", "heldout_accuracy",
+                                        "unigram_entropy", "dropout") if info.get(k) is not None}
+    if pretraining and not random_init:  # the checkpoint's own figures (korlm.pretrain.heldout)
+        record["pretraining"] = pretraining
     if spec.is_classification:
         y_test = np.array(splits.test.labels)
         record["label_names"] = list(spec.label_names)

@@ -7,7 +7,8 @@ team deploys::
 
     MODEL_DIR/
       korlm_finetuned.json   task (name, type, labels, metrics), backbone family, sequence
-                             length, QA doc stride, the fine-tuning settings and scores
+                             length, QA doc stride, the head's pooling, the fine-tuning
+                             settings and scores
       label_map.json         class id -> label (classification; a tagger's tag ids)
       metrics.json           the same record ``korlm evaluate`` writes
       model.weights.h5       the whole task model (backbone + head)
@@ -93,6 +94,9 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         "checkpoint_uri": checkpoint_dir,
         "max_seq_length": fine_tune["max_seq_length"],
         "doc_stride": fine_tune.get("doc_stride"),
+        # the head to rebuild (korlm.evaluation.evaluate.resolve_pooling); files written
+        # before it was recorded rebuild each family's earlier head (BERT: the pooler)
+        "pooling": record.get("pooling"),
         "fine_tune": fine_tune,
         "metrics": record["metrics"],
         "best_epoch": record["best_epoch"],
@@ -159,6 +163,8 @@ class FineTunedModel:
                                                  self.max_seq_length)
         self.head = evaluate.make_head(self.spec, self.tokenizer, self.max_seq_length,
                                        meta["doc_stride"])
+        self.pooling: str | None = meta.get("pooling")  # None: written before it was recorded
+        self.head.pooling = self.pooling
         backbone = load_backbone(backbone_dir, load_weights=False)
         self.model, _ = self.head.build(backbone)
         try:

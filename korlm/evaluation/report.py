@@ -12,6 +12,12 @@ the constant predictor). Plots draw the standard errors as error bars on the che
 points and a ± 1 SE band around the random-init line, the constant predictor as a
 dotted line. Older metrics.json files without these fields render without them. Split notes (a task scored on derived splits, on the official
 dev set...) and the sources of the external numbers are printed under the table.
+
+Two small sections follow (:func:`extra_sections`): the fine-tuning head each task's
+rows used (``pooling``, dropout: ``korlm.evaluation.evaluate.resolve_pooling``) and, when
+the checkpoints carry them (``korlm.pretrain.heldout``), their pretraining figures:
+training and held-out MLM loss by step against the unigram-entropy floor, as a table and
+``pretraining_loss.png``.
 """
 
 from __future__ import annotations
@@ -431,13 +437,18 @@ def build_report(result_dirs: list[str], output_dir: str,
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
     notes = split_notes(records)
     markdown = render_markdown(row_names, columns, rows, notes, sources, spread, noise)
+    extra_md, extra_html = extra_sections(records)
+    markdown += extra_md
     with storage.atomic_output_dir(output_dir, "report", inputs=result_dirs,
                                    overwrite=overwrite) as staging:
         plots = plot_metrics(records, columns, staging, noise)
+        loss_plot = plot_pretraining(records, staging)
+        plots += [loss_plot] if loss_plot else []
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"
                     + "".join(f"![{p}]({p})\n" for p in plots))
         html_text = render_html(row_names, columns, rows, plots, notes, sources, spread, noise)
+        html_text += extra_html
         with open(os.path.join(staging, "results.html"), "w", encoding="utf-8") as f:
             f.write(html_text)
         with open(os.path.join(staging, "results.json"), "w", encoding="utf-8") as f:
@@ -454,3 +465,90 @@ def build_report(result_dirs: list[str], output_dir: str,
     return {"markdown": markdown, "html": html_text, "rows": row_names, "columns": columns,
             "values": rows, "plots": plots, "split_notes": notes,
             "standard_errors": noise["se"], "flags": noise["flags"]}
+
+
+# ------------------------------------------------- fine-tuning heads, pretraining loss
+
+
+def head_notes(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per task: the pooling and dropout its fine-tuning heads used (several when rows
+    differ); tasks whose metrics.json records none (older files, extractive QA) are left out."""
+    found: dict[str, set[str]] = {}
+    for rec in records:
+        tune = rec.get("fine_tune") or {}
+        if rec.get("pooling"):
+            why = tune.get("pooling_note")
+            found.setdefault(rec["task"], set()).add(
+                f"pooling {rec['pooling']}" + (f" ({why})" if why and why != "requested" else "")
+                + (f", dropout {tune['dropout']:g}" if tune.get("dropout") is not None else ""))
+    return {task: "; ".join(sorted(v)) for task, v in sorted(found.items())}
+
+
+def pretraining_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+    """One row per pretraining step with the checkpoint's recorded figures (training loss,
+    held-out loss/accuracy), and the unigram floor; ([], None) when none is recorded."""
+    steps: dict[int, dict[str, Any]] = {}
+    floor = None
+    for rec in records:
+        figures = rec.get("pretraining") or {}
+        if rec.get("random_init") or rec.get("step") is None or "heldout_loss" not in figures:
+            continue
+        steps[int(rec["step"])] = figures
+        floor = figures.get("unigram_entropy", floor)
+    return [{"step": k, **steps[k]} for k in sorted(steps)], floor
+
+
+def extra_sections(records: list[dict[str, Any]]) -> tuple[str, str]:
+    """The markdown and HTML of the heads notes and the pretraining-loss table."""
+    md, page = "", ""
+    heads = head_notes(records)
+    if heads:
+        md += "\nFine-tuning heads:\n" + "".join(f"- {t}: {n}\n" for t, n in heads.items())
+        page += "<h2>Fine-tuning heads</h2><ul>" + "".join(
+            f"<li><b>{html.escape(t)}</b>: {html.escape(n)}</li>" for t, n in heads.items()) + "</ul>"
+    rows, floor = pretraining_rows(records)
+    if rows:
+        def num(v):
+            return "" if v is None else f"{v:.4f}"
+
+        md += ("\nPretraining loss (nats; held-out: the data's held-out slice, fixed masks)"
+               + (f"; unigram floor {floor:.4f} nats, the loss of predicting masked tokens from "
+                  "their frequencies alone" if floor is not None else "") + ":\n\n"
+               "| step | train loss | held-out loss | held-out accuracy |\n|---:|---:|---:|---:|\n"
+               + "".join(f"| {r['step']} | {num(r.get('train_loss'))} | {num(r.get('heldout_loss'))} "
+                         f"| {num(r.get('heldout_accuracy'))} |\n" for r in rows))
+        page += ("<h2>Pretraining loss</h2>"
+                 + (f"<p>Unigram floor {floor:.4f} nats.</p>" if floor is not None else "")
+                 + "<table><tr><th>step</th><th>train loss</th><th>held-out loss</th>"
+                 "<th>held-out accuracy</th></tr>"
+                 + "".join(f"<tr><td>{r['step']}</td><td>{num(r.get('train_loss'))}</td>"
+                           f"<td>{num(r.get('heldout_loss'))}</td>"
+                           f"<td>{num(r.get('heldout_accuracy'))}</td></tr>" for r in rows)
+                 + "</table>")
+    return md, page
+
+
+def plot_pretraining(records: list[dict[str, Any]], out_dir: str) -> str | None:
+    """``pretraining_loss.png``: training and held-out loss by step, the unigram floor as
+    a dotted line; None when no checkpoint records a held-out loss."""
+    rows, floor = pretraining_rows(records)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["heldout_loss"] for r in rows], marker="o", label="held-out loss")
+    train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    if train:
+        ax.plot(*zip(*train, strict=True), marker=".", linestyle="--", label="train loss")
+    if floor is not None:
+        ax.axhline(floor, linestyle=":", color="firebrick", label="unigram floor")
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("MLM loss (nats)")
+    ax.set_title("pretraining loss")
+    ax.legend(loc="best")
+    return save_plot(fig, "pretraining_loss", out_dir)

@@ -235,15 +235,37 @@ def load_masked_lm(checkpoint_dir: str):
     return load_pretraining_task(checkpoint_dir)
 
 
-def load_backbone(checkpoint_dir: str, load_weights: bool = True):
+def load_backbone(checkpoint_dir: str, load_weights: bool = True, dropout: float | None = None):
     """The checkpoint's backbone; ``load_weights=False`` gives the same architecture
-    freshly initialised (the random-init baseline)."""
+    freshly initialised (the random-init baseline). ``dropout``: the backbone's dropout
+    for what follows (fine-tuning: ``evaluate.dropout``) instead of the one its config
+    records (the pretraining value); None keeps the recorded one."""
     info = checkpoint_info(checkpoint_dir)
     if info.get("source") == "huggingface-export":
         from korlm.modeling import hf_import
 
-        return hf_import.load_backbone(checkpoint_dir, load_weights=load_weights)
-    return _from_preset(backbone_class(info["model"]), checkpoint_dir, load_weights=load_weights)
+        backbone = hf_import.load_backbone(checkpoint_dir, load_weights=load_weights)
+    else:
+        backbone = _from_preset(backbone_class(info["model"]), checkpoint_dir,
+                                load_weights=load_weights)
+    return backbone if dropout is None else with_dropout(backbone, dropout)
+
+
+def with_dropout(backbone, dropout: float):
+    """``backbone`` with every dropout rate set to ``dropout``: the same architecture
+    rebuilt from its config with the new rate, holding the same weights (KerasHub fixes
+    the rates of its layers when it builds them). The backbone itself when its rate is
+    already ``dropout``."""
+    if not 0 <= dropout < 1:
+        raise KorlmError(f"dropout must be in [0, 1), got {dropout}")
+    config = backbone.get_config()
+    if "dropout" not in config:
+        raise KorlmError(f"{type(backbone).__name__} has no dropout setting to change")
+    if float(config["dropout"]) == float(dropout):
+        return backbone
+    rebuilt = type(backbone).from_config({**config, "dropout": float(dropout)})
+    rebuilt.set_weights(backbone.get_weights())
+    return rebuilt
 
 
 SELECTION_STRATEGIES = ("last", "first", "step:N")

@@ -1,7 +1,11 @@
 """What a pretraining run reports and writes while it trains: the Keras callback that logs
 every ``log_every`` steps (``train_log.jsonl``, TensorBoard, the console or a progress
 bar) and writes a checkpoint, then the training state, every ``checkpoint_every`` steps
-and at the last step."""
+and at the last step. At each checkpoint step it first scores the held-out slice
+(``korlm.pretrain.heldout``, when the data has one): ``heldout_loss``,
+``heldout_accuracy`` and the ``unigram_entropy`` floor go into that step's log record
+(a checkpoint step is always logged then), TensorBoard and the checkpoint's
+``korlm_checkpoint.json``."""
 
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ def monitor_class():
         def __init__(self, *, run: dict, phase: dict, start_step: int, micro_per_epoch: int,
                      log: TrainLog, checkpoints: list[dict], writer, schedule, progress,
                      flops_per_token: float | None, peak_flops: float | None,
-                     task, nsp_head=None, tokenizer_files=None):
+                     task, nsp_head=None, tokenizer_files=None, heldout=None):
             super().__init__()
+            self.heldout = heldout  # korlm.pretrain.heldout.HeldOut or None
             self.tokenizer_files = tokenizer_files
             # What a checkpoint holds: the pretraining task (+ NSP head); the trained
             # model may be a wrapper around them.
@@ -70,11 +75,16 @@ def monitor_class():
             is_ckpt = step % run["checkpoint_every"] == 0 or step == run["steps"]
             if is_log or is_ckpt:
                 self.last_loss = float(logs["loss"])
-            if is_log:
-                self._log(step, logs)
+            heldout = {}
+            if is_ckpt and self.heldout is not None:
+                scoring = time.perf_counter()
+                heldout = self.heldout(self.task)
+                self.window_start += time.perf_counter() - scoring  # speed = training only
+            if is_log or heldout:
+                self._log(step, logs, heldout)
             if is_ckpt:
                 saving = time.perf_counter()
-                self._checkpoint(step)
+                self._checkpoint(step, heldout)
                 self.window_start += time.perf_counter() - saving  # speed = training only
             if step >= self.phase["end_step"]:
                 self.model.stop_training = True
@@ -84,7 +94,7 @@ def monitor_class():
                       flush=True)
                 os.kill(os.getpid(), 9)
 
-        def _log(self, step: int, logs) -> None:
+        def _log(self, step: int, logs, heldout: dict | None = None) -> None:
             run = self.run
             loss, accuracy = float(logs["loss"]), float(logs[self.metric])
             seconds = max(time.perf_counter() - self.window_start, 1e-9)
@@ -103,6 +113,7 @@ def monitor_class():
                 # Sequence positions (batch x max_seq_length, padding included).
                 "tokens_per_second": round(tokens_per_second, 1),
                 "time": round(time.time(), 3),
+                **(heldout or {}),
             }
             if self.flops_per_token:
                 # 4 significant digits: a tiny model on a CPU runs at a few GFLOP/s.
@@ -117,7 +128,8 @@ def monitor_class():
 
                 with self.writer.as_default(step=step):
                     for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu",
-                                "mlm_loss", "nsp_loss", "nsp_accuracy"):
+                                "mlm_loss", "nsp_loss", "nsp_accuracy", "heldout_loss",
+                                "heldout_accuracy", "unigram_entropy"):
                         if key in record:
                             tf.summary.scalar(key, record[key])
                 self.writer.flush()
@@ -126,6 +138,11 @@ def monitor_class():
             line = (f"step {step}/{run['steps']} loss {loss:.4f} {self.metric} {accuracy:.4f}{nsp} "
                     f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
                     f"{record['tokens_per_second']:.0f} tokens/s{mfu}")
+            if "heldout_loss" in record:
+                line += (f" | held-out loss {record['heldout_loss']:.4f} accuracy "
+                         f"{record['heldout_accuracy']:.4f}"
+                         + (f" (unigram floor {record['unigram_entropy']:.4f})"
+                            if "unigram_entropy" in record else ""))
             if self.progress is not None:
                 self.progress.write(line)
             else:
@@ -134,11 +151,13 @@ def monitor_class():
             self.window_start = time.perf_counter()
             self.window_steps = 0
 
-        def _checkpoint(self, step: int) -> None:
+        def _checkpoint(self, step: int, heldout: dict | None = None) -> None:
             run = self.run
             uri = ckpt.checkpoint_path(run["output_dir"], step)
             info = {k: run[k] for k in RESUME_KEYS}
-            info.update(step=step, train_loss=self.last_loss, objective=run["objective"])
+            info.update(step=step, train_loss=self.last_loss, objective=run["objective"],
+                        **({"dropout": run["dropout"]} if "dropout" in run else {}),
+                        **(heldout or {}))
             with optimizer_detached(self.task) as task:
                 ckpt.save_checkpoint(task, uri, info, nsp_head=self.nsp_head,
                                        tokenizer_files=self.tokenizer_files)

@@ -368,7 +368,8 @@ def final_metrics(output_dir: str) -> dict[str, float]:
     ``final_loss``, ``final_<accuracy>`` (``mlm_accuracy`` or ``token_accuracy``),
     ``final_tokens_per_second`` (the last logged window) and ``mean_tokens_per_second``
     (all windows but the first, which pays for graph tracing, when there are several),
-    ``final_mfu`` where logged, and ``steps``; empty when nothing was logged."""
+    ``final_mfu``, ``final_heldout_loss`` and ``final_heldout_accuracy`` where logged, and
+    ``steps``; empty when nothing was logged."""
     path = storage.join(output_dir, TRAIN_LOG)
     if not storage.exists(path):
         return {}
@@ -377,7 +378,8 @@ def final_metrics(output_dir: str) -> dict[str, float]:
         return {}
     last = records[-1]
     out = {"steps": float(last["step"]), "final_loss": float(last["loss"])}
-    for key in ("mlm_accuracy", "token_accuracy", "nsp_accuracy", "mfu"):
+    for key in ("mlm_accuracy", "token_accuracy", "nsp_accuracy", "mfu", "heldout_loss",
+                "heldout_accuracy"):
         if key in last:
             out[f"final_{key}"] = float(last[key])
     rates = [float(r["tokens_per_second"]) for r in records if "tokens_per_second" in r]

@@ -152,6 +152,27 @@ def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
                                             mlm_predictions=predictions)
 
 
+def _heldout(data_dir: str, first_phase: tuple, run: dict, max_examples: int, *, objective: str,
+             model: str, model_seq_len: int, mask_rate: float, max_predictions: int | None,
+             **noising):
+    """The held-out slice of the run's data (``korlm.pretrain.heldout``), masked like the
+    training data but with a fixed seed; None (said in the log) when there is none."""
+    from korlm.pretrain.heldout import prepare_heldout
+
+    pdir, meta, _files, features, masking = first_phase
+    if pdir != data_dir:  # a phase's seq<N> data: the slice of the run's own data instead
+        meta = json.loads(storage.read_text(storage.join(data_dir, "metadata.json")))
+    special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    return prepare_heldout(
+        data_dir, meta, max_examples=int(max_examples), objective=objective,
+        model_seq_len=model_seq_len, replicas=run.get("devices", 1),
+        vocab_size=run["vocab_size"], special_ids=special_ids,
+        mask_rate=mask_rate, features=features, masking=masking,
+        max_predictions=label_slots(meta, masking, max_predictions) if objective == "mlm" else None,
+        static_mask_rate=meta.get("mask_rate"), segment_ids=build.uses_segment_ids(model),
+        **noising)
+
+
 def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: str = "bert",
                  size: str = "tiny", steps: int = 300, checkpoint_every: int = 100,
                  batch_size: int = 32, learning_rate: float = 5e-4, warmup_steps: int = 30,
@@ -166,6 +187,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                  strategy: str = "auto", tpu: str | None = None, precision: str = "auto",
                  peak_tflops: float | None = None, deterministic: bool = False,
                  progress: str = "auto", seed: int = 0, log_every: int = 10,
+                 dropout: float = 0.0, heldout_examples: int = 512,
                  overwrite: bool = False) -> list[dict]:
     """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
@@ -184,6 +206,11 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
     data brings its own masks. ``deterministic``: a killed and resumed run ends with the
     same weights as an uninterrupted one (op determinism, sequential input pipeline).
 
+    ``dropout``: the backbone's dropout while pretraining (recorded in the checkpoint's
+    ``config.json``; fine-tuning sets its own, ``evaluate.dropout``). ``heldout_examples``:
+    how many examples of the data's held-out slice (``DATA/heldout/``) are scored at each
+    checkpoint (``korlm.pretrain.heldout``; 0: none).
+
     ``output_dir`` must be new, empty or korlm's own pretraining run (resumed; with
     ``overwrite`` started again): a folder holding anything else is refused untouched.
     """
@@ -195,6 +222,8 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                         ("grad_accum_steps", grad_accum_steps)):
         if int(value) <= 0:
             raise KorlmError(f"{name} must be greater than 0, got {value}")
+    if not 0 <= dropout < 1:
+        raise KorlmError(f"dropout must be in [0, 1), got {dropout}")
     if max_predictions is not None and int(max_predictions) < 1:
         raise KorlmError(f"max_predictions must be at least 1, got {max_predictions}")
     if warmup_steps < 0 or learning_rate <= 0 or weight_decay < 0:
@@ -272,7 +301,7 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
         "max_seq_length": model_seq_len, "grad_accum_steps": int(grad_accum_steps),
         "steps": int(steps), "checkpoint_every": int(checkpoint_every),
         "log_every": int(log_every), "keep_checkpoints": keep_checkpoints,
-        "keep_checkpoint_every": keep_checkpoint_every, "nsp": nsp,
+        "keep_checkpoint_every": keep_checkpoint_every, "nsp": nsp, "dropout": float(dropout),
     }
     # Every checkpoint carries the tokenizer (read once here, written into each).
     tokenizer_files = ckpt.read_tokenizer_files(tokenizer_dir)
@@ -321,7 +350,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
            max_predictions, infill_rate, poisson_lambda, permute_sentences, plan, prepared,
            run, state, resume_dir, start_step, checkpoints, tokenizer_files, strategy, tpu,
            precision, peak_tflops, deterministic, progress, seed, objective, model_seq_len,
-           nsp, **_unused) -> list[dict]:
+           nsp, dropout, heldout_examples, **_unused) -> list[dict]:
     from korlm.modeling.presets import model_config
 
     dist, precision_choice = _devices(strategy, tpu, precision, plan, int(grad_accum_steps),
@@ -334,7 +363,8 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     with dist.scope():
-        task = build.build_pretraining_task(model, size, run["vocab_size"], model_seq_len)
+        task = build.build_pretraining_task(model, size, run["vocab_size"], model_seq_len,
+                                            dropout=dropout)
         # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
         # (and the NSP layer beside it), the state the whole trained model.
         trained, nsp_head = build.add_next_sentence_head(task) if nsp else (task, None)
@@ -374,6 +404,12 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
           + f" ({per_device} per device x {dist.num_replicas})"
           + ", phases " + ", ".join(f"{p['end_step'] - p['start_step']} steps x seq "
                                     f"{p['max_seq_length']}" for p in plan), flush=True)
+    heldout = _heldout(data_dir, prepared[0], run, heldout_examples, objective=objective,
+                       model=model, model_seq_len=model_seq_len, mask_rate=mask_rate,
+                       mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+                       whole_word=whole_word, max_predictions=max_predictions,
+                       infill_rate=infill_rate, poisson_lambda=poisson_lambda,
+                       permute_sentences=permute_sentences)
     progress = progress_bar(int(steps), start_step, progress)
     special_fallback = DEFAULT_SPECIAL_IDS
     try:
@@ -407,7 +443,8 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 flops_per_token=_flops_per_token(model, size, run["vocab_size"], seq_len,
                                                  label_slots(meta, masking, max_predictions)
                                                  if objective == "mlm" else None, mask_rate),
-                peak_flops=peak, task=task, nsp_head=nsp_head, tokenizer_files=tokenizer_files)
+                peak_flops=peak, task=task, nsp_head=nsp_head, tokenizer_files=tokenizer_files,
+                heldout=heldout)
             _build_without_reading(trained, dataset, micro_batch)
             with warnings.catch_warnings():
                 # The pooler is part of BERT's backbone but not of the MLM loss.

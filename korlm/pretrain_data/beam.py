@@ -3,6 +3,7 @@
 Pipeline::
 
     part files ─ ReadDocuments ─ Reshuffle ─ TokenizeAndPack ─ Partition(shard) ─┬─ SortShard i ─ WriteToTFRecord(train-i-of-N)
+                                                                                 └─ (held out) ─ heldout/heldout-00000-of-00001
                                                   └── counts ─ CombineGlobally ─ metadata.json
 
 ``TokenizeAndPack`` takes a batch of documents (up to 256 documents of one part file),
@@ -19,6 +20,22 @@ Order is deterministic for a given corpus and seed: each example gets a key hash
 shard, and each shard is sorted by key before it is written, so the seed also fixes the
 shuffle. The same key seeds the example's static mask (and the document's key its
 segment-pair randomness).
+
+Held-out slice (``heldout_fraction``): a fixed share of the text goes to ``heldout/``
+instead of the training shards, for pretraining's held-out masked-LM loss. The unit held
+out is a document (every packing that keeps documents apart: all its examples and, with
+static masking, all its dupes) or, for ``full-sentences`` (examples cross documents), one
+packed example of a batch (its text is the same in every dupe). Which units are held out
+is a hash of (seed, part file, unit), so it is the same in every run with the same seed,
+and training (``train-*.tfrecord`` of the data directory only) never reads them. Only
+segment-pair NSP can still show a held-out document's sentences as another document's
+random B. metadata.json's ``heldout`` block names the shard and counts; the training
+examples' counts (``num_examples``, ``num_tokens``, ``examples_per_shard``) exclude it.
+
+The unigram entropy of the training examples' maskable (non-special) tokens,
+``unigram_entropy_nats``, is the loss of a model that predicts every masked token from the
+token frequencies alone: the floor a masked LM has to get below to have learned anything
+from context (pretraining draws it in TensorBoard and the report).
 """
 
 from __future__ import annotations
@@ -49,8 +66,33 @@ COUNTS_TAG = "counts"
 __all__ = ["run_pretrain_data", "verify_shards", "split_documents", "pack_document", "shard_name"]
 
 
+HELDOUT_DIR = "heldout"
+HELDOUT_SHARD = "heldout-00000-of-00001.tfrecord"
+
+
 def shard_name(index: int, num_shards: int) -> str:
     return f"train-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def is_heldout(seed: int, file_name: str, unit: str, fraction: float) -> bool:
+    """Whether a hold-out unit (a document, or a full-sentences example) of a part file is
+    in the held-out slice: a hash of (seed, file, unit) below ``fraction``."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"{seed}\t{file_name}\t{unit}\theldout".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+def unigram_entropy(counts) -> float | None:
+    """Entropy in nats of the unigram distribution of token ``counts`` (None when empty)."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts[counts > 0]
+    total = counts.sum()
+    if not total:
+        return None
+    return float(np.log(total) - (counts * np.log(counts)).sum() / total)
 
 
 def pack_document(sentence_ids: list[list[int]], max_seq_length: int, cls_id: int,
@@ -139,21 +181,26 @@ class TokenizeAndPack(beam.DoFn):
     """Document batch -> ``(shard, (key, serialized tf.train.Example))``; side output
     ``counts`` with one dict of totals per batch."""
 
-    def __init__(self, tokenizer_json: str, settings: pk.PackSettings, seed: int, num_shards: int):
+    def __init__(self, tokenizer_json: str, settings: pk.PackSettings, seed: int, num_shards: int,
+                 heldout_fraction: float = 0.0):
         self.tokenizer_json = tokenizer_json
         self.settings = settings
         self.seed = seed
         self.num_shards = num_shards
+        self.heldout_fraction = heldout_fraction
 
     def setup(self):
         self.packer = ExamplePacker(tokenization.KorlmTokenizer.from_json(self.tokenizer_json), self.settings,
-                                    self.seed)
+                                    self.seed, self.heldout_fraction)
         self.examples_counter = beam.metrics.Metrics.counter("korlm.pretrain_data", "examples")
         self.truncated_counter = beam.metrics.Metrics.counter("korlm.pretrain_data", "truncated_tokens")
 
     def process(self, batch):
         counts = new_counts(self.num_shards)
-        for key, serialized in self.packer.pack(batch, counts):
+        for key, serialized, heldout in self.packer.pack(batch, counts):
+            if heldout:  # the partition after the training shards
+                yield self.num_shards, (key, serialized)
+                continue
             shard = int.from_bytes(key[:4], "big") % self.num_shards
             counts["per_shard"][shard] += 1
             yield shard, (key, serialized)
@@ -166,6 +213,7 @@ def new_counts(num_shards: int) -> dict:
     return {"documents": 0, "sentences": 0, "input_tokens": 0, "examples": 0, "tokens": 0,
             "truncated_tokens": 0, "random_next_tokens": 0, "example_tokens": 0, "next_sentence_random": 0,
             "nsp_without_other_document": 0, "masked_tokens": 0, "maskable_tokens": 0,
+            "heldout_examples": 0, "heldout_tokens": 0, "token_counts": None,
             "per_shard": [0] * num_shards}
 
 
@@ -173,13 +221,15 @@ class ExamplePacker:
     """Tokenize, pack, mask and serialize a batch of documents (the work of ``TokenizeAndPack``,
     callable without Beam for the benchmark)."""
 
-    def __init__(self, tokenizer: tokenization.KorlmTokenizer, settings: pk.PackSettings, seed: int):
+    def __init__(self, tokenizer: tokenization.KorlmTokenizer, settings: pk.PackSettings, seed: int,
+                 heldout_fraction: float = 0.0):
         import numpy as np
 
         self.np = np
         self.tokenizer = tokenizer
         self.settings = settings
         self.seed = seed
+        self.heldout_fraction = heldout_fraction
         self.special_ids = tokenizer.special_token_ids()
         specials = np.asarray(sorted(set(self.special_ids.values())), dtype=np.int64)
         self.is_special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
@@ -209,8 +259,22 @@ class ExamplePacker:
         counts["masked_tokens"] += int(positions.size)
         counts["maskable_tokens"] += int((~special).sum())
 
+    def _count_tokens(self, materialized: list[dict], heldout: list[bool], counts: dict) -> None:
+        """Add the training examples' maskable tokens to ``counts["token_counts"]`` (per id)."""
+        np = self.np
+        ids = [f["input_ids"] for f, out in zip(materialized, heldout, strict=True) if not out]
+        if not ids:
+            return
+        found = np.bincount(np.concatenate(ids), minlength=self.is_special.size)
+        found[self.is_special] = 0
+        if counts["token_counts"] is None:
+            counts["token_counts"] = found
+        else:
+            counts["token_counts"] = counts["token_counts"] + found
+
     def pack(self, batch: dict, counts: dict):
-        """Yield ``(key, serialized example)`` for a ``ReadDocuments`` batch, adding to ``counts``."""
+        """Yield ``(key, serialized example, held out)`` for a ``ReadDocuments`` batch, adding
+        to ``counts``."""
         settings = self.settings
         documents = batch["documents"]
         tokens = pk.tokenize_documents(self.tokenizer, documents)
@@ -224,21 +288,32 @@ class ExamplePacker:
             examples = list(pk.pack_batch(tokens, settings, seed=self.seed, file_name=batch["file"],
                                           first_document=batch["start"], dupe=dupe, counts=pack_counts))
             materialized = pk.materialize_many(tokens, examples, self.special_ids, pair=pair)
-            keys = []
+            keys, heldout = [], []
             for example in examples:
                 owner = f"batch{batch['start']}" if example.document < 0 else batch["start"] + example.document
                 keys.append(example_key(self.seed, batch["file"], owner, example.index, dupe))
+                # the hold-out unit: the document, or a full-sentences example of the batch
+                unit = f"{owner}\t{example.index}" if example.document < 0 else str(owner)
+                heldout.append(is_heldout(self.seed, batch["file"], unit, self.heldout_fraction))
+            self._count_tokens(materialized, heldout, counts)  # before static masks replace ids
             if static and examples:
                 self._mask(materialized, keys, counts)
             records = pk.serialize_examples(materialized)
-            for example, key, features, serialized in zip(examples, keys, materialized, records, strict=True):
+            for example, key, features, serialized, out in zip(examples, keys, materialized, records, heldout,
+                                                               strict=True):
                 size = features["input_ids"].size
+                tokens = size - sum(1 for piece in example.pieces if isinstance(piece, str))
+                if out:  # held out: counted apart, not in the training figures
+                    counts["heldout_examples"] += 1
+                    counts["heldout_tokens"] += tokens
+                    yield key, serialized, True
+                    continue
                 counts["examples"] += 1
-                counts["tokens"] += size - sum(1 for piece in example.pieces if isinstance(piece, str))
+                counts["tokens"] += tokens
                 counts["example_tokens"] += size
                 if example.next_sentence_label:
                     counts["next_sentence_random"] += 1
-                yield key, serialized
+                yield key, serialized, False
             counts["truncated_tokens"] += pack_counts.truncated_tokens
             counts["random_next_tokens"] += pack_counts.random_next_tokens
             counts["nsp_without_other_document"] += pack_counts.nsp_without_other_document
@@ -250,6 +325,11 @@ def _sum_counts(counts_list):
         for key, value in counts.items():
             if key == "per_shard":
                 total[key] = [a + b for a, b in zip(total.get(key, [0] * len(value)), value, strict=True)]
+            elif key == "token_counts":
+                if value is not None:
+                    total[key] = value if total.get(key) is None else total[key] + value
+                else:
+                    total.setdefault(key, None)
             else:
                 total[key] = total.get(key, 0) + value
     return total
@@ -278,6 +358,16 @@ def _metadata(counts: dict, static: dict) -> dict:
     if static["nsp"]:
         meta["next_sentence_random_fraction"] = counts.get("next_sentence_random", 0) / n if n else None
         meta["nsp_without_other_document"] = counts.get("nsp_without_other_document", 0)
+    token_counts = counts.get("token_counts")
+    meta["num_maskable_tokens"] = int(token_counts.sum()) if token_counts is not None else 0
+    meta["unigram_entropy_nats"] = unigram_entropy(token_counts) if token_counts is not None else None
+    if static.get("heldout_fraction"):
+        meta["heldout"] = {"fraction": static["heldout_fraction"], "dir": HELDOUT_DIR,
+                           "shards": [HELDOUT_SHARD],
+                           "num_examples": counts.get("heldout_examples", 0),
+                           "examples_per_shard": [counts.get("heldout_examples", 0)],
+                           "num_tokens": counts.get("heldout_tokens", 0),
+                           "unit": "example" if static["packing"] == "full-sentences" else "document"}
     if static["masking"] == "static":
         maskable = counts.get("maskable_tokens", 0)
         meta["num_masked_tokens"] = counts.get("masked_tokens", 0)
@@ -288,23 +378,26 @@ def _metadata(counts: dict, static: dict) -> dict:
 def build_pretrain_data_graph(p: beam.Pipeline, files: list[str], staging: str, tokenizer_json: str, *,
                               settings: pk.PackSettings, num_shards: int, seed: int, static: dict) -> None:
     """Add the tokenize-and-pack transforms to ``p``, writing every output under ``staging``."""
+    heldout = float(static.get("heldout_fraction") or 0.0)
     packed = (
         p
         | "PartFiles" >> beam.Create(files)
         | "ReadDocuments" >> beam.ParDo(ReadDocuments())
         | "SpreadBatches" >> beam.Reshuffle()
         | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(
-            tokenizer_json, settings, seed, num_shards)).with_outputs(COUNTS_TAG, main="examples")
+            tokenizer_json, settings, seed, num_shards, heldout)).with_outputs(COUNTS_TAG, main="examples")
     )
-    shards = packed.examples | "ByShard" >> beam.Partition(lambda kv, n: kv[0], num_shards)
+    parts = num_shards + (1 if heldout > 0 else 0)  # the held-out slice: the last partition
+    shards = packed.examples | "ByShard" >> beam.Partition(lambda kv, n: kv[0], parts)
     for i, shard in enumerate(shards):
+        path = (storage.join(staging, shard_name(i, num_shards)) if i < num_shards
+                else storage.join(staging, HELDOUT_DIR, HELDOUT_SHARD))
         _ = (
             shard
             | f"Values{i}" >> beam.Values()
             | f"Collect{i}" >> beam.combiners.ToList()
             | f"Sort{i}" >> beam.FlatMap(_sorted_shard)
-            | f"Write{i}" >> beam.io.WriteToTFRecord(
-                storage.join(staging, shard_name(i, num_shards)), shard_name_template="")
+            | f"Write{i}" >> beam.io.WriteToTFRecord(path, shard_name_template="")
         )
     _ = (
         packed[COUNTS_TAG]
@@ -333,6 +426,7 @@ def run_pretrain_data(
     whole_word: str | None = None,
     beam_options: list[str] | None = None,
     extra_seq_lengths: list[int] | None = None,
+    heldout_fraction: float = 0.02,
     overwrite: bool = False,
 ) -> dict:
     """Tokenize and pack ``corpus_dir`` into TFRecord shards in ``output_dir``; return metadata.json's dict.
@@ -340,6 +434,10 @@ def run_pretrain_data(
     ``extra_seq_lengths``: the same data packed again at each of these lengths, into
     ``output_dir/seq<N>/`` (for a multi-phase pretraining schedule: 128 then 512); the
     root metadata.json lists them under ``seq_length_variants`` once all are written.
+
+    ``heldout_fraction``: the share of documents (of examples, for ``full-sentences``
+    packing) written to ``heldout/`` instead of the training shards (see the module
+    docstring); 0 writes none.
 
     ``packing`` None picks the objective's default
     (``full-sentences`` for mlm, ``span`` for bart). Raises KorlmError for a bad tokenizer
@@ -352,6 +450,8 @@ def run_pretrain_data(
         whole_word=whole_word)
     if num_shards < 1:
         raise KorlmError(f"num_shards must be at least 1, got {num_shards}")
+    if not 0 <= heldout_fraction < 0.5:
+        raise KorlmError(f"heldout_fraction must be in [0, 0.5), got {heldout_fraction}")
     tokenizer = tokenization.load(tokenizer_dir)
     special_ids = tokenizer.special_token_ids()
     morpheme_vocab = tokenizer.pre_tokenizer == "morpheme"
@@ -374,6 +474,8 @@ def run_pretrain_data(
         "seed": seed,
         "shards": [shard_name(i, num_shards) for i in range(num_shards)],
     }
+    if heldout_fraction > 0:
+        static["heldout_fraction"] = heldout_fraction
     if settings.packing == "segment-pair":
         static["short_seq_prob"] = settings.short_seq_prob
     if settings.masking == "static":
@@ -404,6 +506,9 @@ def run_pretrain_data(
         _LOG.info("pretrain-data counters: %s", json.dumps(beam_counters(result, "korlm.pretrain_data")))
         metadata = json.loads(storage.read_text(storage.join(staging, "metadata.json")))
         if metadata["num_examples"] == 0:
+            if (metadata.get("heldout") or {}).get("num_examples"):
+                raise KorlmError(f"corpus {corpus_dir!r} is so small that the held-out slice took every "
+                                 "example; lower pretrain_data.heldout_fraction (0 = none)")
             raise KorlmError(f"corpus {corpus_dir!r} has no documents; check clean's stats.json")
     _LOG.info("pretrain-data: %d examples (%s packing, %s masking), %d tokens (%d truncated) in %d shards, "
               "padding %.1f%%, %.1f s", metadata["num_examples"], settings.packing, settings.masking,
@@ -417,7 +522,8 @@ def run_pretrain_data(
                               objective=objective, max_seq_length=length, num_shards=num_shards,
                               seed=seed, packing=packing, nsp=nsp, short_seq_prob=short_seq_prob,
                               masking=masking, dupe_factor=dupe_factor, mask_rate=mask_rate,
-                              whole_word=whole_word, beam_options=beam_options)
+                              whole_word=whole_word, beam_options=beam_options,
+                              heldout_fraction=heldout_fraction)
             variants[str(length)] = f"seq{length}"
         # Listed last: a reader that finds a variant listed finds its data complete.
         metadata["seq_length_variants"] = variants
