@@ -652,6 +652,7 @@ def build_report(result_dirs: list[str], output_dir: str,
     extra = baseline_notes(records)
     noise = noise_table(records, rows)
     row_names = add_constant_row(row_names, rows, noise)
+    paired["rows"] = {r: paired["rows"][r] for r in row_names if r in paired["rows"]}
     own_rows = list(row_names)
     row_names, sources = add_references(
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
