@@ -120,7 +120,7 @@ def _hand_paired(gold, a_seeds, b_seeds):
 
 def test_seeds_and_the_bag_of_words_in_one_output_and_the_paired_report(setup, tmp_path):
     tokenizer_dir, checkpoint, nsmc_dir = setup
-    common = dict(max_seq_length=32, batch_size=32, epochs=1, max_train_examples=200,
+    common = dict(max_seq_length=16, batch_size=32, epochs=1, max_train_examples=64,
                   max_eval_examples=100, seed=0)
     checkpoint_out, random_out = tmp_path / "eval" / "ckpt", tmp_path / "eval" / "random"
     tuned = evaluate.evaluate_runs(checkpoint, None, "nsmc", str(nsmc_dir), str(checkpoint_out),
@@ -135,7 +135,7 @@ def test_seeds_and_the_bag_of_words_in_one_output_and_the_paired_report(setup, t
         assert written["fine_tune"]["seed"] == seed and len(written["predictions"]["gold"]) == 100
     assert not (checkpoint_out / "metrics.json").exists()
     bow = json.loads((random_out / "bag-of-words" / "metrics.json").read_text())
-    assert bow["num_train"] == 200 and bow["num_eval"] == 100  # the fine-tuning splits
+    assert bow["num_train"] == 64 and bow["num_eval"] == 100  # the fine-tuning splits
     assert len({r["predictions"]["items_sha256"] for r in tuned + base}) == 1
 
     summary = build_report([str(tmp_path / "eval")], str(tmp_path / "report"), references=[])
