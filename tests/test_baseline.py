@@ -192,5 +192,7 @@ def test_paired_difference_of_a_bootstrapped_metric():
                                          [["가", "x", "다"]], [["가", "나", "y"]])
     assert exact["delta"] == pytest.approx(0) and exact["se"] == pytest.approx(
         math.sqrt(((0 - 0) ** 2 + 1 + 1) / 2 / 3))
+    with pytest.raises(KorlmError, match="no paired difference for 'entity_f1'"):
+        metric_fns.paired_difference("entity_f1", [0], [[0]], [[0]])
     with pytest.raises(KorlmError, match="3 test items but 2 predictions"):
         metric_fns.paired_difference("accuracy", [0, 1, 1], [[0, 1]], [[0, 1, 1]])

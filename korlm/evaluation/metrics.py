@@ -274,6 +274,8 @@ def constant_baseline(names: Sequence[str], gold, task_type: str,
 # Metrics that are a mean of per-item scores: their paired difference is a mean of
 # per-item differences, with the usual standard error of a mean.
 ITEM_MEAN_METRICS = ("accuracy",) + QA_METRICS
+# The metrics paired_difference knows how to resample (gold: class ids, scores or answers).
+PAIRED_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + QA_METRICS
 
 
 def items_digest(texts: Sequence[str], texts_b: Sequence[str] | None, gold) -> str:
@@ -317,6 +319,9 @@ def paired_difference(name: str, gold, predicted_a: Sequence[Sequence],
     items for both systems (Koehn 2004, "Statistical significance tests for machine
     translation evaluation"), each resample's ``delta`` the difference of seed-mean
     scores. ``None`` when the metric is undefined for a seed (a constant correlation)."""
+    if name not in PAIRED_METRICS:
+        raise KorlmError(f"no paired difference for {name!r}; it is defined for "
+                         f"{', '.join(PAIRED_METRICS)}")
     if not predicted_a or not predicted_b:
         raise KorlmError("a paired difference needs predictions of both systems")
     n = len(gold)
@@ -331,7 +336,7 @@ def paired_difference(name: str, gold, predicted_a: Sequence[Sequence],
                 "se": float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else None,
                 "n": n, "seeds": [len(predicted_a), len(predicted_b)],
                 "method": "paired: SE of the per-item difference of seed-mean scores"}
-    g = np.asarray(gold, dtype=object if name in QA_METRICS else float)
+    g = np.asarray(gold, dtype=float)  # class ids or scores (QA metrics are item means)
     arrays_a = [np.asarray(p) for p in predicted_a]
     arrays_b = [np.asarray(p) for p in predicted_b]
 

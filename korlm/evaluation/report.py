@@ -487,6 +487,9 @@ def paired_table(records: list[dict[str, Any]]) -> dict[str, Any]:
             for metric in reference[0]["metrics"]:
                 if reference[0]["metrics"].get(metric) is None:
                     continue
+                if metric not in metric_fns.PAIRED_METRICS:  # e.g. a tagger's span F1
+                    skipped.setdefault(row, f"{task}/{metric}: no paired SE for this metric")
+                    continue
                 result = metric_fns.paired_difference(
                     metric, gold, [r["predictions"]["predicted"] for r in recs],
                     [r["predictions"]["predicted"] for r in reference],
