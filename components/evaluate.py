@@ -17,29 +17,45 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
     matrix of the first classification task in `tasks` (its name in the artifact's
     `task` metadata; rows gold, columns predicted, with the task's label names); every
     classification task's matrix is in its metrics.json (`confusion_matrix`). With no
-    classification task it stays empty."""
-    from korlm.config import section_params
+    classification task it stays empty.
+
+    Every seed of `evaluate.seeds` is fine-tuned (`<task>/seed-<s>/metrics.json` when
+    there are several; the Metrics entries are their means), and the random-init task
+    also computes `evaluate.baselines` (`<task>/bag-of-words/metrics.json`, logged as
+    `bag-of-words/<task>/<metric>`)."""
+    from korlm.config import fine_tuning_seeds, section_params
 
     params = section_params("evaluate", params)
     import os
 
-    from korlm.evaluation.evaluate import evaluate_checkpoint, settings_for_task
+    from korlm.evaluation.evaluate import evaluate_runs, settings_for_task
     from korlm.modeling.checkpoints import checkpoint_name, checkpoint_path
 
+    seeds = fine_tuning_seeds(params.get("seed", 0), params.pop("seeds", None))
+    baselines = params.pop("baselines", ["bag-of-words"]) if random_init else []
     checkpoint = checkpoint_path(run.path, step)
     name = "random-init" if random_init else checkpoint_name(step)
     os.makedirs(results.path, exist_ok=True)
     records = []
     for task in tasks:
         folder = task.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
-        rec = evaluate_checkpoint(checkpoint, tokenizer.path, task, data_dir,
-                                  os.path.join(results.path, folder), random_init=random_init,
-                                  overwrite=True,  # KFP owns the path: a retry replaces it
-                                  **settings_for_task(params, task))
-        records.append(rec)
-        for metric, value in rec["metrics"].items():
-            if value is not None:  # undefined (e.g. correlation of constant predictions)
-                metrics.log_metric(f"{rec['task']}/{metric}", value)
+        settings = settings_for_task(params, task)
+        settings.pop("baselines", None)
+        recs = evaluate_runs(checkpoint, tokenizer.path, task, data_dir,
+                             os.path.join(results.path, folder), random_init=random_init,
+                             overwrite=True,  # KFP owns the path: a retry replaces it
+                             seeds=seeds, baselines=baselines, **settings)
+        tuned = [r for r in recs if not r.get("baseline")]
+        records.append(tuned[0])
+        for metric in tuned[0]["metrics"]:
+            values = [r["metrics"][metric] for r in tuned if r["metrics"][metric] is not None]
+            if values:  # undefined (e.g. correlation of constant predictions): not logged
+                metrics.log_metric(f"{tuned[0]['task']}/{metric}", sum(values) / len(values))
+        for rec in recs:
+            if rec.get("baseline"):
+                for metric, value in rec["metrics"].items():
+                    if value is not None:
+                        metrics.log_metric(f"{rec['baseline']}/{rec['task']}/{metric}", value)
     results.metadata.update({"checkpoint": name, "step": None if random_init else step})
     drawn = next((r for r in records if r.get("confusion_matrix")), None)
     if drawn is not None:

@@ -155,13 +155,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         "evaluate.batch_size": args.batch_size,
                         "evaluate.max_seq_length": args.max_seq_length,
                         "evaluate.data_dir": args.data_dir})
-    from korlm.evaluation.evaluate import evaluate_checkpoint
+    from korlm.evaluation.evaluate import evaluate_runs
 
+    try:
+        seeds = conf.evaluate.seed_list if args.seeds is None else cfg.fine_tuning_seeds(0, args.seeds)
+    except ValueError as exc:
+        raise KorlmError(f"--seeds: {exc}".replace("evaluate.seeds: ", "")) from None
+    # classical baselines come with the random-init twin (once per task, not per checkpoint)
+    baselines = conf.evaluate.baselines if args.random_init and not args.no_baselines else []
     # No --tokenizer: the checkpoint's own (models.resolve_tokenizer).
-    result = evaluate_checkpoint(
+    records = evaluate_runs(
         args.checkpoint, args.tokenizer, args.task, conf.evaluate.data_dir, args.output,
-        random_init=args.random_init, overwrite=_overwrite(args, conf), **_fine_tune_params(args, conf))
-    _print_result(f"evaluate -> {args.output}", result)
+        random_init=args.random_init, overwrite=_overwrite(args, conf), seeds=seeds,
+        baselines=baselines, **_fine_tune_params(args, conf))
+    shown = [{k: v for k, v in r.items() if k != "predictions"} for r in records]
+    _print_result(f"evaluate -> {args.output}", shown[0] if len(shown) == 1 else shown)
 
 
 def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
@@ -170,7 +178,9 @@ def _fine_tune_params(args: argparse.Namespace, conf) -> dict:
     from korlm.evaluation.evaluate import settings_for_task
 
     params = settings_for_task(
-        conf.evaluate.model_dump(exclude={"tasks", "data_dir", "parallelism"}), args.task)
+        conf.evaluate.model_dump(exclude={"tasks", "data_dir", "parallelism", "seeds", "baselines"}),
+        args.task)
+    params["seed"] = conf.evaluate.seed_list[0]  # korlm finetune: the first of evaluate.seeds
     flags = {"max_train_examples": args.max_train_examples, "epochs": args.epochs,
              "max_eval_examples": args.max_eval_examples, "batch_size": args.batch_size,
              "max_seq_length": args.max_seq_length,
@@ -257,7 +267,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     summary = build_report(args.results, args.output,
                            references=[] if args.no_references else None,
-                           overwrite=_overwrite(args))
+                           overwrite=_overwrite(args), style=args.style)
     print(summary["markdown"])
     print(f"report -> {args.output}")
 
@@ -550,7 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. the shared data kit")
     _fine_tune_flags(p)
     p.add_argument("--random-init", action="store_true",
-                   help="baseline: same architecture, weights not loaded")
+                   help="baseline: same architecture, weights not loaded; also computes "
+                        "evaluate.baselines (bag-of-words) into <output>/bag-of-words/")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="with --random-init: leave out the classical baselines")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="fine-tuning seeds (default evaluate.seeds); several write "
+                        "<output>/seed-<S>/metrics.json")
 
     p = add("finetune", cmd_finetune,
             "Fine-tune a checkpoint on one task and keep the model for serving.")
@@ -600,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where results.md, results.html, results.json and the plots go")
     p.add_argument("--no-references", action="store_true",
                    help="leave out the published reference rows (marked external)")
+    p.add_argument("--style", choices=["default", "paper"], default="default",
+                   help="paper: percent with two decimals, columns in the KoELECTRA/KLUE "
+                        "table order (NSMC, Naver NER, PAWS, KorNLI, KorSTS, ...)")
 
     p = add("export", cmd_export, "Export a checkpoint to a Hugging Face model directory.")
     p.add_argument("--checkpoint", required=True, metavar="DIR",

@@ -324,11 +324,51 @@ class EvaluateSection(_Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="backbone and head dropout while fine-tuning "
                                                         "(not the checkpoint's pretrain.dropout)")
     mixed_precision: bool = Field(False, description="float16 compute on a GPU; ignored on CPU")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="the fine-tuning seed; with seeds a count, the first")
+    seeds: int | list[int] | None = Field(
+        None, description="fine-tuning seeds per checkpoint and task (random init too): a count "
+        "N (seed, seed+1, ..., seed+N-1) or a list; null: [seed]. The report averages them and "
+        "pairs each checkpoint with random init item by item")
+    baselines: list[Literal["bag-of-words"]] = Field(
+        default_factory=lambda: ["bag-of-words"],
+        description="classical baselines computed beside random init (korlm.evaluation.baseline); "
+        "[]: none")
     per_task: dict[str, EvaluateTaskSettings] = Field(
         default_factory=dict, description="e.g. {korquad: {max_seq_length: 128, batch_size: 8}}")
     augment: AugmentSettings | None = Field(
         None, description="EDA augmentation of the train split; null: off")
+
+    @model_validator(mode="after")
+    def _seeds_are_usable(self):
+        fine_tuning_seeds(self.seed, self.seeds)
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"evaluate.baselines names one twice: {self.baselines}")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return fine_tuning_seeds(self.seed, self.seeds)
+
+
+MAX_SEEDS = 20
+
+
+def fine_tuning_seeds(seed: int = 0, seeds: int | list[int] | None = None) -> list[int]:
+    """The fine-tuning seeds of ``evaluate.seed`` / ``evaluate.seeds`` (a count counts up
+    from ``seed``; a list is used as given); ValueError for an empty, repeated, negative
+    or too long one."""
+    if seeds is None:
+        return [int(seed)]
+    if isinstance(seeds, int | float) and not isinstance(seeds, bool):
+        if int(seeds) != seeds or not 1 <= seeds <= MAX_SEEDS:
+            raise ValueError(f"evaluate.seeds: a count must be 1..{MAX_SEEDS}, got {seeds}")
+        return list(range(int(seed), int(seed) + int(seeds)))
+    found = [int(s) for s in seeds]
+    if not found or len(found) > MAX_SEEDS:
+        raise ValueError(f"evaluate.seeds: a list needs 1..{MAX_SEEDS} seeds, got {len(found)}")
+    if len(set(found)) != len(found) or min(found) < 0:
+        raise ValueError(f"evaluate.seeds: seeds must be distinct and >= 0, got {found}")
+    return found
 
 
 class ExportSection(_Section):

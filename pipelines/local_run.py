@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import glob
 import json
 import os
 import sys
@@ -81,11 +82,14 @@ def _evaluation_dirs(root: str) -> dict[str, str]:
     for dirpath, dirnames, _ in os.walk(root):
         if os.path.basename(dirpath).startswith("evaluate") and "results" in dirnames:
             res = os.path.join(dirpath, "results")
-            for task in sorted(os.listdir(res)):
-                metrics = os.path.join(res, task, "metrics.json")
-                if os.path.exists(metrics):
-                    with open(metrics, encoding="utf-8") as f:
-                        found[json.load(f)["checkpoint"]] = res
+            # <task>/metrics.json, or <task>/seed-<s>/metrics.json with several seeds;
+            # <task>/bag-of-words/ (random init's baselines) names no checkpoint
+            for metrics in sorted(glob.glob(os.path.join(res, "*", "metrics.json"))
+                                  + glob.glob(os.path.join(res, "*", "seed-*", "metrics.json"))):
+                with open(metrics, encoding="utf-8") as f:
+                    record = json.load(f)
+                if not record.get("baseline"):
+                    found[record["checkpoint"]] = res
                     break
     return found
 

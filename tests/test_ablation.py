@@ -99,9 +99,11 @@ def test_tiny_ablation_runs_end_to_end(tmp_path):
     comparison = json.loads((tmp_path / "abl" / "ablation" / "comparison.json").read_text())
     arms = {r["arm"] for r in comparison["rows"]}
     assert arms == {"wordpiece-tiny", "morpheme-tiny"}
+    # each arm's bag-of-words row: a linear model on that arm's own tokens
     assert {(r["arm"], r["checkpoint"]) for r in comparison["rows"]} == {
         ("wordpiece-tiny", "step-000020"), ("wordpiece-tiny", "random-init"),
-        ("morpheme-tiny", "step-000020"), ("morpheme-tiny", "random-init")}
+        ("wordpiece-tiny", "bag-of-words"), ("morpheme-tiny", "step-000020"),
+        ("morpheme-tiny", "random-init"), ("morpheme-tiny", "bag-of-words")}
     assert [v["pre_tokenizer"] for v in comparison["vocab"]] == ["none", "morpheme"]
     assert (tmp_path / "abl" / "ablation" / "nsmc_accuracy.png").exists()
     assert "morpheme-tiny @ step-000020" in proc.stdout  # the comparison is printed at the end

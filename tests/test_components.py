@@ -136,6 +136,28 @@ def test_evaluate_scores_a_checkpoint_or_random_init(chain, random_init, tmp_pat
     assert rows == record["confusion_matrix"]["matrix"]
     assert sum(map(sum, rows)) == record["num_eval"] == 8
     assert (rows[0][0] + rows[1][1]) / 8 == pytest.approx(record["metrics"]["accuracy"])
+    # random init brings the bag-of-words baseline (evaluate.baselines, on by default)
+    bow = tmp_path / "results" / "nsmc" / "bag-of-words" / "metrics.json"
+    assert bow.exists() is random_init
+    assert ("bag-of-words/nsmc/accuracy" in metrics.metadata) is random_init
+
+
+def test_evaluate_component_fine_tunes_every_seed(chain, tmp_path):
+    from kfp.dsl import ClassificationMetrics, Metrics
+
+    from components.evaluate import evaluate
+
+    results = Artifact(tmp_path / "results")
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
+    matrix = ClassificationMetrics(name="confusion_matrix", uri=str(tmp_path / "cm"), metadata={})
+    evaluate(chain["run"], chain["tokenizer"], 2, ["nsmc"], EVAL_DIR, False,
+             {**FINE_TUNE, "seeds": 2.0, "seed": 4}, results, metrics, matrix)  # KFP: doubles
+    records = [json.loads((tmp_path / "results" / "nsmc" / f"seed-{s}" / "metrics.json").read_text())
+               for s in (4, 5)]
+    assert [r["fine_tune"]["seed"] for r in records] == [4, 5]
+    assert metrics.metadata["nsmc/accuracy"] == pytest.approx(
+        sum(r["metrics"]["accuracy"] for r in records) / 2)
+    assert not (tmp_path / "results" / "nsmc" / "bag-of-words").exists()  # with random init only
 
 
 def test_finetune_keeps_a_servable_model_and_its_card(chain, tmp_path):

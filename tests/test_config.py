@@ -73,7 +73,8 @@ def test_section_params_restore_types_inside_tasks():
 # section's keys as keyword arguments): the same names, and the same defaults, so a
 # library call without a config trains and evaluates as the config's defaults say.
 # Section keys a function does not take (the pipeline uses them) or takes under another name.
-SECTION_ONLY = {"evaluate": {"tasks", "parallelism", "per_task"}}
+# evaluate.seeds / baselines: evaluate_runs' (one fine_tune per seed; baselines with random init).
+SECTION_ONLY = {"evaluate": {"tasks", "parallelism", "per_task", "seeds", "baselines"}}
 RENAMED = {"push": {"tag_runs": "tag"}}
 
 

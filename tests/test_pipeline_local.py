@@ -52,7 +52,7 @@ def test_every_step_has_its_folder(run_dir):
 def test_report_has_checkpoints_and_baseline(run_dir):
     path, output = run_dir
     md = (path / "report" / "results.md").read_text()
-    for row in ("| step-000010 |", "| step-000020 |", "| random-init |"):
+    for row in ("| step-000010 |", "| step-000020 |", "| random-init |", "| bag-of-words |"):
         assert row in md
     assert "nsmc/accuracy" in md
     assert "nsmc/accuracy" in output  # the table is printed at the end

@@ -197,3 +197,126 @@ def test_report_shows_standard_errors_and_flags_scores_at_the_majority_rate(tmp_
     from korlm.evaluation.ablation import arm_rows
     assert [r["checkpoint"] for r in arm_rows("a", str(out))] == [
         "step-000100", "step-000200", "random-init"]
+
+
+def _predicted(d, checkpoint, step, gold, predicted, seed=0, random_init=False, **extra):
+    """A metrics.json with per-item test predictions, as evaluate now writes it."""
+    os.makedirs(d, exist_ok=True)
+    acc = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+        json.dump({"task": "nsmc", "task_type": "classification", "checkpoint": checkpoint,
+                   "step": step, "random_init": random_init, "metrics": {"accuracy": acc},
+                   "standard_errors": {"accuracy": (acc * (1 - acc) / len(gold)) ** 0.5},
+                   "constant_baseline": {"kind": "majority class", "prediction": 1,
+                                         "metrics": {"accuracy": sum(gold) / len(gold)}},
+                   "label_names": ["0", "1"], "fine_tune": {"seed": seed},
+                   "predictions": {"split": "test", "items_sha256": "same-items",
+                                   "gold": gold, "predicted": predicted}, **extra}, f)
+
+
+def test_report_pairs_each_row_with_random_init_on_the_same_items(tmp_path):
+    """Δ vs random init ± paired SE on a hand-made example: 8 items, two seeds each.
+
+    Per-item correctness, averaged over seeds: checkpoint [1, 1, .5, 1, 0, 1, .5, 1],
+    random init [1, 0, .5, .5, 0, 1, 0, 1]; differences d = [0, 1, 0, .5, 0, 0, .5, 0]:
+    mean 0.25, sample SD sqrt(0.142857), paired SE = SD / sqrt(8) = 0.1336."""
+    gold = [1, 0, 1, 1, 0, 1, 0, 1]
+    flip = lambda ps, wrong: [1 - g if i in wrong else g for i, g in enumerate(ps)]  # noqa: E731
+    _predicted(tmp_path / "c" / "s0", "step-000100", 100, gold, flip(gold, {2, 4}), seed=0)
+    _predicted(tmp_path / "c" / "s1", "step-000100", 100, gold, flip(gold, {4, 6}), seed=1)
+    _predicted(tmp_path / "r" / "s0", "random-init", None, gold, flip(gold, {1, 2, 4, 6}),
+               seed=0, random_init=True)
+    _predicted(tmp_path / "r" / "s1", "random-init", None, gold, flip(gold, {1, 3, 4, 6}),
+               seed=1, random_init=True)
+    # the bag-of-words row: one record, no seed; wrong on items 0 and 4
+    _predicted(tmp_path / "r" / "bag-of-words", "bag-of-words", None, gold, flip(gold, {0, 4}),
+               seed=None, baseline="bag-of-words",
+               note="multinomial-naive-bayes (alpha=0.3, count features), chosen on dev "
+                    "accuracy among 12 candidates")
+    # an older record without predictions: no Δ, and the report says why
+    _metrics(tmp_path / "old" / "nsmc", "step-000200", 200, 0.5)
+    out = tmp_path / "out"
+    summary = build_report([str(tmp_path / p) for p in ("c", "r", "old")], str(out),
+                           references=[])
+    assert summary["rows"] == ["step-000100", "step-000200", "random-init", "bag-of-words",
+                               "constant predictor"]
+    paired = summary["paired"]["step-000100"]["nsmc/accuracy"]
+    assert paired["delta"] == pytest.approx(0.25)
+    assert paired["se"] == pytest.approx((1 / 7) ** 0.5 / 8 ** 0.5)  # 0.1336
+    assert paired["seeds"] == [2, 2] and paired["n"] == 8
+    # bag-of-words: correctness [0,1,1,1,0,1,1,1] vs [1,0,.5,.5,0,1,0,1]
+    d = [-1, 1, 0.5, 0.5, 0, 0, 1, 0]
+    mean = sum(d) / 8
+    se = (sum((x - mean) ** 2 for x in d) / 7 / 8) ** 0.5
+    assert summary["paired"]["bag-of-words"]["nsmc/accuracy"]["se"] == pytest.approx(se)
+    md = (out / "results.md").read_text()
+    assert "| step-000100 | +0.2500 ± 0.1336 |" in md
+    assert f"| bag-of-words | {mean:+.4f} ± {se:.4f} |" in md
+    assert "No Δ for step-000200: metrics.json without per-item predictions" in md
+    assert "bag-of-words, nsmc: multinomial-naive-bayes (alpha=0.3" in md
+    # the bag-of-words row is a contender for the best cell and flagged like any row
+    assert "| bag-of-words | **0.7500 ± 0.1531 ≈** |" in md  # 5 of 8 are the majority
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["paired_vs_random_init"]["step-000100"]["nsmc/accuracy"]["delta"] == 0.25
+    assert all("predictions" not in r for r in saved["records"])
+    assert "Δ vs random-init" in (out / "results.html").read_text()
+    # different test items are not paired
+    _predicted(tmp_path / "other" / "nsmc", "step-000300", 300, gold, gold)
+    rec = json.loads((tmp_path / "other" / "nsmc" / "metrics.json").read_text())
+    rec["predictions"]["items_sha256"] = "other-items"
+    (tmp_path / "other" / "nsmc" / "metrics.json").write_text(json.dumps(rec))
+    summary = build_report([str(tmp_path / p) for p in ("c", "r", "other")],
+                           str(tmp_path / "out2"), references=[])
+    assert "step-000300" not in summary["paired"]
+    assert "not scored on the same test items" in summary["markdown"]
+
+
+def test_report_flags_a_bag_of_words_row_at_the_majority_rate_and_draws_it(tmp_path):
+    _noisy(tmp_path / "a" / "nsmc", "step-000100", 100, 0.85, 400)
+    _noisy(tmp_path / "b" / "nsmc", "random-init", None, 0.80, 400, random_init=True)
+    _noisy(tmp_path / "b" / "bow", "bag-of-words", None, 0.752, 400)
+    rec = json.loads((tmp_path / "b" / "bow" / "metrics.json").read_text())
+    (tmp_path / "b" / "bow" / "metrics.json").write_text(json.dumps(
+        {**rec, "baseline": "bag-of-words", "note": "ridge"}))
+    _metrics(tmp_path / "b" / "korquad", "random-init", None, 0.1, random_init=True,
+             task="korquad", metrics={"exact_match": 0.1, "f1": 0.2})
+    rec = json.loads((tmp_path / "b" / "korquad" / "metrics.json").read_text())
+    (tmp_path / "b" / "korquad" / "metrics.json").write_text(json.dumps(
+        {**rec, "task_type": "extractive-qa"}))
+    summary = build_report([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"),
+                           references=[])
+    assert summary["flags"]["bag-of-words"] == {"nsmc/accuracy": True}
+    md = summary["markdown"]
+    assert "| bag-of-words | — | — | 0.7520 ± 0.0216 ≈ |" in md
+    assert "bag-of-words: not computed for korquad (extractive QA answers with a span" in md
+    assert (tmp_path / "out" / "nsmc_accuracy.png").stat().st_size > 1000
+
+
+def test_report_paper_style_prints_percent_in_the_koelectra_and_klue_order(tmp_path, capsys):
+    from korlm.cli import main
+
+    _noisy(tmp_path / "a" / "nsmc", "step-000100", 100, 0.7610, 1000, majority=0.5)
+    for task, metrics in (("klue-nli", {"accuracy": 0.5}), ("kornli", {"accuracy": 0.4}),
+                          ("korquad", {"exact_match": 0.1, "f1": 0.3}),
+                          ("korsts", {"pearson": 0.2, "spearman": 0.25}),
+                          ("chatbot", {"accuracy": 0.9}), ("klue-ner", {"char_f1": 0.6,
+                                                                       "entity_f1": 0.5})):
+        _metrics(tmp_path / "a" / task, "step-000100", 100, None, task=task, metrics=metrics)
+    code = main(["report", "--results", str(tmp_path / "a"), "--output", str(tmp_path / "out"),
+                 "--style", "paper"])
+    assert code == 0
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.splitlines()[2] == (
+        "| checkpoint | NSMC (acc) | NSMC (F1) | KorNLI (acc) | KorSTS (spearman) | "
+        "KorSTS (Pearson r) | KorQuAD (EM) | KorQuAD (F1) | KLUE-NLI (acc) | KLUE-NER (entity F1) "
+        "| KLUE-NER (char F1) | Chatbot (acc) |")
+    se = (0.761 * 0.239 / 1000) ** 0.5
+    assert f"| step-000100 | 76.10 ± {100 * se:.2f} | 66.10 ± {100 * se:.2f} | 40.00 | 25.00 |" in md
+    assert "| KoELECTRA-Small-v3 (external) | 89.36 | — | 78.60 | 80.79 |" in md
+    assert "Scores in percent with two decimals" in md
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["style"] == "paper" and saved["columns"][:2] == ["nsmc/accuracy",
+                                                                 "nsmc/macro_f1"]
+    assert saved["values"]["step-000100"]["nsmc/accuracy"] == 0.761  # stored as fractions
+    with pytest.raises(KorlmError, match="unknown report style 'latex'"):
+        build_report([str(tmp_path / "a")], str(tmp_path / "o2"), style="latex")

@@ -887,6 +887,12 @@ def fine_tune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.
             "dropout": dropout,
         },
         "model": {k: info.get(k) for k in ("model", "size", "vocab_size", "max_seq_length")},
+        # per-item test predictions: the report pairs a checkpoint with random init on them
+        "predictions": {
+            "split": "test",
+            "items_sha256": metric_fns.items_digest(splits.test.texts, splits.test.texts_b,
+                                                    gold),
+            "gold": list(gold), "predicted": list(test_predictions)},
     }
     if spec.type == "token-classification":
         record["label_names"] = list(spec.label_names)
@@ -940,3 +946,52 @@ def evaluate_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, task: st
         write_metrics(record, staging)
     print(describe(record), flush=True)
     return record
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+def evaluate_runs(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.TaskSpec,
+                  data_dir: str | None, output_dir: str, *, seeds: list[int] | None = None,
+                  baselines: list[str] | tuple[str, ...] = (), overwrite: bool = False,
+                  **settings) -> list[dict[str, Any]]:
+    """:func:`evaluate_checkpoint` for every fine-tuning seed in ``seeds`` (None: the
+    ``seed`` setting), plus the classical ``baselines``
+    (:mod:`korlm.evaluation.baseline`; random init's companions), in one output:
+    ``metrics.json`` for one seed, ``seed-<s>/metrics.json`` for several, and
+    ``<baseline>/metrics.json`` for each baseline the task has. Returns the records
+    (seeds first)."""
+    from korlm.evaluation import baseline as classical
+
+    checkpoint_info(checkpoint_dir)
+    seeds = [settings.pop("seed", 0)] if seeds is None else list(seeds)
+    settings.pop("seed", None)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise KorlmError(f"seeds must be distinct and at least one, got {seeds}")
+    for name in baselines:
+        if name not in classical.BASELINES:
+            raise KorlmError(f"unknown baseline {name!r}; known: {', '.join(classical.BASELINES)}")
+    where = {"inputs": [checkpoint_dir, tokenizer_dir, task_file(task)], "containers": [data_dir]}
+    storage.check_output(output_dir, "evaluate", overwrite=overwrite, **where)
+    written: list[tuple[str, dict[str, Any]]] = []
+    for seed in seeds:
+        record = fine_tune(checkpoint_dir, tokenizer_dir, task, data_dir, seed=seed,
+                           **settings).record
+        written.append(("" if len(seeds) == 1 else seed_folder(seed), record))
+        print(describe(record) + f" (seed {seed})", flush=True)
+    budget = {k: settings[k] for k in ("max_train_examples", "max_eval_examples") if k in settings}
+    for name in baselines:
+        record = classical.compute(name, checkpoint_dir, tokenizer_dir, task, data_dir, **budget)
+        if record is None:
+            spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
+            print(f"{spec.name}: no {name} row ({classical.unsupported(spec.type)})", flush=True)
+            continue
+        written.append((name, record))
+        print(describe(record) + f" [{record['note']}]", flush=True)
+    with storage.atomic_output_dir(output_dir, "evaluate", overwrite=overwrite, **where) as staging:
+        for folder, record in written:
+            target = os.path.join(staging, folder) if folder else staging
+            os.makedirs(target, exist_ok=True)
+            write_metrics(record, target)
+    return [record for _, record in written]

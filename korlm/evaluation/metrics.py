@@ -287,3 +287,95 @@ def constant_baseline(names: Sequence[str], gold, task_type: str,
         return {"kind": "constant prediction (mean train score)", "prediction": mean,
                 "metrics": compute(names, gold, [mean] * len(gold), num_classes)}
     return None
+
+
+# --- paired differences: a checkpoint against random init on the same test items ---
+
+# Metrics that are a mean of per-item scores: their paired difference is a mean of
+# per-item differences, with the usual standard error of a mean.
+ITEM_MEAN_METRICS = ("accuracy",) + QA_METRICS
+# The metrics paired_difference knows how to resample (gold: class ids, scores or answers).
+PAIRED_METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS + QA_METRICS
+
+
+def items_digest(texts: Sequence[str], texts_b: Sequence[str] | None, gold) -> str:
+    """A SHA-256 over a split's texts and gold labels, in order: two records are paired
+    item by item only when their test splits have the same digest."""
+    import hashlib
+    import json
+
+    blob = json.dumps([list(texts), None if texts_b is None else list(texts_b), list(gold)],
+                      ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def item_scores(name: str, gold, predicted) -> np.ndarray:
+    """Per-item scores whose mean is metric ``name`` (:data:`ITEM_MEAN_METRICS`):
+    correctness for accuracy, the best exact match / character F1 over the gold answers
+    for QA."""
+    if name == "accuracy":
+        y, p = _arrays(gold, predicted, dtype=np.int64)
+        return (y == p).astype(float)
+    if name in QA_METRICS:
+        return _qa_item_scores(name, gold, predicted)
+    raise KorlmError(f"{name} is not a mean of per-item scores")
+
+
+def paired_difference(name: str, gold, predicted_a: Sequence[Sequence],
+                      predicted_b: Sequence[Sequence], num_classes: int | None = None,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+                      ) -> dict | None:
+    """``A - B`` on metric ``name`` over the same test items, and its paired standard error.
+
+    ``predicted_a`` / ``predicted_b``: one prediction list per fine-tuning seed of each
+    system (K_A and K_B seeds; the systems' scores are their seed means, as the report's
+    cells). For a mean of per-item scores s (accuracy, QA exact match / F1), each item's
+    score is first averaged over a system's seeds, s̄_i, then d_i = s̄_Ai - s̄_Bi:
+    ``delta = mean(d)`` and ``se = sd(d) / sqrt(n)`` (sample SD, n test items): the paired
+    standard error of Miller (2024), "Adding Error Bars to Evals", arXiv:2411.00640, §4
+    (paired differences; averaging resampled answers per question first). Other metrics
+    (macro-F1, correlations, F1@threshold) are not per-item means: ``se`` is the SD of
+    ``delta`` over ``resamples`` paired bootstrap resamples of the test items, the same
+    items for both systems (Koehn 2004, "Statistical significance tests for machine
+    translation evaluation"), each resample's ``delta`` the difference of seed-mean
+    scores. ``None`` when the metric is undefined for a seed (a constant correlation)."""
+    if name not in PAIRED_METRICS:
+        raise KorlmError(f"no paired difference for {name!r}; it is defined for "
+                         f"{', '.join(PAIRED_METRICS)}")
+    if not predicted_a or not predicted_b:
+        raise KorlmError("a paired difference needs predictions of both systems")
+    n = len(gold)
+    for preds in (*predicted_a, *predicted_b):
+        if len(preds) != n:
+            raise KorlmError(f"{n} test items but {len(preds)} predictions")
+    if name in ITEM_MEAN_METRICS:
+        mean_a = np.mean([item_scores(name, gold, p) for p in predicted_a], axis=0)
+        mean_b = np.mean([item_scores(name, gold, p) for p in predicted_b], axis=0)
+        d = mean_a - mean_b
+        return {"delta": float(d.mean()),
+                "se": float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else None,
+                "n": n, "seeds": [len(predicted_a), len(predicted_b)],
+                "method": "paired: SE of the per-item difference of seed-mean scores"}
+    g = np.asarray(gold, dtype=float)  # class ids or scores (QA metrics are item means)
+    arrays_a = [np.asarray(p) for p in predicted_a]
+    arrays_b = [np.asarray(p) for p in predicted_b]
+
+    def delta(idx) -> float | None:
+        values = []
+        for arrays in (arrays_a, arrays_b):
+            scores = [compute([name], g[idx].tolist(), p[idx].tolist(), num_classes)[name]
+                      for p in arrays]
+            if any(s is None for s in scores):
+                return None
+            values.append(float(np.mean(scores)))
+        return values[0] - values[1]
+
+    point = delta(np.arange(n))
+    if point is None:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = [delta(rng.integers(0, n, size=n)) for _ in range(resamples)]
+    draws = [v for v in draws if v is not None]
+    return {"delta": point, "se": float(np.std(draws, ddof=1)) if len(draws) > 1 else None,
+            "n": n, "seeds": [len(predicted_a), len(predicted_b)],
+            "method": f"paired bootstrap over test items ({resamples} resamples, seed {seed})"}

@@ -18,6 +18,14 @@ rows used (``pooling``, dropout: ``korlm.evaluation.evaluate.resolve_pooling``) 
 the checkpoints carry them (``korlm.pretrain.heldout``), their pretraining figures:
 training and held-out MLM loss by step against the unigram-entropy floor, as a table and
 ``pretraining_loss.png``.
+
+The ``bag-of-words`` row (``korlm.evaluation.baseline``, computed beside random init) is
+drawn after random init and as a dash-dotted line in the plots. Records that carry their
+per-item test predictions (``predictions``) give a second table: each row's difference
+from random init on the same test items, ± its paired standard error
+(:func:`korlm.evaluation.metrics.paired_difference`; seeds averaged per item).
+``style="paper"`` prints scores as Korean papers do (percent, two decimals) in the
+column order of the KoELECTRA and KLUE tables (:data:`PAPER_ORDER`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from korlm import storage
 from korlm.errors import KorlmError
 
 BASELINE = "random-init"
+STYLES = ("default", "paper")
 CONSTANT = "constant predictor"
 FLAG = "≈"
 FLAG_NOTE = (f"{FLAG}: within one standard error of the constant predictor (the majority "
@@ -92,12 +101,14 @@ REFERENCE_RESULTS: list[dict[str, Any]] = [
 
 
 def find_metrics(result_dirs: list[str]) -> list[dict[str, Any]]:
-    """Every metrics.json in the given directories (searched two levels deep)."""
+    """Every metrics.json in the given directories (searched three levels deep:
+    ``<checkpoint>/<task>/seed-<s>/metrics.json``)."""
     records = []
     for d in result_dirs:
         if not storage.exists(d):
             raise KorlmError(f"results directory {d} does not exist")
-        paths = [p for pattern in ("metrics.json", "*/metrics.json", "*/*/metrics.json")
+        paths = [p for pattern in ("metrics.json", "*/metrics.json", "*/*/metrics.json",
+                                   "*/*/*/metrics.json")
                  for p in storage.glob(storage.join(d, pattern))]
         for p in sorted(set(paths)):
             try:
@@ -113,14 +124,18 @@ def find_metrics(result_dirs: list[str]) -> list[dict[str, Any]]:
 
 
 def _row_key(rec: dict[str, Any]) -> tuple[int, int]:
-    # checkpoints by step first, the baseline last
+    # checkpoints by step first, the baseline last, then classical baselines (bag-of-words)
     if rec.get("random_init") or rec["checkpoint"] == BASELINE:
         return (1, 0)
+    if rec.get("baseline"):
+        return (2, 0)
     return (0, int(rec.get("step") or 0))
 
 
 def _row_name(rec: dict[str, Any]) -> str:
-    return BASELINE if rec.get("random_init") else rec["checkpoint"]
+    if rec.get("random_init"):
+        return BASELINE
+    return rec.get("baseline") or rec["checkpoint"]
 
 
 def _seed(rec: dict[str, Any]) -> Any:
@@ -234,27 +249,35 @@ def split_notes(records: list[dict[str, Any]]) -> dict[str, str]:
     return dict(sorted(notes.items()))
 
 
+def _fmt(value: float, style: str = "default", signed: bool = False) -> str:
+    """A score as the style prints it: a fraction with four decimals, or (``paper``)
+    percent with two decimals, as the KoELECTRA and KLUE tables print them."""
+    sign = "+" if signed else ""
+    return f"{100 * value:{sign}.2f}" if style == "paper" else f"{value:{sign}.4f}"
+
+
 def _cell(value: float | None, present: bool, spread: tuple[float, int] | None = None,
-          se: float | None = None, flagged: bool = False) -> str:
+          se: float | None = None, flagged: bool = False, style: str = "default") -> str:
     if not present:
         return "—"
     if value is None:
         return "n/a"
-    text = f"{value:.4f}"
+    text = _fmt(value, style)
     if spread is not None:  # several seeds: mean ± seed SD (seeds), then the test-set SE
-        text += f" ± {spread[0]:.4f} ({spread[1]})"
+        text += f" ± {_fmt(spread[0], style)} ({spread[1]})"
         if se is not None:
-            text += f", SE {se:.4f}"
+            text += f", SE {_fmt(se, style)}"
     elif se is not None:
-        text += f" ± {se:.4f}"
+        text += f" ± {_fmt(se, style)}"
     return f"{text} {FLAG}" if flagged else text
 
 
-def _noise_cell(r: str, c: str, rows: dict, spread: dict | None, noise: dict | None) -> str:
+def _noise_cell(r: str, c: str, rows: dict, spread: dict | None, noise: dict | None,
+                style: str = "default") -> str:
     noise = noise or {}
     return _cell(rows[r].get(c), c in rows[r], (spread or {}).get(r, {}).get(c),
                  noise.get("se", {}).get(r, {}).get(c),
-                 noise.get("flags", {}).get(r, {}).get(c, False))
+                 noise.get("flags", {}).get(r, {}).get(c, False), style)
 
 
 def _noise_notes(noise: dict | None) -> list[str]:
@@ -290,8 +313,9 @@ def _best(row_names, columns, rows) -> dict[str, float | None]:
 
 def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = None,
                     sources: list[str] | None = None, spread: dict | None = None,
-                    noise: dict | None = None) -> str:
-    lines = ["| checkpoint | " + " | ".join(columns) + " |",
+                    noise: dict | None = None, style: str = "default",
+                    paired: dict | None = None, extra_notes: list[str] | None = None) -> str:
+    lines = ["| checkpoint | " + " | ".join(column_label(c, style) for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     best = _best(row_names, columns, rows)
     own = [r for r in row_names if not r.endswith(EXTERNAL) and r != CONSTANT]
@@ -299,7 +323,7 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
         cells = []
         for c in columns:
             v = rows[r].get(c)
-            cell = _noise_cell(r, c, rows, spread, noise)
+            cell = _noise_cell(r, c, rows, spread, noise, style)
             if (v is not None and v == best[c] and len(own) > 1
                     and not r.endswith(EXTERNAL) and r != CONSTANT):
                 cell = f"**{cell}**"
@@ -311,6 +335,11 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
     if _seeds_note(spread):
         text += "\n" + _seeds_note(spread).capitalize() + "\n"
     text += "".join(f"\n{n}\n" for n in _noise_notes(noise))
+    if style == "paper":
+        text += f"\n{PAPER_NOTE}\n"
+    text += "".join(f"\n{n}\n" for n in extra_notes or [])
+    if paired and paired.get("rows"):
+        text += "\n" + render_paired_markdown(paired, columns, style)
     if notes:
         text += "\nSplits:\n" + "".join(f"- {t}: {n}\n" for t, n in notes.items())
     if sources:
@@ -322,8 +351,9 @@ def render_markdown(row_names, columns, rows, notes: dict[str, str] | None = Non
 
 def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str] | None = None,
                 sources: list[str] | None = None, spread: dict | None = None,
-                noise: dict | None = None) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+                noise: dict | None = None, style: str = "default",
+                paired: dict | None = None, extra_notes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(column_label(c, style))}</th>" for c in columns)
     best = _best(row_names, columns, rows)
     body = []
     for r in row_names:
@@ -332,13 +362,18 @@ def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str
             "<td{}>{}</td>".format(
                 " class='best'" if not external and r != CONSTANT
                 and rows[r].get(c) is not None and rows[r][c] == best[c] else "",
-                html.escape(_noise_cell(r, c, rows, spread, noise)))
+                html.escape(_noise_cell(r, c, rows, spread, noise, style)))
             for c in columns)
         style = " class='external'" if external else ""
         body.append(f"<tr{style}><th>{html.escape(r)}</th>{cells}</tr>")
     imgs = "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
     extra = f"<p>{html.escape(_seeds_note(spread).capitalize())}</p>" if spread else ""
     extra += "".join(f"<p>{html.escape(n)}</p>" for n in _noise_notes(noise))
+    if style == "paper":
+        extra += f"<p>{html.escape(PAPER_NOTE)}</p>"
+    extra += "".join(f"<p>{html.escape(n)}</p>" for n in extra_notes or [])
+    if paired and paired.get("rows"):
+        extra += render_paired_html(paired, columns, style)
     if notes:
         extra += "<h2>Splits</h2><ul>" + "".join(
             f"<li><b>{html.escape(t)}</b>: {html.escape(n)}</li>" for t, n in notes.items()
@@ -352,6 +387,197 @@ def render_html(row_names, columns, rows, plots: list[str], notes: dict[str, str
             "text-align:right}.best{font-weight:bold}.external{color:#777;font-style:italic}"
             "</style><h1>korlm results</h1>"
             f"<table><tr><th>checkpoint</th>{head}</tr>{''.join(body)}</table>{extra}{imgs}")
+
+
+# --- Korean-paper style: the KoELECTRA and KLUE tables' task order, percent ---
+
+# (task, its metrics in the order the source table prints them). KoELECTRA's tables
+# (finetune/README_EN.md): NSMC (acc), Naver NER (F1), PAWS (acc), KorNLI (acc), KorSTS
+# (spearman), Question Pair (acc), KorQuAD (EM/F1), Korean-Hate-Speech (F1); then KLUE's
+# (README.md, Baseline Scores): TC (F1), STS (Pearson r, F1), NLI (acc), NER (entity F1,
+# char F1), RE (F1, AUPRC), DP (UAS, LAS), MRC (EM, ROUGE), DST (JGA, slot F1). Tasks korlm
+# does not have yet keep their place for when a YAML task or a later built-in uses the
+# name; any other column follows, in name order.
+PAPER_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nsmc", ("accuracy", "macro_f1")),
+    ("naver-ner", ("entity_f1", "char_f1")),
+    ("paws", ("accuracy",)),
+    ("kornli", ("accuracy",)),
+    ("korsts", ("spearman", "pearson")),
+    ("question-pair", ("accuracy",)),
+    ("korquad", ("exact_match", "f1")),
+    ("hate-speech", ("macro_f1", "accuracy")),
+    ("hate-speech-bias", ("macro_f1", "accuracy")),
+    ("klue-ynat", ("macro_f1", "accuracy")),
+    ("klue-sts", ("pearson", "f1_at_threshold", "spearman")),
+    ("klue-nli", ("accuracy",)),
+    ("klue-ner", ("entity_f1", "char_f1")),
+    ("klue-re", ("micro_f1", "auprc")),
+    ("klue-dp", ("uas", "las")),
+    ("klue-mrc", ("exact_match", "rouge_w")),
+    ("klue-wos", ("joint_goal_accuracy", "slot_f1")),
+)
+PAPER_TASKS = {"nsmc": "NSMC", "naver-ner": "Naver NER", "paws": "PAWS", "kornli": "KorNLI",
+               "korsts": "KorSTS", "question-pair": "Question Pair", "korquad": "KorQuAD",
+               "hate-speech": "Korean-Hate-Speech", "hate-speech-bias": "Korean-Hate-Speech bias",
+               "klue-ynat": "KLUE-TC", "klue-sts": "KLUE-STS", "klue-nli": "KLUE-NLI",
+               "klue-ner": "KLUE-NER", "klue-re": "KLUE-RE", "klue-dp": "KLUE-DP",
+               "klue-mrc": "KLUE-MRC", "klue-wos": "KLUE-DST", "chatbot": "Chatbot"}
+PAPER_METRICS = {"accuracy": "acc", "macro_f1": "F1", "spearman": "spearman",
+                 "pearson": "Pearson r", "f1_at_threshold": "F1", "exact_match": "EM",
+                 "f1": "F1", "entity_f1": "entity F1", "char_f1": "char F1"}
+PAPER_NOTE = ("Scores in percent with two decimals (± SE and seed SD too), columns in the "
+              "order of the KoELECTRA and KLUE tables.")
+
+
+def order_columns(columns: list[str], style: str = "default") -> list[str]:
+    """``columns`` in name order, or (``paper``) in :data:`PAPER_ORDER`'s order: listed
+    tasks first, each task's listed metrics first, everything else after, by name."""
+    if style not in STYLES:
+        raise KorlmError(f"unknown report style {style!r}; choose one of {', '.join(STYLES)}")
+    if style != "paper":
+        return sorted(columns)
+    tasks = {task: (i, metrics) for i, (task, metrics) in enumerate(PAPER_ORDER)}
+
+    def key(column: str):
+        task, metric = column.split("/", 1)
+        if task not in tasks:
+            return (len(tasks), task, 0, metric)
+        rank, metrics = tasks[task]
+        return (rank, task, metrics.index(metric) if metric in metrics else len(metrics), metric)
+
+    return sorted(columns, key=key)
+
+
+def column_label(column: str, style: str = "default") -> str:
+    """The header of a column: ``task/metric``, or (``paper``) ``NSMC (acc)``."""
+    if style != "paper":
+        return column
+    task, metric = column.split("/", 1)
+    return f"{PAPER_TASKS.get(task, task)} ({PAPER_METRICS.get(metric, metric)})"
+
+
+# --- classical baselines and paired differences from random init ---
+
+PAIRED_NOTE = (
+    "Δ vs random init: each row's score minus random init's on the same test items "
+    "(checked by a digest of the items), ± the paired standard error: for accuracy and "
+    "KorQuAD EM/F1, SE = sd(d_i) / sqrt(n) over the per-item differences d_i of the two "
+    "systems' per-item scores, each first averaged over its fine-tuning seeds (Miller 2024, "
+    "'Adding Error Bars to Evals', arXiv:2411.00640, paired differences); for macro-F1, "
+    "correlations and F1@threshold, the SD of the difference over 200 paired bootstrap "
+    "resamples of the test items (Koehn 2004). Pairing removes the item difficulty both "
+    "systems share, so it is usually much smaller than either row's ± SE; a Δ within about "
+    "two paired SEs of 0 is noise.")
+
+
+def paired_table(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each row's difference from random init per column, on the test items both scored.
+
+    Returns ``{"rows": {row: {col: {"delta", "se", "n", "seeds", "method"}}},
+    "skipped": {row: reason}}``. A row pairs with random init on a task when every record
+    of both carries ``predictions`` of the same items (``items_sha256``); seeds are
+    averaged per item (:func:`korlm.evaluation.metrics.paired_difference`)."""
+    from korlm.evaluation import metrics as metric_fns
+
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for rec in records:
+        groups.setdefault(rec["task"], {}).setdefault(_row_name(rec), []).append(rec)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    skipped: dict[str, str] = {}
+    for task, by_row in sorted(groups.items()):
+        reference = by_row.get(BASELINE)
+        if not reference:
+            continue
+        for row, recs in by_row.items():
+            if row == BASELINE:
+                continue
+            both = reference + recs
+            if not all(r.get("predictions") for r in both):
+                skipped.setdefault(row, "metrics.json without per-item predictions (older korlm)")
+                continue
+            if len({r["predictions"].get("items_sha256") for r in both}) != 1:
+                skipped.setdefault(row, f"{task}: not scored on the same test items as "
+                                        f"{BASELINE}")
+                continue
+            gold = reference[0]["predictions"]["gold"]
+            labels = reference[0].get("label_names")
+            for metric in reference[0]["metrics"]:
+                if reference[0]["metrics"].get(metric) is None:
+                    continue
+                if metric not in metric_fns.PAIRED_METRICS:  # e.g. a tagger's span F1
+                    skipped.setdefault(row, f"{task}/{metric}: no paired SE for this metric")
+                    continue
+                result = metric_fns.paired_difference(
+                    metric, gold, [r["predictions"]["predicted"] for r in recs],
+                    [r["predictions"]["predicted"] for r in reference],
+                    None if labels is None else len(labels))
+                if result is not None:
+                    out.setdefault(row, {})[f"{task}/{metric}"] = result
+    return {"rows": out, "skipped": skipped}
+
+
+def _paired_cell(entry: dict[str, Any] | None, style: str) -> str:
+    if entry is None:
+        return "—"
+    text = _fmt(entry["delta"], style, signed=True)
+    return text if entry["se"] is None else f"{text} ± {_fmt(entry['se'], style)}"
+
+
+def _paired_rows(paired: dict[str, Any], columns: list[str]) -> tuple[list[str], list[str]]:
+    rows = [r for r in paired["rows"] if any(c in paired["rows"][r] for c in columns)]
+    cols = [c for c in columns if any(c in paired["rows"][r] for r in rows)]
+    return rows, cols
+
+
+def render_paired_markdown(paired: dict[str, Any], columns: list[str],
+                           style: str = "default") -> str:
+    rows, cols = _paired_rows(paired, columns)
+    lines = [f"Δ vs {BASELINE} (± paired SE):", "",
+             "| row | " + " | ".join(column_label(c, style) for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r} | " + " | ".join(
+            _paired_cell(paired["rows"][r].get(c), style) for c in cols) + " |")
+    text = "\n".join(lines) + f"\n\n{PAIRED_NOTE}\n"
+    for row, reason in paired.get("skipped", {}).items():
+        text += f"\nNo Δ for {row}: {reason}.\n"
+    return text
+
+
+def render_paired_html(paired: dict[str, Any], columns: list[str], style: str = "default") -> str:
+    rows, cols = _paired_rows(paired, columns)
+    head = "".join(f"<th>{html.escape(column_label(c, style))}</th>" for c in cols)
+    body = "".join(
+        f"<tr><th>{html.escape(r)}</th>" + "".join(
+            f"<td>{html.escape(_paired_cell(paired['rows'][r].get(c), style))}</td>"
+            for c in cols) + "</tr>" for r in rows)
+    skipped = "".join(f"<p>No Δ for {html.escape(r)}: {html.escape(why)}.</p>"
+                      for r, why in paired.get("skipped", {}).items())
+    return (f"<h2>Δ vs {BASELINE} (± paired SE)</h2><table><tr><th>row</th>{head}</tr>"
+            f"{body}</table><p>{html.escape(PAIRED_NOTE)}</p>{skipped}")
+
+
+def baseline_notes(records: list[dict[str, Any]]) -> list[str]:
+    """What each classical baseline row is (the model and hyperparameters dev picked,
+    its features), and the tasks it has no row for."""
+    from korlm.evaluation.baseline import unsupported
+
+    notes, names = [], []
+    for rec in sorted((r for r in records if r.get("baseline")), key=lambda r: r["task"]):
+        if rec["baseline"] not in names:
+            names.append(rec["baseline"])
+        features = (rec.get("bag_of_words") or {}).get("features")
+        notes.append(f"{rec['baseline']}, {rec['task']}: {rec.get('note', '')}"
+                     + (f"; {features}" if features else "") + ".")
+    if names:
+        covered = {r["task"] for r in records if r.get("baseline")}
+        for task, kind in sorted({(r["task"], r.get("task_type")) for r in records
+                                  if r["task"] not in covered and r.get("task_type")}):
+            reason = unsupported(kind)
+            if reason:
+                notes.append(f"{', '.join(names)}: not computed for {task} ({reason}).")
+    return notes
 
 
 def save_plot(fig, column: str, out_dir: str) -> str:
@@ -373,8 +599,9 @@ def _mean_se(recs: list[dict[str, Any]], metric: str) -> float | None:
 
 def plot_metrics(records, columns, out_dir: str, noise: dict | None = None) -> list[str]:
     """One PNG per column: the checkpoints' scores against step (error bars: ± 1 SE),
-    the random-init score as a dashed line in a ± 1 SE band, and the constant
-    predictor as a dotted line (when recorded and defined)."""
+    the random-init score as a dashed line in a ± 1 SE band, the classical baselines
+    (bag-of-words) as dash-dotted lines (``≈`` in the legend when flagged) and the
+    constant predictor as a dotted line (when recorded and defined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,6 +624,10 @@ def plot_metrics(records, columns, out_dir: str, noise: dict | None = None) -> l
                 if base_recs else [])
         base_se = _mean_se(base_recs, metric)
         constant = (noise or {}).get("baseline", {}).get(col)
+        classical: dict[str, list[float]] = {}
+        for r in records:
+            if r["task"] == task and r.get("baseline") and r["metrics"].get(metric) is not None:
+                classical.setdefault(r["baseline"], []).append(float(r["metrics"][metric]))
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         if pts:
             errors = [p[2] for p in pts]
@@ -410,12 +641,17 @@ def plot_metrics(records, columns, out_dir: str, noise: dict | None = None) -> l
             if base_se is not None:
                 ax.axhspan(base[0] - base_se, base[0] + base_se, color="grey", alpha=0.2,
                            label=f"{BASELINE} ± 1 SE")
+        for (row, values), color in zip(sorted(classical.items()), ("tab:green", "tab:purple"),
+                                        strict=False):
+            flagged = (noise or {}).get("flags", {}).get(row, {}).get(col)
+            ax.axhline(sum(values) / len(values), linestyle="-.", color=color,
+                       label=f"{row} {FLAG}" if flagged else row)
         if constant is not None:
             ax.axhline(constant, linestyle=":", color="firebrick", label=CONSTANT)
         ax.set_xlabel("pretraining step")
         ax.set_ylabel(metric)
         ax.set_title(col)
-        if pts or base or constant is not None:
+        if pts or base or classical or constant is not None:
             ax.legend(loc="best")
         names.append(save_plot(fig, col, out_dir))
     return names
@@ -423,20 +659,27 @@ def plot_metrics(records, columns, out_dir: str, noise: dict | None = None) -> l
 
 def build_report(result_dirs: list[str], output_dir: str,
                  references: list[dict[str, Any]] | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, style: str = "default") -> dict[str, Any]:
     """``references``: external rows (default :data:`REFERENCE_RESULTS`; ``[]`` for none).
     ``output_dir`` may not be, hold or lie inside a results folder; ``overwrite``
-    replaces an earlier report."""
+    replaces an earlier report. ``style``: ``default`` (fractions, four decimals,
+    columns by name) or ``paper`` (percent, two decimals, the KoELECTRA/KLUE order)."""
+    order_columns([], style)  # an unknown style: one line, before anything is read
     storage.check_output(output_dir, "report", inputs=result_dirs, overwrite=overwrite)
     records = find_metrics(result_dirs)
     row_names, columns, rows, spread = build_table(records)
+    columns = order_columns(columns, style)
+    paired = paired_table(records)
+    extra = baseline_notes(records)
     noise = noise_table(records, rows)
     row_names = add_constant_row(row_names, rows, noise)
+    paired["rows"] = {r: paired["rows"][r] for r in row_names if r in paired["rows"]}
     own_rows = list(row_names)
     row_names, sources = add_references(
         row_names, columns, rows, REFERENCE_RESULTS if references is None else references)
     notes = split_notes(records)
-    markdown = render_markdown(row_names, columns, rows, notes, sources, spread, noise)
+    markdown = render_markdown(row_names, columns, rows, notes, sources, spread, noise, style,
+                               paired, extra)
     extra_md, extra_html = extra_sections(records)
     markdown += extra_md
     with storage.atomic_output_dir(output_dir, "report", inputs=result_dirs,
@@ -447,7 +690,8 @@ def build_report(result_dirs: list[str], output_dir: str,
         with open(os.path.join(staging, "results.md"), "w", encoding="utf-8") as f:
             f.write("# korlm results\n\n" + markdown + "\n"
                     + "".join(f"![{p}]({p})\n" for p in plots))
-        html_text = render_html(row_names, columns, rows, plots, notes, sources, spread, noise)
+        html_text = render_html(row_names, columns, rows, plots, notes, sources, spread, noise,
+                                style, paired, extra)
         html_text += extra_html
         with open(os.path.join(staging, "results.html"), "w", encoding="utf-8") as f:
             f.write(html_text)
@@ -460,11 +704,15 @@ def build_report(result_dirs: list[str], output_dir: str,
                        if CONSTANT in rows else None, "constant_kinds": noise["kinds"],
                        "within_one_se_of_constant": {r: sorted(c) for r, c
                                                      in noise["flags"].items()},
-                       "split_notes": notes, "sources": sources,
-                       "records": records}, f, indent=2, ensure_ascii=False)
+                       "split_notes": notes, "sources": sources, "style": style,
+                       "paired_vs_random_init": paired["rows"],
+                       "paired_skipped": paired["skipped"], "baseline_notes": extra,
+                       # per-item predictions stay in each metrics.json
+                       "records": [{k: v for k, v in r.items() if k != "predictions"}
+                                   for r in records]}, f, indent=2, ensure_ascii=False)
     return {"markdown": markdown, "html": html_text, "rows": row_names, "columns": columns,
             "values": rows, "plots": plots, "split_notes": notes,
-            "standard_errors": noise["se"], "flags": noise["flags"]}
+            "standard_errors": noise["se"], "flags": noise["flags"], "paired": paired["rows"]}
 
 
 # ------------------------------------------------- fine-tuning heads, pretraining loss
