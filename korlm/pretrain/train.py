@@ -147,6 +147,10 @@ def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
         predictions = slots or default_max_predictions(seq_len, mask_rate)
     from korlm.modeling.presets import model_config
 
+    if model == "electra":
+        from korlm.pretrain.electra import flops_per_token
+
+        return flops_per_token(size, vocab_size, seq_len, predictions)
     return distribute.model_flops_per_token(model, model_config(model, size), vocab_size, seq_len,
                                             mlm_predictions=predictions)
 
@@ -334,7 +338,11 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
         # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
         # (and the NSP layer beside it), the state the whole trained model.
         trained, nsp_head = build.add_next_sentence_head(task) if nsp else (task, None)
-        schedule = compile_pretraining(
+        # ELECTRA's model brings its own loss and metrics (korlm.pretrain.electra).
+        compile_task = compile_pretraining
+        if model == "electra":
+            from korlm.pretrain.electra import compile_electra as compile_task
+        schedule = compile_task(
             trained, objective=objective, nsp=nsp, learning_rate=learning_rate, warmup_steps=warmup_steps,
             total_steps=steps, weight_decay=weight_decay, optimizer=optimizer,
             clip_norm=clip_norm, grad_accum_steps=int(grad_accum_steps),
@@ -394,6 +402,10 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 poisson_lambda=poisson_lambda, permute_sentences=permute_sentences,
                 segment_ids=build.uses_segment_ids(model), sequential=deterministic, nsp=nsp,
                 skip_examples=(first - phase["start_step"]) * batch)
+            if model == "electra":  # the discriminator's labels need the original tokens
+                from korlm.pretrain.electra import labels_in_inputs
+
+                dataset = labels_in_inputs(dataset)
             remaining = phase["end_step"] - first
             chunk = min(int(checkpoint_every), remaining)
             micro = int(grad_accum_steps)

@@ -1,0 +1,169 @@
+"""ELECTRA (issue 21, item 4): a generator + discriminator pretrained jointly on the MLM
+batches, checkpointed and resumed bit for bit, fine-tuned from its discriminator, and
+exported as transformers' ElectraForPreTraining (+ ElectraForMaskedLM in generator/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from korlm.errors import KorlmError
+from korlm.modeling.checkpoints import (
+    checkpoint_info,
+    load_backbone,
+    load_pretraining_task,
+    save_checkpoint,
+)
+from korlm.modeling.presets import generator_config, model_config
+from korlm.pretrain.train import run_pretrain
+from tests.test_pretrain import build_tokenizer, write_pretraining_data
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("electra")
+    tokenizer_dir = build_tokenizer(root / "tokenizer")
+    data_dir = write_pretraining_data(root / "examples", tokenizer_dir, max_seq_length=SEQ,
+                                      num_examples=160, contract=True)
+    return tokenizer_dir, data_dir
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def _weights(checkpoint: str) -> list[np.ndarray]:
+    model = load_pretraining_task(checkpoint)
+    return [w.numpy() for w in model.weights]
+
+
+def test_presets_follow_electra_and_koelectra():
+    small, base = model_config("electra", "small"), model_config("electra", "base")
+    assert small == {"num_layers": 12, "hidden_dim": 256, "num_heads": 4,
+                     "intermediate_dim": 1024, "embedding_dim": 128}  # ELECTRA/KoELECTRA-Small
+    assert generator_config("small") == {"num_layers": 12, "hidden_dim": 64, "num_heads": 1,
+                                         "intermediate_dim": 256}
+    assert base["embedding_dim"] == base["hidden_dim"] == 768
+    # KoELECTRA-Base's generator: 12 layers, hidden 256, 4 heads
+    assert generator_config("base") == {"num_layers": 12, "hidden_dim": 256, "num_heads": 4,
+                                        "intermediate_dim": 1024}
+    assert generator_config("tiny")["hidden_dim"] == 32
+
+
+def test_electra_pretrains_logs_both_losses_and_reloads(corpus, tmp_path, capsys):
+    tokenizer_dir, data_dir = corpus
+    out = tmp_path / "run"
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(out), model="electra",
+                               steps=8, checkpoint_every=4, batch_size=8, learning_rate=2e-3,
+                               warmup_steps=1, log_every=1, seed=1, progress="lines")
+    assert [c["step"] for c in checkpoints] == [4, 8]
+    printed = capsys.readouterr().out
+    assert "pretraining electra-tiny" in printed and "disc_loss" in printed
+    log = _log(out)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    for r in log:
+        assert {"loss", "mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "replaced_rate",
+                "tokens_per_second", "model_tflops_per_second"} <= set(r)
+        assert all(np.isfinite(r[k]) for k in ("loss", "mlm_loss", "disc_loss"))
+        # the total is the generator's loss + 50 x the discriminator's
+        assert r["loss"] == pytest.approx(r["mlm_loss"] + 50 * r["disc_loss"], rel=1e-3)
+        assert 0 < r["replaced_rate"] < 0.2  # ~15% masked, some samples equal the original
+    assert log[-1]["loss"] < log[0]["loss"]
+
+    info = checkpoint_info(checkpoints[-1]["uri"])
+    assert info["model"] == "electra" and info["objective"] == "mlm" and info["step"] == 8
+    model = load_pretraining_task(checkpoints[-1]["uri"])
+    assert type(model).__name__ == "ElectraPretraining"
+    # one embedding block: the generator's output layer is the discriminator's token table
+    assert model.generator_head.token_embedding is model.backbone.token_embedding
+    assert model.generator_dims == generator_config("tiny")
+    assert float(np.abs(model.generator_head._bias.numpy()).max()) > 0  # trained, not fresh
+    backbone = load_backbone(checkpoints[-1]["uri"])
+    assert type(backbone).__name__ == "ElectraBackbone" and backbone.embedding_dim == 128
+    for a, b in zip(backbone.weights, model.backbone.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_damaged_electra_checkpoint_is_one_clear_error(corpus, tmp_path):
+    tokenizer_dir, data_dir = corpus
+    import keras
+
+    from korlm.modeling.build import build_pretraining_task
+
+    keras.utils.set_random_seed(0)
+    model = build_pretraining_task("electra", "tiny", 1200, SEQ)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(model, str(ckpt), {"step": 1, "model": "electra", "size": "tiny",
+                                       "vocab_size": 1200, "max_seq_length": SEQ})
+    (ckpt / "electra_heads.npz").unlink()
+    with pytest.raises(KorlmError, match="lacks electra_heads.npz"):
+        load_pretraining_task(str(ckpt))
+
+
+def test_killed_electra_run_resumes_bit_identically(corpus, tmp_path, monkeypatch):
+    """Deterministic mode: a run killed after its step-2 state (before the step-4
+    checkpoint) and resumed ends with the uninterrupted run's weights, generator, heads and
+    sampler included, bit for bit, and the same logged losses."""
+    tokenizer_dir, data_dir = corpus
+    args = dict(model="electra", steps=4, checkpoint_every=2, batch_size=8, learning_rate=2e-3,
+                warmup_steps=1, log_every=1, seed=5, deterministic=True, progress="lines")
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "whole"), **args)
+
+    from korlm.modeling import checkpoints
+
+    real_save = checkpoints.save_checkpoint
+
+    def killed_at_4(task, checkpoint_dir, info, **kwargs):
+        if info["step"] == 4:
+            raise KeyboardInterrupt("preempted")
+        real_save(task, checkpoint_dir, info, **kwargs)
+
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **args)
+    monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", real_save)
+    assert [p.name for p in (tmp_path / "killed" / "state").iterdir()] == ["step-000002"]
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **args)
+
+    a = _weights(str(tmp_path / "whole" / "checkpoints" / "step-000004"))
+    b = _weights(str(tmp_path / "killed" / "checkpoints" / "step-000004"))
+    assert len(a) == len(b) and max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
+    keys = ("loss", "mlm_loss", "disc_loss", "disc_accuracy")
+    assert ([[r[k] for k in keys] for r in _log(tmp_path / "whole")]
+            == [[r[k] for k in keys] for r in _log(tmp_path / "killed")])
+
+
+def test_discriminator_fine_tunes_classification_and_qa(corpus, tmp_path):
+    from korlm.evaluation import evaluate
+    from tests.test_evaluate import _write_user_tasks, write_nsmc_slice
+
+    tokenizer_dir, data_dir = corpus
+    run = run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "run"), model="electra",
+                       steps=2, checkpoint_every=2, batch_size=8, progress="lines")
+    ckpt = run[-1]["uri"]
+    nsmc = write_nsmc_slice(tmp_path / "nsmc", num_train=120, num_test=60)
+    common = dict(max_seq_length=SEQ, batch_size=16, epochs=1, seed=1)
+    record = evaluate.evaluate_checkpoint(ckpt, None, "nsmc", str(nsmc), str(tmp_path / "out"),
+                                          **common)
+    assert record["model"]["model"] == "electra" and record["step"] == 2
+    assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 60
+
+    # ElectraClassificationHead: first token, dropout, dense + GELU, dropout, out_proj;
+    # the backbone's untrained pooler is not on the path.
+    spec = evaluate.tasks.get_task("nsmc")
+    model, _ = evaluate._Head(spec).build(load_backbone(ckpt))
+    names = [layer.name for layer in model.layers]
+    assert names[-4:] == ["classifier_input_dropout", "classifier_dense",
+                          "classifier_output_dropout", "classifier_logits"]
+    assert model.get_layer("classifier_dense").activation.__name__ == "gelu"
+    assert not model.layers[3].get_layer("pooled_dense").trainable
+
+    files = _write_user_tasks(tmp_path / "tasks")
+    qa = evaluate.evaluate_checkpoint(ckpt, None, str(files["qa"]), None, str(tmp_path / "qa"),
+                                      doc_stride=6, **common)
+    assert qa["model"]["model"] == "electra" and 0 <= qa["metrics"]["exact_match"] <= 1
