@@ -167,3 +167,107 @@ def test_discriminator_fine_tunes_classification_and_qa(corpus, tmp_path):
     qa = evaluate.evaluate_checkpoint(ckpt, None, str(files["qa"]), None, str(tmp_path / "qa"),
                                       doc_stride=6, **common)
     assert qa["model"]["model"] == "electra" and 0 <= qa["metrics"]["exact_match"] <= 1
+
+
+# --------------------------------------------------------------------------- export
+
+PAIRS = [("전체관람가는 아닌것 같아요", "디렉터스컷으로봐서 거의 3시간짜리인데 참 흡인력있다"),
+         ("배우들의 연기가 정말 좋았고 음악도 훌륭했다!", "기대 안 했는데 생각보다 재밌네요 ㅋㅋ"),
+         ("2시간이 아깝다... 비추천", "최고")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A perturbed ELECTRA-mini (both models project their 128-wide embeddings: 256 and
+    64 hidden) saved as a checkpoint and exported."""
+    import keras
+
+    from korlm.hub.export import export_checkpoint
+    from korlm.modeling.build import build_pretraining_task
+    from tests.test_export import _perturb, _reviews, _write_tokenizer
+
+    root = tmp_path_factory.mktemp("electra-export")
+    tok = root / "tokenizer"
+    vocab = _write_tokenizer(tok, _reviews(0, 400))
+    keras.utils.set_random_seed(2)
+    model = build_pretraining_task("electra", "mini", vocab, 64)
+    _perturb(model, seed=4)
+    ckpt = root / "run" / "checkpoints" / "step-000005"
+    save_checkpoint(model, str(ckpt), {"step": 5, "model": "electra", "size": "mini",
+                                       "vocab_size": vocab, "max_seq_length": 64,
+                                       "objective": "mlm"})
+    summary = export_checkpoint(str(ckpt), str(tok), str(root / "hf"))
+    return {"ckpt": str(ckpt), "out": root / "hf", "summary": summary, "vocab": vocab}
+
+
+def _batch(out: Path) -> dict[str, np.ndarray]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    enc = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="np")
+    assert set(enc) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert (enc["attention_mask"] == 0).any() and (enc["token_type_ids"] == 1).any()
+    return {k: np.asarray(v, dtype="int64") for k, v in enc.items()}
+
+
+def _keras_inputs(enc) -> dict[str, np.ndarray]:
+    return {"token_ids": enc["input_ids"].astype("int32"),
+            "segment_ids": enc["token_type_ids"].astype("int32"),
+            "padding_mask": enc["attention_mask"].astype("int32")}
+
+
+def test_export_writes_the_discriminator_and_the_generator(exported):
+    out, summary = exported["out"], exported["summary"]
+    assert summary["architecture"] == "ElectraForPreTraining" and summary["model"] == "electra"
+    config = json.loads((out / "config.json").read_text())
+    gen = json.loads((out / "generator" / "config.json").read_text())
+    assert config["architectures"] == ["ElectraForPreTraining"]
+    assert gen["architectures"] == ["ElectraForMaskedLM"]
+    assert (config["embedding_size"], config["hidden_size"], gen["hidden_size"]) == (128, 256, 64)
+    assert gen["num_hidden_layers"] == config["num_hidden_layers"] == 4
+    assert config["hidden_act"] == gen["hidden_act"] == "gelu_pytorch_tanh"
+    for name in ("tokenizer.json", "vocab.txt", "model.safetensors"):
+        assert (out / "generator" / name).is_file()
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert "model_input_names" not in tok_config  # ELECTRA takes token type ids
+    card = (out / "README.md").read_text()
+    assert "ELECTRA" in card and "widget" not in card and "subfolder" in card
+
+
+def test_transformers_logits_match_keras_on_padded_korean_pairs(exported):
+    import torch
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    out = exported["out"]
+    enc = _batch(out)
+    real = enc["attention_mask"].astype(bool)
+    model = load_pretraining_task(exported["ckpt"])  # the checkpoint as written to disk
+    x = _keras_inputs(enc)
+
+    disc, info = ElectraForPreTraining.from_pretrained(str(out), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    disc.eval()
+    with torch.no_grad():
+        hf = disc(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
+    keras_logits = np.asarray(model.discriminator_logits(x, training=False))
+    assert keras_logits.shape == hf.shape == enc["input_ids"].shape
+    assert np.abs(keras_logits[real]).max() > 0.1
+    diff = float(np.abs(keras_logits - hf)[real].max())
+    print(f"discriminator: max |logit diff| {diff:.3g}")
+    assert diff <= 1e-4
+
+    gen, info = ElectraForMaskedLM.from_pretrained(str(out / "generator"), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    gen.eval()
+    assert gen.generator_lm_head.weight.data_ptr() == gen.electra.embeddings.word_embeddings.weight.data_ptr()
+    with torch.no_grad():
+        hf = gen(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
+    positions = np.tile(np.arange(enc["input_ids"].shape[1], dtype="int32"), (len(PAIRS), 1))
+    keras_logits = np.asarray(model.generator_logits(x, positions, training=False))
+    assert keras_logits.shape == hf.shape == (*enc["input_ids"].shape, exported["vocab"])
+    diff = float(np.abs(keras_logits - hf)[real].max())
+    print(f"generator: max |logit diff| {diff:.3g}")
+    assert diff <= 1e-4
+    # the two share the embedding block
+    np.testing.assert_array_equal(gen.electra.embeddings.word_embeddings.weight.detach().numpy(),
+                                  disc.electra.embeddings.word_embeddings.weight.detach().numpy())
