@@ -271,3 +271,18 @@ def test_transformers_logits_match_keras_on_padded_korean_pairs(exported):
     # the two share the embedding block
     np.testing.assert_array_equal(gen.electra.embeddings.word_embeddings.weight.detach().numpy(),
                                   disc.electra.embeddings.word_embeddings.weight.detach().numpy())
+
+
+def test_export_reads_back_into_the_same_discriminator_backbone(exported, tmp_path):
+    from korlm.evaluation.evaluate import _Head, tasks
+
+    ours = load_backbone(exported["ckpt"])
+    back = load_backbone(str(exported["out"]))  # hf_import: ElectraForPreTraining -> backbone
+    assert checkpoint_info(str(exported["out"]))["model"] == "electra"
+    config = lambda b: {k: v for k, v in b.get_config().items() if k != "name"}  # noqa: E731
+    assert type(back).__name__ == "ElectraBackbone" and config(back) == config(ours)
+    for a, b in zip(ours.weights, back.weights, strict=True):
+        if "pooled_dense" not in a.path:  # Hugging Face ELECTRA has no pooler
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    model, _ = _Head(tasks.get_task("nsmc")).build(back)  # fine-tunable as it stands
+    assert model.get_layer("classifier_logits").units == 2
