@@ -286,3 +286,38 @@ def test_export_reads_back_into_the_same_discriminator_backbone(exported, tmp_pa
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     model, _ = _Head(tasks.get_task("nsmc")).build(back)  # fine-tunable as it stands
     assert model.get_layer("classifier_logits").units == 2
+
+
+# --------------------------------------------------------------------------- FLOPs, config
+
+
+def test_flops_per_token_counts_generator_and_discriminator():
+    from korlm.pretrain.distribute import model_flops_per_token
+    from korlm.pretrain.electra import flops_per_token
+
+    v, s, p = 32000, 128, 20
+    disc, gen = model_config("electra", "small"), generator_config("small")
+    # by hand: both encoders (6N + 12 L d s per token), the generator head on p slots
+    # (64 -> 128 dense, tied 128 x V output), the discriminator head (256 x 256 + 256 x 1)
+    # and the two 128 -> hidden embedding projections
+    def encoder(d):
+        n = d["num_layers"] * (4 * d["hidden_dim"] ** 2 + 2 * d["hidden_dim"] * d["intermediate_dim"])
+        return 6 * n + 12 * d["num_layers"] * d["hidden_dim"] * s
+    heads = 6 * (s * 256 * 257 + p * (64 * 128 + 128 * v) + s * 128 * (256 + 64)) / s
+    assert flops_per_token("small", v, s, p) == pytest.approx(encoder(disc) + encoder(gen) + heads)
+    assert flops_per_token("base", v, s, p) > model_flops_per_token("bert", "base", v, s,
+                                                                     mlm_predictions=p)
+
+
+def test_the_config_and_the_cost_estimate_take_electra():
+    from korlm import config
+    from pipelines import cost
+
+    data = config.load("configs/vertex-bert-base.yaml").model_dump()
+    data["pretrain"]["model"] = "electra"
+    conf = config.validate(data)
+    hours, basis = cost.pretrain_hours(conf, conf.pipeline.resources["pretrain"])
+    assert hours > 0 and "MFU" in basis
+    data["pretrain"]["model"] = "electro"
+    with pytest.raises(KorlmError, match="electra"):
+        config.validate(data)

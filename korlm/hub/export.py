@@ -21,9 +21,9 @@ from korlm.hub.model_card import model_card
 from korlm.modeling import checkpoints
 from korlm.modeling.hf_mapping import (
     CONFIG_FILE,
+    ELECTRA_GENERATOR_DIR,
     FAMILY_EXPORTS,
     WEIGHTS_FILE,
-    ELECTRA_GENERATOR_DIR,
     bart_generation_config,
     electra_generator_state_dict_and_config,
     state_dict_and_config,
