@@ -206,7 +206,7 @@ class _Head:
         if isinstance(backbone, keras_hub.models.BartBackbone):  # KerasHub has no BART classifier
             return build_bart_classifier(backbone, num_outputs), loss
         if isinstance(backbone, keras_hub.models.ElectraBackbone):  # nor an ELECTRA one
-            from korlm.pretrain.electra import build_electra_classifier
+            from korlm.modeling.electra import build_electra_classifier
 
             return build_electra_classifier(backbone, num_outputs), loss
         # KerasHub's classifier of the family: BERT's reads the pooled [CLS], RoBERTa's

@@ -8,9 +8,9 @@ korlm writes no layers of its own):
 | bert    | ``BertBackbone``    | ``BertMaskedLM``     | masked LM (segment ids, pooler)         |
 | roberta | ``RobertaBackbone`` | ``RobertaMaskedLM``  | masked LM (no segment ids, no pooler)   |
 | bart    | ``BartBackbone``    | ``BartSeq2SeqLM``    | denoising seq2seq (text infilling)     |
-| electra | ``ElectraBackbone`` | ``korlm.pretrain.electra`` | replaced token detection (+ a masked-LM generator) |
+| electra | ``ElectraBackbone`` | ``korlm.modeling.electra`` | replaced token detection (+ a masked-LM generator) |
 
-KerasHub has no ELECTRA pretraining task: ``korlm.pretrain.electra`` composes it from the
+KerasHub has no ELECTRA pretraining task: ``korlm.modeling.electra`` composes it from the
 discriminator backbone and KerasHub layers (the generator shares its embeddings).
 
 Sizes are in ``korlm.modeling.presets``. Heavy imports (keras, keras_hub) happen inside
@@ -32,7 +32,7 @@ _CLASSES = {
     "bert": ("BertBackbone", "BertMaskedLM"),
     "roberta": ("RobertaBackbone", "RobertaMaskedLM"),
     "bart": ("BartBackbone", "BartSeq2SeqLM"),
-    "electra": ("ElectraBackbone", None),  # the task: korlm.pretrain.electra
+    "electra": ("ElectraBackbone", None),  # the task: korlm.modeling.electra
 }
 
 
@@ -116,9 +116,9 @@ def build_pretraining_task(model: str, size: str, vocab_size: int, max_seq_lengt
                            dropout: float = 0.1):
     """A freshly initialised pretraining task (backbone + LM head), no preprocessor:
     a masked LM for bert/roberta, ``BartSeq2SeqLM`` for bart, ELECTRA's generator and
-    discriminator (``korlm.pretrain.electra``)."""
+    discriminator (``korlm.modeling.electra``)."""
     if model == "electra":
-        from korlm.pretrain.electra import build_electra
+        from korlm.modeling.electra import build_electra
 
         return build_electra(size, vocab_size, max_seq_length, dropout)
     backbone = build_backbone(model, size, vocab_size, max_seq_length, dropout)

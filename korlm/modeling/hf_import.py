@@ -97,7 +97,7 @@ def _fresh_task(config: dict[str, Any]):
     if family == "electra":
         # The discriminator with its head; the generator built beside it (one small layer)
         # only completes korlm's ELECTRA model: import reads the backbone.
-        from korlm.pretrain.electra import build_electra
+        from korlm.modeling.electra import build_electra
 
         backbone = backbone_class(family)(
             vocab_size=int(config["vocab_size"]), num_layers=config["num_hidden_layers"],

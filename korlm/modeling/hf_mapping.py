@@ -5,7 +5,7 @@
 | bert    | ``BertMaskedLM``    | ``BertForMaskedLM``              | fill-mask              |
 | roberta | ``RobertaMaskedLM`` | ``RobertaForMaskedLM``           | fill-mask              |
 | bart    | ``BartSeq2SeqLM``   | ``BartForConditionalGeneration`` | text2text-generation   |
-| electra | ``korlm.pretrain.electra`` | ``ElectraForPreTraining`` (+ ``ElectraForMaskedLM`` in ``generator/``) | feature-extraction |
+| electra | ``korlm.modeling.electra`` | ``ElectraForPreTraining`` (+ ``ElectraForMaskedLM`` in ``generator/``) | feature-extraction |
 
 ``HF_CONVERTERS`` holds each family's pair: the safetensors arrays (PyTorch names and
 layouts, so ``transformers`` loads them without conversion code) and the ``config.json``.
@@ -492,7 +492,7 @@ def _electra_layers(task, generator: bool):
 
 
 def electra_state_dict(task, take: _Weights | None = None, generator: bool = False) -> dict[str, Any]:
-    """Map korlm's ELECTRA pretraining model (``korlm.pretrain.electra``) to
+    """Map korlm's ELECTRA pretraining model (``korlm.modeling.electra``) to
     ``ElectraForPreTraining`` (the discriminator) or, with ``generator``,
     ``ElectraForMaskedLM`` state-dict arrays. Both carry the shared embedding block; each
     its own ``embeddings_project`` where its hidden size differs from the embeddings'.

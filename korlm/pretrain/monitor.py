@@ -10,7 +10,7 @@ import time
 
 from korlm import storage
 from korlm.modeling import checkpoints as ckpt
-from korlm.pretrain.electra import LOGGED as ELECTRA_LOGGED
+from korlm.modeling.electra import LOGGED as ELECTRA_LOGGED
 from korlm.pretrain.optimizer import accuracy_name
 from korlm.pretrain.state import (
     RESUME_KEYS,

@@ -338,7 +338,7 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
         # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
         # (and the NSP layer beside it), the state the whole trained model.
         trained, nsp_head = build.add_next_sentence_head(task) if nsp else (task, None)
-        # ELECTRA's model brings its own loss and metrics (korlm.pretrain.electra).
+        # ELECTRA's model brings its own loss and metrics (korlm.modeling.electra).
         compile_task = compile_pretraining
         if model == "electra":
             from korlm.pretrain.electra import compile_electra as compile_task
