@@ -55,17 +55,24 @@ def test_presets_follow_electra_and_koelectra():
     assert generator_config("tiny")["hidden_dim"] == 32
 
 
-def test_electra_pretrains_logs_both_losses_and_reloads(corpus, tmp_path, capsys):
+RUN = dict(model="electra", steps=4, checkpoint_every=2, batch_size=8, learning_rate=2e-3,
+           warmup_steps=1, log_every=1, seed=5, deterministic=True, progress="lines")
+
+
+@pytest.fixture(scope="module")
+def whole(corpus, tmp_path_factory):
+    """An uninterrupted deterministic ELECTRA-tiny run: 4 steps, checkpoints at 2 and 4."""
     tokenizer_dir, data_dir = corpus
-    out = tmp_path / "run"
-    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(out), model="electra",
-                               steps=8, checkpoint_every=4, batch_size=8, learning_rate=2e-3,
-                               warmup_steps=1, log_every=1, seed=1, progress="lines")
-    assert [c["step"] for c in checkpoints] == [4, 8]
-    printed = capsys.readouterr().out
-    assert "pretraining electra-tiny" in printed and "disc_loss" in printed
+    out = tmp_path_factory.mktemp("electra-run") / "whole"
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(out), **RUN)
+    return out, checkpoints
+
+
+def test_electra_pretrains_logs_both_losses_and_reloads(whole):
+    out, checkpoints = whole
+    assert [c["step"] for c in checkpoints] == [2, 4]
     log = _log(out)
-    assert [r["step"] for r in log] == list(range(1, 9))
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
     for r in log:
         assert {"loss", "mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "replaced_rate",
                 "tokens_per_second", "model_tflops_per_second"} <= set(r)
@@ -76,7 +83,7 @@ def test_electra_pretrains_logs_both_losses_and_reloads(corpus, tmp_path, capsys
     assert log[-1]["loss"] < log[0]["loss"]
 
     info = checkpoint_info(checkpoints[-1]["uri"])
-    assert info["model"] == "electra" and info["objective"] == "mlm" and info["step"] == 8
+    assert info["model"] == "electra" and info["objective"] == "mlm" and info["step"] == 4
     model = load_pretraining_task(checkpoints[-1]["uri"])
     assert type(model).__name__ == "ElectraPretraining"
     # one embedding block: the generator's output layer is the discriminator's token table
@@ -89,31 +96,21 @@ def test_electra_pretrains_logs_both_losses_and_reloads(corpus, tmp_path, capsys
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_a_damaged_electra_checkpoint_is_one_clear_error(corpus, tmp_path):
-    tokenizer_dir, data_dir = corpus
-    import keras
+def test_a_damaged_electra_checkpoint_is_one_clear_error(whole, tmp_path):
+    import shutil
 
-    from korlm.modeling.build import build_pretraining_task
-
-    keras.utils.set_random_seed(0)
-    model = build_pretraining_task("electra", "tiny", 1200, SEQ)
     ckpt = tmp_path / "ckpt"
-    save_checkpoint(model, str(ckpt), {"step": 1, "model": "electra", "size": "tiny",
-                                       "vocab_size": 1200, "max_seq_length": SEQ})
+    shutil.copytree(whole[1][0]["uri"], ckpt)
     (ckpt / "electra_heads.npz").unlink()
     with pytest.raises(KorlmError, match="lacks electra_heads.npz"):
         load_pretraining_task(str(ckpt))
 
 
-def test_killed_electra_run_resumes_bit_identically(corpus, tmp_path, monkeypatch):
+def test_killed_electra_run_resumes_bit_identically(corpus, whole, tmp_path, monkeypatch, capsys):
     """Deterministic mode: a run killed after its step-2 state (before the step-4
     checkpoint) and resumed ends with the uninterrupted run's weights, generator, heads and
     sampler included, bit for bit, and the same logged losses."""
     tokenizer_dir, data_dir = corpus
-    args = dict(model="electra", steps=4, checkpoint_every=2, batch_size=8, learning_rate=2e-3,
-                warmup_steps=1, log_every=1, seed=5, deterministic=True, progress="lines")
-    run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "whole"), **args)
-
     from korlm.modeling import checkpoints
 
     real_save = checkpoints.save_checkpoint
@@ -125,32 +122,32 @@ def test_killed_electra_run_resumes_bit_identically(corpus, tmp_path, monkeypatc
 
     monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", killed_at_4)
     with pytest.raises(KeyboardInterrupt):
-        run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **args)
+        run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **RUN)
     monkeypatch.setattr("korlm.modeling.checkpoints.save_checkpoint", real_save)
     assert [p.name for p in (tmp_path / "killed" / "state").iterdir()] == ["step-000002"]
-    run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **args)
+    capsys.readouterr()
+    run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "killed"), **RUN)
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "from step 2" in printed and "disc_loss" in printed
 
-    a = _weights(str(tmp_path / "whole" / "checkpoints" / "step-000004"))
+    a = _weights(str(whole[0] / "checkpoints" / "step-000004"))
     b = _weights(str(tmp_path / "killed" / "checkpoints" / "step-000004"))
     assert len(a) == len(b) and max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) == 0.0
     keys = ("loss", "mlm_loss", "disc_loss", "disc_accuracy")
-    assert ([[r[k] for k in keys] for r in _log(tmp_path / "whole")]
+    assert ([[r[k] for k in keys] for r in _log(whole[0])]
             == [[r[k] for k in keys] for r in _log(tmp_path / "killed")])
 
 
-def test_discriminator_fine_tunes_classification_and_qa(corpus, tmp_path):
+def test_discriminator_fine_tunes_classification_and_qa(whole, tmp_path):
     from korlm.evaluation import evaluate
     from tests.test_evaluate import _write_user_tasks, write_nsmc_slice
 
-    tokenizer_dir, data_dir = corpus
-    run = run_pretrain(str(data_dir), str(tokenizer_dir), str(tmp_path / "run"), model="electra",
-                       steps=2, checkpoint_every=2, batch_size=8, progress="lines")
-    ckpt = run[-1]["uri"]
+    ckpt = whole[1][-1]["uri"]
     nsmc = write_nsmc_slice(tmp_path / "nsmc", num_train=120, num_test=60)
     common = dict(max_seq_length=SEQ, batch_size=16, epochs=1, seed=1)
     record = evaluate.evaluate_checkpoint(ckpt, None, "nsmc", str(nsmc), str(tmp_path / "out"),
                                           **common)
-    assert record["model"]["model"] == "electra" and record["step"] == 2
+    assert record["model"]["model"] == "electra" and record["step"] == 4
     assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 60
 
     # ElectraClassificationHead: first token, dropout, dense + GELU, dropout, out_proj;
