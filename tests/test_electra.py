@@ -318,3 +318,35 @@ def test_the_config_and_the_cost_estimate_take_electra():
     data["pretrain"]["model"] = "electro"
     with pytest.raises(KorlmError, match="electra"):
         config.validate(data)
+
+
+def test_the_ablation_dag_pretrains_electra_arms(tmp_path):
+    import yaml
+
+    from korlm import config
+    from pipelines.compile import compile_pipeline
+
+    conf = config.load("configs/ablation-local.yaml")
+    conf = config.apply_overrides(conf, {"pretrain.model": "electra", "ablation.sizes": ["tiny", "small"]})
+    out = tmp_path / "a.yaml"
+    compile_pipeline(conf, str(out))
+    tasks = yaml.safe_load(out.read_text())["root"]["dag"]["tasks"]
+    arms = [t["inputs"]["parameters"]["params"]["runtimeValue"]["constant"]
+            for n, t in tasks.items() if n.startswith("pretrain") and "data" not in n]
+    assert len(arms) == 4 and {(a["model"], a["size"]) for a in arms} == {("electra", "tiny"),
+                                                                          ("electra", "small")}
+
+
+def test_electra_trains_under_mixed_bfloat16(corpus, tmp_path):
+    """The precision policy (pretrain.precision) reaches ELECTRA's step: bf16 compute,
+    float32 losses, a float32 checkpoint."""
+    tokenizer_dir, data_dir = corpus
+    out = tmp_path / "bf16"
+    checkpoints = run_pretrain(str(data_dir), str(tokenizer_dir), str(out), model="electra",
+                               steps=2, checkpoint_every=2, batch_size=8, log_every=1,
+                               precision="mixed_bfloat16", progress="lines")
+    assert all(np.isfinite(r[k]) for r in _log(out) for k in ("loss", "mlm_loss", "disc_loss"))
+    config = json.loads((Path(checkpoints[-1]["uri"]) / "config.json").read_text())
+    assert "bfloat16" not in json.dumps(config)
+    model = load_pretraining_task(checkpoints[-1]["uri"])
+    assert model.backbone.dtype_policy.name == "float32"

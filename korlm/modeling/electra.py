@@ -101,11 +101,14 @@ def _pretraining_class():
                                    name=f"generator_transformer_layer_{i}")
                 for i in range(int(generator["num_layers"]))]
             # ElectraGeneratorPredictions: dense to the embedding size, exact GELU,
-            # LayerNorm; then the tied token table and a bias (generator_lm_head).
+            # LayerNorm; then the tied token table and a bias (generator_lm_head). In
+            # float32 under a mixed policy: KerasHub's MaskedLMHead does not autocast and
+            # would add its float32 bias to bfloat16 logits (TensorFlow refuses); the
+            # softmax over the vocabulary wants float32 anyway.
             self.generator_head = MaskedLMHead(
                 token_embedding=backbone.token_embedding, intermediate_activation="gelu",
                 layer_norm_epsilon=1e-12, kernel_initializer=_initializer(),
-                name="generator_head")
+                dtype="float32", name="generator_head")
             # ElectraDiscriminatorPredictions: dense + the encoder's activation, one logit.
             self.discriminator_dense = keras.layers.Dense(
                 int(backbone.hidden_dim), activation=gelu_approximate,
