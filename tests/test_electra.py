@@ -139,16 +139,21 @@ def test_killed_electra_run_resumes_bit_identically(corpus, whole, tmp_path, mon
 
 
 def test_discriminator_fine_tunes_classification_and_qa(whole, tmp_path):
-    from korlm.evaluation import evaluate
+    from korlm.evaluation import evaluate, finetune, metrics
     from tests.test_evaluate import _write_user_tasks, write_nsmc_slice
 
     ckpt = whole[1][-1]["uri"]
     nsmc = write_nsmc_slice(tmp_path / "nsmc", num_train=120, num_test=60)
     common = dict(max_seq_length=SEQ, batch_size=16, epochs=1, seed=1)
-    record = evaluate.evaluate_checkpoint(ckpt, None, "nsmc", str(nsmc), str(tmp_path / "out"),
-                                          **common)
+    # korlm finetune: evaluate's fine-tuning, written as a servable model directory
+    record = finetune.finetune(ckpt, None, "nsmc", str(nsmc), str(tmp_path / "out"), **common)
     assert record["model"]["model"] == "electra" and record["step"] == 4
     assert 0 <= record["metrics"]["accuracy"] <= 1 and record["num_eval"] == 60
+    served = finetune.load_finetuned(str(tmp_path / "out"))  # what korlm serve loads
+    test = evaluate.tasks.load_task(evaluate.tasks.get_task("nsmc"), str(nsmc)).test
+    predicted = [r["label_id"] for r in served.classify(test.texts)]
+    assert metrics.compute(["accuracy"], test.labels, predicted, 2)["accuracy"] == pytest.approx(
+        record["metrics"]["accuracy"], abs=1e-9)
 
     # ElectraClassificationHead: first token, dropout, dense + GELU, dropout, out_proj;
     # the backbone's untrained pooler is not on the path.
