@@ -355,3 +355,39 @@ def test_electra_trains_under_mixed_bfloat16(corpus, tmp_path):
     assert "bfloat16" not in json.dumps(config)
     model = load_pretraining_task(checkpoints[-1]["uri"])
     assert model.backbone.dtype_policy.name == "float32"
+
+
+def test_classifier_computes_what_electra_for_sequence_classification_computes(exported):
+    """The fine-tuning head on an ELECTRA backbone, every weight moved off its
+    initialisation and copied into transformers' ElectraForSequenceClassification: the
+    same logits on a padded batch of Korean pairs."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import ElectraForSequenceClassification
+
+    from korlm.evaluation.evaluate import _Head, tasks
+    from korlm.modeling.hf_mapping import electra_state_dict
+    from tests.test_export import _perturb
+
+    enc = _batch(exported["out"])
+    model, _ = _Head(tasks.get_task("nsmc")).build(load_backbone(exported["ckpt"]))
+    _perturb(model, seed=7)
+    dense, logits = model.get_layer("classifier_dense"), model.get_layer("classifier_logits")
+    # the export's mapping for the backbone (its head slots filled by the classifier's)
+    parts = SimpleNamespace(backbone=model.get_layer("electra_backbone"),
+                            discriminator_dense=dense, discriminator_prediction=logits)
+    state = {k: torch.tensor(v) for k, v in electra_state_dict(parts).items()
+             if k.startswith("electra.")}
+    for name, layer in (("dense", dense), ("out_proj", logits)):
+        state[f"classifier.{name}.weight"] = torch.tensor(layer.kernel.numpy().T)
+        state[f"classifier.{name}.bias"] = torch.tensor(layer.bias.numpy())
+    hf = ElectraForSequenceClassification.from_pretrained(str(exported["out"]), num_labels=2)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and not missing
+    hf.eval()
+    with torch.no_grad():
+        expected = hf(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
+    got = np.asarray(model(_keras_inputs(enc), training=False))
+    assert np.abs(got).max() > 0.1
+    np.testing.assert_allclose(got, expected, atol=1e-5)
