@@ -24,6 +24,18 @@ from tests.test_pretrain import build_tokenizer, write_pretraining_data
 SEQ = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _op_determinism_restored():
+    """The deterministic runs here switch on TensorFlow's process-wide op determinism; the
+    tests after this module run as they would without it."""
+    from tensorflow.python.framework import config as tf_config  # the switch-off is not public
+
+    before = tf_config.is_op_determinism_enabled()
+    yield
+    if not before:
+        tf_config.disable_op_determinism()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("electra")

@@ -172,8 +172,9 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                  overwrite: bool = False) -> list[dict]:
     """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
-    ``model``: bert or roberta (masked LM) or bart (denoising: text infilling and optional
-    sentence permutation), at ``size`` (``korlm.modeling.presets``). ``steps`` is the total number
+    ``model``: bert or roberta (masked LM), bart (denoising: text infilling and optional
+    sentence permutation) or electra (a masked-LM generator + a replaced-token
+    discriminator on the MLM batches, ``korlm.modeling.electra``), at ``size`` (``korlm.modeling.presets``). ``steps`` is the total number
     of optimizer updates of the run (``batch_size`` examples each, accumulated over
     ``grad_accum_steps`` micro-batches), so re-running with a larger value extends a
     finished run (the learning-rate schedule is then recomputed for the new total) and
