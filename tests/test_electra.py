@@ -387,7 +387,8 @@ def test_classifier_computes_what_electra_for_sequence_classification_computes(e
     _perturb(model, seed=7)
     dense, logits = model.get_layer("classifier_dense"), model.get_layer("classifier_logits")
     # the export's mapping for the backbone (its head slots filled by the classifier's)
-    parts = SimpleNamespace(backbone=model.get_layer("electra_backbone"),
+    backbone = next(layer for layer in model.layers if type(layer).__name__ == "ElectraBackbone")
+    parts = SimpleNamespace(backbone=backbone,
                             discriminator_dense=dense, discriminator_prediction=logits)
     state = {k: torch.tensor(v) for k, v in electra_state_dict(parts).items()
              if k.startswith("electra.")}
