@@ -519,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR",
                    help="run directory (checkpoints/, checkpoints.json, train_log.jsonl); "
                         "re-running resumes from its latest checkpoint")
-    p.add_argument("--model", choices=["bert", "roberta", "bart"], help="architecture (default bert)")
+    p.add_argument("--model", choices=["bert", "roberta", "bart", "electra"],
+                   help="architecture (default bert; electra: generator + discriminator)")
     p.add_argument("--size", choices=["tiny", "mini", "small", "base", "large"],
                    help="model size preset (default tiny)")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer updates in all (default 300)")

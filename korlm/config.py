@@ -190,7 +190,8 @@ class PretrainPhase(_Section):
 
 
 class PretrainSection(_Section):
-    model: Literal["bert", "roberta", "bart"] = "bert"
+    model: Literal["bert", "roberta", "bart", "electra"] = Field(
+        "bert", description="electra: generator + discriminator (replaced token detection)")
     size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
     steps: int = Field(300, gt=0)
     checkpoint_every: int = Field(100, gt=0)

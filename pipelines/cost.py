@@ -129,7 +129,14 @@ def pretrain_hours(conf: Config, res: StepResources) -> tuple[float | None, str]
         predictions = None
         if pt.model in ("bert", "roberta"):
             predictions = pt.max_predictions or math.ceil(seq * pt.mask_rate)
-        flops = model_flops_per_token(pt.model, pt.size, conf.vocab.vocab_size, seq, mlm_predictions=predictions)
+        if pt.model == "electra":  # generator + discriminator
+            from korlm.pretrain.electra import flops_per_token
+
+            predictions = pt.max_predictions or math.ceil(seq * pt.mask_rate)
+            flops = flops_per_token(pt.size, conf.vocab.vocab_size, seq, predictions)
+        else:
+            flops = model_flops_per_token(pt.model, pt.size, conf.vocab.vocab_size, seq,
+                                          mlm_predictions=predictions)
         seconds += steps * batch * seq * flops / (res.assumed_mfu * peak * chips)
     rate = tokens / seconds
     return seconds / 3600, (f"{tokens:.3g} tokens / {rate:,.0f} tok/s (ASSUMED {res.assumed_mfu:.0%} MFU of "

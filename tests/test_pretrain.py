@@ -249,8 +249,8 @@ def test_errors_before_training(corpus, tmp_path):
         run(data_dir, steps=0)
     with pytest.raises(KorlmError, match="checkpoint_every must be greater than 0"):
         run(data_dir, checkpoint_every=0)
-    with pytest.raises(KorlmError, match="unknown model 'electra'"):
-        run(data_dir, model="electra")
+    with pytest.raises(KorlmError, match="unknown model 'gpt2'"):
+        run(data_dir, model="gpt2")
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -374,6 +374,11 @@ class _Head:
             raise KorlmError(f"pooling pooler: {type(backbone).__name__} has no pooler; use cls or mean")
         if isinstance(backbone, keras_hub.models.BartBackbone):  # KerasHub has no BART classifier
             return build_bart_classifier(backbone, num_outputs, self.dropout, pooling), loss
+        if pooling == "cls" and isinstance(backbone, keras_hub.models.ElectraBackbone):
+            # KerasHub has no ELECTRA classifier: ElectraForSequenceClassification's head
+            from korlm.modeling.electra import build_electra_classifier
+
+            return build_electra_classifier(backbone, num_outputs, self.dropout), loss
         if pooling == "pooler":  # KerasHub's BERT classifier reads the pooled [CLS]
             return keras_hub.models.BertTextClassifier(
                 backbone, num_classes=num_outputs, preprocessor=None, dropout=self.dropout), loss

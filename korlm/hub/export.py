@@ -2,7 +2,8 @@
 
 The output (``hf/``) holds ``config.json``, ``model.safetensors`` (through the family's
 converters in ``korlm.modeling.hf_mapping``), ``generation_config.json`` (BART), the
-tokenizer files and a ``README.md`` model card (``korlm.hub.model_card``).
+tokenizer files and a ``README.md`` model card (``korlm.hub.model_card``); an ELECTRA
+export adds ``generator/`` (the generator as ``ElectraForMaskedLM``, with the tokenizer).
 
 Heavy imports (keras, keras_hub, tokenizers, safetensors) happen inside functions so that
 importing this module stays cheap for the CLI and for pipeline compilation.
@@ -20,9 +21,11 @@ from korlm.hub.model_card import model_card
 from korlm.modeling import checkpoints
 from korlm.modeling.hf_mapping import (
     CONFIG_FILE,
+    ELECTRA_GENERATOR_DIR,
     FAMILY_EXPORTS,
     WEIGHTS_FILE,
     bart_generation_config,
+    electra_generator_state_dict_and_config,
     state_dict_and_config,
 )
 from korlm.modeling.presets import MODEL_FAMILIES
@@ -105,7 +108,7 @@ def _tokenizer_config(tokenizer_dir: str, max_seq_length: int, special: dict[str
             "do_lower_case": False,
             **special,
         }
-    if family != "bert":
+    if family not in ("bert", "electra"):
         # RoBERTa and BART take no token type ids (BART's forward rejects them), and
         # generation / RoBERTa's tokenizer roles name a bos and an eos token.
         config["model_input_names"] = ["input_ids", "attention_mask"]
@@ -164,7 +167,9 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
                       corpus_stats: dict | None = None, license: str = "apache-2.0",
                       overwrite: bool = False, report_dir: str | None = None) -> dict:
     """Write ``output_dir`` as a Hugging Face model directory for the checkpoint's family
-    (``BertForMaskedLM``, ``RobertaForMaskedLM`` or ``BartForConditionalGeneration``).
+    (``BertForMaskedLM``, ``RobertaForMaskedLM``, ``BartForConditionalGeneration``, or for
+    ELECTRA the discriminator as ``ElectraForPreTraining`` and the generator as
+    ``ElectraForMaskedLM`` in ``generator/``, with its own copy of the tokenizer files).
 
     ``tokenizer_dir``: None for the checkpoint's own tokenizer, else an override checked
     against the checkpoint's vocab hash (:func:`korlm.modeling.checkpoints.resolve_tokenizer`).
@@ -201,12 +206,17 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
                          overwrite=overwrite)
 
     task = checkpoints.load_pretraining_task(checkpoint_dir)
-    if int(task.backbone.vocabulary_size) != tok_vocab:
+    # (KerasHub's ElectraBackbone names it vocab_size)
+    weights_vocab = int(getattr(task.backbone, "vocabulary_size", None) or task.backbone.vocab_size)
+    if weights_vocab != tok_vocab:
         raise KorlmError(
-            f"checkpoint {checkpoint_dir} weights have vocabulary {task.backbone.vocabulary_size}, "
+            f"checkpoint {checkpoint_dir} weights have vocabulary {weights_vocab}, "
             f"tokenizer has {tok_vocab}"
         )
     state, config = state_dict_and_config(family, task, special_ids)
+    # ELECTRA: the discriminator above; the generator as ElectraForMaskedLM in generator/
+    generator = (electra_generator_state_dict_and_config(task, special_ids)
+                 if family == "electra" else None)
     architecture = FAMILY_EXPORTS[family]["architecture"]
     nsp = _next_sentence_head(checkpoint_dir) if family == "bert" else None
     if nsp is not None:  # pretrained with next-sentence labels: BertForPreTraining
@@ -258,6 +268,16 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
                     fout.write(fin.read())
         with open(os.path.join(staging, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(card)
+        if generator is not None:  # a model directory of its own, tokenizer included
+            folder = os.path.join(staging, ELECTRA_GENERATOR_DIR)
+            os.makedirs(folder)
+            save_file(generator[0], os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+            _write_json(os.path.join(folder, CONFIG_FILE), generator[1])
+            for name in TOKENIZER_FILES:
+                if os.path.exists(os.path.join(staging, name)):
+                    with open(os.path.join(staging, name), "rb") as fin, \
+                            open(os.path.join(folder, name), "wb") as fout:
+                        fout.write(fin.read())
         if images:  # the card links them as report/<name>.png
             os.makedirs(os.path.join(staging, REPORT_IMAGES_DIR))
             for name in images:
@@ -277,4 +297,6 @@ def export_checkpoint(checkpoint_dir: str, tokenizer_dir: str | None, output_dir
         "model": family,
         "architecture": architecture,
         "num_parameters": num_parameters,
+        **({"generator": {"dir": ELECTRA_GENERATOR_DIR, "config": generator[1],
+                          "architecture": "ElectraForMaskedLM"}} if generator is not None else {}),
     }

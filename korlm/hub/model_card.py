@@ -193,11 +193,26 @@ _ARCH_KEYS = {
     "bart": ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
              "encoder_ffn_dim", "max_position_embeddings", "activation_function",
              "decoder_start_token_id"),
+    "electra": ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                "num_attention_heads", "intermediate_size", "max_position_embeddings", "hidden_act"),
 }
 
 
 def _usage(family: str, mask_token: str | None) -> str:
     example = f"오늘 날씨가 정말 {mask_token or '[MASK]'}."
+    if family == "electra":
+        return (
+            "## Usage\n\nThe discriminator is the model to fine-tune (as KoELECTRA's):\n\n"
+            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"PATH_OR_REPO_ID\")\n"
+            "model = AutoModelForSequenceClassification.from_pretrained(\"PATH_OR_REPO_ID\", num_labels=2)\n"
+            "```\n\nIts replaced-token logits (`ElectraForPreTraining`) and the generator, a small "
+            "masked LM, in the `generator` subfolder:\n\n"
+            "```python\nfrom transformers import pipeline\n\n"
+            "fill = pipeline(\"fill-mask\", model=\"PATH_OR_REPO_ID\", "
+            "model_kwargs={\"subfolder\": \"generator\"})\n"
+            f"fill(\"{example}\")\n```\n"
+        )
     if family == "bart":
         return (
             "## Usage\n\n```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
@@ -235,7 +250,7 @@ def model_card(*, model_name: str, license: str, config: dict[str, Any], info: d
         "pipeline_tag": spec["pipeline_tag"],
         "tags": list(spec["tags"]),
     }
-    if mask_token:
+    if mask_token and family != "electra":  # the discriminator fills no masks
         meta["widget"] = [{"text": f"오늘 날씨가 정말 {mask_token}."}]
 
     scores = checkpoint_results(results, checkpoint) if results and checkpoint else {}

@@ -8,6 +8,10 @@ korlm writes no layers of its own):
 | bert    | ``BertBackbone``    | ``BertMaskedLM``     | masked LM (segment ids, pooler)         |
 | roberta | ``RobertaBackbone`` | ``RobertaMaskedLM``  | masked LM (no segment ids, no pooler)   |
 | bart    | ``BartBackbone``    | ``BartSeq2SeqLM``    | denoising seq2seq (text infilling)     |
+| electra | ``ElectraBackbone`` | ``korlm.modeling.electra`` | replaced token detection (+ a masked-LM generator) |
+
+KerasHub has no ELECTRA pretraining task: ``korlm.modeling.electra`` composes it from the
+discriminator backbone and KerasHub layers (the generator shares its embeddings).
 
 Sizes are in ``korlm.modeling.presets``. Heavy imports (keras, keras_hub) happen inside
 functions so that importing this module is cheap for the CLI's ``--help`` and for
@@ -21,13 +25,14 @@ import os
 from korlm.errors import KorlmError
 from korlm.modeling.presets import MODEL_FAMILIES, model_config
 
-BUILT_FAMILIES = ("bert", "roberta", "bart")
+BUILT_FAMILIES = ("bert", "roberta", "bart", "electra")
 MASKED_LM_FAMILIES = ("bert", "roberta")
 # KerasHub class names per family: backbone, pretraining task.
 _CLASSES = {
     "bert": ("BertBackbone", "BertMaskedLM"),
     "roberta": ("RobertaBackbone", "RobertaMaskedLM"),
     "bart": ("BartBackbone", "BartSeq2SeqLM"),
+    "electra": ("ElectraBackbone", None),  # the task: korlm.modeling.electra
 }
 
 
@@ -46,14 +51,15 @@ def check_family(model: str) -> None:
 
 
 def objective_of(model: str) -> str:
-    """``mlm`` for the encoder families, ``bart`` (denoising seq2seq) for BART."""
+    """``mlm`` for the encoder families (ELECTRA's generator reads MLM batches), ``bart``
+    (denoising seq2seq) for BART."""
     check_family(model)
     return "bart" if model == "bart" else "mlm"
 
 
 def uses_segment_ids(model: str) -> bool:
-    """Only BERT has token-type (segment) embeddings."""
-    return model == "bert"
+    """BERT and ELECTRA have token-type (segment) embeddings."""
+    return model in ("bert", "electra")
 
 
 def backbone_class(model: str):
@@ -63,6 +69,9 @@ def backbone_class(model: str):
 
 def task_class(model: str):
     check_family(model)
+    if _CLASSES[model][1] is None:
+        raise KorlmError(f"KerasHub has no {model} pretraining task; korlm builds it "
+                         "(build_pretraining_task)")
     return getattr(import_keras()[1].models, _CLASSES[model][1])
 
 
@@ -91,7 +100,10 @@ def after_build(model: str, task):
 def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
                    dropout: float = 0.1):
     """A freshly initialised backbone of ``model`` at ``size`` (``korlm.modeling.presets``; BART's
-    encoder and decoder each get half the size's layers)."""
+    encoder and decoder each get half the size's layers; ELECTRA: the discriminator)."""
+    if model == "electra":  # KerasHub's ElectraBackbone names its vocabulary vocab_size
+        return backbone_class(model)(vocab_size=vocab_size, max_sequence_length=max_seq_length,
+                                     dropout=dropout, **model_config(model, size))
     return backbone_class(model)(
         vocabulary_size=vocab_size,
         max_sequence_length=max_seq_length,
@@ -103,7 +115,12 @@ def build_backbone(model: str, size: str, vocab_size: int, max_seq_length: int,
 def build_pretraining_task(model: str, size: str, vocab_size: int, max_seq_length: int,
                            dropout: float = 0.1):
     """A freshly initialised pretraining task (backbone + LM head), no preprocessor:
-    a masked LM for bert/roberta, ``BartSeq2SeqLM`` for bart."""
+    a masked LM for bert/roberta, ``BartSeq2SeqLM`` for bart, ELECTRA's generator and
+    discriminator (``korlm.modeling.electra``)."""
+    if model == "electra":
+        from korlm.modeling.electra import build_electra
+
+        return build_electra(size, vocab_size, max_seq_length, dropout)
     backbone = build_backbone(model, size, vocab_size, max_seq_length, dropout)
     return after_build(model, task_class(model)(backbone, preprocessor=None))
 

@@ -5,7 +5,9 @@ A pretraining run folder holds ``checkpoints/step-NNNNNN/`` (:func:`checkpoint_p
 :func:`checkpoint_name`) and ``checkpoints.json``, a list of ``{"step": N, "uri": ...}``
 (:func:`select_checkpoint` picks one). A korlm checkpoint is a KerasHub preset directory
 written by ``Task.save_to_preset`` (``config.json``, ``model.weights.h5``, ``task.json``,
-``task.weights.h5``, ``metadata.json``) plus ``korlm_checkpoint.json`` (step, family,
+``task.weights.h5``, ``metadata.json``; ELECTRA, which KerasHub has no task for: the
+discriminator backbone's preset plus ``electra.json`` and ``electra_heads.npz``, see
+``korlm.modeling.electra``) plus ``korlm_checkpoint.json`` (step, family,
 size, vocab size, sequence length, vocab hash) and ``tokenizer/``, a copy of the tokenizer
 directory it was trained with (``korlm_checkpoint.json``: ``tokenizer`` names it,
 ``tokenizer_vocab_hash`` is its :func:`korlm.tokenizer.files.vocab_hash`). A checkpoint
@@ -224,6 +226,10 @@ def load_pretraining_task(checkpoint_dir: str):
                          "fine-tuned or evaluated); pretraining heads are read from korlm "
                          "checkpoints only")
     model = info["model"]
+    if model == "electra":  # KerasHub has no ELECTRA task: the discriminator + korlm's heads
+        from korlm.modeling.electra import load_electra
+
+        return load_electra(checkpoint_dir, load_backbone(checkpoint_dir))
     task = _from_preset(task_class(model), checkpoint_dir, load_weights=True)
     return after_build(model, task)
 

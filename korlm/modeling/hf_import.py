@@ -29,7 +29,7 @@ from korlm.modeling.build import after_build, backbone_class, import_keras, task
 from korlm.modeling.hf_mapping import CONFIG_FILE, HF_CONVERTERS, WEIGHTS_FILE
 
 SOURCE = "huggingface-export"
-FAMILIES = ("bert", "roberta", "bart")
+FAMILIES = ("bert", "roberta", "bart", "electra")
 # config.json keys that fix the computation (the rest are metadata: architectures,
 # dtype, initializer ranges, dropout rates...).
 _ARCHITECTURE_KEYS = {
@@ -43,7 +43,14 @@ _ARCHITECTURE_KEYS = {
              "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
              "decoder_ffn_dim", "activation_function", "max_position_embeddings",
              "scale_embedding", "decoder_start_token_id"),
+    "electra": ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                "num_attention_heads", "intermediate_size", "hidden_act",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                "position_embedding_type"),
 }
+# Backbone weights an export does not carry: KerasHub's ElectraBackbone has a pooler that
+# Hugging Face ELECTRA lacks (and ELECTRA never trains); it stays freshly initialised.
+_NOT_EXPORTED = {"electra": ("pooled_dense",)}
 
 
 def read_config(directory: str) -> dict[str, Any] | None:
@@ -75,7 +82,7 @@ def export_info(directory: str) -> dict[str, Any]:
     config = read_config(directory)
     if config is None:
         raise KorlmError(f"{directory} is neither a korlm checkpoint nor a Hugging Face "
-                         f"BERT/RoBERTa/BART model (no {CONFIG_FILE} with model_type "
+                         f"BERT/RoBERTa/BART/ELECTRA model (no {CONFIG_FILE} with model_type "
                          f"{'/'.join(FAMILIES)})")
     return {"model": config["model_type"], "size": None,
             "vocab_size": int(config["vocab_size"]),
@@ -87,6 +94,21 @@ def _fresh_task(config: dict[str, Any]):
     """A KerasHub pretraining task with the architecture ``config`` describes."""
     family = config["model_type"]
     _, keras_hub = import_keras()
+    if family == "electra":
+        # The discriminator with its head; the generator built beside it (one small layer)
+        # only completes korlm's ELECTRA model: import reads the backbone.
+        from korlm.modeling.electra import build_electra
+
+        backbone = backbone_class(family)(
+            vocab_size=int(config["vocab_size"]), num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"], hidden_dim=config["hidden_size"],
+            embedding_dim=config["embedding_size"], intermediate_dim=config["intermediate_size"],
+            dropout=float(config.get("hidden_dropout_prob", 0.1)),
+            max_sequence_length=_max_seq_length(config),
+            num_segments=int(config.get("type_vocab_size", 2)))
+        return build_electra(None, int(config["vocab_size"]), _max_seq_length(config),
+                             backbone=backbone, generator={"num_layers": 1, "hidden_dim": 64,
+                                                           "num_heads": 1, "intermediate_dim": 256})
     if family == "bart":
         if config["encoder_layers"] != config["decoder_layers"]:
             raise KorlmError("KerasHub BART has as many decoder as encoder layers; "
@@ -177,7 +199,7 @@ def _inverse(slot: _Slot, tensor, name: str):
 
 
 def load_backbone(directory: str, load_weights: bool = True):
-    """The KerasHub backbone of a Hugging Face BERT/RoBERTa/BART directory; with
+    """The KerasHub backbone of a Hugging Face BERT/RoBERTa/BART/ELECTRA directory; with
     ``load_weights=False`` the same architecture freshly initialised."""
     config = read_config(directory)
     if config is None:
@@ -207,7 +229,9 @@ def load_backbone(directory: str, load_weights: bool = True):
                              f"{slot.variable.path})")
         slot.variable.assign(_inverse(slot, tensors[name], name))
         loaded.add(slot.variable.path)
-    missing = sorted(backbone_paths - loaded)
+    skipped = {v.path for name in _NOT_EXPORTED.get(family, ())
+               for v in task.backbone.get_layer(name).weights}
+    missing = sorted(backbone_paths - loaded - skipped)
     if missing:
         raise KorlmError(f"{path}: no tensor for backbone weights {', '.join(missing[:5])}")
     return task.backbone

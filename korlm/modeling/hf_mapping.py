@@ -5,6 +5,7 @@
 | bert    | ``BertMaskedLM``    | ``BertForMaskedLM``              | fill-mask              |
 | roberta | ``RobertaMaskedLM`` | ``RobertaForMaskedLM``           | fill-mask              |
 | bart    | ``BartSeq2SeqLM``   | ``BartForConditionalGeneration`` | text2text-generation   |
+| electra | ``korlm.modeling.electra`` | ``ElectraForPreTraining`` (+ ``ElectraForMaskedLM`` in ``generator/``) | feature-extraction |
 
 ``HF_CONVERTERS`` holds each family's pair: the safetensors arrays (PyTorch names and
 layouts, so ``transformers`` loads them without conversion code) and the ``config.json``.
@@ -63,7 +64,15 @@ FAMILY_EXPORTS = {
              "objective": "denoising (text infilling with one mask token per span)",
              "pipeline_tag": "text2text-generation",
              "tags": ["bart", "korean", "text2text-generation", "seq2seq", "korlm"]},
+    # The discriminator (what is fine-tuned); the generator goes to generator/.
+    "electra": {"architecture": "ElectraForPreTraining", "name": "ELECTRA discriminator",
+                "objective": ("replaced token detection (ELECTRA: a masked-LM generator 1/4-1/3 "
+                              "the width, loss = generator MLM + 50 x discriminator)"),
+                "pipeline_tag": "feature-extraction",
+                "tags": ["electra", "korean", "discriminator", "korlm"]},
 }
+# Where an ELECTRA export puts its generator (electra_generator_state_dict_and_config).
+ELECTRA_GENERATOR_DIR = "generator"
 
 
 def _activation_name(fn) -> str:
@@ -455,6 +464,133 @@ def bart_generation_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Part:
+    """The Keras weights one exported model covers, for :class:`_Weights`'s completeness
+    check (ELECTRA writes two Hugging Face models from one Keras model)."""
+
+    def __init__(self, weights):
+        self.weights = list(weights)
+
+
+def _electra_layers(task, generator: bool):
+    """``(weights the model covers, blocks, embedding projection or None)``."""
+    backbone = task.backbone
+    embeddings = [backbone.token_embedding, backbone.position_embedding,
+                  backbone.segment_embedding, backbone.embeddings_layer_norm]
+    if generator:
+        projection, blocks = task.generator_projection, task.generator_layers
+        heads = [task.generator_head]
+        layers = [*embeddings, *([projection] if projection is not None else []), *blocks, *heads]
+        weights = [w for layer in layers for w in layer.weights]
+    else:
+        projection = getattr(backbone, "embeddings_projection", None)
+        blocks = backbone.transformer_layers
+        weights = [*backbone.weights, *task.discriminator_dense.weights,
+                   *task.discriminator_prediction.weights]
+    unique = list({id(w): w for w in weights}.values())
+    return unique, blocks, projection
+
+
+def electra_state_dict(task, take: _Weights | None = None, generator: bool = False) -> dict[str, Any]:
+    """Map korlm's ELECTRA pretraining model (``korlm.modeling.electra``) to
+    ``ElectraForPreTraining`` (the discriminator) or, with ``generator``,
+    ``ElectraForMaskedLM`` state-dict arrays. Both carry the shared embedding block; each
+    its own ``embeddings_project`` where its hidden size differs from the embeddings'.
+    KerasHub's ``ElectraBackbone`` has a pooler that Hugging Face's ELECTRA lacks (and
+    ELECTRA never trains): it is not exported. The generator's output layer is tied to the
+    word embeddings (``generator_lm_head.weight`` is not stored, its bias is)."""
+    weights, blocks, projection = _electra_layers(task, generator)
+    take = take or _Weights(_Part(weights), "electra")
+    backbone = task.backbone
+    state: dict[str, Any] = {}
+    emb = "electra.embeddings"
+    state[f"{emb}.word_embeddings.weight"] = take(backbone.token_embedding.embeddings)
+    state[f"{emb}.position_embeddings.weight"] = take(backbone.position_embedding.position_embeddings)
+    state[f"{emb}.token_type_embeddings.weight"] = take(backbone.segment_embedding.embeddings)
+    _layer_norm(state, take, f"{emb}.LayerNorm", backbone.embeddings_layer_norm)
+    if projection is not None:
+        state["electra.embeddings_project.weight"] = take(projection.kernel, _dense_kernel)
+        state["electra.embeddings_project.bias"] = take(projection.bias)
+    _bert_layout_encoder(state, take, "electra", blocks)
+    if generator:
+        head = task.generator_head
+        state["generator_predictions.dense.weight"] = take(head._intermediate_dense.kernel, _dense_kernel)
+        state["generator_predictions.dense.bias"] = take(head._intermediate_dense.bias)
+        _layer_norm(state, take, "generator_predictions.LayerNorm", head._intermediate_layer_norm)
+        state["generator_lm_head.bias"] = take(head._bias)
+    else:
+        take(backbone.pooled_dense.kernel)  # not exported: Hugging Face ELECTRA has no pooler
+        take(backbone.pooled_dense.bias)
+        for name, dense in (("dense", task.discriminator_dense),
+                            ("dense_prediction", task.discriminator_prediction)):
+            state[f"discriminator_predictions.{name}.weight"] = take(dense.kernel, _dense_kernel)
+            state[f"discriminator_predictions.{name}.bias"] = take(dense.bias)
+    take.check_all_used()
+    return state
+
+
+def electra_config(task, special_ids: dict[str, int], generator: bool = False) -> dict[str, Any]:
+    """``config.json`` for ``ElectraForPreTraining`` (or, with ``generator``,
+    ``ElectraForMaskedLM``) describing the Keras model exactly. Hugging Face computes the
+    discriminator head with ``hidden_act`` and the generator head with exact GELU."""
+    backbone = task.backbone
+    _, blocks, _ = _electra_layers(task, generator)
+    _check_post_layer_norm(blocks, "ELECTRA")
+    acts = {_activation_name(block.activation) for block in blocks}
+    if len(acts) != 1:
+        raise KorlmError(f"encoder blocks use different activations {sorted(acts)}; ELECTRA has one hidden_act")
+    norms = [backbone.embeddings_layer_norm, *(ln for block in blocks for ln in _block_layer_norms(block))]
+    if generator:
+        head = task.generator_head
+        _check_mlm_head(head, backbone.token_embedding, "ELECTRA generator")
+        if _activation_name(head.intermediate_activation) != "gelu":
+            raise KorlmError("the generator head's activation is not exact GELU; Hugging Face's "
+                             "ElectraGeneratorPredictions applies exact GELU")
+        norms.append(head._intermediate_layer_norm)
+        dims = task.generator_dims
+    else:
+        head_act = _activation_name(task.discriminator_dense.activation)
+        if {head_act} != acts:
+            raise KorlmError(f"the discriminator head's activation {head_act!r} differs from the "
+                             f"encoder's {sorted(acts)}; Hugging Face ELECTRA has one hidden_act")
+        dims = {"num_layers": backbone.num_layers, "hidden_dim": backbone.hidden_dim,
+                "num_heads": backbone.num_heads, "intermediate_dim": backbone.intermediate_dim}
+    eps = _single_epsilon(norms, "ELECTRA")
+    dropout = float(task.dropout if generator else backbone.dropout)
+    architecture = "ElectraForMaskedLM" if generator else "ElectraForPreTraining"
+    return {
+        "architectures": [architecture],
+        "model_type": "electra",
+        "vocab_size": int(backbone.vocab_size),
+        "embedding_size": int(backbone.embedding_dim),
+        "hidden_size": int(dims["hidden_dim"]),
+        "num_hidden_layers": int(dims["num_layers"]),
+        "num_attention_heads": int(dims["num_heads"]),
+        "intermediate_size": int(dims["intermediate_dim"]),
+        "hidden_act": acts.pop(),
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "max_position_embeddings": int(backbone.max_sequence_length),
+        "type_vocab_size": int(backbone.num_segments),
+        "initializer_range": 0.02,
+        "layer_norm_eps": eps,
+        "pad_token_id": int(special_ids["pad"]),
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+    }
+
+
+def electra_generator_state_dict_and_config(task, special_ids: dict[str, int]) -> tuple[dict, dict]:
+    """The generator as ``ElectraForMaskedLM`` (the export's ``generator/``)."""
+    return (electra_state_dict(task, generator=True),
+            electra_config(task, special_ids, generator=True))
+
+
+def _electra_tensors(task, hf_config: dict[str, Any], take: _Weights | None = None) -> dict[str, Any]:
+    return electra_state_dict(task, take=take)
+
+
 def _bert_tensors(task, hf_config: dict[str, Any], take: _Weights | None = None) -> dict[str, Any]:
     return bert_state_dict(task, take=take)
 
@@ -478,6 +614,7 @@ HF_CONVERTERS = {
     "bert": (_bert_tensors, _bert_config),
     "roberta": (_roberta_tensors, roberta_config),
     "bart": (_bart_tensors, bart_config),
+    "electra": (_electra_tensors, electra_config),  # the discriminator; see ELECTRA_GENERATOR_DIR
 }
 
 

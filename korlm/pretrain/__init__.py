@@ -5,6 +5,7 @@ checkpoint every K steps.
 ``tf.data`` input, checked against the tokenizer and the settings), ``masking`` and
 ``noising`` (MLM masks, BART noise, in the graph), ``optimizer`` (schedule, losses,
 metrics), ``state`` (the run folder, saved training states and resuming), ``monitor``
-(logging and checkpointing while training), ``distribute`` (strategy, precision,
+(logging and checkpointing while training), ``electra`` (ELECTRA's input, optimizer and
+FLOPs), ``distribute`` (strategy, precision,
 memory and FLOP estimates).
 """

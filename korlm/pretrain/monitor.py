@@ -14,6 +14,7 @@ import time
 
 from korlm import storage
 from korlm.modeling import checkpoints as ckpt
+from korlm.modeling.electra import LOGGED as ELECTRA_LOGGED
 from korlm.pretrain.optimizer import accuracy_name
 from korlm.pretrain.state import (
     RESUME_KEYS,
@@ -103,8 +104,8 @@ def monitor_class():
             tokens_per_second = self.window_steps * self.tokens_per_step / seconds
             record = {
                 "step": step, "loss": round(loss, 5), self.metric: round(accuracy, 5),
-                **{k: round(float(logs[k]), 5) for k in ("mlm_loss", "nsp_loss", "nsp_accuracy")
-                   if k in logs},
+                **{k: round(float(logs[k]), 5) for k in ("mlm_loss", "nsp_loss", "nsp_accuracy",
+                                                         *ELECTRA_LOGGED) if k in logs},
                 "learning_rate": lr, "max_seq_length": self.phase["max_seq_length"],
                 # the (micro-)batch as split over the data-parallel replicas
                 "devices": run.get("devices", 1),
@@ -129,12 +130,15 @@ def monitor_class():
                 with self.writer.as_default(step=step):
                     for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu",
                                 "mlm_loss", "nsp_loss", "nsp_accuracy", "heldout_loss",
-                                "heldout_accuracy", "unigram_entropy"):
+                                "heldout_accuracy", "unigram_entropy", *ELECTRA_LOGGED):
                         if key in record:
                             tf.summary.scalar(key, record[key])
                 self.writer.flush()
             mfu = f" MFU {record['mfu']:.1%}" if "mfu" in record else ""
             nsp = (f" nsp_accuracy {record['nsp_accuracy']:.4f}" if "nsp_accuracy" in record else "")
+            if "disc_loss" in record:  # ELECTRA: the generator's and the discriminator's parts
+                nsp += (f" (mlm_loss {record['mlm_loss']:.4f} disc_loss {record['disc_loss']:.4f} "
+                        f"disc_accuracy {record['disc_accuracy']:.4f})")
             line = (f"step {step}/{run['steps']} loss {loss:.4f} {self.metric} {accuracy:.4f}{nsp} "
                     f"lr {lr:.2e} {record['steps_per_second']:.2f} steps/s "
                     f"{record['tokens_per_second']:.0f} tokens/s{mfu}")

@@ -148,6 +148,10 @@ def _flops_per_token(model: str, size: str, vocab_size: int, seq_len: int,
         predictions = slots or default_max_predictions(seq_len, mask_rate)
     from korlm.modeling.presets import model_config
 
+    if model == "electra":
+        from korlm.pretrain.electra import flops_per_token
+
+        return flops_per_token(size, vocab_size, seq_len, predictions)
     return distribute.model_flops_per_token(model, model_config(model, size), vocab_size, seq_len,
                                             mlm_predictions=predictions)
 
@@ -191,8 +195,9 @@ def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: s
                  overwrite: bool = False) -> list[dict]:
     """Pretrain a model from scratch; returns the checkpoint list (also in ``checkpoints.json``).
 
-    ``model``: bert or roberta (masked LM) or bart (denoising: text infilling and optional
-    sentence permutation), at ``size`` (``korlm.modeling.presets``). ``steps`` is the total number
+    ``model``: bert or roberta (masked LM), bart (denoising: text infilling and optional
+    sentence permutation) or electra (a masked-LM generator + a replaced-token
+    discriminator on the MLM batches, ``korlm.modeling.electra``), at ``size`` (``korlm.modeling.presets``). ``steps`` is the total number
     of optimizer updates of the run (``batch_size`` examples each, accumulated over
     ``grad_accum_steps`` micro-batches), so re-running with a larger value extends a
     finished run (the learning-rate schedule is then recomputed for the new total) and
@@ -368,7 +373,11 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
         # With next-sentence labels BERT trains both heads; checkpoints save the MLM task
         # (and the NSP layer beside it), the state the whole trained model.
         trained, nsp_head = build.add_next_sentence_head(task) if nsp else (task, None)
-        schedule = compile_pretraining(
+        # ELECTRA's model brings its own loss and metrics (korlm.modeling.electra).
+        compile_task = compile_pretraining
+        if model == "electra":
+            from korlm.pretrain.electra import compile_electra as compile_task
+        schedule = compile_task(
             trained, objective=objective, nsp=nsp, learning_rate=learning_rate, warmup_steps=warmup_steps,
             total_steps=steps, weight_decay=weight_decay, optimizer=optimizer,
             clip_norm=clip_norm, grad_accum_steps=int(grad_accum_steps),
@@ -434,6 +443,10 @@ def _train(*, data_dir, tokenizer_dir, output_dir, model, size, steps, checkpoin
                 poisson_lambda=poisson_lambda, permute_sentences=permute_sentences,
                 segment_ids=build.uses_segment_ids(model), sequential=deterministic, nsp=nsp,
                 skip_examples=(first - phase["start_step"]) * batch)
+            if model == "electra":  # the discriminator's labels need the original tokens
+                from korlm.pretrain.electra import labels_in_inputs
+
+                dataset = labels_in_inputs(dataset)
             remaining = phase["end_step"] - first
             chunk = min(int(checkpoint_every), remaining)
             micro = int(grad_accum_steps)

@@ -1,0 +1,67 @@
+"""Pretraining ELECTRA (the model, its loss and its step: ``korlm.modeling.electra``): the
+MLM batches with their labels in the inputs (the discriminator's labels need the original
+tokens), the optimizer (``korlm.pretrain.optimizer``'s settings; the loss and metrics are
+the model's own) and the FLOPs per token of a step for MFU and cost estimates.
+
+The recipe (KoELECTRA's, after google-research/electra): a generator 1/4 of the
+discriminator's width (1/3 at base) on the MLM batches (``korlm.pretrain.masking``),
+replacements sampled from its softmax, the discriminator's replaced-token loss over every
+non-padding token weighted 50 against the generator's MLM loss, shared embeddings.
+"""
+
+from __future__ import annotations
+
+from korlm.errors import KorlmError
+from korlm.modeling.presets import generator_config, model_config
+
+
+def labels_in_inputs(dataset):
+    """The MLM batches ``(x, mask_ids, mask_weights)`` with the labels also in ``x``: the
+    model rebuilds the original tokens from them to label the discriminator's input."""
+    return dataset.map(lambda x, y, w: ({**x, "mask_ids": y, "mask_weights": w}, y, w))
+
+
+def compile_electra(model, *, learning_rate: float, warmup_steps: int, total_steps: int,
+                    weight_decay: float, optimizer: str = "adamw", clip_norm: float | None = 1.0,
+                    grad_accum_steps: int = 1, beta_2: float = 0.999, epsilon: float = 1e-6,
+                    jit_compile: bool = False, objective: str = "mlm", nsp: bool = False):
+    """Compile for pretraining with ``korlm.pretrain.optimizer``'s schedule, AdamW/LAMB and
+    weight-decay exclusions (:func:`korlm.pretrain.optimizer.compile_pretraining`'s
+    settings); the loss and metrics are the model's own. Returns the schedule."""
+    import keras
+
+    if objective != "mlm" or nsp:
+        raise KorlmError("ELECTRA trains on MLM batches without next-sentence labels")
+
+    from korlm.pretrain.optimizer import OPTIMIZERS, no_weight_decay_variables, warmup_linear_decay
+
+    if optimizer not in OPTIMIZERS:
+        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, int(grad_accum_steps))
+    common = dict(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2,
+                  epsilon=epsilon, global_clipnorm=clip_norm or None,
+                  gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
+    opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
+           else keras.optimizers.Lamb(**common))
+    opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
+    model.compile(optimizer=opt, jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    return schedule
+
+
+def flops_per_token(size: str, vocab_size: int, seq_len: int, mlm_predictions: int) -> float:
+    """Training FLOPs per token of one ELECTRA step (``distribute.model_flops_per_token``'s
+    PaLM formula for each encoder): the generator over every position with its MLM head on
+    the ``mlm_predictions`` slots (dense to the embedding size, tied output), the
+    discriminator over every position with its head (a hidden x hidden dense and one
+    logit), and the embedding projections where a hidden size differs from the embeddings'."""
+    from korlm.pretrain.distribute import model_flops_per_token
+
+    disc, gen = model_config("electra", size), generator_config(size)
+    s, e = int(seq_len), int(disc["embedding_dim"])
+    encoders = sum(model_flops_per_token("bert", dims, vocab_size, s, mlm_predictions=0)
+                   for dims in (disc, gen))
+    forward = 2 * s * disc["hidden_dim"] * (disc["hidden_dim"] + 1)
+    forward += 2 * int(mlm_predictions) * (gen["hidden_dim"] * e + e * vocab_size)
+    forward += sum(2 * s * e * d["hidden_dim"] for d in (disc, gen) if d["hidden_dim"] != e)
+    return encoders + 3.0 * forward / s
