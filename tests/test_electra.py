@@ -151,7 +151,7 @@ def test_killed_electra_run_resumes_bit_identically(corpus, whole, tmp_path, mon
 
 
 def test_discriminator_fine_tunes_classification_and_qa(whole, tmp_path):
-    from korlm.evaluation import evaluate, finetune, metrics
+    from korlm.evaluation import evaluate, finetune, heads, metrics
     from tests.test_evaluate import _write_user_tasks, write_nsmc_slice
 
     ckpt = whole[1][-1]["uri"]
@@ -170,7 +170,7 @@ def test_discriminator_fine_tunes_classification_and_qa(whole, tmp_path):
     # ElectraClassificationHead: first token, dropout, dense + GELU, dropout, out_proj;
     # the backbone's untrained pooler is not on the path.
     spec = evaluate.tasks.get_task("nsmc")
-    model, _ = evaluate._Head(spec).build(load_backbone(ckpt))
+    model, _ = heads.Head(spec).build(load_backbone(ckpt))
     names = [layer.name for layer in model.layers]
     assert names[-4:] == ["classifier_input_dropout", "classifier_dense",
                           "classifier_output_dropout", "classifier_logits"]
@@ -288,7 +288,8 @@ def test_transformers_logits_match_keras_on_padded_korean_pairs(exported):
 
 
 def test_export_reads_back_into_the_same_discriminator_backbone(exported, tmp_path):
-    from korlm.evaluation.evaluate import _Head, tasks
+    from korlm.evaluation import tasks
+    from korlm.evaluation.heads import Head
 
     ours = load_backbone(exported["ckpt"])
     back = load_backbone(str(exported["out"]))  # hf_import: ElectraForPreTraining -> backbone
@@ -298,7 +299,7 @@ def test_export_reads_back_into_the_same_discriminator_backbone(exported, tmp_pa
     for a, b in zip(ours.weights, back.weights, strict=True):
         if "pooled_dense" not in a.path:  # Hugging Face ELECTRA has no pooler
             np.testing.assert_array_equal(a.numpy(), b.numpy())
-    model, _ = _Head(tasks.get_task("nsmc")).build(back)  # fine-tunable as it stands
+    model, _ = Head(tasks.get_task("nsmc")).build(back)  # fine-tunable as it stands
     assert model.get_layer("classifier_logits").units == 2
 
 
@@ -378,12 +379,13 @@ def test_classifier_computes_what_electra_for_sequence_classification_computes(e
     import torch
     from transformers import ElectraForSequenceClassification
 
-    from korlm.evaluation.evaluate import _Head, tasks
+    from korlm.evaluation import tasks
+    from korlm.evaluation.heads import Head
     from korlm.modeling.hf_mapping import electra_state_dict
     from tests.test_export import _perturb
 
     enc = _batch(exported["out"])
-    model, _ = _Head(tasks.get_task("nsmc")).build(load_backbone(exported["ckpt"]))
+    model, _ = Head(tasks.get_task("nsmc")).build(load_backbone(exported["ckpt"]))
     _perturb(model, seed=7)
     dense, logits = model.get_layer("classifier_dense"), model.get_layer("classifier_logits")
     # the export's mapping for the backbone (its head slots filled by the classifier's)

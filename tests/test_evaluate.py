@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from korlm.errors import KorlmError
-from korlm.evaluation import evaluate, tasks
+from korlm.evaluation import evaluate, heads, tasks
 from korlm.pretrain.dataset import tokenizer_vocab_hash
 from korlm.pretrain.train import run_pretrain
 from tests.test_pretrain import build_tokenizer, write_pretraining_data
@@ -68,7 +68,7 @@ def test_tokenizer_without_post_processor_gets_cls_and_sep(tmp_path):
     tokenizer_dir = build_tokenizer(tmp_path / "tok", num_sentences=100, post_processor=False)
     tokenizer = evaluate.load_tokenizer(str(tokenizer_dir), 16)
     data = tasks.TaskData(["아 더빙.. 진짜 짜증나네요 목소리", "굳"], [0, 1])
-    x = evaluate.encode(tokenizer, data)
+    x = heads.encode(tokenizer, data)
     assert x["token_ids"].shape == (2, 16)
     assert (x["token_ids"][:, 0] == 2).all()
     n = x["padding_mask"].sum(axis=1)
@@ -205,7 +205,7 @@ def test_bart_inputs_shift_the_ids_right_behind_the_decoder_start():
 
     x = {"token_ids": np.array([[2, 7, 8, 3, 0, 0], [2, 9, 3, 5, 6, 3]]),
          "padding_mask": np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}
-    bart = evaluate.bart_inputs(x, decoder_start_id=3)
+    bart = heads.bart_inputs(x, decoder_start_id=3)
     assert bart["encoder_token_ids"].tolist() == x["token_ids"].tolist()
     assert bart["decoder_token_ids"].tolist() == [[3, 2, 7, 8, 3, 0], [3, 2, 9, 3, 5, 6]]
     assert bart["encoder_padding_mask"].tolist() == x["padding_mask"].tolist()
@@ -221,14 +221,14 @@ def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
 
     keras.utils.set_random_seed(0)
     backbone = build_backbone("bart", "tiny", vocab_size=60, max_seq_length=16)
-    model = evaluate.build_bart_classifier(backbone, num_outputs=3)
+    model = heads.build_bart_classifier(backbone, num_outputs=3)
     rng = np.random.default_rng(0)
     lengths = np.array([5, 9, 16, 2])
     ids = rng.integers(5, 60, size=(4, 16)).astype("int32")
     ids[:, 0] = 2
     ids[np.arange(4), lengths - 1] = 3  # [CLS] ... [SEP]
     mask = (np.arange(16)[None, :] < lengths[:, None]).astype("int32")
-    x = evaluate.bart_inputs({"token_ids": np.where(mask, ids, 0), "padding_mask": mask}, 3)
+    x = heads.bart_inputs({"token_ids": np.where(mask, ids, 0), "padding_mask": mask}, 3)
     logits = model.predict(x, verbose=0)
 
     # the logits are the head applied to decoder_sequence_output at position length - 1
@@ -238,7 +238,7 @@ def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
     np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(head), rtol=1e-4, atol=1e-5)
 
     # other ids at the padded positions (encoder and decoder) change nothing
-    x_other = evaluate.bart_inputs({"token_ids": np.where(mask, ids, 41), "padding_mask": mask}, 3)
+    x_other = heads.bart_inputs({"token_ids": np.where(mask, ids, 41), "padding_mask": mask}, 3)
     assert (x_other["decoder_token_ids"] != x["decoder_token_ids"]).any()
     np.testing.assert_allclose(model.predict(x_other, verbose=0), logits, rtol=1e-5, atol=1e-6)
     # a real token does change them (the check above can fail)
@@ -272,7 +272,7 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
     ids[:, 0], ids[np.arange(4), lengths - 1] = special["cls"], special["sep"]
     mask = (np.arange(16)[None, :] < lengths[:, None]).astype("int32")
     ids = np.where(mask, ids, special["pad"]).astype("int32")
-    x = evaluate.bart_inputs({"token_ids": ids, "padding_mask": mask}, special["sep"])
+    x = heads.bart_inputs({"token_ids": ids, "padding_mask": mask}, special["sep"])
     hf_inputs = {"input_ids": torch.tensor(ids, dtype=torch.long),
                  "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
@@ -280,7 +280,7 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
         kernel, bias = (np.asarray(w) for w in layer.get_weights())
         return torch.tensor(kernel.T), torch.tensor(bias)
 
-    classifier = evaluate.build_bart_classifier(task.backbone, num_outputs=3)
+    classifier = heads.build_bart_classifier(task.backbone, num_outputs=3)
     hf = BartForSequenceClassification(BartConfig(**config, num_labels=3)).eval()
     head = {}
     for keras_name, hf_name in (("classifier_dense", "dense"), ("classifier_logits", "out_proj")):
@@ -293,7 +293,7 @@ def test_bart_heads_compute_what_transformers_bart_heads_compute():
         expected = hf(**hf_inputs).logits.numpy()
     np.testing.assert_allclose(classifier.predict(x, verbose=0), expected, atol=1e-5)
 
-    spans = evaluate.build_span_extractor(task.backbone)
+    spans = heads.build_span_extractor(task.backbone)
     hf_qa = BartForQuestionAnswering(BartConfig(**config)).eval()
     kernel, bias = dense(spans.get_layer("span_logits"))
     loading = hf_qa.load_state_dict({**body, "qa_outputs.weight": kernel,

@@ -13,7 +13,7 @@ import pytest
 from korlm import cli
 from korlm import config as cfg
 from korlm.errors import KorlmError
-from korlm.evaluation import evaluate, finetune, tasks
+from korlm.evaluation import evaluate, finetune, heads, tasks
 from korlm.modeling import build
 from korlm.modeling.checkpoints import load_backbone
 from tests.test_evaluate import setup  # noqa: F401  (module fixture: tiny BERT checkpoint, NSMC slice)
@@ -48,7 +48,7 @@ def _inputs(batch: int = 4, length: int = 12):
 def _head(pooling: str, dropout: float = 0.1, num_classes: int = 2):
     spec = tasks.TaskSpec(name="t", description="", type="classification",
                           metrics=("accuracy",), label_names=tuple(str(i) for i in range(num_classes)))
-    head = evaluate._Head(spec)
+    head = heads.Head(spec)
     head.pooling, head.dropout = pooling, dropout
     return head
 
@@ -57,9 +57,9 @@ def _head(pooling: str, dropout: float = 0.1, num_classes: int = 2):
 
 
 def test_auto_pooling_follows_what_trained_the_pooler():
-    resolve = evaluate.resolve_pooling
-    assert resolve("auto", {"model": "bert", "nsp": False})[0] == evaluate.AUTO_POOLING
-    assert evaluate.AUTO_POOLING in ("cls", "mean")
+    resolve = heads.resolve_pooling
+    assert resolve("auto", {"model": "bert", "nsp": False})[0] == heads.AUTO_POOLING
+    assert heads.AUTO_POOLING in ("cls", "mean")
     assert resolve("auto", {"model": "bert", "nsp": True}) == (
         "pooler", "auto: next-sentence prediction trained the pooler")
     assert resolve("auto", {"model": "roberta"})[0] == "cls"
@@ -74,7 +74,7 @@ def test_auto_pooling_follows_what_trained_the_pooler():
 
 
 def test_pooler_on_an_mlm_only_checkpoint_is_warned_about(capsys):
-    assert evaluate.resolve_pooling("pooler", {"model": "bert", "nsp": False})[0] == "pooler"
+    assert heads.resolve_pooling("pooler", {"model": "bert", "nsp": False})[0] == "pooler"
     assert "pooler weights are the random initialisation's" in capsys.readouterr().out
 
 
@@ -120,11 +120,11 @@ def test_roberta_and_bart_heads_per_pooling():
     with pytest.raises(KorlmError, match="has no pooler"):
         _head("pooler").build(roberta)
     bart = build.build_backbone("bart", "tiny", 300, 32)
-    x = evaluate.bart_inputs(_inputs(), decoder_start_id=3)
+    x = heads.bart_inputs(_inputs(), decoder_start_id=3)
     last, averaged = (_head(p).build(bart)[0] for p in ("cls", "mean"))
     assert last(x).shape == averaged(x).shape == (4, 2)
     # None (a fine-tuned model written before pooling was recorded): each family's old head
-    old = evaluate._Head(_head("cls").spec)
+    old = heads.Head(_head("cls").spec)
     assert isinstance(old.build(build.build_backbone("bert", "tiny", 300, 32))[0],
                       keras_hub.models.BertTextClassifier)
 
@@ -182,7 +182,7 @@ def test_auto_is_recorded_in_metrics_json(setup, tmp_path):  # noqa: F811
     record = evaluate.evaluate_checkpoint(checkpoint, None, "nsmc", str(nsmc_dir),
                                           str(tmp_path / "out"), **COMMON)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["pooling"] == record["pooling"] == evaluate.AUTO_POOLING
+    assert saved["pooling"] == record["pooling"] == heads.AUTO_POOLING
     assert saved["fine_tune"]["pooling_requested"] == "auto"
     assert saved["fine_tune"]["pooling_note"].startswith("auto: no objective trained the pooler")
     assert saved["fine_tune"]["dropout"] == 0.1
@@ -197,7 +197,7 @@ def test_auto_is_recorded_in_metrics_json(setup, tmp_path):  # noqa: F811
     (tmp_path / "later" / "metrics.json").write_text(json.dumps(later), encoding="utf-8")
     summary = build_report([str(tmp_path / "out"), str(tmp_path / "later")], str(tmp_path / "report"),
                            references=[])
-    assert f"- nsmc: pooling {evaluate.AUTO_POOLING} (auto: no objective trained" in summary["markdown"]
+    assert f"- nsmc: pooling {heads.AUTO_POOLING} (auto: no objective trained" in summary["markdown"]
     assert "unigram floor 7.6174 nats" in summary["markdown"]
     assert f"| {later['step']} | 6.9000 | 6.9500 | 0.1200 |" in summary["markdown"]
     assert "pretraining_loss.png" in summary["plots"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from korlm.errors import KorlmError, NotBuiltError
-from korlm.evaluation import evaluate, metrics, tagging, tasks
+from korlm.evaluation import evaluate, heads, metrics, tagging, tasks
 from tests.test_pretrain import build_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data" / "ner"
@@ -212,7 +212,7 @@ def test_real_tokenizer_round_trip_offsets_index_the_original_text(tokenizer):
     data = tasks.TaskData([text, long_text], [
         {"units": units, "tags": [tags[s] for s, _ in units]},
         {"units": long_units, "tags": long_tags}])
-    head = evaluate.make_head(spec, tokenizer, 32, 8)
+    head = heads.make_head(spec, tokenizer, 32, 8)
     x, y = head.inputs(tokenizer, data)
     assert x["token_ids"].shape == y.shape == (2, 32)
     # as if the model predicted exactly the training targets (ignored positions: O)
@@ -241,7 +241,7 @@ def test_morpheme_vocabularies_are_refused(tokenizer):
         pre_tokenizer = "morpheme"
 
     with pytest.raises(NotBuiltError, match="morpheme pre-tokenized vocabulary"):
-        evaluate.make_head(_klue_spec(), Morpheme(), 24, 6)
+        heads.make_head(_klue_spec(), Morpheme(), 24, 6)
 
 
 # --- files ---

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from korlm.errors import KorlmError
-from korlm.evaluation import evaluate, tagging
+from korlm.evaluation import evaluate, heads, tagging
 from tests.test_pretrain import build_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data" / "ner"
@@ -151,7 +151,7 @@ def test_the_token_classifier_takes_any_backbone_with_token_states():
     backbone = keras_hub.models.ElectraBackbone(
         vocab_size=50, num_layers=1, num_heads=2, hidden_dim=8, embedding_dim=8,
         intermediate_dim=16, max_sequence_length=16)
-    model = evaluate.build_token_classifier(backbone, num_labels=5)
+    model = heads.build_token_classifier(backbone, num_labels=5)
     x = {"token_ids": np.ones((2, 7), "int32"), "segment_ids": np.zeros((2, 7), "int32"),
          "padding_mask": np.ones((2, 7), "int32")}
     assert model.predict(x, verbose=0).shape == (2, 7, 5)

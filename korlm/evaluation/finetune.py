@@ -29,7 +29,7 @@ from typing import Any
 
 from korlm import storage
 from korlm.errors import KorlmError
-from korlm.evaluation import evaluate, tagging, tasks
+from korlm.evaluation import evaluate, heads, tagging, tasks
 from korlm.modeling.checkpoints import (
     CHECKPOINT_INFO,
     checkpoint_info,
@@ -94,7 +94,7 @@ def finetune(checkpoint_dir: str, tokenizer_dir: str | None, task: str | tasks.T
         "checkpoint_uri": checkpoint_dir,
         "max_seq_length": fine_tune["max_seq_length"],
         "doc_stride": fine_tune.get("doc_stride"),
-        # the head to rebuild (korlm.evaluation.evaluate.resolve_pooling); files written
+        # the head to rebuild (korlm.evaluation.heads.resolve_pooling); files written
         # before it was recorded rebuild each family's earlier head (BERT: the pooler)
         "pooling": record.get("pooling"),
         "fine_tune": fine_tune,
@@ -161,7 +161,7 @@ class FineTunedModel:
         self.info = checkpoint_info(backbone_dir)
         self.tokenizer = evaluate.load_tokenizer(os.path.join(local, TOKENIZER_DIR),
                                                  self.max_seq_length)
-        self.head = evaluate.make_head(self.spec, self.tokenizer, self.max_seq_length,
+        self.head = heads.make_head(self.spec, self.tokenizer, self.max_seq_length,
                                        meta["doc_stride"])
         self.pooling: str | None = meta.get("pooling")  # None: written before it was recorded
         self.head.pooling = self.pooling

@@ -14,7 +14,7 @@ dotted line. Older metrics.json files without these fields render without them. 
 dev set...) and the sources of the external numbers are printed under the table.
 
 Two small sections follow (:func:`extra_sections`): the fine-tuning head each task's
-rows used (``pooling``, dropout: ``korlm.evaluation.evaluate.resolve_pooling``) and, when
+rows used (``pooling``, dropout: ``korlm.evaluation.heads.resolve_pooling``) and, when
 the checkpoints carry them (``korlm.pretrain.heldout``), their pretraining figures:
 training and held-out MLM loss by step against the unigram-entropy floor, as a table and
 ``pretraining_loss.png``.
