@@ -16,6 +16,8 @@ Models (``--model``):
 - ``bart``: KerasHub ``BartSeq2SeqLM`` vs ``BartForConditionalGeneration``, encoder and
   decoder each ``num_layers / 2`` deep (``korlm.modeling.presets.model_config``: BART splits the
   depth of the BERT of the same size name); the decoder is as long as the encoder.
+- ``electra``: korlm's generator + discriminator (``korlm.modeling.electra``) with its own
+  loss; korlm variants only (``--no-torch``).
 
 The korlm side is what ``korlm pretrain`` trains: ``korlm.modeling.build.build_pretraining_task``
 compiled by ``korlm.pretrain.optimizer.compile_pretraining``.
@@ -118,7 +120,10 @@ def _korlm_task(args):
     x = {"token_ids": ids, "padding_mask": mask, "mask_positions": positions}
     if uses_segment_ids(args.model):
         x["segment_ids"] = np.zeros_like(ids)
-    return task, x, labels, np.ones(labels.shape, dtype="float32")
+    weights = np.ones(labels.shape, dtype="float32")
+    if args.model == "electra":  # korlm.pretrain.electra.labels_in_inputs
+        x.update(mask_ids=labels, mask_weights=weights)
+    return task, x, labels, weights
 
 
 def _build_korlm_task(args):
@@ -132,6 +137,13 @@ def _compile_korlm(task, args):
     LayerNorm/bias, loss averaged over the real label slots."""
     from korlm.modeling.build import objective_of
     from korlm.pretrain.optimizer import compile_pretraining
+
+    if args.model == "electra":  # the model's own loss (generator MLM + 50 x discriminator)
+        from korlm.pretrain.electra import compile_electra
+
+        compile_electra(task, learning_rate=LR, warmup_steps=WARMUP_LR_STEPS,
+                        total_steps=TOTAL_LR_STEPS, weight_decay=WEIGHT_DECAY)
+        return
 
     compile_pretraining(task, objective=objective_of(args.model), learning_rate=LR,
                                  warmup_steps=WARMUP_LR_STEPS, total_steps=TOTAL_LR_STEPS, weight_decay=WEIGHT_DECAY)
@@ -289,7 +301,7 @@ def _child(args, side: str, settings: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["bert", "roberta", "bart"], default="bert")
+    parser.add_argument("--model", choices=["bert", "roberta", "bart", "electra"], default="bert")
     parser.add_argument("--size", default="mini")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -315,6 +327,8 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    if args.model == "electra" and not args.no_torch:
+        parser.error("--model electra has no PyTorch side here: add --no-torch")
     variants = [parse_variant(v) for v in args.variants]
     sides = ([] if args.no_torch else [("torch", {})]) + variants
     reference = sides[0][0]
