@@ -28,22 +28,16 @@ def compile_electra(model, *, learning_rate: float, warmup_steps: int, total_ste
     """Compile for pretraining with ``korlm.pretrain.optimizer``'s schedule, AdamW/LAMB and
     weight-decay exclusions (:func:`korlm.pretrain.optimizer.compile_pretraining`'s
     settings); the loss and metrics are the model's own. Returns the schedule."""
-    import keras
 
     if objective != "mlm" or nsp:
         raise KorlmError("ELECTRA trains on MLM batches without next-sentence labels")
 
-    from korlm.pretrain.optimizer import OPTIMIZERS, no_weight_decay_variables, warmup_linear_decay
+    from korlm.pretrain.optimizer import make_optimizer
 
-    if optimizer not in OPTIMIZERS:
-        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
-    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, int(grad_accum_steps))
-    common = dict(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2,
-                  epsilon=epsilon, global_clipnorm=clip_norm or None,
-                  gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
-    opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
-           else keras.optimizers.Lamb(**common))
-    opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
+    opt, schedule = make_optimizer(
+        model, learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
+        weight_decay=weight_decay, optimizer=optimizer, clip_norm=clip_norm,
+        grad_accum_steps=grad_accum_steps, beta_2=beta_2, epsilon=epsilon)
     model.compile(optimizer=opt, jit_compile=jit_compile)
     model.optimizer.build(model.trainable_variables)
     return schedule

@@ -62,6 +62,28 @@ def accuracy_name(objective: str) -> str:
     return "mlm_accuracy" if objective == "mlm" else "token_accuracy"
 
 
+def make_optimizer(model, *, learning_rate: float, warmup_steps: int, total_steps: int,
+                   weight_decay: float, optimizer: str = "adamw", clip_norm: float | None = 1.0,
+                   grad_accum_steps: int = 1, beta_2: float = 0.999, epsilon: float = 1e-6):
+    """Pretraining's optimizer for ``model`` and its learning-rate schedule (in updates):
+    AdamW or LAMB, warmup then linear decay, global-norm clipping, LayerNorm and bias
+    excluded from weight decay, ``grad_accum_steps`` micro-batches per update."""
+    import keras
+
+    if optimizer not in OPTIMIZERS:
+        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if int(grad_accum_steps) < 1:
+        raise KorlmError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")
+    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, int(grad_accum_steps))
+    common = dict(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2,
+                  epsilon=epsilon, global_clipnorm=clip_norm or None,
+                  gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
+    opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
+           else keras.optimizers.Lamb(**common))
+    opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
+    return opt, schedule
+
+
 def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, warmup_steps: int,
                         total_steps: int, weight_decay: float, optimizer: str = "adamw",
                         clip_norm: float | None = 1.0, grad_accum_steps: int = 1,
@@ -83,17 +105,10 @@ def compile_pretraining(task, *, objective: str = "mlm", learning_rate: float, w
     """
     import keras
 
-    if optimizer not in OPTIMIZERS:
-        raise KorlmError(f"optimizer {optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
-    if int(grad_accum_steps) < 1:
-        raise KorlmError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")
-    schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, int(grad_accum_steps))
-    common = dict(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2,
-                  epsilon=epsilon, global_clipnorm=clip_norm or None,
-                  gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
-    opt = (keras.optimizers.AdamW(**common) if optimizer == "adamw"
-           else keras.optimizers.Lamb(**common))
-    opt.exclude_from_weight_decay(var_list=no_weight_decay_variables(task))
+    opt, schedule = make_optimizer(
+        task, learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
+        weight_decay=weight_decay, optimizer=optimizer, clip_norm=clip_norm,
+        grad_accum_steps=grad_accum_steps, beta_2=beta_2, epsilon=epsilon)
     loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction="mean_with_sample_weight")
     metric = keras.metrics.SparseCategoricalAccuracy(name=accuracy_name(objective))
