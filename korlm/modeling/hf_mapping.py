@@ -172,6 +172,16 @@ def _layer_norm(state: dict, take: _Weights, prefix: str, layer) -> None:
     state[f"{prefix}.bias"] = take(layer.beta)
 
 
+def _bert_embeddings(state: dict, take: _Weights, prefix: str, backbone) -> None:
+    """Word, position and token-type tables and their LayerNorm (BERT's and ELECTRA's
+    ``*.embeddings`` block) from a KerasHub backbone."""
+    state[f"{prefix}.word_embeddings.weight"] = take(backbone.token_embedding.embeddings)
+    state[f"{prefix}.position_embeddings.weight"] = take(
+        backbone.position_embedding.position_embeddings)
+    state[f"{prefix}.token_type_embeddings.weight"] = take(backbone.segment_embedding.embeddings)
+    _layer_norm(state, take, f"{prefix}.LayerNorm", backbone.embeddings_layer_norm)
+
+
 def _attention(state: dict, take: _Weights, attn, qkv_prefixes: list[str], out_prefix: str) -> None:
     """A Keras ``MultiHeadAttention`` layer's Q/K/V and output projections as torch
     Linear weights under the given names (BERT/RoBERTa and BART only name them apart)."""
@@ -210,11 +220,7 @@ def bert_state_dict(task, take: _Weights | None = None) -> dict[str, Any]:
     take = take or _Weights(task, "bert")
     state: dict[str, Any] = {}
 
-    emb = "bert.embeddings"
-    state[f"{emb}.word_embeddings.weight"] = take(backbone.token_embedding.embeddings)
-    state[f"{emb}.position_embeddings.weight"] = take(backbone.position_embedding.position_embeddings)
-    state[f"{emb}.token_type_embeddings.weight"] = take(backbone.segment_embedding.embeddings)
-    _layer_norm(state, take, f"{emb}.LayerNorm", backbone.embeddings_layer_norm)
+    _bert_embeddings(state, take, "bert.embeddings", backbone)
     _bert_layout_encoder(state, take, "bert", backbone.transformer_layers)
 
     # BertForMaskedLM itself has no pooler (its loader ignores these two tensors), but
@@ -503,11 +509,7 @@ def electra_state_dict(task, take: _Weights | None = None, generator: bool = Fal
     take = take or _Weights(_Part(weights), "electra")
     backbone = task.backbone
     state: dict[str, Any] = {}
-    emb = "electra.embeddings"
-    state[f"{emb}.word_embeddings.weight"] = take(backbone.token_embedding.embeddings)
-    state[f"{emb}.position_embeddings.weight"] = take(backbone.position_embedding.position_embeddings)
-    state[f"{emb}.token_type_embeddings.weight"] = take(backbone.segment_embedding.embeddings)
-    _layer_norm(state, take, f"{emb}.LayerNorm", backbone.embeddings_layer_norm)
+    _bert_embeddings(state, take, "electra.embeddings", backbone)
     if projection is not None:
         state["electra.embeddings_project.weight"] = take(projection.kernel, _dense_kernel)
         state["electra.embeddings_project.bias"] = take(projection.bias)
