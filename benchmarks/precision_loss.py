@@ -100,8 +100,10 @@ def main() -> None:
           f"differs by less than that")
     for precision in args.precisions[1:]:
         mean = statistics.fmean(results[precision][s]["loss"] for s in args.seeds)
-        verdict = "within noise" if abs(mean - statistics.fmean(ref_losses)) < noise else "NOT within noise"
-        print(f"{precision}: {verdict} of {reference}")
+        gap = mean - statistics.fmean(ref_losses)
+        verdict = ("within noise of" if abs(gap) < noise else
+                   "higher (worse) beyond the noise of" if gap > 0 else "lower (better) than the noise of")
+        print(f"{precision}: {verdict} {reference} ({gap:+.4f} nats)")
 
 
 if __name__ == "__main__":
