@@ -91,6 +91,10 @@ def test_evaluate_heldout_averages_over_weighted_slots():
     out = ho.evaluate_heldout(batches, lambda x, y, w: sums[x])
     assert out == {"heldout_loss": 1.6, "heldout_accuracy": 0.6, "heldout_predictions": 5}
     assert ho.evaluate_heldout([], None) is None
+    # an objective's extra figures (ELECTRA's discriminator): means of their own counts
+    extra = {"x1": (6.0, 2.0, 4.0, {"disc_loss": (3.0, 10.0)}),
+             "x2": (2.0, 1.0, 1.0, {"disc_loss": (1.0, 30.0)})}
+    assert ho.evaluate_heldout(batches, lambda x, y, w: extra[x])["heldout_disc_loss"] == 0.1
     assert ho.batch_size_for(87) == 43 and ho.batch_size_for(40) == 40 and ho.batch_size_for(128) == 64
     assert ho.batch_size_for(87, multiple=8) == 40 and ho.batch_size_for(5, multiple=8) == 0
 
@@ -159,3 +163,52 @@ def test_bart_gets_heldout_loss_and_old_data_trains_without(data, tmp_path, caps
     assert "no held-out loss is computed" in capsys.readouterr().out
     last = json.loads((tmp_path / "old" / "train_log.jsonl").read_text().splitlines()[-1])
     assert "heldout_loss" not in last and last["step"] == 2
+
+
+def test_electra_scores_generator_and_discriminator_and_leaves_training_alone(data, tmp_path):
+    """ELECTRA's held-out figures (the generator's masked-LM loss against the floor, the
+    discriminator's loss and accuracy with replacements drawn with a fixed seed) are logged
+    at every checkpoint, are the same when the checkpoint is scored again, and scoring
+    does not touch training's sampler: a deterministic run with held-out scoring logs
+    the same training losses as one without."""
+    from tensorflow.python.framework import config as tf_config  # the switch-off is not public
+
+    from korlm.modeling.checkpoints import load_pretraining_task
+    from korlm.pretrain.electra import heldout_loss
+
+    root, tokenizer, made = data
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    run = dict(model="electra", steps=2, checkpoint_every=1, batch_size=8, log_every=1,
+               deterministic=True, progress="lines")
+    try:
+        for name, examples in (("scored", 24), ("unscored", 0)):
+            run_pretrain(str(root / "held"), str(tokenizer), str(tmp_path / name),
+                         heldout_examples=examples, **run)
+    finally:
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
+    logs = {name: [json.loads(line) for line in
+                   (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in ("scored", "unscored")}
+    keys = ("loss", "mlm_loss", "disc_loss", "disc_accuracy", "replaced_rate")
+    assert ([[r[k] for k in keys] for r in logs["scored"]]
+            == [[r[k] for k in keys] for r in logs["unscored"]])
+    assert all("heldout_loss" not in r for r in logs["unscored"])
+    for record in logs["scored"]:
+        assert 0 < record["heldout_loss"] < 2 * math.log(700)
+        assert record["unigram_entropy"] == pytest.approx(made["held"]["unigram_entropy_nats"],
+                                                          abs=1e-5)
+        assert record["heldout_disc_loss"] > 0 and 0 <= record["heldout_disc_accuracy"] <= 1
+        assert 0 < record["heldout_replaced_rate"] < 0.3
+    last = logs["scored"][-1]
+    info = json.loads((tmp_path / "scored" / "checkpoints" / "step-000002"
+                       / "korlm_checkpoint.json").read_text())
+    assert info["heldout_disc_loss"] == last["heldout_disc_loss"]
+    task = load_pretraining_task(str(tmp_path / "scored" / "checkpoints" / "step-000002"))
+    meta, _ = inspect_data(str(root / "held"), str(tokenizer))
+    again = ho.prepare_heldout(str(root / "held"), meta, max_examples=24, objective="mlm",
+                               model_seq_len=MAX_LEN, vocab_size=meta["vocab_size"],
+                               special_ids=meta["special_token_ids"], features=meta["features"],
+                               masking="dynamic", make_batch_loss=heldout_loss)(task)
+    for key in ("heldout_loss", "heldout_disc_loss", "heldout_disc_accuracy"):
+        assert again[key] == pytest.approx(last[key], abs=1e-4), key

@@ -153,13 +153,15 @@ def _pretraining_class():
 
         # --- one step
 
-        def call(self, inputs, training=False):
+        def corrupt(self, inputs, logits, seed):
+            """The discriminator's input: the original tokens (rebuilt from the masked batch
+            and its labels ``mask_ids``/``mask_weights``) with a replacement sampled from
+            the generator's ``logits`` at every real mask slot; and which tokens differ."""
             token_ids = ops.cast(inputs["token_ids"], "int32")
             positions = ops.cast(inputs["mask_positions"], "int32")
-            logits = self.generator_logits(inputs, positions, training=training)
             vocab = int(self.backbone.vocab_size)
             flat = ops.reshape(ops.cast(ops.stop_gradient(logits), "float32"), (-1, vocab))
-            samples = ops.reshape(keras.random.categorical(flat, 1, dtype="int32", seed=self.sampler),
+            samples = ops.reshape(keras.random.categorical(flat, 1, dtype="int32", seed=seed),
                                   ops.shape(positions))
             # Each real mask slot as a one-hot row over the sequence (padding slots: zeros).
             real = ops.cast(ops.greater(inputs["mask_weights"], 0), "int32")
@@ -168,9 +170,43 @@ def _pretraining_class():
             kept = token_ids * (1 - masked)
             original = kept + ops.sum(slots * ops.cast(inputs["mask_ids"], "int32")[:, :, None], axis=1)
             corrupted = ops.stop_gradient(kept + ops.sum(slots * samples[:, :, None], axis=1))
-            replaced = ops.cast(ops.not_equal(corrupted, original), "float32")
+            return corrupted, ops.cast(ops.not_equal(corrupted, original), "float32")
+
+        def call(self, inputs, training=False):
+            positions = ops.cast(inputs["mask_positions"], "int32")
+            logits = self.generator_logits(inputs, positions, training=training)
+            corrupted, replaced = self.corrupt(inputs, logits, self.sampler)
             disc = self.discriminator_logits({**inputs, "token_ids": corrupted}, training=training)
             return {"mlm": logits, "disc": disc, "replaced": replaced}
+
+        def heldout_sums(self, x, mask_ids, mask_weights, seed: int) -> dict:
+            """Sums over one held-out batch (``korlm.pretrain.heldout``): the generator's
+            cross-entropy and correct predictions over the real mask slots, and the
+            discriminator's over the non-padding tokens, with replacements drawn with the
+            fixed ``seed`` (not the training sampler: scoring leaves training's random
+            stream alone, and the same weights give the same figures)."""
+            inputs = {k: ops.convert_to_tensor(v) for k, v in
+                      {**x, "mask_ids": mask_ids, "mask_weights": mask_weights}.items()}
+            positions = ops.cast(inputs["mask_positions"], "int32")
+            logits = ops.cast(self.generator_logits(inputs, positions), "float32")
+            labels = ops.cast(inputs["mask_ids"], "int32")
+            w = ops.cast(inputs["mask_weights"], "float32")
+            picked = ops.squeeze(ops.take_along_axis(logits, labels[..., None], axis=-1), axis=-1)
+            mlm = (ops.logsumexp(logits, axis=-1) - picked) * w
+            correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels),
+                               "float32") * w
+            corrupted, replaced = self.corrupt(inputs, logits, seed)
+            disc = ops.cast(self.discriminator_logits({**inputs, "token_ids": corrupted}), "float32")
+            padding = ops.cast(inputs["padding_mask"], "float32")
+            disc_loss = ops.binary_crossentropy(replaced, disc, from_logits=True) * padding
+            disc_right = ops.cast(ops.equal(ops.cast(disc > 0, "float32"), replaced), "float32") * padding
+
+            def total(v):
+                return float(ops.convert_to_numpy(ops.sum(v)))
+
+            return {"loss": total(mlm), "correct": total(correct), "weight": total(w),
+                    "disc_loss": total(disc_loss), "disc_correct": total(disc_right),
+                    "tokens": total(padding), "replaced": total(replaced * padding)}
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
             weights = ops.cast(sample_weight, "float32")

@@ -21,6 +21,24 @@ def labels_in_inputs(dataset):
     return dataset.map(lambda x, y, w: ({**x, "mask_ids": y, "mask_weights": w}, y, w))
 
 
+def heldout_loss(model):
+    """``batch_loss`` for ``korlm.pretrain.heldout`` over the plain MLM batches: the
+    generator's cross-entropy over the masked slots (``heldout_loss``/``heldout_accuracy``,
+    read against the unigram floor like BERT's, though from a generator 1/4 as wide) and,
+    as extras, the discriminator's loss and accuracy over every non-padding token
+    (``heldout_disc_loss``/``heldout_disc_accuracy``) and the share of tokens replaced."""
+    from korlm.pretrain.heldout import HELDOUT_SEED
+
+    def batch_loss(x, y, weights):
+        s = model.heldout_sums(x, y, weights, seed=HELDOUT_SEED)
+        return (s["loss"], s["correct"], s["weight"],
+                {"disc_loss": (s["disc_loss"], s["tokens"]),
+                 "disc_accuracy": (s["disc_correct"], s["tokens"]),
+                 "replaced_rate": (s["replaced"], s["tokens"])})
+
+    return batch_loss
+
+
 def compile_electra(model, *, learning_rate: float, warmup_steps: int, total_steps: int,
                     weight_decay: float, optimizer: str = "adamw", clip_norm: float | None = 1.0,
                     grad_accum_steps: int = 1, beta_2: float = 0.999, epsilon: float = 1e-6,

@@ -11,8 +11,9 @@ comparable across checkpoints and runs, and deterministic for given weights (no 
 :func:`evaluate_heldout` takes a ``batch_loss(x, y, weights) -> (loss sum, correct,
 weight)`` function, so any objective plugs in: :func:`token_loss` serves every model whose
 pretraining task maps ``x`` to logits over label slots (masked LM: the masked positions;
-BART: the target tokens); another objective (a discriminator's per-token loss) passes its
-own. The loss is the mean cross-entropy over the real label slots, as the training loss
+BART: the target tokens); ELECTRA passes its own (``korlm.pretrain.electra.heldout_loss``:
+the generator's masked-LM loss as ``heldout_loss``, plus the discriminator's loss and
+accuracy over every token with replacements drawn with a fixed seed). The loss is the mean cross-entropy over the real label slots, as the training loss
 (``korlm.pretrain.optimizer``), in nats.
 """
 
@@ -100,15 +101,24 @@ def token_loss(model) -> Callable[[Any, Any, Any], tuple[float, float, float]]:
 
 def evaluate_heldout(batches, batch_loss) -> dict[str, float] | None:
     """Mean loss (nats) and accuracy over every weighted slot of ``batches``, with
-    ``batch_loss(x, y, weights) -> (loss sum, correct, weight)``; None without batches."""
+    ``batch_loss(x, y, weights) -> (loss sum, correct, weight[, extras])``; None without
+    batches. ``extras`` (an objective's other figures, e.g. ELECTRA's discriminator) maps a
+    name to ``(sum, count)``: its mean over all batches is returned as ``heldout_<name>``."""
     loss = correct = weight = 0.0
+    extras: dict[str, list[float]] = {}
     for x, y, w in batches:
         batch = batch_loss(x, y, w)
         loss, correct, weight = loss + batch[0], correct + batch[1], weight + batch[2]
+        for name, (total, count) in (batch[3] if len(batch) > 3 else {}).items():
+            acc = extras.setdefault(name, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + total, acc[1] + count
     if not weight:
         return None
-    return {"heldout_loss": round(loss / weight, 5), "heldout_accuracy": round(correct / weight, 5),
-            "heldout_predictions": int(weight)}
+    out = {"heldout_loss": round(loss / weight, 5), "heldout_accuracy": round(correct / weight, 5),
+           "heldout_predictions": int(weight)}
+    out.update({f"heldout_{name}": round(total / count, 5)
+                for name, (total, count) in extras.items() if count})
+    return out
 
 
 class HeldOut:
@@ -132,10 +142,13 @@ class HeldOut:
 
 
 def prepare_heldout(data_dir: str, meta: dict[str, Any], *, max_examples: int, objective: str,
-                    model_seq_len: int, replicas: int = 1, **dataset_settings) -> HeldOut | None:
+                    model_seq_len: int, replicas: int = 1,
+                    make_batch_loss: Callable[[Any], Callable] = token_loss,
+                    **dataset_settings) -> HeldOut | None:
     """The run's :class:`HeldOut` from the data directory ``data_dir`` (the run's root
     data: the same slice whichever phase trains), or None, said in the log, when the data
-    has no held-out slice, ``max_examples`` is 0 or the run spans several hosts."""
+    has no held-out slice, ``max_examples`` is 0 or the run spans several hosts.
+    ``make_batch_loss(model)``: the objective's ``batch_loss`` (default :func:`token_loss`)."""
     from korlm.pretrain.distribute import process_index_and_count
 
     if max_examples <= 0:
@@ -165,4 +178,4 @@ def prepare_heldout(data_dir: str, meta: dict[str, Any], *, max_examples: int, o
     print(f"held-out loss at every checkpoint: {used} examples of {data_dir}/heldout "
           f"(fixed masks, seed {HELDOUT_SEED})"
           + (f"; unigram floor {floor:.3f} nats" if floor is not None else ""), flush=True)
-    return HeldOut(batches, floor)
+    return HeldOut(batches, floor, make_batch_loss)

@@ -130,7 +130,8 @@ def monitor_class():
                 with self.writer.as_default(step=step):
                     for key in ("loss", self.metric, "learning_rate", "tokens_per_second", "mfu",
                                 "mlm_loss", "nsp_loss", "nsp_accuracy", "heldout_loss",
-                                "heldout_accuracy", "unigram_entropy", *ELECTRA_LOGGED):
+                                "heldout_accuracy", "unigram_entropy", *ELECTRA_LOGGED,
+                                *(f"heldout_{k}" for k in ELECTRA_LOGGED)):
                         if key in record:
                             tf.summary.scalar(key, record[key])
                 self.writer.flush()
@@ -146,7 +147,10 @@ def monitor_class():
                 line += (f" | held-out loss {record['heldout_loss']:.4f} accuracy "
                          f"{record['heldout_accuracy']:.4f}"
                          + (f" (unigram floor {record['unigram_entropy']:.4f})"
-                            if "unigram_entropy" in record else ""))
+                            if "unigram_entropy" in record else "")
+                         + (f", discriminator loss {record['heldout_disc_loss']:.4f} accuracy "
+                            f"{record['heldout_disc_accuracy']:.4f}"
+                            if "heldout_disc_loss" in record else ""))
             if self.progress is not None:
                 self.progress.write(line)
             else:

@@ -167,6 +167,10 @@ def _heldout(data_dir: str, first_phase: tuple, run: dict, max_examples: int, *,
     if pdir != data_dir:  # a phase's seq<N> data: the slice of the run's own data instead
         meta = json.loads(storage.read_text(storage.join(data_dir, "metadata.json")))
     special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    if model == "electra":  # generator + discriminator: its own scoring
+        from korlm.pretrain.electra import heldout_loss
+
+        noising["make_batch_loss"] = heldout_loss
     return prepare_heldout(
         data_dir, meta, max_examples=int(max_examples), objective=objective,
         model_seq_len=model_seq_len, replicas=run.get("devices", 1),
