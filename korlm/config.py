@@ -230,7 +230,9 @@ class PretrainSection(_Section):
         "auto", description="auto: TPU if configured, several GPUs mirrored, else one device")
     tpu: str | None = Field(None, description="TPU name or grpc:// address (default: TPU_NAME or the TPU VM)")
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
-        "auto", description="auto: bf16 on TPU and bf16-capable GPUs, float32 on CPU")
+        "auto", description="auto: bf16 on TPU and bf16-capable GPUs; on a CPU with native bf16 "
+                            "(avx512_bf16/amx_bf16) mixed_bfloat16 from hidden 256 (mini) up, "
+                            "else float32 (korlm.pretrain.distribute)")
     peak_tflops: float | None = Field(None, gt=0, description="peak TFLOP/s per device for the MFU "
                                                               "estimate (default: korlm.pretrain.distribute's table)")
     deterministic: bool = Field(False, description="op determinism + sequential input: a resumed run "
