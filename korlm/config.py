@@ -435,7 +435,10 @@ TUNABLE_HYPERPARAMETERS: dict[str, tuple[str, float, float, str]] = {
     "max_seq_length": ("int", 8, 4096, "[]"),
     "max_train_examples": ("int", 1, 10**9, "[]"),
     "doc_stride": ("int", 1, 4096, "[]"),
+    "dropout": ("float", 0.0, 1.0, "[)"),
 }
+# Tunable settings that take names (categorical only): name -> the allowed choices.
+TUNABLE_CHOICES: dict[str, tuple[str, ...]] = {"pooling": ("auto", "cls", "mean", "pooler")}
 
 
 class TuneParameter(_Section):
@@ -514,11 +517,21 @@ class TuneSection(_Section):
     def _space(self):
         if not self.search_space:
             raise ValueError("search_space: needs at least one hyperparameter")
-        unknown = sorted(set(self.search_space) - set(TUNABLE_HYPERPARAMETERS))
+        unknown = sorted(set(self.search_space) - set(TUNABLE_HYPERPARAMETERS) - set(TUNABLE_CHOICES))
         if unknown:
             raise ValueError(f"search_space: unknown hyperparameter {', '.join(map(repr, unknown))}; "
-                             f"tunable: {', '.join(TUNABLE_HYPERPARAMETERS)}")
+                             f"tunable: {', '.join([*TUNABLE_HYPERPARAMETERS, *TUNABLE_CHOICES])}")
         for name, p in self.search_space.items():
+            if name in TUNABLE_CHOICES:
+                allowed = TUNABLE_CHOICES[name]
+                if p.type != "categorical":
+                    raise ValueError(f"search_space.{name}: takes names; use type categorical "
+                                     f"with choices from {', '.join(allowed)}")
+                wrong = [v for v in p.choices if v not in allowed]
+                if wrong:
+                    raise ValueError(f"search_space.{name}: {wrong[0]!r} is not one of "
+                                     f"{', '.join(allowed)}")
+                continue
             kind, lowest, highest, closed = TUNABLE_HYPERPARAMETERS[name]
             if kind == "int" and p.type == "float":
                 raise ValueError(f"search_space.{name}: is a whole number; use type int or categorical")

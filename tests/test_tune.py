@@ -31,6 +31,8 @@ SPACE = {
     "batch_size": {"type": "categorical", "choices": [8, 16]},
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
     "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.2},
+    "pooling": {"type": "categorical", "choices": ["cls", "mean"]},
 }
 
 
@@ -84,7 +86,8 @@ def test_three_trial_study_writes_every_output(setup, tmp_path, capsys):
     # best_params.yaml is a valid config whose evaluate section reproduces the best trial
     loaded = config.load(str(out / tune.BEST_PARAMS_YAML))
     for name, value in study["best_params"].items():
-        assert getattr(loaded.evaluate, name) == pytest.approx(value)
+        assert getattr(loaded.evaluate, name) == (value if isinstance(value, str)
+                                                  else pytest.approx(value))
     assert loaded.evaluate.max_seq_length == 32
 
     summary = (out / tune.SUMMARY_MD).read_text(encoding="utf-8")
@@ -168,6 +171,12 @@ def test_median_pruner_stops_a_trial_below_earlier_trials(monkeypatch, tmp_path)
     ({"search_space": {"batch_size": {"type": "categorical", "choices": [16, 12.5]}}},
      "12.5 is not a valid int value"),
     ({"search_space": {}}, "needs at least one hyperparameter"),
+    ({"search_space": {"pooling": {"type": "categorical", "choices": ["cls", "max"]}}},
+     "search_space.pooling: 'max' is not one of auto, cls, mean, pooler"),
+    ({"search_space": {"pooling": {"type": "float", "low": 0, "high": 1}}},
+     "search_space.pooling: takes names"),
+    ({"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 1.0}}},
+     "search_space.dropout: 1 is outside [0, 1)"),
     ({"pruner": "threshold"}, "pruner threshold needs prune_below"),
     ({"sampler": "grid"}, "tune.sampler"),
     ({"n_trials": 0}, "tune.n_trials"),
