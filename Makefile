@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
 PIPELINE_YAML ?= build/korlm-pipeline.yaml
 PYTEST_ARGS ?=
+# make test runs the suite in TEST_WORKERS processes (pytest-xdist), a test file per worker at
+# a time (module fixtures are built once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -43,7 +46,7 @@ run: install
 	$(BIN)/korlm pipeline run --config $(CONFIG)
 
 test: install
-	$(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
