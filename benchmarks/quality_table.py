@@ -104,9 +104,10 @@ def plot(logs: dict[str, list[dict]], path: str) -> None:
         start = rows[0]["time"] - rows[0]["step"] / max(rows[0]["steps_per_second"], 1e-9)
         pts = [((r["time"] - start) / 60, r["heldout_loss"]) for r in rows if "heldout_loss" in r]
         train = [((r["time"] - start) / 60, r.get("mlm_loss", r["loss"])) for r in rows]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m}: held-out MLM loss"
-                + (" (generator)" if m == "electra" else ""))
-        ax.plot(*zip(*train, strict=True), alpha=0.3, label=f"{m}: training MLM loss")
+        (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m}: held-out MLM loss"
+                          + (" (generator)" if m == "electra" else ""))
+        ax.plot(*zip(*train, strict=True), alpha=0.3, color=line.get_color(),
+                label=f"{m}: training MLM loss")
         floor = next((r["unigram_entropy"] for r in rows if "unigram_entropy" in r), floor)
     if floor is not None:
         ax.axhline(floor, color="grey", linestyle="--", label=f"unigram floor {floor:.3f}")
