@@ -49,8 +49,10 @@ def score_table(root: str) -> str:
                 if seen_bow:
                     continue
                 seen_bow, label = True, "bag-of-words (same tokens)"
-            elif row == "constant":
-                continue
+            elif row.startswith("constant"):
+                if family != FAMILIES[0]:
+                    continue
+                label = row
             else:
                 label = f"{family} {row}"
             cells = [_cell(report["values"], report["spread"], row, c) for c in cols]
