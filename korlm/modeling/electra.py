@@ -179,22 +179,12 @@ def _pretraining_class():
             disc = self.discriminator_logits({**inputs, "token_ids": corrupted}, training=training)
             return {"mlm": logits, "disc": disc, "replaced": replaced}
 
-        def heldout_sums(self, x, mask_ids, mask_weights, seed: int) -> dict:
-            """Sums over one held-out batch (``korlm.pretrain.heldout``): the generator's
-            cross-entropy and correct predictions over the real mask slots, and the
-            discriminator's over the non-padding tokens, with replacements drawn with the
-            fixed ``seed`` (not the training sampler: scoring leaves training's random
-            stream alone, and the same weights give the same figures)."""
-            inputs = {k: ops.convert_to_tensor(v) for k, v in
-                      {**x, "mask_ids": mask_ids, "mask_weights": mask_weights}.items()}
-            positions = ops.cast(inputs["mask_positions"], "int32")
-            logits = ops.cast(self.generator_logits(inputs, positions), "float32")
-            labels = ops.cast(inputs["mask_ids"], "int32")
-            w = ops.cast(inputs["mask_weights"], "float32")
-            picked = ops.squeeze(ops.take_along_axis(logits, labels[..., None], axis=-1), axis=-1)
-            mlm = (ops.logsumexp(logits, axis=-1) - picked) * w
-            correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels),
-                               "float32") * w
+        def discriminator_sums(self, inputs, logits, seed: int) -> dict:
+            """Held-out sums of the discriminator over one batch (``korlm.pretrain.
+            electra.heldout_loss``): its cross-entropy, correct calls and replaced tokens
+            over the non-padding tokens, with replacements drawn from the generator's
+            ``logits`` with the fixed ``seed`` (not the training sampler: scoring leaves
+            training's random stream alone, and the same weights give the same figures)."""
             corrupted, replaced = self.corrupt(inputs, logits, seed)
             disc = ops.cast(self.discriminator_logits({**inputs, "token_ids": corrupted}), "float32")
             padding = ops.cast(inputs["padding_mask"], "float32")
@@ -204,8 +194,7 @@ def _pretraining_class():
             def total(v):
                 return float(ops.convert_to_numpy(ops.sum(v)))
 
-            return {"loss": total(mlm), "correct": total(correct), "weight": total(w),
-                    "disc_loss": total(disc_loss), "disc_correct": total(disc_right),
+            return {"disc_loss": total(disc_loss), "disc_correct": total(disc_right),
                     "tokens": total(padding), "replaced": total(replaced * padding)}
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

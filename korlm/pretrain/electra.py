@@ -27,11 +27,16 @@ def heldout_loss(model):
     read against the unigram floor like BERT's, though from a generator 1/4 as wide) and,
     as extras, the discriminator's loss and accuracy over every non-padding token
     (``heldout_disc_loss``/``heldout_disc_accuracy``) and the share of tokens replaced."""
-    from korlm.pretrain.heldout import HELDOUT_SEED
+    from keras import ops
+
+    from korlm.pretrain.heldout import HELDOUT_SEED, token_sums
 
     def batch_loss(x, y, weights):
-        s = model.heldout_sums(x, y, weights, seed=HELDOUT_SEED)
-        return (s["loss"], s["correct"], s["weight"],
+        inputs = {k: ops.convert_to_tensor(v)
+                  for k, v in {**x, "mask_ids": y, "mask_weights": weights}.items()}
+        logits = model.generator_logits(inputs, ops.cast(inputs["mask_positions"], "int32"))
+        s = model.discriminator_sums(inputs, logits, seed=HELDOUT_SEED)
+        return (*token_sums(logits, y, weights),
                 {"disc_loss": (s["disc_loss"], s["tokens"]),
                  "disc_accuracy": (s["disc_correct"], s["tokens"]),
                  "replaced_rate": (s["replaced"], s["tokens"])})

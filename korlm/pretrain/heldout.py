@@ -13,7 +13,8 @@ weight)`` function, so any objective plugs in: :func:`token_loss` serves every m
 pretraining task maps ``x`` to logits over label slots (masked LM: the masked positions;
 BART: the target tokens); ELECTRA passes its own (``korlm.pretrain.electra.heldout_loss``:
 the generator's masked-LM loss as ``heldout_loss``, plus the discriminator's loss and
-accuracy over every token with replacements drawn with a fixed seed). The loss is the mean cross-entropy over the real label slots, as the training loss
+accuracy over every token with replacements drawn with a fixed seed). The loss is the
+mean cross-entropy over the real label slots, as the training loss
 (``korlm.pretrain.optimizer``), in nats.
 """
 
@@ -78,23 +79,30 @@ def load_batches(files: list[str], *, num_examples: int, max_examples: int, repl
             for element in dataset.take(examples // batch)]
 
 
+def token_sums(logits, labels, weights) -> tuple[float, float, float]:
+    """The summed cross-entropy and correct argmax predictions of ``logits`` ``[batch,
+    slots, vocab]`` against ``labels`` over the slots with weight, and that weight."""
+    from keras import ops
+
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(ops.convert_to_tensor(labels), "int32")
+    w = ops.cast(ops.convert_to_tensor(weights), "float32")
+    picked = ops.squeeze(ops.take_along_axis(logits, labels[..., None], axis=-1), axis=-1)
+    cross_entropy = ops.logsumexp(logits, axis=-1) - picked
+    correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
+    return (float(ops.convert_to_numpy(ops.sum(cross_entropy * w))),
+            float(ops.convert_to_numpy(ops.sum(correct * w))),
+            float(ops.convert_to_numpy(ops.sum(w))))
+
+
 def token_loss(model) -> Callable[[Any, Any, Any], tuple[float, float, float]]:
     """``batch_loss`` for a model that maps ``x`` to logits ``[batch, slots, vocab]``
     (``BertMaskedLM``/``RobertaMaskedLM`` over the masked positions, ``BartSeq2SeqLM``
     over the target tokens): the summed cross-entropy and correct predictions over the
-    slots with weight, and their weight."""
-    from keras import ops
+    slots with weight, and their weight (:func:`token_sums`)."""
 
     def batch_loss(x, y, weights):
-        logits = ops.cast(model.predict_on_batch(x), "float32")
-        labels = ops.cast(ops.convert_to_tensor(y), "int32")
-        w = ops.cast(ops.convert_to_tensor(weights), "float32")
-        picked = ops.squeeze(ops.take_along_axis(logits, labels[..., None], axis=-1), axis=-1)
-        cross_entropy = ops.logsumexp(logits, axis=-1) - picked
-        correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
-        return (float(ops.convert_to_numpy(ops.sum(cross_entropy * w))),
-                float(ops.convert_to_numpy(ops.sum(correct * w))),
-                float(ops.convert_to_numpy(ops.sum(w))))
+        return token_sums(model.predict_on_batch(x), y, weights)
 
     return batch_loss
 

@@ -161,16 +161,15 @@ def _heldout(data_dir: str, first_phase: tuple, run: dict, max_examples: int, *,
              **noising):
     """The held-out slice of the run's data (``korlm.pretrain.heldout``), masked like the
     training data but with a fixed seed; None (said in the log) when there is none."""
-    from korlm.pretrain.heldout import prepare_heldout
+    from korlm.pretrain.heldout import prepare_heldout, token_loss
 
     pdir, meta, _files, features, masking = first_phase
     if pdir != data_dir:  # a phase's seq<N> data: the slice of the run's own data instead
         meta = json.loads(storage.read_text(storage.join(data_dir, "metadata.json")))
     special_ids = {**DEFAULT_SPECIAL_IDS, **(meta.get("special_token_ids") or {})}
+    make_batch_loss = token_loss
     if model == "electra":  # generator + discriminator: its own scoring
-        from korlm.pretrain.electra import heldout_loss
-
-        noising["make_batch_loss"] = heldout_loss
+        from korlm.pretrain.electra import heldout_loss as make_batch_loss
     return prepare_heldout(
         data_dir, meta, max_examples=int(max_examples), objective=objective,
         model_seq_len=model_seq_len, replicas=run.get("devices", 1),
@@ -178,7 +177,7 @@ def _heldout(data_dir: str, first_phase: tuple, run: dict, max_examples: int, *,
         mask_rate=mask_rate, features=features, masking=masking,
         max_predictions=label_slots(meta, masking, max_predictions) if objective == "mlm" else None,
         static_mask_rate=meta.get("mask_rate"), segment_ids=build.uses_segment_ids(model),
-        **noising)
+        make_batch_loss=make_batch_loss, **noising)
 
 
 def run_pretrain(data_dir: str, tokenizer_dir: str, output_dir: str, *, model: str = "bert",
