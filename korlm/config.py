@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -437,8 +437,10 @@ TUNABLE_HYPERPARAMETERS: dict[str, tuple[str, float, float, str]] = {
     "doc_stride": ("int", 1, 4096, "[]"),
     "dropout": ("float", 0.0, 1.0, "[)"),
 }
-# Tunable settings that take names (categorical only): name -> the allowed choices.
-TUNABLE_CHOICES: dict[str, tuple[str, ...]] = {"pooling": ("auto", "cls", "mean", "pooler")}
+# Tunable settings that take names (categorical only): name -> the allowed choices, read
+# from the evaluate section's own field so the two cannot drift apart.
+TUNABLE_CHOICES: dict[str, tuple[str, ...]] = {
+    name: get_args(EvaluateSection.model_fields[name].annotation) for name in ("pooling",)}
 
 
 class TuneParameter(_Section):
