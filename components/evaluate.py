@@ -23,6 +23,9 @@ def evaluate(run: Input[Model], tokenizer: Input[Artifact], step: int, tasks: li
     there are several; the Metrics entries are their means), and the random-init task
     also computes `evaluate.baselines` (`<task>/bag-of-words/metrics.json`, logged as
     `bag-of-words/<task>/<metric>`)."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import fine_tuning_seeds, section_params
 
     params = section_params("evaluate", params)

@@ -6,6 +6,9 @@ from kfp.dsl import Artifact, Input, Model, Output
 def export(run: Input[Model], tokenizer: Input[Artifact], report: Input[Artifact],
            params: dict, hf_model: Output[Model]):
     """Write config.json, model.safetensors, tokenizer files and a model card."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import section_params
 
     params = section_params("export", params)

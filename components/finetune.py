@@ -11,6 +11,9 @@ def finetune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str
     `task` (a built-in name or a task YAML file) with early stopping on dev; `model` is
     the servable directory `korlm serve` loads, its test scores go to `metrics` and a
     short Markdown summary to the pipeline UI."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import section_params
 
     params = section_params("evaluate", params)

@@ -10,6 +10,9 @@ def pretrain(examples: Input[Dataset], tokenizer: Input[Artifact], params: dict,
     """Train; return the checkpoint steps (the evaluation fan-out iterates over them).
     `metrics` gets the run's closing figures from train_log.jsonl (final_loss,
     final_mlm_accuracy or final_token_accuracy, final/mean_tokens_per_second, steps)."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import section_params
 
     # the pipeline parameters; 0/None: not given (kfp.local cannot pass a null int)

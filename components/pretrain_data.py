@@ -6,6 +6,9 @@ from kfp.dsl import Artifact, Dataset, Input, Output
 def pretrain_data(corpus: Input[Dataset], tokenizer: Input[Artifact], params: dict,
                   examples: Output[Dataset]):
     """Tokenize with the vocab artifact and pack into sharded TFRecords."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import section_params
 
     params = section_params("pretrain_data", params)

@@ -13,6 +13,9 @@ def tune(run: Input[Model], tokenizer: Input[Artifact], step: int, task: str, da
     this component in a ParallelFor with the same tune_params (a shared `storage` and
     `study_name`) and the loop index as `worker_index`, then once with `report_only`
     (no trial: the summary of the whole study)."""
+    from korlm.logs import filter_task_stderr
+
+    filter_task_stderr()  # TensorFlow's native start-up lines out of the task log
     from korlm.config import section_params
 
     tune_params = section_params("tune", tune_params)

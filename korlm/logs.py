@@ -15,7 +15,9 @@ descriptor 2 that drops exactly those lines: absl's INFO lines (``I0000 ...``), 
 notice line, the CPU-instructions continuation, and its CUDA ERROR lines only when the
 machine has no NVIDIA device (``/dev/nvidia*`` absent: there they are noise; with a GPU
 they are kept, as are all other WARNING/ERROR lines). The filter is installed only by
-the command-line entry point (a process of its own), never in a caller's process.
+the command-line entry point (a process of its own) and, in a KFP task (the KFP
+executor's process, which runs one component), by :func:`filter_task_stderr`; never in a
+caller's process. ``KORLM_NATIVE_LOGS=1`` keeps the lines in a task's log.
 """
 
 from __future__ import annotations
@@ -144,3 +146,17 @@ def filter_native_stderr() -> None:
         thread.join(timeout=5)
 
     atexit.register(restore)
+
+
+KFP_EXECUTOR = "kfp.dsl.executor_main"
+
+
+def filter_task_stderr() -> None:
+    """:func:`filter_native_stderr` when this process is a KFP task's executor
+    (``python -m kfp.dsl.executor_main``, one component per process: the local
+    SubprocessRunner, a KFP pod, a Vertex AI task), unless ``KORLM_NATIVE_LOGS=1``.
+    Components call it first; a component function called in another process (a test,
+    a notebook) leaves that process's stderr alone."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if getattr(spec, "name", None) == KFP_EXECUTOR and os.environ.get("KORLM_NATIVE_LOGS") != "1":
+        filter_native_stderr()

@@ -172,6 +172,8 @@ def run_local(conf: Config, config_path: str | None = None, *, pipeline_factory=
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    # task names shown in a KFP or Vertex AI UI: nothing to show here
+    warnings.filterwarnings("ignore", message=r"Task '.*': settings \['display_name'\] have no effect")
 
     print(f"korlm: run {run_id} -> {run_dir} (kfp.local, SubprocessRunner, "
           f"config {config_path or 'defaults'})", flush=True)

@@ -2,8 +2,6 @@
 native start-up noise does not unless --verbose, --quiet leaves warnings and errors only.
 Each command runs in a subprocess of its own, as a user runs it."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys
@@ -110,3 +108,37 @@ def test_the_filter_passes_a_progress_bar_on_before_its_line_ends():
     assert proc.wait(timeout=30) == 0
     assert first == b"progress 50%\r", first
     assert rest == b"progress 100%\n", rest
+
+
+def test_a_kfp_task_filters_tensorflows_native_lines_in_its_own_process(tmp_path, capfd):
+    """A component calling ``filter_task_stderr`` in a real KFP executor process (kfp.local,
+    SubprocessRunner) drops the native start-up lines from the task's log and keeps its
+    other lines; ``KORLM_NATIVE_LOGS=1`` keeps them (so the check can fail), and the
+    function called in this process leaves this process's stderr alone."""
+    from kfp import dsl, local
+
+    def noisy(keep: str) -> str:
+        import os
+
+        os.environ["KORLM_NATIVE_LOGS"] = keep
+        from korlm.logs import filter_task_stderr
+
+        filter_task_stderr()
+        os.write(2, b"I0000 00:00:1796203924.076481   1 port.cc:153] oneDNN custom operations\n")
+        os.write(2, b"task line kept\n")
+        return "done"
+
+    task = dsl.component(noisy, base_image="python:3.11", install_kfp_package=False)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path),
+               raise_on_error=True, enable_caching=False)
+    logged = {}
+    for keep in ("", "1"):
+        capfd.readouterr()
+        assert task(keep=keep).output == "done"
+        out = capfd.readouterr()
+        logged[keep] = out.out + out.err
+    assert "task line kept" in logged[""] and "oneDNN custom operations" not in logged[""]
+    assert "task line kept" in logged["1"] and "oneDNN custom operations" in logged["1"]
+
+    logs.filter_task_stderr()  # not a KFP executor: nothing installed here
+    assert not logs._filter_installed
