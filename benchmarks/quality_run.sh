@@ -18,7 +18,17 @@ CONFIG=${CONFIG:-configs/quality-cpu-hour.yaml}
 OUT=${OUT:-runs/quality}
 KORLM=${KORLM:-.venv/bin/korlm}
 PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
+
+# OUT is this script's: it writes bert.yaml, electra.yaml, reviews300k.tsv and the steps'
+# folders there. A folder it did not make (no marker) that holds anything is refused.
+claim_out() {
+  if [ -e "$OUT" ] && [ ! -e "$OUT/.korlm-quality-run" ] && [ -n "$(ls -A "$OUT" 2>/dev/null || echo file)" ]; then
+    echo "quality_run.sh: $OUT holds files this script did not write; set OUT to a new folder" >&2
+    exit 2
+  fi
+  mkdir -p "$OUT" && touch "$OUT/.korlm-quality-run"
+}
+case "${1:-}" in prepare|probe|pretrain|evaluate) claim_out ;; esac
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 

@@ -220,3 +220,26 @@ def test_pretrain_resumes_its_own_run_and_starts_over_with_overwrite(world, caps
     assert main(cmd) == 0  # resuming leaves it alone too
     assert note.exists()
     note.unlink()
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_the_quality_run_script_refuses_a_folder_it_did_not_make(tmp_path, kind):
+    """benchmarks/quality_run.sh writes config copies and a corpus cut into OUT: a folder
+    without its marker that holds anything, or a regular file, is refused in one line with
+    exit 2 and left as it was."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "notes"
+    if kind == "folder":
+        out.mkdir()
+        (out / "bert.yaml").write_text("my own notes\n", encoding="utf-8")
+    else:
+        out.write_text("my own notes\n", encoding="utf-8")
+    before = _snapshot(tmp_path)
+    proc = subprocess.run(["bash", "benchmarks/quality_run.sh", "evaluate"], cwd=root,
+                          capture_output=True, text=True, timeout=60,
+                          env={"OUT": str(out), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "did not write" in proc.stderr
+    assert _snapshot(tmp_path) == before
