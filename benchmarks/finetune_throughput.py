@@ -1,15 +1,19 @@
 """Fine-tuning throughput on NSMC: korlm (Keras/TF, `korlm.evaluation.evaluate`) vs transformers +
 PyTorch `Trainer`, same model size, batch, sequence length and examples, on this CPU.
+`korlm` batches by length (`evaluate.group_by_length`, the default), `korlm-padded` pads
+every batch to the sequence length, as the Trainer run does.
 
 Both fine-tune a randomly initialised BERT of the same size (throughput does not depend
 on the weights) with a classification head, AdamW, linear warmup/decay, one epoch. Each
 run is its own child process (TF and torch never share a process), runs alternate
 korlm / transformers, and the load average is printed with every result because this
 machine's speed drifts. Reported: training examples per second over the whole fit
-(graph tracing / first-step overhead included, as a user pays it), and the ratio
-korlm / transformers.
+(graph tracing / first-step overhead included, as a user pays it), their medians over
+the rounds and the ratios of the medians to transformers' and to korlm-padded's.
 
     .venv/bin/python benchmarks/finetune_throughput.py --size mini --examples 2000 --repeats 2
+    .venv/bin/python benchmarks/finetune_throughput.py --size tiny --examples 3600 --repeats 5 \
+        --systems korlm korlm-padded
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # korlm from this checkout when run as a script
 NSMC = ROOT / "data" / "sample" / "eval" / "nsmc"
+SYSTEMS = ("korlm", "korlm-padded", "transformers")
 
 
 def prepare(work: Path, size: str, vocab_size: int, max_seq_length: int) -> None:
@@ -54,13 +60,14 @@ def prepare(work: Path, size: str, vocab_size: int, max_seq_length: int) -> None
         "max_seq_length": max_seq_length, "step": 0})
 
 
-def run_korlm(work: Path, examples: int, batch: int, seq: int) -> dict:
+def run_korlm(work: Path, examples: int, batch: int, seq: int, group_by_length: bool = True) -> dict:
     from korlm.evaluation import evaluate
 
     record = evaluate.evaluate_checkpoint(
         str(work / "checkpoint"), str(work / "tokenizer"), "nsmc", str(NSMC.parent),
         str(work / "korlm-out"), random_init=True, overwrite=True, max_train_examples=examples,
-        max_eval_examples=32, epochs=1, batch_size=batch, max_seq_length=seq)
+        max_eval_examples=32, epochs=1, batch_size=batch, max_seq_length=seq,
+        group_by_length=group_by_length)
     return {"examples": record["num_train"], "seconds": record["fine_tune_seconds"]}
 
 
@@ -129,7 +136,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--child", choices=["prepare", "korlm", "transformers"])
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument("--child", choices=["prepare", *SYSTEMS])
     p.add_argument("--work")
     a = p.parse_args()
     if a.child:
@@ -139,8 +147,9 @@ def main() -> None:
             prepare(work, a.size, a.vocab_size, max(a.seq, 128))
             print("RESULT {}", flush=True)
             return
-        result = (run_korlm(work, a.examples, a.batch, a.seq) if a.child == "korlm"
-                  else run_transformers(work, a.examples, a.batch, a.seq, a.size))
+        result = (run_transformers(work, a.examples, a.batch, a.seq, a.size)
+                  if a.child == "transformers"
+                  else run_korlm(work, a.examples, a.batch, a.seq, group_by_length=a.child == "korlm"))
         print("RESULT " + json.dumps(result), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="korlm-ft-bench-") as tmp:
@@ -148,9 +157,9 @@ def main() -> None:
         child("prepare", work, a.examples, a.batch, a.seq, a.size, a.vocab_size)
         print(f"NSMC sample, bert-{a.size}, {a.examples} examples, batch {a.batch}, "
               f"seq {a.seq}, 1 epoch, CPU ({os.cpu_count()} cores)")
-        rates: dict[str, list[float]] = {"korlm": [], "transformers": []}
+        rates: dict[str, list[float]] = {system: [] for system in a.systems}
         for r in range(a.repeats):
-            for system in ("korlm", "transformers"):
+            for system in a.systems:
                 load = os.getloadavg()[0]
                 res = child(system, work, a.examples, a.batch, a.seq, a.size)
                 rate = res["examples"] / res["seconds"]
@@ -159,10 +168,11 @@ def main() -> None:
                       f"{res['seconds']:.1f} s = {rate:.1f} examples/s "
                       f"(load avg before {load:.2f}, after {os.getloadavg()[0]:.2f})",
                       flush=True)
-        best = {k: max(v) for k, v in rates.items()}
-        print(f"best: korlm {best['korlm']:.1f} ex/s, transformers Trainer "
-              f"{best['transformers']:.1f} ex/s, ratio korlm/transformers "
-              f"{best['korlm'] / best['transformers']:.2f}")
+        median = {k: statistics.median(v) for k, v in rates.items()}
+        print("median ex/s: " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()))
+        for base in ("transformers", "korlm-padded"):
+            for system in (s for s in median if s != base and base in median):
+                print(f"ratio {system}/{base} {median[system] / median[base]:.2f}")
 
 
 if __name__ == "__main__":

@@ -318,6 +318,11 @@ class EvaluateSection(_Section):
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW decoupled weight decay")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warmup")
     max_seq_length: int = Field(64, ge=8)
+    group_by_length: bool = Field(
+        True, description="training batches of examples of similar length, each cut to its "
+                          "longest example rounded up to 16 tokens (Hugging Face's group_by_length; "
+                          "NSMC at max_seq_length 64: 1.9x the examples/s, benchmarks/README.md); "
+                          "false: every batch padded to max_seq_length")
     pooling: Literal["auto", "cls", "mean", "pooler"] = Field(
         "auto", description="sentence representation of classification/regression heads: cls "
                             "(first token state), mean (of the token states), pooler (BERT's "

@@ -213,6 +213,83 @@ def test_bart_inputs_shift_the_ids_right_behind_the_decoder_start():
     assert all(v.dtype == np.int32 for v in bart.values())
 
 
+def _padded_examples(rng, n: int, width: int, max_length: int | None = None):
+    """``n`` rows padded to ``width``: random lengths 2..max_length, ids 5.. in the real
+    positions, 0 in the padding."""
+    import numpy as np
+
+    lengths = rng.integers(2, (max_length or width) + 1, size=n)
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype("int32")
+    ids = np.where(mask, rng.integers(5, 60, size=(n, width)), 0).astype("int32")
+    return lengths, ids, mask
+
+
+@pytest.mark.parametrize("width,batch_size,tags", [(64, 32, False), (40, 8, True), (16, 5, False)])
+def test_length_grouped_batches_keep_every_example_once_and_cut_only_padding(width, batch_size, tags):
+    import numpy as np
+
+    rng = np.random.default_rng(width)
+    n = 203
+    lengths, ids, mask = _padded_examples(rng, n, width)
+    x = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": mask,
+         "row": np.arange(n, dtype="int32")[:, None]}  # a column of another width stays whole
+    y = np.where(mask, ids + 100, -100).astype("int32") if tags else np.arange(n, dtype="int32")
+    ds, steps = evaluate.length_grouped_batches(x, y, batch_size, seed=3)
+
+    epochs = []
+    for _ in range(2):
+        order, batches = [], 0
+        for xb, yb in ds:
+            xb = {k: v.numpy() for k, v in xb.items()}
+            rows = xb["row"][:, 0]
+            keep = xb["token_ids"].shape[1]
+            assert keep == min(width, -(-int(lengths[rows].max()) // 16) * 16)
+            assert len(rows) <= batch_size
+            for k in ("token_ids", "segment_ids", "padding_mask"):
+                assert xb[k].shape == (len(rows), keep)
+                np.testing.assert_array_equal(xb[k], x[k][rows, :keep])
+            assert mask[rows, keep:].sum() == 0  # what was cut is padding only
+            if tags:
+                np.testing.assert_array_equal(yb.numpy(), y[rows, :keep])
+            else:
+                np.testing.assert_array_equal(yb.numpy(), rows)
+            order.extend(rows.tolist())
+            batches += 1
+        assert sorted(order) == list(range(n))  # every example once: nothing dropped
+        assert batches == steps
+        epochs.append(order)
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+    again, _ = evaluate.length_grouped_batches(x, y, batch_size, seed=3)
+    # the same seed, the same batches in the same order
+    assert [r for xb, _ in again for r in xb["row"][:, 0].numpy().tolist()] == epochs[0]
+
+
+def test_a_batch_cut_to_its_longest_example_computes_what_the_padded_batch_computes():
+    import keras
+    import numpy as np
+
+    from korlm.modeling.build import build_backbone
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    lengths, ids, mask = _padded_examples(rng, 6, 48, max_length=20)
+    keep = 32
+    bert = build_backbone("bert", "tiny", vocab_size=60, max_seq_length=48)
+    full = bert({"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": mask})
+    cut = bert({"token_ids": ids[:, :keep], "segment_ids": np.zeros_like(ids[:, :keep]),
+                "padding_mask": mask[:, :keep]})
+    real = mask[:, :keep].astype(bool)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(cut["sequence_output"])[real],
+                               keras.ops.convert_to_numpy(full["sequence_output"])[:, :keep][real],
+                               rtol=1e-4, atol=1e-5)
+    bart = build_backbone("bart", "tiny", vocab_size=60, max_seq_length=48)
+    model = heads.build_bart_classifier(bart, num_outputs=3)
+    x = heads.bart_inputs({"token_ids": ids, "padding_mask": mask}, 3)
+    x_cut = {k: v[:, :keep] for k, v in x.items()}
+    np.testing.assert_allclose(model.predict(x_cut, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_bart_classifier_reads_the_decoder_state_at_the_last_real_token():
     import keras
     import numpy as np
