@@ -23,6 +23,7 @@ caller's process. ``KORLM_NATIVE_LOGS=1`` keeps the lines in a task's log.
 from __future__ import annotations
 
 import atexit
+import gc
 import glob
 import logging
 import os
@@ -138,6 +139,10 @@ def filter_native_stderr() -> None:
     os.close(write_end)
 
     def restore() -> None:
+        # Objects in reference cycles first, while the interpreter and the pump still run:
+        # left to interpreter shutdown, the pretrain task's tf.data iterator took 43 s to
+        # wind down after the demo's 400 steps (1.6 s collected here; measured 2026-12-03).
+        gc.collect()
         try:
             sys.stderr.flush()
         except (OSError, ValueError):

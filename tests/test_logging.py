@@ -110,6 +110,27 @@ def test_the_filter_passes_a_progress_bar_on_before_its_line_ends():
     assert rest == b"progress 100%\n", rest
 
 
+def test_objects_in_reference_cycles_are_collected_at_exit_while_the_filter_still_runs():
+    """At exit the filter collects garbage before it restores stderr: a cycle's finalizer
+    (a tf.data iterator's, in the pretrain task: left to interpreter shutdown it took 43 s)
+    runs while the pump thread is alive, and what it writes still passes the filter."""
+    code = ("import os, threading\n"
+            "from korlm import logs\n"
+            "logs.filter_native_stderr()\n"
+            "class Node:\n"
+            "    def __del__(self):\n"
+            "        alive = any(t.name == 'korlm-stderr-filter' for t in threading.enumerate())\n"
+            "        os.write(2, b'I0000 00:00:1796203924.076481   1 port.cc:153] oneDNN on\\n')\n"
+            "        os.write(2, b'finalized, filter alive: %s\\n' % str(alive).encode())\n"
+            "a, b = Node(), Node()\n"
+            "a.other, b.other = b, a\n"
+            "del a, b\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b"finalized, filter alive: True\n" * 2, proc.stderr
+
+
 def test_a_kfp_task_filters_tensorflows_native_lines_in_its_own_process(tmp_path, capfd):
     """A component calling ``filter_task_stderr`` in a real KFP executor process (kfp.local,
     SubprocessRunner) drops the native start-up lines from the task's log and keeps its
